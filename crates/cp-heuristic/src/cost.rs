@@ -1,0 +1,75 @@
+//! The cost model behind the heuristic: FLOPs and bytes of one ring step (Table 3 of the
+//! paper) turned into predicted times for pass-KV and pass-Q.
+
+use crate::{Inputs, Result};
+
+/// Predicted cost of one ring algorithm on one rank.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ModeCost {
+    /// Bytes of one ring message.
+    pub message_bytes: f64,
+    /// Attention compute of one ring step, seconds.
+    pub step_compute_s: f64,
+    /// Transfer of one ring message, seconds.
+    pub step_comm_s: f64,
+    /// Part of a step's transfer not hidden under its compute: `max(0, comm - compute)`.
+    pub step_exposed_s: f64,
+    /// Pass-Q's all-to-all returning partial outputs (zero for pass-KV), seconds.
+    pub all_to_all_s: f64,
+    /// The whole ring: `N - 1` overlapped steps, the last step's compute, and the all-to-all.
+    pub total_s: f64,
+}
+
+/// Predicted costs of both options for one input.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CostModel {
+    /// FLOPs of one ring step on one rank: `4 (T/N) ((T+P)/N) D` (Table 3, no causal discount).
+    pub step_flops: f64,
+    /// FLOPs of one ring step on one rank counting only causally visible pairs:
+    /// `4 D (T P + T^2 / 2) / N^2`. About half of `step_flops` for a full prefill.
+    pub step_flops_causal: f64,
+    /// Ring pass-KV (Algorithm 2).
+    pub pass_kv: ModeCost,
+    /// Ring pass-Q with its all-to-all (Algorithm 3).
+    pub pass_q: ModeCost,
+}
+
+/// Predicts per-step and total times of pass-KV and pass-Q.
+///
+/// Per rank and ring step, with `D = DH * NH`: compute `4 (T/N) ((T+P)/N) D / C`; pass-KV
+/// sends `2 ((T+P)/N) D e NKV/NH` bytes, pass-Q sends `(T/N) D e` bytes; pass-Q's all-to-all
+/// moves `(N - 1) (T/N) (D + 1) e` bytes (Appendix C's term, per rank). Transfers of step
+/// `j + 1` overlap the compute of step `j`, so a ring of `N` steps takes
+/// `(N - 1) max(compute, comm) + compute`. The model uses Table 3's count without a causal
+/// discount, as the paper's thresholds do; `step_flops_causal` is there to compare with
+/// measured causal work.
+pub fn cost_model(inputs: &Inputs) -> Result<CostModel> {
+    inputs.validate()?;
+    let n = inputs.world_size as f64;
+    let t = inputs.workload.new_tokens as f64;
+    let p = inputs.workload.cached_tokens as f64;
+    let d = inputs.model.model_dim() as f64;
+    let e = inputs.model.elem_bytes as f64;
+    let c = inputs.hardware.compute.flops;
+    let bw = inputs.hardware.link.bandwidth;
+
+    let step_flops = 4.0 * (t / n) * ((t + p) / n) * d;
+    let step_flops_causal = 4.0 * d * (t * p + t * t / 2.0) / (n * n);
+    let step_compute_s = step_flops / c;
+    let mode = |message_bytes: f64, all_to_all_s: f64| {
+        let step_comm_s = message_bytes / bw;
+        let ring_steps = n - 1.0;
+        ModeCost {
+            message_bytes,
+            step_compute_s,
+            step_comm_s,
+            step_exposed_s: (step_comm_s - step_compute_s).max(0.0),
+            all_to_all_s,
+            total_s: ring_steps * step_compute_s.max(step_comm_s) + step_compute_s + all_to_all_s,
+        }
+    };
+    let kv_bytes = 2.0 * ((t + p) / n) * d * e * inputs.model.kv_ratio();
+    let q_bytes = (t / n) * d * e;
+    let all_to_all_s = (n - 1.0) * (t / n) * (d + 1.0) * e / bw;
+    Ok(CostModel { step_flops, step_flops_causal, pass_kv: mode(kv_bytes, 0.0), pass_q: mode(q_bytes, all_to_all_s) })
+}

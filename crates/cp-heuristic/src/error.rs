@@ -1,0 +1,19 @@
+//! The error type of cp-heuristic.
+
+/// Why a heuristic could not be evaluated.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeuristicError {
+    /// A count that must be at least one is zero.
+    #[error("{what} must be at least 1, got 0")]
+    Zero { what: &'static str },
+    /// Grouped-query attention needs the query heads to be a multiple of the key/value heads.
+    #[error("n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")]
+    HeadRatio { n_heads: usize, n_kv_heads: usize },
+    /// A rate or size that must be positive and finite is not.
+    #[error("{what} must be positive and finite, got {value}")]
+    NotPositive { what: &'static str, value: f64 },
+    /// Fitting the empirical rule failed.
+    #[error("cannot fit the empirical rule: {reason}")]
+    Fit { reason: String },
+}

@@ -1,0 +1,193 @@
+//! Typed inputs: model shape, hardware (attention rate and link), world size, workload.
+
+use crate::{HeuristicError, Result};
+
+/// Attention head layout and element size of the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelShape {
+    /// Query heads `NH`.
+    pub n_heads: usize,
+    /// Key/value heads `NKV` (`NH` is a multiple of it).
+    pub n_kv_heads: usize,
+    /// Head dimension `DH`.
+    pub head_dim: usize,
+    /// Bytes per element `e` (2 for bf16).
+    pub elem_bytes: usize,
+}
+
+impl ModelShape {
+    /// Llama3-405B, the paper's model: 128 query heads, 8 KV heads, head dim 128, bf16.
+    pub const LLAMA3_405B: ModelShape = ModelShape { n_heads: 128, n_kv_heads: 8, head_dim: 128, elem_bytes: 2 };
+    /// Llama3-8B attention: 32 query heads, 8 KV heads, head dim 128, bf16 (our benchmark shape).
+    pub const LLAMA3_8B: ModelShape = ModelShape { n_heads: 32, n_kv_heads: 8, head_dim: 128, elem_bytes: 2 };
+
+    /// The model dimension `D = DH * NH`.
+    pub fn model_dim(&self) -> usize {
+        self.head_dim * self.n_heads
+    }
+
+    /// `NKV / NH` as a fraction.
+    pub fn kv_ratio(&self) -> f64 {
+        self.n_kv_heads as f64 / self.n_heads as f64
+    }
+
+    /// Checks that every count is non-zero and the head ratio is whole.
+    pub fn validate(&self) -> Result<()> {
+        for (what, v) in [
+            ("n_heads", self.n_heads),
+            ("n_kv_heads", self.n_kv_heads),
+            ("head_dim", self.head_dim),
+            ("elem_bytes", self.elem_bytes),
+        ] {
+            if v == 0 {
+                return Err(HeuristicError::Zero { what });
+            }
+        }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return Err(HeuristicError::HeadRatio { n_heads: self.n_heads, n_kv_heads: self.n_kv_heads });
+        }
+        Ok(())
+    }
+}
+
+/// An achieved attention compute rate per rank, with where the figure comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Compute {
+    /// Short name.
+    pub name: &'static str,
+    /// Achieved attention FLOP/s per rank (`C`).
+    pub flops: f64,
+    /// Where the figure comes from.
+    pub source: &'static str,
+}
+
+impl Compute {
+    /// H100 SXM, PyTorch 2.11 SDPA flash backend, causal bf16 prefill NH=32 NKV=8 DH=128 T=16384.
+    pub const H100_SDPA_FLASH: Compute = Compute {
+        name: "h100-sdpa-flash",
+        flops: 341e12,
+        source: "measured on the lent H100 SXM, 2026-11-25: PyTorch 2.11 SDPA flash, causal bf16 T=16384",
+    };
+    /// H100 SXM, PyTorch 2.11 SDPA cuDNN backend, same shape.
+    pub const H100_SDPA_CUDNN: Compute = Compute {
+        name: "h100-sdpa-cudnn",
+        flops: 619e12,
+        source: "measured on the lent H100 SXM, 2026-11-25: PyTorch 2.11 SDPA cuDNN, causal bf16 T=16384",
+    };
+    /// The paper's planning figure, used to reproduce the seed's demonstration.
+    pub const PAPER_EXAMPLE: Compute = Compute {
+        name: "paper-example",
+        flops: 800e12,
+        source: "plausible H100 figure used with the paper's Algorithm 5 demonstration",
+    };
+    /// A user-measured rate.
+    pub const fn custom(flops: f64) -> Compute {
+        Compute { name: "custom", flops, source: "given by the user" }
+    }
+}
+
+/// A point-to-point link between ring neighbours, with where the figure comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Link {
+    /// Short name.
+    pub name: &'static str,
+    /// Bandwidth per direction in bytes/s (`BW`).
+    pub bandwidth: f64,
+    /// Where the figure comes from.
+    pub source: &'static str,
+}
+
+impl Link {
+    /// NVLink 4 inside an H100 SXM node: 450 GB/s per direction (vendor datasheet, 900 GB/s total).
+    pub const NVLINK4: Link =
+        Link { name: "nvlink4", bandwidth: 450e9, source: "NVIDIA H100 SXM datasheet: 900 GB/s bidirectional" };
+    /// 400 Gb/s RDMA (InfiniBand NDR or RoCE) between nodes: 50 GB/s.
+    pub const RDMA_400G: Link = Link { name: "rdma-400g", bandwidth: 50e9, source: "400 Gb/s line rate" };
+    /// 100 Gb/s TCP between nodes: 12.5 GB/s.
+    pub const TCP_100G: Link = Link { name: "tcp-100g", bandwidth: 12.5e9, source: "100 Gb/s line rate" };
+    /// A user-measured bandwidth.
+    pub const fn custom(bandwidth: f64) -> Link {
+        Link { name: "custom", bandwidth, source: "given by the user" }
+    }
+}
+
+/// The hardware a ring runs on: attention rate per rank and neighbour link.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hardware {
+    /// Attention compute per rank.
+    pub compute: Compute,
+    /// Link between ring neighbours.
+    pub link: Link,
+}
+
+impl Hardware {
+    /// The paper's planning numbers (C = 800 TFLOP/s, BW = 50 GB/s) that reproduce the seed.
+    pub const PAPER_EXAMPLE: Hardware = Hardware { compute: Compute::PAPER_EXAMPLE, link: Link::RDMA_400G };
+
+    /// All named presets, for listing in tools.
+    pub fn presets() -> (Vec<Compute>, Vec<Link>) {
+        (
+            vec![Compute::H100_SDPA_FLASH, Compute::H100_SDPA_CUDNN, Compute::PAPER_EXAMPLE],
+            vec![Link::NVLINK4, Link::RDMA_400G, Link::TCP_100G],
+        )
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (what, value) in [("compute FLOP/s", self.compute.flops), ("link bandwidth", self.link.bandwidth)] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(HeuristicError::NotPositive { what, value });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// New and cached tokens of the prefill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// New tokens `T` (not yet in the KV cache).
+    pub new_tokens: usize,
+    /// Tokens already cached `P`.
+    pub cached_tokens: usize,
+}
+
+impl Workload {
+    /// The workload with `total` tokens of context of which a fraction `miss_rate` is new.
+    pub fn from_miss_rate(total: usize, miss_rate: f64) -> Workload {
+        let new_tokens = ((total as f64 * miss_rate).round() as usize).clamp(1, total.max(1));
+        Workload { new_tokens, cached_tokens: total.saturating_sub(new_tokens) }
+    }
+
+    /// `T / (T + P)`.
+    pub fn miss_rate(&self) -> f64 {
+        self.new_tokens as f64 / (self.new_tokens + self.cached_tokens) as f64
+    }
+}
+
+/// Everything a decision depends on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Inputs {
+    /// Model attention shape.
+    pub model: ModelShape,
+    /// Compute rate and link.
+    pub hardware: Hardware,
+    /// Ranks in the ring `N`.
+    pub world_size: usize,
+    /// New and cached tokens.
+    pub workload: Workload,
+}
+
+impl Inputs {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.hardware.validate()?;
+        if self.world_size == 0 {
+            return Err(HeuristicError::Zero { what: "world_size" });
+        }
+        if self.workload.new_tokens == 0 {
+            return Err(HeuristicError::Zero { what: "new_tokens" });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,350 @@
+//! Row layouts: which global token each local row of a rank's block holds, and the one
+//! visibility rule that every attention mask is derived from.
+
+use crate::{Result, ShardError};
+
+/// A half-open range of global positions `[start, start + len)` within one sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Span {
+    /// First global position.
+    pub start: usize,
+    /// Number of positions.
+    pub len: usize,
+}
+
+impl Span {
+    /// The span `[start, start + len)`.
+    pub const fn new(start: usize, len: usize) -> Span {
+        Span { start, len }
+    }
+
+    /// One past the last position.
+    pub const fn end(&self) -> usize {
+        self.start + self.len
+    }
+
+    /// Whether `pos` lies in the span.
+    pub const fn contains(&self, pos: usize) -> bool {
+        pos >= self.start && pos < self.end()
+    }
+
+    /// Whether the span holds no position.
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A real token: a position within one sequence of the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Token {
+    /// Sequence (batch) id.
+    pub seq: usize,
+    /// Global position within the sequence.
+    pub pos: usize,
+}
+
+/// The causal rule by global position: a query sees a key of the same sequence at the same or
+/// an earlier position. Padding rows (`None`) see nothing and are seen by nothing.
+pub fn visible(query: Option<Token>, key: Option<Token>) -> bool {
+    match (query, key) {
+        (Some(q), Some(k)) => q.seq == k.seq && k.pos <= q.pos,
+        _ => false,
+    }
+}
+
+/// A run of consecutive local rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Run {
+    /// Rows holding positions `span` of sequence `seq`, in increasing order.
+    Tokens { seq: usize, span: Span },
+    /// Rows holding no token (message padding).
+    Padding { len: usize },
+}
+
+impl Run {
+    /// Number of rows in the run.
+    pub const fn len(&self) -> usize {
+        match self {
+            Run::Tokens { span, .. } => span.len,
+            Run::Padding { len } => *len,
+        }
+    }
+
+    /// Whether the run has no rows.
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The tokens behind the rows of one rank's block, in row order.
+///
+/// Runs are kept compact: adjacent runs of consecutive positions of one sequence, and adjacent
+/// padding, are fused, and empty runs are dropped. GPU kernels receive runs rather than one
+/// position per row.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    runs: Vec<Run>,
+    rows: usize,
+}
+
+impl Layout {
+    /// An empty layout.
+    pub fn new() -> Layout {
+        Layout::default()
+    }
+
+    /// Appends the rows of `span` of sequence `seq`.
+    pub fn push_tokens(&mut self, seq: usize, span: Span) {
+        if span.is_empty() {
+            return;
+        }
+        self.rows += span.len;
+        if let Some(Run::Tokens { seq: last_seq, span: last }) = self.runs.last_mut()
+            && *last_seq == seq
+            && last.end() == span.start
+        {
+            last.len += span.len;
+            return;
+        }
+        self.runs.push(Run::Tokens { seq, span });
+    }
+
+    /// Appends `len` padding rows.
+    pub fn push_padding(&mut self, len: usize) {
+        if len == 0 {
+            return;
+        }
+        self.rows += len;
+        if let Some(Run::Padding { len: last }) = self.runs.last_mut() {
+            *last += len;
+            return;
+        }
+        self.runs.push(Run::Padding { len });
+    }
+
+    /// Pads with padding rows up to `rows` rows; does nothing if the layout is already as long.
+    pub fn pad_to(&mut self, rows: usize) {
+        self.push_padding(rows.saturating_sub(self.rows));
+    }
+
+    /// Number of rows, padding included.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether the layout has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Number of rows that hold a real token.
+    pub fn token_count(&self) -> usize {
+        self.runs
+            .iter()
+            .map(|run| match run {
+                Run::Tokens { span, .. } => span.len,
+                Run::Padding { .. } => 0,
+            })
+            .sum()
+    }
+
+    /// The runs, in row order.
+    pub fn runs(&self) -> &[Run] {
+        &self.runs
+    }
+
+    /// The token of every row, in row order (`None` for padding).
+    pub fn rows(&self) -> impl Iterator<Item = Option<Token>> + '_ {
+        self.runs.iter().flat_map(|run| {
+            let (seq, span, pad) = match *run {
+                Run::Tokens { seq, span } => (seq, span, 0),
+                Run::Padding { len } => (0, Span::new(0, 0), len),
+            };
+            (span.start..span.end()).map(move |pos| Some(Token { seq, pos })).chain(std::iter::repeat_n(None, pad))
+        })
+    }
+
+    /// The token in row `row`, `None` for padding or a row past the end.
+    pub fn token(&self, row: usize) -> Option<Token> {
+        let mut first = 0;
+        for run in &self.runs {
+            if row < first + run.len() {
+                return match *run {
+                    Run::Tokens { seq, span } => Some(Token { seq, pos: span.start + (row - first) }),
+                    Run::Padding { .. } => None,
+                };
+            }
+            first += run.len();
+        }
+        None
+    }
+}
+
+/// The row layouts of every rank for one ring step (a prefill turn or a decode iteration).
+///
+/// All query layouts have the same length, and so do all key/value layouts, because ring
+/// messages are equal-sized. `q[r]` lists the queries rank `r` owns; `kv[r]` the keys and values
+/// rank `r` holds (its cached tokens first, then its new tokens, then padding).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingLayouts {
+    /// Query layout of each rank.
+    pub q: Vec<Layout>,
+    /// Key/value layout of each rank.
+    pub kv: Vec<Layout>,
+}
+
+impl RingLayouts {
+    /// Number of ranks.
+    pub fn world_size(&self) -> usize {
+        self.q.len()
+    }
+
+    /// Rows of every query block.
+    pub fn q_rows(&self) -> usize {
+        self.q.first().map_or(0, Layout::len)
+    }
+
+    /// Rows of every key/value block (the padded pass-KV message length).
+    pub fn kv_rows(&self) -> usize {
+        self.kv.first().map_or(0, Layout::len)
+    }
+}
+
+/// Where each sequence's rows go in a gather: sequence id and the global span wanted.
+fn span_index(wanted: &[(usize, Span)], token: Token) -> Option<(usize, usize)> {
+    wanted
+        .iter()
+        .position(|&(seq, span)| seq == token.seq && span.contains(token.pos))
+        .map(|i| (i, token.pos - wanted[i].1.start))
+}
+
+fn check_buffers<T>(layouts: &[Layout], per_rank: &[&[T]], width: usize) -> Result<()> {
+    if per_rank.len() != layouts.len() {
+        return Err(ShardError::RankCount { actual: per_rank.len(), expected: layouts.len() });
+    }
+    for (rank, (layout, buf)) in layouts.iter().zip(per_rank).enumerate() {
+        let expected = layout.len() * width;
+        if buf.len() != expected {
+            return Err(ShardError::BufferSize { rank, actual: buf.len(), expected, rows: layout.len(), width });
+        }
+    }
+    Ok(())
+}
+
+/// Gathers rows of `width` elements from per-rank buffers (laid out by `layouts`) into one
+/// buffer per wanted `(sequence, span)`, in global position order.
+///
+/// Every wanted position must be found on exactly one rank; a position found on none is an
+/// error (a dropped token), and so is one found twice.
+pub fn gather_rows<T: Copy + Default>(
+    layouts: &[Layout],
+    per_rank: &[&[T]],
+    width: usize,
+    wanted: &[(usize, Span)],
+) -> Result<Vec<Vec<T>>> {
+    check_buffers(layouts, per_rank, width)?;
+    let mut out: Vec<Vec<T>> = wanted.iter().map(|(_, s)| vec![T::default(); s.len * width]).collect();
+    let mut seen: Vec<Vec<bool>> = wanted.iter().map(|(_, s)| vec![false; s.len]).collect();
+    for (layout, buf) in layouts.iter().zip(per_rank) {
+        for (row, token) in layout.rows().enumerate() {
+            let Some((slot, offset)) = token.and_then(|t| span_index(wanted, t)) else { continue };
+            if std::mem::replace(&mut seen[slot][offset], true) {
+                return Err(ShardError::PlanMismatch {
+                    reason: format!(
+                        "position {} of sequence {} is held twice",
+                        wanted[slot].1.start + offset,
+                        wanted[slot].0
+                    ),
+                });
+            }
+            out[slot][offset * width..(offset + 1) * width].copy_from_slice(&buf[row * width..(row + 1) * width]);
+        }
+    }
+    for (slot, flags) in seen.iter().enumerate() {
+        if let Some(missing) = flags.iter().position(|&f| !f) {
+            let (seq, span) = wanted[slot];
+            return Err(ShardError::PlanMismatch {
+                reason: format!("position {} of sequence {seq} is held by no rank", span.start + missing),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Scatters global rows into per-rank buffers laid out by `layouts`: the inverse of
+/// [`gather_rows`]. `global(token)` returns the `width` elements of a token; padding rows are
+/// filled by `pad(rank, row)`, so callers can poison them.
+pub fn scatter_rows<T: Copy>(
+    layouts: &[Layout],
+    width: usize,
+    mut global: impl FnMut(Token) -> Result<Vec<T>>,
+    mut pad: impl FnMut(usize, usize) -> Vec<T>,
+) -> Result<Vec<Vec<T>>> {
+    layouts
+        .iter()
+        .enumerate()
+        .map(|(rank, layout)| {
+            let mut buf = Vec::with_capacity(layout.len() * width);
+            for (row, token) in layout.rows().enumerate() {
+                let values = match token {
+                    Some(t) => global(t)?,
+                    None => pad(rank, row),
+                };
+                if values.len() != width {
+                    return Err(ShardError::BufferSize { rank, actual: values.len(), expected: width, rows: 1, width });
+                }
+                buf.extend_from_slice(&values);
+            }
+            Ok(buf)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_fuse_and_rows_follow() {
+        let mut layout = Layout::new();
+        layout.push_tokens(0, Span::new(0, 2));
+        layout.push_tokens(0, Span::new(2, 1));
+        layout.push_padding(1);
+        layout.push_padding(0);
+        layout.push_tokens(1, Span::new(5, 1));
+        layout.pad_to(7);
+        assert_eq!(layout.runs().len(), 4);
+        assert_eq!(layout.len(), 7);
+        assert_eq!(layout.token_count(), 4);
+        let rows: Vec<_> = layout.rows().collect();
+        assert_eq!(rows.len(), 7);
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!(*row, layout.token(i), "row {i}");
+        }
+        assert_eq!(rows[2], Some(Token { seq: 0, pos: 2 }));
+        assert_eq!(rows[3], None);
+        assert_eq!(rows[4], Some(Token { seq: 1, pos: 5 }));
+    }
+
+    #[test]
+    fn visibility_is_causal_per_sequence() {
+        let t = |seq, pos| Some(Token { seq, pos });
+        assert!(visible(t(0, 5), t(0, 5)));
+        assert!(visible(t(0, 5), t(0, 0)));
+        assert!(!visible(t(0, 5), t(0, 6)));
+        assert!(!visible(t(0, 5), t(1, 0)));
+        assert!(!visible(None, t(0, 0)));
+        assert!(!visible(t(0, 0), None));
+    }
+
+    #[test]
+    fn gather_reports_missing_and_bad_sizes() {
+        let mut a = Layout::new();
+        a.push_tokens(0, Span::new(0, 1));
+        let layouts = [a];
+        let err = gather_rows(&layouts, &[&[1.0f32][..]], 1, &[(0, Span::new(0, 2))]).unwrap_err();
+        assert!(matches!(err, ShardError::PlanMismatch { .. }), "{err}");
+        let err = gather_rows(&layouts, &[&[1.0f32, 2.0][..]], 1, &[(0, Span::new(0, 1))]).unwrap_err();
+        assert!(matches!(err, ShardError::BufferSize { rank: 0, actual: 2, expected: 1, .. }), "{err}");
+    }
+}
