@@ -1,0 +1,222 @@
+//! The CPU path on candle tensors: partial attention with LSE, the merge, and the
+//! `cp_ring::AttentionOps` implementation the ring algorithms run on.
+
+use candle_core::{D, DType, Tensor};
+use cp_ring::{AttentionOps, Partial};
+use cp_shard::{Layout, Token, visible};
+
+use crate::{AttentionError, Result};
+
+/// Query rows processed at once, bounding the score matrix to `NH * 256 * Tk` elements.
+const Q_ROWS_PER_BLOCK: usize = 256;
+
+/// The dtype partials are computed and merged in: f64 for f64 inputs, f32 otherwise
+/// (bf16 inputs accumulate in f32).
+pub fn compute_dtype(input: DType) -> Result<DType> {
+    match input {
+        DType::F64 => Ok(DType::F64),
+        DType::F32 | DType::BF16 => Ok(DType::F32),
+        dtype => Err(AttentionError::Dtype { what: "attention input", dtype }),
+    }
+}
+
+/// Copies a tensor of any supported dtype into a flat `Vec<f64>` (row-major).
+pub fn to_f64_vec(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+}
+
+/// Casts a merged output back to the input dtype (a no-op for f64 and f32).
+pub fn finish(out: &Tensor, input: DType) -> Result<Tensor> {
+    Ok(out.to_dtype(input)?)
+}
+
+/// Partial attention and merges on the CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpuAttention {
+    /// Softmax scale; `None` means `1 / sqrt(DH)`.
+    pub scale: Option<f64>,
+}
+
+impl CpuAttention {
+    /// Attention of `q` against `k`, `v`, masked by the rows' global positions.
+    ///
+    /// Returns the output `[Tq, NH, DH]` and log-sum-exp `[Tq, NH]` in [`compute_dtype`].
+    pub fn partial(
+        &self,
+        q: &Tensor,
+        q_layout: &Layout,
+        k: &Tensor,
+        v: &Tensor,
+        kv_layout: &Layout,
+    ) -> Result<Partial<Tensor>> {
+        let dims = check_inputs(q, q_layout, k, v, kv_layout)?;
+        let cd = compute_dtype(q.dtype())?;
+        let scale = self.scale.unwrap_or(1.0 / (dims.head_dim as f64).sqrt());
+        let group = dims.n_heads / dims.n_kv_heads;
+        // [NKV, Tk, DH], shared by every query head of the group: no repetition.
+        let k = k.to_dtype(cd)?.transpose(0, 1)?.contiguous()?;
+        let v = v.to_dtype(cd)?.transpose(0, 1)?.contiguous()?;
+        let k_t = k.t()?.contiguous()?;
+        if dims.kv_rows == 0 {
+            // No key at all: every row sees nothing.
+            let out = Tensor::zeros((dims.q_rows, dims.n_heads, dims.head_dim), cd, q.device())?;
+            let lse = Tensor::full(f64::NEG_INFINITY, (dims.q_rows, dims.n_heads), q.device())?.to_dtype(cd)?;
+            return Ok(Partial { out, lse });
+        }
+        let q_tokens: Vec<Option<Token>> = q_layout.rows().collect();
+        let kv_tokens: Vec<Option<Token>> = kv_layout.rows().collect();
+
+        let mut outs = Vec::new();
+        let mut lses = Vec::new();
+        for start in (0..dims.q_rows).step_by(Q_ROWS_PER_BLOCK) {
+            let rows = Q_ROWS_PER_BLOCK.min(dims.q_rows - start);
+            let mask = mask(&q_tokens[start..start + rows], &kv_tokens, cd)?;
+            // [Tq, NH, DH] -> [NH, Tq, DH] -> [NKV, g * Tq, DH]: heads h = kvh * g + j.
+            let qb = q.narrow(0, start, rows)?.to_dtype(cd)?.transpose(0, 1)?.contiguous()?;
+            let qb = qb.reshape((dims.n_kv_heads, group * rows, dims.head_dim))?;
+            let scores = (qb.matmul(&k_t)? * scale)?.reshape((dims.n_kv_heads, group, rows, dims.kv_rows))?;
+            let scores = scores.broadcast_add(&mask)?;
+            let max = scores.max_keepdim(D::Minus1)?;
+            // A row with no visible key has max = -inf; use 0 so exp gives 0, not NaN.
+            let max = max.ne(f64::NEG_INFINITY)?.where_cond(&max, &max.zeros_like()?)?;
+            let p = scores.broadcast_sub(&max)?.exp()?;
+            let sum = p.sum_keepdim(D::Minus1)?;
+            let safe_sum = sum.gt(0.0)?.where_cond(&sum, &sum.ones_like()?)?;
+            let p = p.reshape((dims.n_kv_heads, group * rows, dims.kv_rows))?;
+            let out = p.matmul(&v)?.reshape((dims.n_kv_heads, group, rows, dims.head_dim))?;
+            let out = out.broadcast_div(&safe_sum)?;
+            let lse = (max + sum.log()?)?;
+            // Back to [Tq, NH, DH] and [Tq, NH].
+            outs.push(out.reshape((dims.n_heads, rows, dims.head_dim))?.transpose(0, 1)?.contiguous()?);
+            lses.push(lse.reshape((dims.n_heads, rows))?.t()?.contiguous()?);
+        }
+        Ok(Partial { out: Tensor::cat(&outs, 0)?, lse: Tensor::cat(&lses, 0)? })
+    }
+}
+
+/// Merges two partials of the same queries over disjoint keys (online form of Eq. 4).
+pub fn merge(a: &Partial<Tensor>, b: &Partial<Tensor>) -> Result<Partial<Tensor>> {
+    merge_all(&[a.clone(), b.clone()])
+}
+
+/// Merges partials of the same queries over disjoint key blocks (N-way form of Eq. 4).
+///
+/// Rows whose every partial has `LSE = -inf` stay zero with `LSE = -inf`.
+pub fn merge_all(parts: &[Partial<Tensor>]) -> Result<Partial<Tensor>> {
+    let first = parts.first().ok_or(AttentionError::NothingToMerge)?;
+    for p in parts {
+        if p.out.dims() != first.out.dims() || p.lse.dims() != first.lse.dims() {
+            return Err(AttentionError::Shape {
+                what: "partial to merge",
+                expected: format!("out {:?}, lse {:?}", first.out.dims(), first.lse.dims()),
+                actual: p.out.dims().to_vec(),
+            });
+        }
+        if p.out.dtype() != first.out.dtype() || p.lse.dtype() != first.out.dtype() {
+            return Err(AttentionError::Dtype { what: "partial to merge", dtype: p.lse.dtype() });
+        }
+    }
+    if parts.len() == 1 {
+        return Ok(first.clone());
+    }
+    let mut max = first.lse.clone();
+    for p in &parts[1..] {
+        max = max.maximum(&p.lse)?;
+    }
+    let max = max.ne(f64::NEG_INFINITY)?.where_cond(&max, &max.zeros_like()?)?;
+    let mut denom = max.zeros_like()?;
+    let mut num = first.out.zeros_like()?;
+    for p in parts {
+        let w = (&p.lse - &max)?.exp()?;
+        num = (num + p.out.broadcast_mul(&w.unsqueeze(D::Minus1)?)?)?;
+        denom = (denom + w)?;
+    }
+    let safe = denom.gt(0.0)?.where_cond(&denom, &denom.ones_like()?)?;
+    let out = num.broadcast_div(&safe.unsqueeze(D::Minus1)?)?;
+    let lse = (max + denom.log()?)?;
+    Ok(Partial { out, lse })
+}
+
+impl AttentionOps for CpuAttention {
+    type Tensor = Tensor;
+    type Error = AttentionError;
+
+    fn rows(&self, t: &Tensor) -> Result<usize> {
+        Ok(t.dims().first().copied().unwrap_or(0))
+    }
+
+    fn partial(
+        &self,
+        q: &Tensor,
+        q_layout: &Layout,
+        k: &Tensor,
+        v: &Tensor,
+        kv_layout: &Layout,
+    ) -> Result<Partial<Tensor>> {
+        CpuAttention::partial(self, q, q_layout, k, v, kv_layout)
+    }
+
+    fn merge(&self, acc: Partial<Tensor>, next: Partial<Tensor>) -> Result<Partial<Tensor>> {
+        merge(&acc, &next)
+    }
+
+    fn merge_all(&self, parts: Vec<Partial<Tensor>>) -> Result<Partial<Tensor>> {
+        merge_all(&parts)
+    }
+}
+
+/// Validated dimensions of one attention call.
+struct Dims {
+    q_rows: usize,
+    kv_rows: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+fn dims3(t: &Tensor, what: &'static str, expected: &str) -> Result<(usize, usize, usize)> {
+    t.dims3().map_err(|_| AttentionError::Shape { what, expected: expected.into(), actual: t.dims().to_vec() })
+}
+
+fn check_inputs(q: &Tensor, q_layout: &Layout, k: &Tensor, v: &Tensor, kv_layout: &Layout) -> Result<Dims> {
+    let (q_rows, n_heads, head_dim) = dims3(q, "q", "[Tq, NH, DH]")?;
+    let (kv_rows, n_kv_heads, k_dim) = dims3(k, "k", "[Tk, NKV, DH]")?;
+    if k_dim != head_dim {
+        return Err(AttentionError::Shape {
+            what: "k",
+            expected: format!("[Tk, NKV, {head_dim}] (DH of q)"),
+            actual: k.dims().to_vec(),
+        });
+    }
+    if v.dims() != k.dims() {
+        return Err(AttentionError::Shape {
+            what: "v",
+            expected: format!("{:?} (shape of k)", k.dims()),
+            actual: v.dims().to_vec(),
+        });
+    }
+    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        return Err(AttentionError::Heads { n_heads, n_kv_heads });
+    }
+    for (what, t) in [("q", q), ("k", k), ("v", v)] {
+        compute_dtype(t.dtype())?;
+        if t.dtype() != q.dtype() {
+            return Err(AttentionError::Dtype { what, dtype: t.dtype() });
+        }
+    }
+    for (what, rows, layout) in [("q", q_rows, q_layout), ("k", kv_rows, kv_layout)] {
+        if rows != layout.len() {
+            return Err(AttentionError::LayoutRows { what, rows, layout_rows: layout.len() });
+        }
+    }
+    Ok(Dims { q_rows, kv_rows, n_heads, n_kv_heads, head_dim })
+}
+
+/// The additive mask `[Tq, Tk]`: 0 where the key is visible, `-inf` elsewhere.
+fn mask(q_tokens: &[Option<Token>], kv_tokens: &[Option<Token>], dtype: DType) -> Result<Tensor> {
+    let values: Vec<f64> = q_tokens
+        .iter()
+        .flat_map(|&q| kv_tokens.iter().map(move |&k| if visible(q, k) { 0.0 } else { f64::NEG_INFINITY }))
+        .collect();
+    Ok(Tensor::from_vec(values, (q_tokens.len(), kv_tokens.len()), &candle_core::Device::Cpu)?.to_dtype(dtype)?)
+}

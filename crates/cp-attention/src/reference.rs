@@ -1,0 +1,118 @@
+//! The oracle: a deliberately naive f64 attention over plain vectors, and error measures.
+//!
+//! Nothing here is fast. It loops over every query row, head and key, applies the visibility
+//! rule of `cp-shard` row by row, and computes the log-sum-exp with the max trick in f64. Every
+//! other path (candle on the CPU, the CUDA kernels, every ring algorithm) is compared with it.
+
+use cp_shard::{Token, visible};
+
+/// Shape of an attention problem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+}
+
+/// Attention of `q` (`[q_tokens.len(), NH, DH]`, row-major) against `k`, `v`
+/// (`[kv_tokens.len(), NKV, DH]`), masked by [`visible`]. Returns `(out, lse)` with shapes
+/// `[Tq, NH, DH]` and `[Tq, NH]`; rows that see nothing get zeros and `-inf`.
+pub fn attention(
+    q: &[f64],
+    q_tokens: &[Option<Token>],
+    k: &[f64],
+    v: &[f64],
+    kv_tokens: &[Option<Token>],
+    heads: Heads,
+    scale: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let Heads { n_heads, n_kv_heads, head_dim } = heads;
+    let group = n_heads / n_kv_heads;
+    let mut out = vec![0.0; q_tokens.len() * n_heads * head_dim];
+    let mut lse = vec![f64::NEG_INFINITY; q_tokens.len() * n_heads];
+    let mut scores = vec![0.0; kv_tokens.len()];
+    for (i, &qt) in q_tokens.iter().enumerate() {
+        for h in 0..n_heads {
+            let kvh = h / group;
+            let qrow = &q[(i * n_heads + h) * head_dim..][..head_dim];
+            let mut max = f64::NEG_INFINITY;
+            for (j, &kt) in kv_tokens.iter().enumerate() {
+                scores[j] = if visible(qt, kt) {
+                    let krow = &k[(j * n_kv_heads + kvh) * head_dim..][..head_dim];
+                    scale * qrow.iter().zip(krow).map(|(a, b)| a * b).sum::<f64>()
+                } else {
+                    f64::NEG_INFINITY
+                };
+                max = max.max(scores[j]);
+            }
+            if max == f64::NEG_INFINITY {
+                continue;
+            }
+            let mut denom = 0.0;
+            let orow = &mut out[(i * n_heads + h) * head_dim..][..head_dim];
+            for (j, &s) in scores.iter().enumerate() {
+                let p = (s - max).exp();
+                if p == 0.0 {
+                    continue;
+                }
+                denom += p;
+                let vrow = &v[(j * n_kv_heads + kvh) * head_dim..][..head_dim];
+                for (o, x) in orow.iter_mut().zip(vrow) {
+                    *o += p * x;
+                }
+            }
+            orow.iter_mut().for_each(|o| *o /= denom);
+            lse[i * n_heads + h] = max + denom.ln();
+        }
+    }
+    (out, lse)
+}
+
+/// How far `actual` is from `expected`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Discrepancy {
+    /// Largest absolute difference.
+    pub max_abs: f64,
+    /// `||actual - expected||_2 / ||expected||_2` (the absolute norm when `expected` is zero).
+    pub rel_l2: f64,
+    /// Elements compared.
+    pub count: usize,
+    /// Elements where one side is NaN, or where one side is infinite and the other differs.
+    pub non_finite_mismatches: usize,
+}
+
+impl Discrepancy {
+    /// Whether the error is within `tol` (relative L2) and no non-finite value disagrees.
+    pub fn within(&self, tol: f64) -> bool {
+        self.non_finite_mismatches == 0 && self.rel_l2 <= tol
+    }
+}
+
+/// Compares two equally long slices. Equal infinities (a `-inf` LSE on both sides) count as
+/// exact; NaN never matches.
+pub fn discrepancy(actual: &[f64], expected: &[f64]) -> Discrepancy {
+    let mut d = Discrepancy { count: actual.len(), ..Discrepancy::default() };
+    if actual.len() != expected.len() {
+        d.non_finite_mismatches = actual.len().abs_diff(expected.len()).max(1);
+        return d;
+    }
+    let (mut num, mut den) = (0.0, 0.0);
+    for (&a, &e) in actual.iter().zip(expected) {
+        if a.is_nan() || e.is_nan() || (a.is_infinite() || e.is_infinite()) && a != e {
+            d.non_finite_mismatches += 1;
+            continue;
+        }
+        if a.is_infinite() {
+            continue;
+        }
+        let diff = a - e;
+        d.max_abs = d.max_abs.max(diff.abs());
+        num += diff * diff;
+        den += e * e;
+    }
+    d.rel_l2 = if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
+    d
+}

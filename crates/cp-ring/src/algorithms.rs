@@ -1,0 +1,224 @@
+//! Ring pass-KV (Algorithm 2) and ring pass-Q (Algorithms 3 and 4), as SPMD code for one rank.
+
+use cp_shard::RingLayouts;
+
+use crate::{AttentionOps, Partial, Phase, Probe, Result, RingError, RingTransport};
+
+/// A rank's own tensors: its queries (`layouts.q[rank]`) and its keys and values
+/// (`layouts.kv[rank]`, cached tokens first, padded to the message length).
+#[derive(Debug)]
+pub struct Local<'a, T> {
+    /// Queries `[q_rows, NH, DH]`.
+    pub q: &'a T,
+    /// Keys `[kv_rows, NKV, DH]`.
+    pub k: &'a T,
+    /// Values `[kv_rows, NKV, DH]`.
+    pub v: &'a T,
+}
+
+impl<T> Clone for Local<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Local<'_, T> {}
+
+/// The ring algorithms, for callers that choose at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// [`pass_kv`].
+    PassKv,
+    /// [`pass_q`] (also the decode algorithm).
+    PassQ,
+}
+
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Algorithm::PassKv => "pass-KV",
+            Algorithm::PassQ => "pass-Q",
+        })
+    }
+}
+
+/// Runs `algorithm` on this rank; see [`pass_kv`] and [`pass_q`].
+pub fn run<A, C>(
+    algorithm: Algorithm,
+    ops: &A,
+    comm: &mut C,
+    layouts: &RingLayouts,
+    local: Local<'_, A::Tensor>,
+    probe: &mut impl Probe,
+) -> Result<Partial<A::Tensor>>
+where
+    A: AttentionOps,
+    C: RingTransport<A::Tensor>,
+{
+    match algorithm {
+        Algorithm::PassKv => pass_kv(ops, comm, layouts, local, probe),
+        Algorithm::PassQ => pass_q(ops, comm, layouts, local, probe),
+    }
+}
+
+/// Ring pass-KV (Algorithm 2) on this rank.
+///
+/// `q` holds this rank's queries (`layouts.q[rank]`), `k` and `v` its keys and values
+/// (`layouts.kv[rank]`). In step `j` the rank holds the key/value block that started on rank
+/// `(rank - j) mod N`; it starts shifting that block on to `rank + 1`, computes the partial
+/// attention of its queries against it while the transfer runs, folds it into the running
+/// output, then waits for the next block. Returns the output and log-sum-exp of this rank's
+/// queries against every key of the ring.
+pub fn pass_kv<A, C>(
+    ops: &A,
+    comm: &mut C,
+    layouts: &RingLayouts,
+    local: Local<'_, A::Tensor>,
+    probe: &mut impl Probe,
+) -> Result<Partial<A::Tensor>>
+where
+    A: AttentionOps,
+    C: RingTransport<A::Tensor>,
+{
+    let Local { q, k, v } = local;
+    let ctx = Ctx::new(ops, comm, layouts)?;
+    ctx.check_rows(ops, q, "q", layouts.q_rows())?;
+    ctx.check_rows(ops, k, "k", layouts.kv_rows())?;
+    ctx.check_rows(ops, v, "v", layouts.kv_rows())?;
+    let (rank, n) = (ctx.rank, ctx.n);
+
+    let mut block = vec![k.clone(), v.clone()];
+    let mut acc: Option<Partial<A::Tensor>> = None;
+    for step in 0..n {
+        let src = (rank + n - step) % n;
+        let more = step + 1 < n;
+        if more {
+            comm.start_shift(&block).map_err(|e| ctx.transport(step, "start_shift(kv)", e))?;
+        }
+        probe.enter(Phase::Compute, step);
+        let part = ops
+            .partial(q, &layouts.q[rank], &block[0], &block[1], &layouts.kv[src])
+            .map_err(|e| ctx.compute(step, "partial attention", e))?;
+        acc = Some(match acc {
+            None => part,
+            Some(acc) => ops.merge(acc, part).map_err(|e| ctx.compute(step, "merge", e))?,
+        });
+        probe.exit(Phase::Compute, step);
+        if more {
+            probe.enter(Phase::Wait, step);
+            block = comm.finish_shift().map_err(|e| ctx.transport(step, "finish_shift(kv)", e))?;
+            probe.exit(Phase::Wait, step);
+            ctx.check_parts(step, "shift(kv)", 2, block.len())?;
+        }
+    }
+    // n >= 1 (checked by Ctx), so the loop ran at least once.
+    acc.ok_or(RingError::WorldSize { rank, transport: n, layouts: 0 })
+}
+
+/// Ring pass-Q (Algorithm 3) on this rank; with decode layouts, Algorithm 4.
+///
+/// `k` and `v` stay here; the query blocks travel. In step `j` the rank holds the queries of
+/// rank `(rank - j) mod N`, starts shifting them on, and computes their partial attention
+/// against its own keys and values. One all-to-all then returns every partial to the rank that
+/// owns its queries, which merges the `N` partials of its own queries.
+pub fn pass_q<A, C>(
+    ops: &A,
+    comm: &mut C,
+    layouts: &RingLayouts,
+    local: Local<'_, A::Tensor>,
+    probe: &mut impl Probe,
+) -> Result<Partial<A::Tensor>>
+where
+    A: AttentionOps,
+    C: RingTransport<A::Tensor>,
+{
+    let Local { q, k, v } = local;
+    let ctx = Ctx::new(ops, comm, layouts)?;
+    ctx.check_rows(ops, q, "q", layouts.q_rows())?;
+    ctx.check_rows(ops, k, "k", layouts.kv_rows())?;
+    ctx.check_rows(ops, v, "v", layouts.kv_rows())?;
+    let (rank, n) = (ctx.rank, ctx.n);
+
+    let mut block = vec![q.clone()];
+    let mut partials: Vec<Option<Partial<A::Tensor>>> = (0..n).map(|_| None).collect();
+    for step in 0..n {
+        let src = (rank + n - step) % n;
+        let more = step + 1 < n;
+        if more {
+            comm.start_shift(&block).map_err(|e| ctx.transport(step, "start_shift(q)", e))?;
+        }
+        probe.enter(Phase::Compute, step);
+        let part = ops
+            .partial(&block[0], &layouts.q[src], k, v, &layouts.kv[rank])
+            .map_err(|e| ctx.compute(step, "partial attention", e))?;
+        partials[src] = Some(part);
+        probe.exit(Phase::Compute, step);
+        if more {
+            probe.enter(Phase::Wait, step);
+            block = comm.finish_shift().map_err(|e| ctx.transport(step, "finish_shift(q)", e))?;
+            probe.exit(Phase::Wait, step);
+            ctx.check_parts(step, "shift(q)", 1, block.len())?;
+        }
+    }
+
+    // Every source rank was visited exactly once above.
+    let outgoing: Vec<Vec<A::Tensor>> =
+        partials.into_iter().map(|p| p.map(|p| vec![p.out, p.lse]).unwrap_or_default()).collect();
+    probe.enter(Phase::AllToAll, n);
+    let incoming = comm.all_to_all(outgoing).map_err(|e| ctx.transport(n, "all_to_all(partials)", e))?;
+    probe.exit(Phase::AllToAll, n);
+    if incoming.len() != n {
+        return Err(RingError::Message { rank, step: n, op: "all_to_all", expected: n, actual: incoming.len() });
+    }
+    let mut mine = Vec::with_capacity(n);
+    for msg in incoming {
+        ctx.check_parts(n, "all_to_all(partials)", 2, msg.len())?;
+        let mut parts = msg.into_iter();
+        if let (Some(out), Some(lse)) = (parts.next(), parts.next()) {
+            mine.push(Partial { out, lse });
+        }
+    }
+    probe.enter(Phase::Merge, n);
+    let merged = ops.merge_all(mine).map_err(|e| ctx.compute(n, "merge_all", e))?;
+    probe.exit(Phase::Merge, n);
+    Ok(merged)
+}
+
+/// Checks shared by both algorithms, and error construction with the rank filled in.
+struct Ctx {
+    rank: usize,
+    n: usize,
+}
+
+impl Ctx {
+    fn new<A: AttentionOps, C: RingTransport<A::Tensor>>(_ops: &A, comm: &C, layouts: &RingLayouts) -> Result<Ctx> {
+        let (rank, n) = (comm.rank(), comm.world_size());
+        if n == 0 || n != layouts.world_size() || layouts.kv.len() != n || rank >= n {
+            return Err(RingError::WorldSize { rank, transport: n, layouts: layouts.world_size() });
+        }
+        Ok(Ctx { rank, n })
+    }
+
+    fn check_rows<A: AttentionOps>(&self, ops: &A, t: &A::Tensor, what: &'static str, expected: usize) -> Result<()> {
+        let actual = ops.rows(t).map_err(|e| self.compute(0, "rows", e))?;
+        if actual != expected {
+            return Err(RingError::Rows { rank: self.rank, what, expected, actual });
+        }
+        Ok(())
+    }
+
+    fn check_parts(&self, step: usize, op: &'static str, expected: usize, actual: usize) -> Result<()> {
+        if actual != expected {
+            return Err(RingError::Message { rank: self.rank, step, op, expected, actual });
+        }
+        Ok(())
+    }
+
+    fn compute(&self, step: usize, op: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> RingError {
+        RingError::Compute { rank: self.rank, step, op, source: Box::new(e) }
+    }
+
+    fn transport(&self, step: usize, op: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> RingError {
+        RingError::Transport { rank: self.rank, step, op, source: Box::new(e) }
+    }
+}

@@ -1,0 +1,39 @@
+//! The ring algorithms of context parallelism, written once.
+//!
+//! Every algorithm here is SPMD code for one rank: the same function runs on every rank of the
+//! ring, each with its own inputs and its own end of the transport. It is generic over two
+//! small traits:
+//!
+//! - [`AttentionOps`]: a partial attention of a block of queries against a block of keys and
+//!   values, returning the output and its log-sum-exp ([`Partial`]), and the exact merge of
+//!   partials (Eq. 4 of arXiv:2411.01783). The CPU reference (candle) and the CUDA kernels
+//!   implement it.
+//! - [`RingTransport`]: shift a message one rank along the ring (send to `rank + 1`, receive
+//!   from `rank - 1`), split into a start and a finish so that the transfer overlaps the compute
+//!   of the current block, and an all-to-all. In-process channels, a same-GPU transport and
+//!   NCCL implement it.
+//!
+//! Which rows of a block hold which token, and so the causal masks, come from the plan's
+//! [`RingLayouts`] (see `cp-shard`), known to every rank; only tensors travel.
+//!
+//! The algorithms:
+//!
+//! - [`pass_kv`] (Algorithm 2): queries stay, key/value blocks travel. Full or partial prefill,
+//!   batches of sequences of different lengths.
+//! - [`pass_q`] (Algorithm 3): keys/values stay, query blocks travel; partial outputs go back to
+//!   the owners of the queries with one all-to-all and are merged there. With the layouts of a
+//!   [`cp_shard::DecodePlan`] — one query per sequence, tagged by its batch id through the
+//!   layout — the same function is the batched ring pass-Q decode of Algorithm 4.
+
+mod algorithms;
+mod error;
+mod traits;
+
+pub use algorithms::{Algorithm, Local, pass_kv, pass_q, run};
+pub use error::{BoxError, RingError};
+pub use traits::{AttentionOps, Partial, Phase, Probe, RingTransport};
+
+pub use cp_shard::{Layout, RingLayouts};
+
+/// Result type of this crate.
+pub type Result<T, E = RingError> = std::result::Result<T, E>;

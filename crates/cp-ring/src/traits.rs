@@ -1,0 +1,97 @@
+//! The two traits the algorithms are written against, and the instrumentation hook.
+
+use cp_shard::Layout;
+
+/// The output of attention over a block of keys, with the log-sum-exp of each row and head.
+///
+/// `out` has shape `[rows, NH, DH]` and `lse` `[rows, NH]`; a row that sees no key has
+/// `lse = -inf` and an output of zeros.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Partial<T> {
+    /// Attention output.
+    pub out: T,
+    /// Log-sum-exp of the scaled scores.
+    pub lse: T,
+}
+
+/// Computing partial attentions and merging them: what a ring step needs from a device.
+pub trait AttentionOps {
+    /// The tensor type of the device.
+    type Tensor: Clone;
+    /// The device's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Number of rows (tokens, the first dimension) of a tensor.
+    fn rows(&self, t: &Self::Tensor) -> Result<usize, Self::Error>;
+
+    /// Attention of `q` (rows laid out by `q_layout`) against `k`, `v` (rows laid out by
+    /// `kv_layout`), masked causally by global position (see [`cp_shard::visible`]).
+    fn partial(
+        &self,
+        q: &Self::Tensor,
+        q_layout: &Layout,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        kv_layout: &Layout,
+    ) -> Result<Partial<Self::Tensor>, Self::Error>;
+
+    /// Folds `next` into the running pair `acc` (online form of Eq. 4).
+    fn merge(
+        &self,
+        acc: Partial<Self::Tensor>,
+        next: Partial<Self::Tensor>,
+    ) -> Result<Partial<Self::Tensor>, Self::Error>;
+
+    /// Merges partials of the same queries over disjoint key blocks (N-way form of Eq. 4).
+    fn merge_all(&self, parts: Vec<Partial<Self::Tensor>>) -> Result<Partial<Self::Tensor>, Self::Error>;
+}
+
+/// Exchanging messages (lists of tensors) with the other ranks of the ring.
+pub trait RingTransport<T> {
+    /// The transport's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// This rank.
+    fn rank(&self) -> usize;
+
+    /// Number of ranks.
+    fn world_size(&self) -> usize;
+
+    /// Starts sending `msg` to `rank + 1` and receiving the matching message from `rank - 1`.
+    /// The transport keeps what it needs of `msg` alive until [`RingTransport::finish_shift`].
+    fn start_shift(&mut self, msg: &[T]) -> Result<(), Self::Error>;
+
+    /// Completes the shift started last and returns the message from `rank - 1`.
+    fn finish_shift(&mut self) -> Result<Vec<T>, Self::Error>;
+
+    /// Sends `msgs[r]` to rank `r` (`msgs[rank]` stays here) and returns the message each rank
+    /// sent to this one, indexed by source rank.
+    fn all_to_all(&mut self, msgs: Vec<Vec<T>>) -> Result<Vec<Vec<T>>, Self::Error>;
+}
+
+/// A phase of a ring algorithm, for instrumentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// A partial attention and its merge into the running pair.
+    Compute,
+    /// Waiting for a ring shift to complete (the transfer not hidden under compute).
+    Wait,
+    /// Pass-Q's all-to-all.
+    AllToAll,
+    /// The final N-way merge of pass-Q.
+    Merge,
+}
+
+/// Observes the phases of an algorithm on one rank: a CPU timer, or CUDA events recorded on
+/// the streams. `()` observes nothing.
+pub trait Probe {
+    /// Called when `phase` of ring step `step` starts.
+    fn enter(&mut self, phase: Phase, step: usize);
+    /// Called when it ends.
+    fn exit(&mut self, phase: Phase, step: usize);
+}
+
+impl Probe for () {
+    fn enter(&mut self, _: Phase, _: usize) {}
+    fn exit(&mut self, _: Phase, _: usize) {}
+}
