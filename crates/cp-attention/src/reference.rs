@@ -1,10 +1,12 @@
 //! The oracle: a deliberately naive f64 attention over plain vectors, and error measures.
 //!
-//! Nothing here is fast. It loops over every query row, head and key, applies the visibility
-//! rule of `cp-shard` row by row, and computes the log-sum-exp with the max trick in f64. Every
-//! other path (candle on the CPU, the CUDA kernels, every ring algorithm) is compared with it.
+//! Nothing here is fast. It loops over every query row, head and key, applies the causal rule
+//! row by row, and computes the log-sum-exp with the max trick in f64. Every other path (candle
+//! on the CPU, the CUDA kernels, every ring algorithm) is compared with it. The causal rule is
+//! spelled out here again on purpose, rather than taken from `cp_shard::visible`, so that a
+//! mistake in the shared rule shows up as a mismatch instead of being copied into the oracle.
 
-use cp_shard::{Token, visible};
+use cp_shard::Token;
 
 /// Shape of an attention problem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,7 +20,8 @@ pub struct Heads {
 }
 
 /// Attention of `q` (`[q_tokens.len(), NH, DH]`, row-major) against `k`, `v`
-/// (`[kv_tokens.len(), NKV, DH]`), masked by [`visible`]. Returns `(out, lse)` with shapes
+/// (`[kv_tokens.len(), NKV, DH]`): a query sees a key of the same sequence at the same or an
+/// earlier position; padding rows (`None`) see and are seen by nothing. Returns `(out, lse)` with shapes
 /// `[Tq, NH, DH]` and `[Tq, NH]`; rows that see nothing get zeros and `-inf`.
 pub fn attention(
     q: &[f64],
@@ -40,7 +43,8 @@ pub fn attention(
             let qrow = &q[(i * n_heads + h) * head_dim..][..head_dim];
             let mut max = f64::NEG_INFINITY;
             for (j, &kt) in kv_tokens.iter().enumerate() {
-                scores[j] = if visible(qt, kt) {
+                let causal = matches!((qt, kt), (Some(q), Some(k)) if q.seq == k.seq && k.pos <= q.pos);
+                scores[j] = if causal {
                     let krow = &k[(j * n_kv_heads + kvh) * head_dim..][..head_dim];
                     scale * qrow.iter().zip(krow).map(|(a, b)| a * b).sum::<f64>()
                 } else {

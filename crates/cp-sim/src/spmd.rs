@@ -1,0 +1,34 @@
+//! Running one closure per rank on threads joined by a channel ring.
+
+use std::time::Duration;
+
+use crate::{ChannelTransport, Result, SimError, channel_ring};
+
+/// Runs `body(transport)` on `world_size` threads, one per rank, each with its end of a fresh
+/// channel ring, and returns every rank's result in rank order. A panicking rank becomes
+/// [`SimError::RankPanicked`]; its peers see it gone and fail instead of hanging.
+pub fn run_ranks<T, R, F>(world_size: usize, timeout: Duration, body: F) -> Vec<Result<R>>
+where
+    T: Clone + Send,
+    R: Send,
+    F: Fn(ChannelTransport<T>) -> Result<R> + Sync,
+{
+    let endpoints = channel_ring::<T>(world_size, timeout);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = endpoints.into_iter().map(|endpoint| scope.spawn(|| body(endpoint))).collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(rank, handle)| {
+                handle.join().unwrap_or_else(|panic| {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic payload".into());
+                    Err(SimError::RankPanicked { rank, message })
+                })
+            })
+            .collect()
+    })
+}
