@@ -1,1 +1,40 @@
-fn main() {}
+//! Project workflow commands: `cargo xtask <command>`.
+//!
+//! - `simulate`: every algorithm on a simulated ring on the CPU, checked against plain
+//!   attention, with a readable report.
+//! - `soak`: the property tests with many more cases than `cargo test` runs.
+
+mod simulate;
+mod soak;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "cp-rs workflow commands", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Simulate every algorithm on N ranks in one process and verify against plain attention.
+    Simulate(simulate::Args),
+    /// Run the property tests with many cases (a long soak) and count them.
+    Soak(soak::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
+        Command::Simulate(args) => simulate::run(args),
+        Command::Soak(args) => soak::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // The error chain, not a backtrace: these are user-facing messages.
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

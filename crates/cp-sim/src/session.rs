@@ -102,9 +102,9 @@ impl Tolerance {
 /// What a step was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StepKind {
-    /// A prefill turn adding `new_tokens` tokens over `cached_tokens` already cached (all
-    /// sequences together); `cached_tokens == 0` is a full prefill.
-    Prefill { new_tokens: usize, cached_tokens: usize },
+    /// A prefill turn adding `new_tokens` tokens over `cached_tokens` already cached (totals
+    /// over `sequences` sequences); `cached_tokens == 0` is a full prefill.
+    Prefill { new_tokens: usize, cached_tokens: usize, sequences: usize },
     /// Decode iteration `iteration`, one token for each of `batch` sequences.
     Decode { iteration: usize, batch: usize },
 }
@@ -146,9 +146,11 @@ impl StepReport {
 impl fmt::Display for StepReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = match self.kind {
-            StepKind::Prefill { new_tokens, cached_tokens: 0 } => format!("prefill T={new_tokens}"),
-            StepKind::Prefill { new_tokens, cached_tokens } => {
-                format!("partial prefill T={new_tokens} P={cached_tokens}")
+            StepKind::Prefill { new_tokens, cached_tokens: 0, sequences } => {
+                format!("prefill T={new_tokens} ({sequences} seq)")
+            }
+            StepKind::Prefill { new_tokens, cached_tokens, sequences } => {
+                format!("partial prefill T={new_tokens} P={cached_tokens} ({sequences} seq)")
             }
             StepKind::Decode { iteration, batch } => format!("decode iteration {iteration} (B={batch})"),
         };
@@ -213,7 +215,8 @@ impl Session {
     pub fn prefill(&mut self, new: &[NewTokens], algorithms: &[Algorithm]) -> Result<Vec<StepReport>> {
         let plan = TurnPlan::new(&self.cache, new)?;
         let cached_tokens = plan.shards().map(|(_, s)| s.offset()).sum();
-        let kind = StepKind::Prefill { new_tokens: new.iter().map(|n| n.count).sum(), cached_tokens };
+        let kind =
+            StepKind::Prefill { new_tokens: new.iter().map(|n| n.count).sum(), cached_tokens, sequences: new.len() };
         let q_new = self.draw_new_tokens(&plan.new_spans());
         let mut reports = algorithms
             .iter()
