@@ -21,6 +21,21 @@ pub enum AttentionError {
     /// Merging no partial at all.
     #[error("merge_all needs at least one partial")]
     NothingToMerge,
+    /// A CUDA library could not be loaded.
+    #[error("{library} could not be loaded: {hint}")]
+    MissingLibrary { library: &'static str, hint: &'static str },
+    /// No GPU with this ordinal.
+    #[error("no CUDA device {ordinal}: {count} device(s) visible")]
+    NoDevice { ordinal: usize, count: usize },
+    /// A CUDA driver call failed.
+    #[error("CUDA call {op} failed: {code}")]
+    Cuda { op: &'static str, code: String },
+    /// NVRTC failed to compile the kernels.
+    #[error("NVRTC failed to compile the kernels for {arch}: {code}\n{log}")]
+    Compile { arch: String, code: String, log: String },
+    /// A shape or option the GPU kernels do not support.
+    #[error("unsupported on the GPU path: {0}")]
+    Unsupported(String),
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

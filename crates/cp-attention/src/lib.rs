@@ -24,6 +24,10 @@
 //!   back). It implements [`cp_ring::AttentionOps`], so the ring algorithms run on it.
 //! - [`reference`]: a deliberately naive f64 implementation, the oracle every fast path is
 //!   compared with.
+//! - `cuda` (feature `cuda`): our own kernels — a fused flash-style prefill writing O and LSE,
+//!   a split-KV decode kernel, and the merges — compiled at run time by NVRTC and launched
+//!   through cudarc; `cuda::CudaAttention` implements [`cp_ring::AttentionOps`] on device
+//!   tensors.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -53,6 +57,8 @@
 //! ```
 
 mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod error;
 pub mod reference;
 

@@ -53,7 +53,7 @@ pub fn visible(query: Option<Token>, key: Option<Token>) -> bool {
 }
 
 /// A run of consecutive local rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Run {
     /// Rows holding positions `span` of sequence `seq`, in increasing order.
     Tokens { seq: usize, span: Span },
@@ -81,7 +81,7 @@ impl Run {
 /// Runs are kept compact: adjacent runs of consecutive positions of one sequence, and adjacent
 /// padding, are fused, and empty runs are dropped. GPU kernels receive runs rather than one
 /// position per row.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Layout {
     runs: Vec<Run>,
     rows: usize,

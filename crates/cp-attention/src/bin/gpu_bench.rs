@@ -1,0 +1,431 @@
+//! `cp-gpu-bench`: checks the CUDA kernels against the f64 oracle and times them.
+//!
+//! Built with `cargo build --release -p cp-attention --features cuda --bin cp-gpu-bench`; the
+//! binary runs on a GPU machine without cargo.
+//!
+//! - `cp-gpu-bench check`: prefill, decode and merges on fresh random inputs, poisoned outputs,
+//!   odd lengths, padding and fully masked rows, GQA 1/4/8, head dims 64 and 128, bf16 and f16;
+//!   each against the f64 oracle with a stated tolerance. Exit status 1 on any failure.
+//! - `cp-gpu-bench bench [--json PATH] [--quick]`: causal prefill (NH=32, NKV=8, DH=128, bf16)
+//!   at T = 4K (B=4), 16K, 64K, 128K; an off-diagonal (fully visible) block; decode with KV
+//!   length 128K (B=8) and 1M (B=1); merge bandwidth; device copy bandwidth as the ceiling.
+//!   Medians of CUDA-event timings after warm-up.
+//! - `cp-gpu-bench dump DIR`: writes one prefill's inputs and outputs as safetensors for
+//!   `scripts/compare_sdpa.py`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use cp_attention::cuda::{CudaAttention, DeviceLayout, GpuDType, GpuTensor, set_poison};
+use cp_attention::reference::{self, Heads, discrepancy};
+use cp_attention::{AttentionError, Partial};
+use cp_shard::{Layout, PrefillShards, Span, Token};
+use cudarc::driver::CudaStream;
+use cudarc::driver::sys::CUevent_flags;
+
+type Result<T> = std::result::Result<T, AttentionError>;
+
+/// A small deterministic generator (xorshift64*), so the binary needs no extra crate.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        ((self.0.wrapping_mul(0x2545F4914F6CDD1D) >> 11) as f64) / (1u64 << 53) as f64
+    }
+
+    fn values(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| (self.next() * 4.0 - 2.0) as f32).collect()
+    }
+}
+
+fn rounded(values: &[f32], dtype: GpuDType) -> Vec<f64> {
+    values
+        .iter()
+        .map(|&x| match dtype {
+            GpuDType::Bf16 => half::bf16::from_f32(x).to_f64(),
+            GpuDType::F16 => half::f16::from_f32(x).to_f64(),
+            GpuDType::F32 => x as f64,
+        })
+        .collect()
+}
+
+fn layout_of(runs: &[(Option<usize>, usize, usize)]) -> Layout {
+    let mut l = Layout::new();
+    for &(seq, start, len) in runs {
+        match seq {
+            Some(seq) => l.push_tokens(seq, Span::new(start, len)),
+            None => l.push_padding(len),
+        }
+    }
+    l
+}
+
+struct Case {
+    name: String,
+    dtype: GpuDType,
+    heads: Heads,
+    q_layout: Layout,
+    kv_layout: Layout,
+}
+
+/// Runs one case through `CudaAttention::partial` (decode or flash as it chooses) and the
+/// oracle; returns a report line and whether it passed.
+fn check_case(ops: &CudaAttention, rng: &mut Rng, case: &Case) -> Result<(String, bool)> {
+    let s = ops.stream();
+    let Heads { n_heads, n_kv_heads, head_dim } = case.heads;
+    let (tq, tk) = (case.q_layout.len(), case.kv_layout.len());
+    let (qv, kv, vv) = (
+        rng.values(tq * n_heads * head_dim),
+        rng.values(tk * n_kv_heads * head_dim),
+        rng.values(tk * n_kv_heads * head_dim),
+    );
+    let q = GpuTensor::upload(s, &qv, &[tq, n_heads, head_dim], case.dtype)?;
+    let k = GpuTensor::upload(s, &kv, &[tk, n_kv_heads, head_dim], case.dtype)?;
+    let v = GpuTensor::upload(s, &vv, &[tk, n_kv_heads, head_dim], case.dtype)?;
+    let got = cp_ring::AttentionOps::partial(ops, &q, &case.q_layout, &k, &v, &case.kv_layout)?;
+    let out: Vec<f64> = got.out.download(s)?.into_iter().map(f64::from).collect();
+    let lse: Vec<f64> = got.lse.download(s)?.into_iter().map(f64::from).collect();
+    let q_tokens: Vec<Option<Token>> = case.q_layout.rows().collect();
+    let kv_tokens: Vec<Option<Token>> = case.kv_layout.rows().collect();
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let (want_out, want_lse) = reference::attention(
+        &rounded(&qv, case.dtype),
+        &q_tokens,
+        &rounded(&kv, case.dtype),
+        &rounded(&vv, case.dtype),
+        &kv_tokens,
+        case.heads,
+        scale,
+    );
+    let d_out = discrepancy(&out, &want_out);
+    let d_lse = discrepancy(&lse, &want_lse);
+    // P is rounded to the input dtype before the P.V product (as in FlashAttention-2): a
+    // relative error of 2^-9 (bf16) or 2^-12 (f16) per weight; LSE comes from f32 scores of
+    // exactly representable products.
+    let tol_out = if case.dtype == GpuDType::Bf16 { 1e-2 } else { 2e-3 };
+    let tol_lse = 1e-5;
+    let masked = want_lse.iter().filter(|l| l.is_infinite()).count();
+    let ok = d_out.within(tol_out) && d_lse.within(tol_lse);
+    Ok((
+        format!(
+            "{:<44} Tq={tq:<5} Tk={tk:<5} out relL2 {:.2e} (tol {tol_out:.0e}) max {:.2e}, lse relL2 {:.2e}, {masked} masked row-heads, non-finite mismatches {}",
+            case.name,
+            d_out.rel_l2,
+            d_out.max_abs,
+            d_lse.rel_l2,
+            d_out.non_finite_mismatches + d_lse.non_finite_mismatches
+        ),
+        ok,
+    ))
+}
+
+fn check_merges(ops: &CudaAttention, rng: &mut Rng) -> Result<(String, bool)> {
+    use candle_core::{Device, Tensor};
+    let s = ops.stream();
+    let (rows, nh, d) = (37, 4, 64);
+    let mut parts = Vec::new();
+    let mut cpu = Vec::new();
+    for p in 0..3 {
+        let out = rng.values(rows * nh * d);
+        let lse: Vec<f32> = (0..rows * nh)
+            .map(|i| if (i + p) % 5 == 0 || i % 7 == 0 { f32::NEG_INFINITY } else { (rng.next() * 10.0 - 5.0) as f32 })
+            .collect();
+        let out: Vec<f32> =
+            out.iter().enumerate().map(|(i, &x)| if lse[i / d].is_infinite() { 0.0 } else { x }).collect();
+        parts.push(Partial {
+            out: GpuTensor::upload(s, &out, &[rows, nh, d], GpuDType::F32)?,
+            lse: GpuTensor::upload(s, &lse, &[rows, nh], GpuDType::F32)?,
+        });
+        cpu.push(Partial {
+            out: Tensor::from_vec(out, (rows, nh, d), &Device::Cpu)?,
+            lse: Tensor::from_vec(lse, (rows, nh), &Device::Cpu)?,
+        });
+    }
+    let want = cp_attention::merge_all(&cpu)?;
+    let want_out = cp_attention::to_f64_vec(&want.out)?;
+    let want_lse = cp_attention::to_f64_vec(&want.lse)?;
+    let all = ops.merge_many(&parts, GpuDType::F32)?;
+    let folded = ops.merge_into(ops.merge_into(parts[0].clone(), &parts[1])?, &parts[2])?;
+    let mut line = String::new();
+    let mut ok = true;
+    for (name, p) in [("merge_all (3-way)", &all), ("merge_fold (online)", &folded)] {
+        let o: Vec<f64> = p.out.download(s)?.into_iter().map(f64::from).collect();
+        let l: Vec<f64> = p.lse.download(s)?.into_iter().map(f64::from).collect();
+        let (d_o, d_l) = (discrepancy(&o, &want_out), discrepancy(&l, &want_lse));
+        ok &= d_o.within(1e-5) && d_l.within(1e-6);
+        line += &format!(
+            "{name}: out relL2 {:.2e}, lse relL2 {:.2e}, non-finite mismatches {}; ",
+            d_o.rel_l2,
+            d_l.rel_l2,
+            d_o.non_finite_mismatches + d_l.non_finite_mismatches
+        );
+    }
+    Ok((line, ok))
+}
+
+fn check(ops: &CudaAttention) -> Result<bool> {
+    set_poison(true);
+    let mut rng = Rng(0x9e3779b97f4a7c15 ^ std::process::id() as u64);
+    let mut cases = Vec::new();
+    for dtype in [GpuDType::Bf16, GpuDType::F16] {
+        for head_dim in [64, 128] {
+            for (n_heads, n_kv_heads) in [(4, 4), (8, 2), (8, 1)] {
+                let heads = Heads { n_heads, n_kv_heads, head_dim };
+                let tag = format!("{dtype:?} D={head_dim} G={}", n_heads / n_kv_heads);
+                // A rank's two chunks of a 301-token turn over 77 cached tokens, N=2 (padding rows).
+                let shards = PrefillShards::new(2, 77, 301).map_err(|e| AttentionError::Unsupported(e.to_string()))?;
+                let q_layout = shards.q_layout(0, 0).map_err(|e| AttentionError::Unsupported(e.to_string()))?;
+                cases.push(Case {
+                    name: format!("causal two chunks, cached prefix, {tag}"),
+                    dtype,
+                    heads,
+                    q_layout,
+                    kv_layout: layout_of(&[(Some(0), 0, 378)]),
+                });
+                // Two sequences, padding between; keys include another sequence (fully masked rows).
+                cases.push(Case {
+                    name: format!("varseq + padding + masked rows, {tag}"),
+                    dtype,
+                    heads,
+                    q_layout: layout_of(&[(Some(0), 100, 70), (None, 0, 5), (Some(1), 0, 30), (Some(2), 0, 9)]),
+                    kv_layout: layout_of(&[(Some(1), 0, 45), (Some(0), 0, 150), (None, 0, 11)]),
+                });
+                // Off-diagonal ring step: every key before every query.
+                cases.push(Case {
+                    name: format!("off-diagonal block (no mask), {tag}"),
+                    dtype,
+                    heads,
+                    q_layout: layout_of(&[(Some(0), 300, 200)]),
+                    kv_layout: layout_of(&[(Some(0), 0, 260)]),
+                });
+                // Decode: one query per sequence, caches of different lengths, a padding row.
+                cases.push(Case {
+                    name: format!("decode B=3 + padding row, {tag}"),
+                    dtype,
+                    heads,
+                    q_layout: layout_of(&[(Some(0), 1000, 1), (Some(1), 36, 1), (Some(2), 2098, 1), (None, 0, 1)]),
+                    kv_layout: layout_of(&[(Some(0), 0, 1001), (Some(1), 0, 37), (Some(2), 0, 2099), (None, 0, 3)]),
+                });
+            }
+        }
+    }
+    let mut all_ok = true;
+    for case in &cases {
+        let (line, ok) = check_case(ops, &mut rng, case)?;
+        println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
+        all_ok &= ok;
+    }
+    let (line, ok) = check_merges(ops, &mut rng)?;
+    println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
+    set_poison(false);
+    Ok(all_ok && ok)
+}
+
+/// Median of CUDA-event timings (ms) of `f` after warm-up.
+fn time_ms(ops: &CudaAttention, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let s = ops.stream();
+    for _ in 0..3 {
+        f()?;
+    }
+    ops.synchronize()?;
+    let err = |e| AttentionError::Cuda { op: "event", code: format!("{e:?}") };
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err)?;
+        f()?;
+        let end = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err)?;
+        times.push(start.elapsed_ms(&end).map_err(err)? as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn random_tensor(s: &Arc<CudaStream>, rng: &mut Rng, shape: &[usize]) -> Result<GpuTensor> {
+    GpuTensor::upload(s, &rng.values(shape.iter().product()), shape, GpuDType::Bf16)
+}
+
+fn bench(ops: &CudaAttention, quick: bool) -> Result<Vec<String>> {
+    let s = ops.stream().clone();
+    let mut rng = Rng(42);
+    let (nh, nkv, d) = (32usize, 8usize, 128usize);
+    let mut rows = Vec::new();
+    let reps = if quick { 5 } else { 20 };
+    let mut record = |name: &str, ms: f64, rate: f64, unit: &str| {
+        println!("  {name:<40} {ms:>9.3} ms  {rate:>8.1} {unit}");
+        rows.push(format!("{{\"name\":\"{name}\",\"ms\":{ms:.4},\"rate\":{rate:.2},\"unit\":\"{unit}\"}}"));
+    };
+
+    // Causal prefill, O written in bf16 like SDPA.
+    let sizes: &[(usize, usize)] =
+        if quick { &[(4096, 4), (16384, 1)] } else { &[(4096, 4), (16384, 1), (65536, 1), (131072, 1)] };
+    for &(t, b) in sizes {
+        let runs: Vec<_> = (0..b).map(|seq| (Some(seq), 0, t)).collect();
+        let layout = layout_of(&runs);
+        let dl = DeviceLayout::new(&s, &layout)?;
+        let q = random_tensor(&s, &mut rng, &[t * b, nh, d])?;
+        let k = random_tensor(&s, &mut rng, &[t * b, nkv, d])?;
+        let v = random_tensor(&s, &mut rng, &[t * b, nkv, d])?;
+        let ms = time_ms(ops, reps, || ops.flash(&q, &dl, &k, &v, &dl, GpuDType::Bf16).map(|_| ()))?;
+        let flops = 4.0 * (b * nh) as f64 * (t as f64).powi(2) * d as f64 / 2.0;
+        record(&format!("prefill causal T={t} B={b}"), ms, flops / ms / 1e9, "TFLOP/s");
+    }
+    // Off-diagonal block: 16K queries after 16K keys, no mask.
+    {
+        let t = 16384;
+        let (ql, kl) = (layout_of(&[(Some(0), t, t)]), layout_of(&[(Some(0), 0, t)]));
+        let (dq, dk) = (DeviceLayout::new(&s, &ql)?, DeviceLayout::new(&s, &kl)?);
+        let q = random_tensor(&s, &mut rng, &[t, nh, d])?;
+        let k = random_tensor(&s, &mut rng, &[t, nkv, d])?;
+        let v = random_tensor(&s, &mut rng, &[t, nkv, d])?;
+        let ms = time_ms(ops, reps, || ops.flash(&q, &dq, &k, &v, &dk, GpuDType::Bf16).map(|_| ()))?;
+        let flops = 4.0 * nh as f64 * (t as f64).powi(2) * d as f64;
+        record("off-diagonal block 16K x 16K", ms, flops / ms / 1e9, "TFLOP/s");
+        let ms = time_ms(ops, reps, || ops.flash(&q, &dq, &k, &v, &dk, GpuDType::F32).map(|_| ()))?;
+        record("off-diagonal block 16K x 16K (f32 O)", ms, flops / ms / 1e9, "TFLOP/s");
+    }
+    // Decode.
+    let decodes: &[(usize, usize)] = if quick { &[(131072, 8)] } else { &[(131072, 8), (1 << 20, 1)] };
+    for &(len, b) in decodes {
+        let ql = layout_of(&(0..b).map(|seq| (Some(seq), len - 1, 1)).collect::<Vec<_>>());
+        let kl = layout_of(&(0..b).map(|seq| (Some(seq), 0, len)).collect::<Vec<_>>());
+        let (dq, dk) = (DeviceLayout::new(&s, &ql)?, DeviceLayout::new(&s, &kl)?);
+        let q = random_tensor(&s, &mut rng, &[b, nh, d])?;
+        let k = random_tensor(&s, &mut rng, &[b * len, nkv, d])?;
+        let v = random_tensor(&s, &mut rng, &[b * len, nkv, d])?;
+        let ms = time_ms(ops, reps, || ops.decode(&q, &dq, &k, &v, &dk).map(|_| ()))?;
+        let bytes = 2.0 * (b * len * nkv * d * 2) as f64;
+        record(&format!("decode KV={len} B={b}"), ms, bytes / ms / 1e9, "TB/s");
+    }
+    // Merge bandwidth: fold an f32 partial into an f32 accumulator; 4-way merge.
+    {
+        let (t, rows_e) = (16384usize, 16384 * nh);
+        let mk = |rng: &mut Rng| -> Result<Partial<GpuTensor>> {
+            Ok(Partial {
+                out: GpuTensor::upload(&s, &rng.values(rows_e * d), &[t, nh, d], GpuDType::F32)?,
+                lse: GpuTensor::upload(&s, &rng.values(rows_e), &[t, nh], GpuDType::F32)?,
+            })
+        };
+        let parts = (0..4).map(|_| mk(&mut rng)).collect::<Result<Vec<_>>>()?;
+        let mut acc = Some(parts[0].clone());
+        let one = (rows_e * d * 4 + rows_e * 4) as f64;
+        let ms = time_ms(ops, reps, || {
+            let a = acc.take().expect("accumulator");
+            acc = Some(ops.merge_into(a, &parts[1])?);
+            Ok(())
+        })?;
+        record("merge fold f32 (read 2, write 1)", ms, 3.0 * one / ms / 1e9, "TB/s");
+        let ms = time_ms(ops, reps, || ops.merge_many(&parts, GpuDType::F32).map(|_| ()))?;
+        record("merge 4-way f32 (read 4, write 1)", ms, 5.0 * one / ms / 1e9, "TB/s");
+        // Ceiling: device-to-device copy of the same bytes.
+        let src = parts[2].out.slice();
+        let ms = time_ms(ops, reps, || {
+            s.clone_dtod(src).map(|_| ()).map_err(|e| AttentionError::Cuda { op: "dtod", code: format!("{e:?}") })
+        })?;
+        record("device copy (read 1, write 1)", ms, 2.0 * (rows_e * d * 4) as f64 / ms / 1e9, "TB/s");
+    }
+    Ok(rows)
+}
+
+/// Writes a minimal safetensors file: 8-byte header length, JSON header, raw data.
+fn write_safetensors(path: &std::path::Path, tensors: &[(&str, &str, &[usize], Vec<u8>)]) -> std::io::Result<()> {
+    let mut header = String::from("{");
+    let mut offset = 0;
+    for (i, (name, dtype, shape, data)) in tensors.iter().enumerate() {
+        if i > 0 {
+            header.push(',');
+        }
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        header += &format!(
+            "\"{name}\":{{\"dtype\":\"{dtype}\",\"shape\":[{}],\"data_offsets\":[{offset},{}]}}",
+            dims.join(","),
+            offset + data.len()
+        );
+        offset += data.len();
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    for (_, _, _, data) in tensors {
+        bytes.extend(data);
+    }
+    std::fs::write(path, bytes)
+}
+
+fn dump(ops: &CudaAttention, dir: &str) -> Result<()> {
+    let s = ops.stream().clone();
+    let mut rng = Rng(7);
+    let (t, nh, nkv, d) = (4096usize, 32usize, 8usize, 128usize);
+    let layout = layout_of(&[(Some(0), 0, t)]);
+    let dl = DeviceLayout::new(&s, &layout)?;
+    let q = random_tensor(&s, &mut rng, &[t, nh, d])?;
+    let k = random_tensor(&s, &mut rng, &[t, nkv, d])?;
+    let v = random_tensor(&s, &mut rng, &[t, nkv, d])?;
+    let p = ops.flash(&q, &dl, &k, &v, &dl, GpuDType::Bf16)?;
+    let bits = |x: &GpuTensor| -> Result<Vec<u8>> {
+        let vals = x.download(&s)?;
+        Ok(match x.dtype() {
+            GpuDType::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            _ => vals.iter().flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes()).collect(),
+        })
+    };
+    std::fs::create_dir_all(dir).map_err(|e| AttentionError::Unsupported(e.to_string()))?;
+    let path = std::path::Path::new(dir).join("prefill_t4096.safetensors");
+    write_safetensors(
+        &path,
+        &[
+            ("q", "BF16", &[t, nh, d], bits(&q)?),
+            ("k", "BF16", &[t, nkv, d], bits(&k)?),
+            ("v", "BF16", &[t, nkv, d], bits(&v)?),
+            ("out", "BF16", &[t, nh, d], bits(&p.out)?),
+            ("lse", "F32", &[t, nh], bits(&p.lse)?),
+        ],
+    )
+    .map_err(|e| AttentionError::Unsupported(e.to_string()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().map(String::as_str).unwrap_or("all");
+    let json = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
+    let quick = args.iter().any(|a| a == "--quick");
+    let run = || -> Result<bool> {
+        let ops = CudaAttention::new(0)?;
+        println!("device 0: {} SMs; kernels compiled by NVRTC (or loaded from the cache)", ops.sm_count());
+        let mut ok = true;
+        if mode == "check" || mode == "all" {
+            println!("== check against the f64 oracle (poisoned outputs)");
+            ok &= check(&ops)?;
+        }
+        if mode == "bench" || mode == "all" {
+            println!("== bench (median of CUDA-event timings)");
+            let rows = bench(&ops, quick)?;
+            if let Some(path) = &json {
+                std::fs::write(path, format!("[{}]\n", rows.join(",\n")))
+                    .map_err(|e| AttentionError::Unsupported(format!("writing {path}: {e}")))?;
+            }
+        }
+        if mode == "dump" {
+            dump(&ops, args.get(1).map(String::as_str).unwrap_or("dump"))?;
+        }
+        Ok(ok)
+    };
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("error: some checks FAILED");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,445 @@
+// cp-rs attention kernels, compiled at run time by NVRTC to an sm_90 CUBIN.
+//
+// Tensors are token-major: q [Tq, NH, D], k/v [Tk, NKV, D], out [Tq, NH, D], lse [Tq, NH].
+// 16-bit inputs are passed as raw bits (unsigned short) so that no CUDA header is needed;
+// conversions go through PTX. Masks come from per-row (seq, pos) arrays (seq < 0: padding) and
+// per-tile summaries that let a block skip fully masked tiles and skip mask work on fully
+// visible ones.
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+#define DEVI __device__ __forceinline__
+
+#define NEG_INF (__int_as_float(0xff800000))
+#define LN2 0.69314718055994530942f
+
+DEVI float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
+DEVI float f16_to_f32(u16 h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
+template <bool BF16> DEVI float to_f32(u16 h) { return BF16 ? bf16_to_f32(h) : f16_to_f32(h); }
+
+// Packs two floats into a 16-bit pair, `lo` in the low half.
+template <bool BF16> DEVI u32 pack2(float lo, float hi) {
+    u32 r;
+    if (BF16) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+template <bool BF16> DEVI u16 to16(float x) { return (u16)(pack2<BF16>(x, 0.0f) & 0xffff); }
+
+template <bool BF16> DEVI void mma16816(float* c, const u32* a, const u32* b) {
+    if (BF16)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+DEVI void ldsm_x4(u32* r, u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+DEVI void ldsm_x4_t(u32* r, u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+// 16-byte global->shared copy; `valid == false` writes zeros and reads nothing.
+DEVI void cp_async16(u32 smem, const void* gmem, bool valid) {
+    int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(bytes));
+}
+DEVI void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> DEVI void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+DEVI u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+// Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][D] tile of 16-bit
+// values: the chunk index is xor-ed with the row (mod 8) so that ldmatrix's eight row reads of
+// one column land in eight different bank groups.
+template <int D> DEVI u32 swz(int row, int chunk) { return (u32)(row * D * 2 + ((chunk ^ (row & 7)) << 4)); }
+
+// Tile summary: x = sequence id of every real row (-1: no real row, -2: several sequences),
+// y = min position, z = max position over real rows, w = 1 if the tile holds padding rows.
+// Returns 0 (nothing visible), 1 (everything visible, no mask needed) or 2 (mask per element).
+DEVI int classify(int4 q, int4 k) {
+    if (q.x == -1 || k.x == -1) return 0;
+    if (k.y > q.z) return 0;
+    if (q.x >= 0 && k.x >= 0) {
+        if (q.x != k.x) return 0;
+        if (k.z <= q.y && q.w == 0 && k.w == 0) return 1;
+    }
+    return 2;
+}
+
+// Fused causal attention forward with log-sum-exp, FA2 style: 8 warps, 16 query rows each,
+// 64 keys per tile, K/V tiles double-buffered through cp.async.
+template <int D, bool BF16, bool OUT_F32>
+__device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+                          void* __restrict__ out, float* __restrict__ lse, const int* __restrict__ q_seq,
+                          const int* __restrict__ q_pos, const int* __restrict__ k_seq, const int* __restrict__ k_pos,
+                          const int4* __restrict__ q_tiles, const int4* __restrict__ k_tiles, int tq, int tk, int nh,
+                          int nkv, float scale_log2) {
+    constexpr int BM = 128, BN = 64, NW = 8, CH = D / 8;  // CH: 16-byte chunks per row
+    extern __shared__ __align__(128) unsigned char smem[];
+    u16* sq = (u16*)smem;
+    u16* sk = sq + BM * D;  // two buffers of BN * D
+    u16* sv = sk + 2 * BN * D;
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int h = blockIdx.y, kvh = h / (nh / nkv), m0 = blockIdx.x * BM;
+    const int n_ktiles = (tk + BN - 1) / BN;
+    const int4 qt = q_tiles[blockIdx.x];
+
+    auto next_visible = [&](int j) {
+        while (j < n_ktiles && classify(qt, k_tiles[j]) == 0) j++;
+        return j;
+    };
+    auto load_kv = [&](int j, int buf) {
+        const int n0 = j * BN;
+        for (int c = tid; c < BN * CH; c += NW * 32) {
+            int r = c / CH, ch = c % CH, row = n0 + r;
+            bool ok = row < tk;
+            size_t off = ((size_t)(ok ? row : 0) * nkv + kvh) * D + ch * 8;
+            cp_async16(smem_addr(sk + buf * BN * D) + swz<D>(r, ch), k + off, ok);
+            cp_async16(smem_addr(sv + buf * BN * D) + swz<D>(r, ch), v + off, ok);
+        }
+    };
+
+    // Q tile.
+    for (int c = tid; c < BM * CH; c += NW * 32) {
+        int r = c / CH, ch = c % CH, row = m0 + r;
+        bool ok = row < tq;
+        cp_async16(smem_addr(sq) + swz<D>(r, ch), q + ((size_t)(ok ? row : 0) * nh + h) * D + ch * 8, ok);
+    }
+    int j = next_visible(0);
+    if (j < n_ktiles) load_kv(j, 0);
+    cp_async_commit();
+
+    // This thread's two rows: r0 = warp*16 + lane/4 and r0 + 8.
+    const int g = lane >> 2, t4 = lane & 3;
+    const int r0 = warp * 16 + g;
+    int my_seq[2], my_pos[2];
+    for (int i = 0; i < 2; i++) {
+        int row = m0 + r0 + 8 * i;
+        my_seq[i] = row < tq ? q_seq[row] : -1;
+        my_pos[i] = row < tq ? q_pos[row] : 0;
+    }
+
+    float o[D / 8][4];
+    for (int a = 0; a < D / 8; a++) for (int e = 0; e < 4; e++) o[a][e] = 0.f;
+    float m_run[2] = {NEG_INF, NEG_INF}, l_run[2] = {0.f, 0.f};
+    u32 qf[D / 16][4];
+
+    int buf = 0;
+    bool first = true;
+    while (j < n_ktiles) {
+        const int kind = classify(qt, k_tiles[j]);
+        const int jn = next_visible(j + 1);
+        if (jn < n_ktiles) load_kv(jn, buf ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        if (first) {
+            for (int kk = 0; kk < D / 16; kk++) {
+                int row = warp * 16 + (lane & 15), ch = kk * 2 + (lane >> 4);
+                ldsm_x4(qf[kk], smem_addr(sq) + swz<D>(row, ch));
+            }
+            first = false;
+        }
+        const u32 kbase = smem_addr(sk + buf * BN * D), vbase = smem_addr(sv + buf * BN * D);
+
+        // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
+        float s[BN / 8][4];
+        for (int a = 0; a < BN / 8; a++) for (int e = 0; e < 4; e++) s[a][e] = 0.f;
+        #pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            #pragma unroll
+            for (int nn = 0; nn < BN / 16; nn++) {
+                u32 b[4];
+                int key = nn * 16 + (lane & 7) + ((lane >> 4) << 3), ch = kk * 2 + ((lane >> 3) & 1);
+                ldsm_x4(b, kbase + swz<D>(key, ch));
+                mma16816<BF16>(s[2 * nn], qf[kk], b);
+                mma16816<BF16>(s[2 * nn + 1], qf[kk], b + 2);
+            }
+        }
+
+        // Scale (into log2 units) and mask.
+        const int n0 = j * BN;
+        #pragma unroll
+        for (int a = 0; a < BN / 8; a++) {
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float x = s[a][e] * scale_log2;
+                if (kind == 2) {
+                    int col = n0 + a * 8 + 2 * t4 + (e & 1), i = e >> 1;
+                    bool vis = col < tk && my_seq[i] >= 0 && k_seq[col] == my_seq[i] && k_pos[col] <= my_pos[i];
+                    x = vis ? x : NEG_INF;
+                }
+                s[a][e] = x;
+            }
+        }
+
+        // Online softmax: running max and sum per row (the 4 lanes of a quad share a row).
+        #pragma unroll
+        for (int i = 0; i < 2; i++) {
+            float mx = NEG_INF;
+            #pragma unroll
+            for (int a = 0; a < BN / 8; a++) mx = fmaxf(mx, fmaxf(s[a][2 * i], s[a][2 * i + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+            float m_new = fmaxf(m_run[i], mx);
+            // Rows that have seen nothing yet keep m = -inf; subtract 0 so exp2 gives 0, not NaN.
+            float m_use = m_new == NEG_INF ? 0.f : m_new;
+            float corr = exp2f(m_run[i] - m_use);
+            m_run[i] = m_new;
+            float sum = 0.f;
+            #pragma unroll
+            for (int a = 0; a < BN / 8; a++) {
+                s[a][2 * i] = exp2f(s[a][2 * i] - m_use);
+                s[a][2 * i + 1] = exp2f(s[a][2 * i + 1] - m_use);
+                sum += s[a][2 * i] + s[a][2 * i + 1];
+            }
+            l_run[i] = l_run[i] * corr + sum;
+            #pragma unroll
+            for (int a = 0; a < D / 8; a++) {
+                o[a][2 * i] *= corr;
+                o[a][2 * i + 1] *= corr;
+            }
+        }
+
+        // O += P V, with P taken from the S accumulators as A fragments.
+        #pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            u32 pa[4] = {pack2<BF16>(s[2 * kk][0], s[2 * kk][1]), pack2<BF16>(s[2 * kk][2], s[2 * kk][3]),
+                         pack2<BF16>(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2<BF16>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            #pragma unroll
+            for (int dd = 0; dd < D / 16; dd++) {
+                u32 b[4];
+                int key = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), ch = dd * 2 + (lane >> 4);
+                ldsm_x4_t(b, vbase + swz<D>(key, ch));
+                mma16816<BF16>(o[2 * dd], pa, b);
+                mma16816<BF16>(o[2 * dd + 1], pa, b + 2);
+            }
+        }
+        __syncthreads();
+        buf ^= 1;
+        j = jn;
+    }
+    cp_async_wait<0>();
+
+    // Epilogue: normalise, write O and LSE (natural log). Rows that saw nothing: 0 and -inf.
+    #pragma unroll
+    for (int i = 0; i < 2; i++) {
+        float l = l_run[i];
+        l += __shfl_xor_sync(0xffffffff, l, 1);
+        l += __shfl_xor_sync(0xffffffff, l, 2);
+        int row = m0 + r0 + 8 * i;
+        float inv = l > 0.f ? 1.f / l : 0.f;
+        if (row < tq) {
+            size_t base = ((size_t)row * nh + h) * D;
+            #pragma unroll
+            for (int a = 0; a < D / 8; a++) {
+                int col = a * 8 + 2 * t4;
+                float x0 = o[a][2 * i] * inv, x1 = o[a][2 * i + 1] * inv;
+                if (OUT_F32) *(float2*)((float*)out + base + col) = make_float2(x0, x1);
+                else *(u32*)((u16*)out + base + col) = pack2<BF16>(x0, x1);
+            }
+            if (t4 == 0) lse[(size_t)row * nh + h] = l > 0.f ? (m_run[i] + log2f(l)) * LN2 : NEG_INF;
+        }
+    }
+}
+
+#define FLASH_ENTRY(NAME, D, BF16, OUT_F32)                                                                       \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                                       \
+        const u16* q, const u16* k, const u16* v, void* out, float* lse, const int* q_seq, const int* q_pos,     \
+        const int* k_seq, const int* k_pos, const int4* q_tiles, const int4* k_tiles, int tq, int tk, int nh,    \
+        int nkv, float scale_log2) {                                                                              \
+        flash_fwd<D, BF16, OUT_F32>(q, k, v, out, lse, q_seq, q_pos, k_seq, k_pos, q_tiles, k_tiles, tq, tk, nh, \
+                                    nkv, scale_log2);                                                             \
+    }
+FLASH_ENTRY(flash_fwd_d64_bf16_f32, 64, true, true)
+FLASH_ENTRY(flash_fwd_d64_bf16_b16, 64, true, false)
+FLASH_ENTRY(flash_fwd_d64_f16_f32, 64, false, true)
+FLASH_ENTRY(flash_fwd_d64_f16_b16, 64, false, false)
+FLASH_ENTRY(flash_fwd_d128_bf16_f32, 128, true, true)
+FLASH_ENTRY(flash_fwd_d128_bf16_b16, 128, true, false)
+FLASH_ENTRY(flash_fwd_d128_f16_f32, 128, false, true)
+FLASH_ENTRY(flash_fwd_d128_f16_b16, 128, false, false)
+
+// Online merge (Eq. 4), in place: (acc_out, acc_lse) <- merge((acc_out, acc_lse), (part_out, part_lse)).
+// rows = Tq * NH; each thread handles 4 consecutive elements of one row.
+template <int PART_KIND>  // 0: f32 partial, 1: bf16, 2: f16
+DEVI void merge_fold(float* __restrict__ acc_out, float* __restrict__ acc_lse, const void* __restrict__ part_out,
+                     const float* __restrict__ part_lse, long rows, int d) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    int per_row = d / 4;
+    long row = idx / per_row;
+    if (row >= rows) return;
+    int c = (int)(idx % per_row) * 4;
+    float la = acc_lse[row], lb = part_lse[row];
+    float mx = fmaxf(la, lb);
+    float ms = mx == NEG_INF ? 0.f : mx;
+    float wa = __expf(la - ms), wb = __expf(lb - ms), den = wa + wb;
+    float inv = den > 0.f ? 1.f / den : 0.f;
+    float4 a = *(float4*)(acc_out + row * d + c);
+    float b[4];
+    if (PART_KIND == 0) {
+        float4 t = *(const float4*)((const float*)part_out + row * d + c);
+        b[0] = t.x; b[1] = t.y; b[2] = t.z; b[3] = t.w;
+    } else {
+        uint2 t = *(const uint2*)((const u16*)part_out + row * d + c);
+        u16 hs[4] = {(u16)(t.x & 0xffff), (u16)(t.x >> 16), (u16)(t.y & 0xffff), (u16)(t.y >> 16)};
+        for (int e = 0; e < 4; e++) b[e] = PART_KIND == 1 ? bf16_to_f32(hs[e]) : f16_to_f32(hs[e]);
+    }
+    a.x = (a.x * wa + b[0] * wb) * inv;
+    a.y = (a.y * wa + b[1] * wb) * inv;
+    a.z = (a.z * wa + b[2] * wb) * inv;
+    a.w = (a.w * wa + b[3] * wb) * inv;
+    *(float4*)(acc_out + row * d + c) = a;
+    // Every thread of the row computed the same LSE; the first writes it, after its reads.
+    if (c == 0) acc_lse[row] = den > 0.f ? ms + __logf(den) : NEG_INF;
+}
+extern "C" __global__ void merge_fold_f32(float* ao, float* al, const void* po, const float* pl, long rows, int d) { merge_fold<0>(ao, al, po, pl, rows, d); }
+extern "C" __global__ void merge_fold_bf16(float* ao, float* al, const void* po, const float* pl, long rows, int d) { merge_fold<1>(ao, al, po, pl, rows, d); }
+extern "C" __global__ void merge_fold_f16(float* ao, float* al, const void* po, const float* pl, long rows, int d) { merge_fold<2>(ao, al, po, pl, rows, d); }
+
+// N-way merge: n partials given by pointer arrays (each out [rows][d] f32, lse [rows]) ->
+// out [rows][d] (f32 or 16-bit) and out_lse [rows].
+template <int OUT_KIND>  // 0: f32, 1: bf16, 2: f16
+DEVI void merge_all(const float* const* __restrict__ parts_out, const float* const* __restrict__ parts_lse, int n,
+                    void* __restrict__ out, float* __restrict__ out_lse, long rows, int d) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    int per_row = d / 4;
+    long row = idx / per_row;
+    if (row >= rows) return;
+    int c = (int)(idx % per_row) * 4;
+    float mx = NEG_INF;
+    for (int s = 0; s < n; s++) mx = fmaxf(mx, parts_lse[s][row]);
+    float ms = mx == NEG_INF ? 0.f : mx;
+    float den = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int s = 0; s < n; s++) {
+        float w = __expf(parts_lse[s][row] - ms);
+        if (w == 0.f) continue;
+        float4 t = *(const float4*)(parts_out[s] + row * d + c);
+        den += w;
+        acc[0] += w * t.x; acc[1] += w * t.y; acc[2] += w * t.z; acc[3] += w * t.w;
+    }
+    float inv = den > 0.f ? 1.f / den : 0.f;
+    for (int e = 0; e < 4; e++) acc[e] *= inv;
+    if (OUT_KIND == 0) *(float4*)((float*)out + row * d + c) = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    else if (OUT_KIND == 1) *(uint2*)((u16*)out + row * d + c) = make_uint2(pack2<true>(acc[0], acc[1]), pack2<true>(acc[2], acc[3]));
+    else *(uint2*)((u16*)out + row * d + c) = make_uint2(pack2<false>(acc[0], acc[1]), pack2<false>(acc[2], acc[3]));
+    if (c == 0) out_lse[row] = den > 0.f ? ms + __logf(den) : NEG_INF;
+}
+extern "C" __global__ void merge_all_f32(const float* const* po, const float* const* pl, int n, void* o, float* ol, long rows, int d) { merge_all<0>(po, pl, n, o, ol, rows, d); }
+extern "C" __global__ void merge_all_bf16(const float* const* po, const float* const* pl, int n, void* o, float* ol, long rows, int d) { merge_all<1>(po, pl, n, o, ol, rows, d); }
+extern "C" __global__ void merge_all_f16(const float* const* po, const float* const* pl, int n, void* o, float* ol, long rows, int d) { merge_all<2>(po, pl, n, o, ol, rows, d); }
+
+// Split-KV decode (flash-decoding): one query row per block column, keys of its sequence in
+// the contiguous row range [kv_start[b], kv_start[b] + kv_len[b]) of the KV block, visible when
+// k_pos <= q_pos. Grid (splits, NKV, Bq); 128 threads; a group of D/8 lanes per key, each lane
+// holding 8 elements; the G = NH/NKV query heads of a KV head share every K/V load.
+// Writes normalised partials: part_out [splits][Bq*NH][D] (normalised), part_lse [splits][Bq*NH].
+template <int D, bool BF16, int G>
+DEVI void decode_split(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+                       const int* __restrict__ kv_start, const int* __restrict__ kv_len, const int* __restrict__ q_pos,
+                       const int* __restrict__ k_pos, float* __restrict__ part_out, float* __restrict__ part_lse,
+                       int bq, int nh, int nkv, int split_len, float scale_log2) {
+    constexpr int LPK = D / 8;           // lanes per key
+    constexpr int KPW = 32 / LPK;        // keys per warp step
+    constexpr int NW = 4, GROUPS = NW * KPW;
+    constexpr int UNROLL = 4;
+    const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int grp = warp * KPW + lane / LPK, sub = lane % LPK;
+    const int qp = q_pos[b];
+    const int start = kv_start[b] + split * split_len;
+    const int end = min(kv_start[b] + kv_len[b], start + split_len);
+
+    float qv[G][8];
+    for (int hh = 0; hh < G; hh++) {
+        const uint4 raw = *(const uint4*)(q + ((size_t)b * nh + kvh * G + hh) * D + sub * 8);
+        const u16* p = (const u16*)&raw;
+        for (int e = 0; e < 8; e++) qv[hh][e] = to_f32<BF16>(p[e]) * scale_log2;
+    }
+    float m[G], l[G], acc[G][8];
+    for (int hh = 0; hh < G; hh++) {
+        m[hh] = NEG_INF; l[hh] = 0.f;
+        for (int e = 0; e < 8; e++) acc[hh][e] = 0.f;
+    }
+    for (int base = start + grp; base < end; base += GROUPS * UNROLL) {
+        uint4 kr[UNROLL], vr[UNROLL];
+        bool ok[UNROLL];
+        #pragma unroll
+        for (int u = 0; u < UNROLL; u++) {
+            int row = base + u * GROUPS;
+            ok[u] = row < end && k_pos[row] <= qp;
+            size_t off = ((size_t)(row < end ? row : start) * nkv + kvh) * D + sub * 8;
+            kr[u] = *(const uint4*)(k + off);
+            vr[u] = *(const uint4*)(v + off);
+        }
+        #pragma unroll
+        for (int u = 0; u < UNROLL; u++) {
+            const u16* kp = (const u16*)&kr[u];
+            const u16* vp = (const u16*)&vr[u];
+            float kf[8], vf[8];
+            for (int e = 0; e < 8; e++) { kf[e] = to_f32<BF16>(kp[e]); vf[e] = to_f32<BF16>(vp[e]); }
+            #pragma unroll
+            for (int hh = 0; hh < G; hh++) {
+                float s = 0.f;
+                for (int e = 0; e < 8; e++) s += qv[hh][e] * kf[e];
+                #pragma unroll
+                for (int off = LPK / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffff, s, off);
+                if (!ok[u]) continue;
+                float m_new = fmaxf(m[hh], s);
+                float corr = exp2f(m[hh] - m_new), p = exp2f(s - m_new);
+                m[hh] = m_new;
+                l[hh] = l[hh] * corr + p;
+                for (int e = 0; e < 8; e++) acc[hh][e] = acc[hh][e] * corr + p * vf[e];
+            }
+        }
+    }
+    // Combine the groups of the block through shared memory.
+    __shared__ float sm_m[GROUPS][G], sm_l[GROUPS][G];
+    __shared__ float sm_acc[GROUPS][G][D];
+    for (int hh = 0; hh < G; hh++) {
+        if (sub == 0) { sm_m[grp][hh] = m[hh]; sm_l[grp][hh] = l[hh]; }
+        for (int e = 0; e < 8; e++) sm_acc[grp][hh][sub * 8 + e] = acc[hh][e];
+    }
+    __syncthreads();
+    for (int idx = tid; idx < G * D; idx += NW * 32) {
+        int hh = idx / D, d = idx % D;
+        float mx = NEG_INF;
+        for (int gi = 0; gi < GROUPS; gi++) mx = fmaxf(mx, sm_m[gi][hh]);
+        float ms = mx == NEG_INF ? 0.f : mx;
+        float den = 0.f, num = 0.f;
+        for (int gi = 0; gi < GROUPS; gi++) {
+            float w = exp2f(sm_m[gi][hh] - ms) ;
+            den += sm_l[gi][hh] * w;
+            num += sm_acc[gi][hh][d] * w;
+        }
+        long row = (long)b * nh + kvh * G + hh;
+        long rows = (long)bq * nh;
+        part_out[((long)split * rows + row) * D + d] = den > 0.f ? num / den : 0.f;
+        if (d == 0) part_lse[split * rows + row] = den > 0.f ? (ms + log2f(den)) * LN2 : NEG_INF;
+    }
+}
+#define DECODE_ENTRY(NAME, D, BF16, G)                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) NAME(const u16* q, const u16* k, const u16* v,               \
+        const int* kv_start, const int* kv_len, const int* q_pos, const int* k_pos, float* po, float* pl, int bq,    \
+        int nh, int nkv, int split_len, float scale_log2) {                                                          \
+        decode_split<D, BF16, G>(q, k, v, kv_start, kv_len, q_pos, k_pos, po, pl, bq, nh, nkv, split_len, scale_log2); \
+    }
+DECODE_ENTRY(decode_d128_bf16_g1, 128, true, 1)
+DECODE_ENTRY(decode_d128_bf16_g4, 128, true, 4)
+DECODE_ENTRY(decode_d128_bf16_g8, 128, true, 8)
+DECODE_ENTRY(decode_d128_f16_g1, 128, false, 1)
+DECODE_ENTRY(decode_d128_f16_g4, 128, false, 4)
+DECODE_ENTRY(decode_d128_f16_g8, 128, false, 8)
+DECODE_ENTRY(decode_d64_bf16_g1, 64, true, 1)
+DECODE_ENTRY(decode_d64_bf16_g4, 64, true, 4)
+DECODE_ENTRY(decode_d64_bf16_g8, 64, true, 8)
+DECODE_ENTRY(decode_d64_f16_g1, 64, false, 1)
+DECODE_ENTRY(decode_d64_f16_g4, 64, false, 4)
+DECODE_ENTRY(decode_d64_f16_g8, 64, false, 8)
