@@ -12,15 +12,18 @@ export CP_KERNEL_CACHE=/tmp/cp-kernel-cache PYTHONUNBUFFERED=1
 bin=./target/release/cp-gpu-bench
 status=0
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$out/gpu.txt"
-echo "== resource usage"
-$bin check >/dev/null 2>&1 || true   # fills the kernel cache
-for f in "$CP_KERNEL_CACHE"/*.cubin; do cuobjdump -res-usage "$f" 2>&1 | grep -A1 -E "flash_fwd_d(64|128)_bf16|decode_d128_bf16_g4|merge_fold_f32|merge_all_f32" | tee "$out/resources.txt"; done
+# Every step has its own time limit: a hung kernel must not eat the whole call.
 echo "== check"
-$bin check 2>&1 | tee "$out/check.log" || status=1
+timeout 120 $bin check 2>&1 | tee "$out/check.log" || status=1
+echo "== resource usage"
+for f in "$CP_KERNEL_CACHE"/*.cubin; do timeout 30 cuobjdump -res-usage "$f" 2>&1 | grep -A1 -E "flash_fwd_d(64|128)_bf16|decode_d128_bf16_g4|merge_fold_f32|merge_all_f32" | tee "$out/resources.txt"; done
 echo "== ours"
-$bin bench --json "$out/ours.json" $quick 2>&1 | tee "$out/bench.log" || status=1
+timeout 150 $bin bench --json "$out/ours.json" $quick 2>&1 | tee "$out/bench.log" || status=1
 echo "== PyTorch SDPA"
-python3 scripts/sdpa_bench.py --json "$out/sdpa.json" $quick 2>&1 | tee "$out/sdpa.log" || status=1
+timeout 150 python3 scripts/sdpa_bench.py --json "$out/sdpa.json" $quick 2>&1 | tee "$out/sdpa.log" || status=1
+echo "== ncu: what limits the prefill kernel (T=16K, one launch)"
+timeout 120 ncu --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis \
+    -k regex:flash_fwd --launch-count 1 $bin profile 2>&1 | grep -vE "^==PROF==|^ +-+$" | tee "$out/ncu.txt" | tail -60
 echo "== ours vs SDPA on the same inputs"
-$bin dump /tmp/cp-dump && python3 scripts/compare_sdpa.py /tmp/cp-dump/prefill_t4096.safetensors 2>&1 | tee "$out/compare.log" || status=1
+timeout 60 $bin dump /tmp/cp-dump && timeout 60 python3 scripts/compare_sdpa.py /tmp/cp-dump/prefill_t4096.safetensors 2>&1 | tee "$out/compare.log" || status=1
 exit $status

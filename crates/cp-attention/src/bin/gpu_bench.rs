@@ -166,7 +166,7 @@ fn check_merges(ops: &CudaAttention, rng: &mut Rng) -> Result<(String, bool)> {
     Ok((line, ok))
 }
 
-fn check(ops: &CudaAttention) -> Result<bool> {
+fn check(ops: &mut CudaAttention) -> Result<bool> {
     set_poison(true);
     let mut rng = Rng(0x9e3779b97f4a7c15 ^ std::process::id() as u64);
     let mut cases = Vec::new();
@@ -213,11 +213,16 @@ fn check(ops: &CudaAttention) -> Result<bool> {
         }
     }
     let mut all_ok = true;
-    for case in &cases {
-        let (line, ok) = check_case(ops, &mut rng, case)?;
-        println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
-        all_ok &= ok;
+    for warps in [8, 4] {
+        ops.flash_warps = warps;
+        println!("  prefill kernel with {warps} warps per block:");
+        for case in &cases {
+            let (line, ok) = check_case(ops, &mut rng, case)?;
+            println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
+            all_ok &= ok;
+        }
     }
+    ops.flash_warps = 8;
     let (line, ok) = check_merges(ops, &mut rng)?;
     println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
     set_poison(false);
@@ -247,7 +252,7 @@ fn random_tensor(s: &Arc<CudaStream>, rng: &mut Rng, shape: &[usize]) -> Result<
     GpuTensor::upload(s, &rng.values(shape.iter().product()), shape, GpuDType::Bf16)
 }
 
-fn bench(ops: &CudaAttention, quick: bool) -> Result<Vec<String>> {
+fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<String>> {
     let s = ops.stream().clone();
     let mut rng = Rng(42);
     let (nh, nkv, d) = (32usize, 8usize, 128usize);
@@ -268,9 +273,13 @@ fn bench(ops: &CudaAttention, quick: bool) -> Result<Vec<String>> {
         let q = random_tensor(&s, &mut rng, &[t * b, nh, d])?;
         let k = random_tensor(&s, &mut rng, &[t * b, nkv, d])?;
         let v = random_tensor(&s, &mut rng, &[t * b, nkv, d])?;
-        let ms = time_ms(ops, reps, || ops.flash(&q, &dl, &k, &v, &dl, GpuDType::Bf16).map(|_| ()))?;
         let flops = 4.0 * (b * nh) as f64 * (t as f64).powi(2) * d as f64 / 2.0;
-        record(&format!("prefill causal T={t} B={b}"), ms, flops / ms / 1e9, "TFLOP/s");
+        for warps in [8, 4] {
+            ops.flash_warps = warps;
+            let ms = time_ms(ops, reps, || ops.flash(&q, &dl, &k, &v, &dl, GpuDType::Bf16).map(|_| ()))?;
+            record(&format!("prefill causal T={t} B={b} ({warps} warps)"), ms, flops / ms / 1e9, "TFLOP/s");
+        }
+        ops.flash_warps = 4;
     }
     // Off-diagonal block: 16K queries after 16K keys, no mask.
     {
@@ -295,7 +304,10 @@ fn bench(ops: &CudaAttention, quick: bool) -> Result<Vec<String>> {
         let q = random_tensor(&s, &mut rng, &[b, nh, d])?;
         let k = random_tensor(&s, &mut rng, &[b * len, nkv, d])?;
         let v = random_tensor(&s, &mut rng, &[b * len, nkv, d])?;
-        let ms = time_ms(ops, reps, || ops.decode(&q, &dq, &k, &v, &dk).map(|_| ()))?;
+        let args = ops
+            .prepare_decode(&dq, &dk, nh, nkv)?
+            .ok_or_else(|| AttentionError::Unsupported("decode layouts not contiguous".into()))?;
+        let ms = time_ms(ops, reps, || ops.decode_with(&args, &q, &dq, &k, &v, &dk).map(|_| ()))?;
         let bytes = 2.0 * (b * len * nkv * d * 2) as f64;
         record(&format!("decode KV={len} B={b}"), ms, bytes / ms / 1e9, "TB/s");
     }
@@ -397,20 +409,32 @@ fn main() -> ExitCode {
     let json = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
     let quick = args.iter().any(|a| a == "--quick");
     let run = || -> Result<bool> {
-        let ops = CudaAttention::new(0)?;
+        let mut ops = CudaAttention::new(0)?;
         println!("device 0: {} SMs; kernels compiled by NVRTC (or loaded from the cache)", ops.sm_count());
         let mut ok = true;
         if mode == "check" || mode == "all" {
             println!("== check against the f64 oracle (poisoned outputs)");
-            ok &= check(&ops)?;
+            ok &= check(&mut ops)?;
         }
         if mode == "bench" || mode == "all" {
             println!("== bench (median of CUDA-event timings)");
-            let rows = bench(&ops, quick)?;
+            let rows = bench(&mut ops, quick)?;
             if let Some(path) = &json {
                 std::fs::write(path, format!("[{}]\n", rows.join(",\n")))
                     .map_err(|e| AttentionError::Unsupported(format!("writing {path}: {e}")))?;
             }
+        }
+        if mode == "profile" {
+            // One causal prefill at T=16K and one decode, for `ncu`.
+            let s = ops.stream().clone();
+            let mut rng = Rng(1);
+            let t = 16384;
+            let l = DeviceLayout::new(&s, &layout_of(&[(Some(0), 0, t)]))?;
+            let q = random_tensor(&s, &mut rng, &[t, 32, 128])?;
+            let k = random_tensor(&s, &mut rng, &[t, 8, 128])?;
+            let v = random_tensor(&s, &mut rng, &[t, 8, 128])?;
+            ops.flash(&q, &l, &k, &v, &l, GpuDType::Bf16)?;
+            ops.synchronize()?;
         }
         if mode == "dump" {
             dump(&ops, args.get(1).map(String::as_str).unwrap_or("dump"))?;

@@ -15,6 +15,9 @@ typedef unsigned int u32;
 
 DEVI float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
 DEVI float f16_to_f32(u16 h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
+// 2^x with the special-function unit (FlashAttention's choice); exact enough for softmax
+// weights, and 2^-inf = +0.
+DEVI float ex2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
 template <bool BF16> DEVI float to_f32(u16 h) { return BF16 ? bf16_to_f32(h) : f16_to_f32(h); }
 
 // Packs two floats into a 16-bit pair, `lo` in the low half.
@@ -72,15 +75,23 @@ DEVI int classify(int4 q, int4 k) {
     return 2;
 }
 
-// Fused causal attention forward with log-sum-exp, FA2 style: 8 warps, 16 query rows each,
-// 64 keys per tile, K/V tiles double-buffered through cp.async.
-template <int D, bool BF16, bool OUT_F32>
+// Summary of two adjacent tiles (the second may be absent: pass (-1, 0, 0, 1)).
+DEVI int4 combine(int4 a, int4 b) {
+    if (a.x == -1) return make_int4(b.x, b.y, b.z, 1);
+    if (b.x == -1) return make_int4(a.x, a.y, a.z, 1);
+    return make_int4(a.x == b.x ? a.x : -2, min(a.y, b.y), max(a.z, b.z), a.w | b.w);
+}
+
+// Fused causal attention forward with log-sum-exp, FA2 style: NW warps of 16 query rows each,
+// 64 keys per tile, K/V tiles double-buffered through cp.async. Query tile summaries come at
+// 64-row granularity.
+template <int D, bool BF16, bool OUT_F32, int NW>
 __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
                           void* __restrict__ out, float* __restrict__ lse, const int* __restrict__ q_seq,
                           const int* __restrict__ q_pos, const int* __restrict__ k_seq, const int* __restrict__ k_pos,
                           const int4* __restrict__ q_tiles, const int4* __restrict__ k_tiles, int tq, int tk, int nh,
                           int nkv, float scale_log2) {
-    constexpr int BM = 128, BN = 64, NW = 8, CH = D / 8;  // CH: 16-byte chunks per row
+    constexpr int BM = 16 * NW, BN = 64, CH = D / 8;  // CH: 16-byte chunks per row
     extern __shared__ __align__(128) unsigned char smem[];
     u16* sq = (u16*)smem;
     u16* sk = sq + BM * D;  // two buffers of BN * D
@@ -89,7 +100,11 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int h = blockIdx.y, kvh = h / (nh / nkv), m0 = blockIdx.x * BM;
     const int n_ktiles = (tk + BN - 1) / BN;
-    const int4 qt = q_tiles[blockIdx.x];
+    int4 qt = q_tiles[blockIdx.x * (BM / 64)];
+    for (int i = 1; i < BM / 64; i++) {
+        int t = blockIdx.x * (BM / 64) + i;
+        qt = combine(qt, t * 64 < tq ? q_tiles[t] : make_int4(-1, 0, 0, 1));
+    }
 
     auto next_visible = [&](int j) {
         while (j < n_ktiles && classify(qt, k_tiles[j]) == 0) j++;
@@ -134,7 +149,8 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
     int buf = 0;
     bool first = true;
     while (j < n_ktiles) {
-        const int kind = classify(qt, k_tiles[j]);
+        int kind = classify(qt, k_tiles[j]);
+        if (kind == 1 && (j + 1) * BN > tk) kind = 2;  // a short last tile: mask its missing rows
         const int jn = next_visible(j + 1);
         if (jn < n_ktiles) load_kv(jn, buf ^ 1);
         cp_async_commit();
@@ -191,13 +207,13 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
             float m_new = fmaxf(m_run[i], mx);
             // Rows that have seen nothing yet keep m = -inf; subtract 0 so exp2 gives 0, not NaN.
             float m_use = m_new == NEG_INF ? 0.f : m_new;
-            float corr = exp2f(m_run[i] - m_use);
+            float corr = ex2(m_run[i] - m_use);
             m_run[i] = m_new;
             float sum = 0.f;
             #pragma unroll
             for (int a = 0; a < BN / 8; a++) {
-                s[a][2 * i] = exp2f(s[a][2 * i] - m_use);
-                s[a][2 * i + 1] = exp2f(s[a][2 * i + 1] - m_use);
+                s[a][2 * i] = ex2(s[a][2 * i] - m_use);
+                s[a][2 * i + 1] = ex2(s[a][2 * i + 1] - m_use);
                 sum += s[a][2 * i] + s[a][2 * i + 1];
             }
             l_run[i] = l_run[i] * corr + sum;
@@ -250,28 +266,30 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
     }
 }
 
-#define FLASH_ENTRY(NAME, D, BF16, OUT_F32)                                                                       \
-    extern "C" __global__ void __launch_bounds__(256) NAME(                                                       \
+#define FLASH_ENTRY(NAME, D, BF16, OUT_F32, NW)                                                                   \
+    extern "C" __global__ void __launch_bounds__(NW * 32) NAME(                                                   \
         const u16* q, const u16* k, const u16* v, void* out, float* lse, const int* q_seq, const int* q_pos,     \
         const int* k_seq, const int* k_pos, const int4* q_tiles, const int4* k_tiles, int tq, int tk, int nh,    \
         int nkv, float scale_log2) {                                                                              \
-        flash_fwd<D, BF16, OUT_F32>(q, k, v, out, lse, q_seq, q_pos, k_seq, k_pos, q_tiles, k_tiles, tq, tk, nh, \
-                                    nkv, scale_log2);                                                             \
+        flash_fwd<D, BF16, OUT_F32, NW>(q, k, v, out, lse, q_seq, q_pos, k_seq, k_pos, q_tiles, k_tiles, tq, tk, \
+                                        nh, nkv, scale_log2);                                                     \
     }
-FLASH_ENTRY(flash_fwd_d64_bf16_f32, 64, true, true)
-FLASH_ENTRY(flash_fwd_d64_bf16_b16, 64, true, false)
-FLASH_ENTRY(flash_fwd_d64_f16_f32, 64, false, true)
-FLASH_ENTRY(flash_fwd_d64_f16_b16, 64, false, false)
-FLASH_ENTRY(flash_fwd_d128_bf16_f32, 128, true, true)
-FLASH_ENTRY(flash_fwd_d128_bf16_b16, 128, true, false)
-FLASH_ENTRY(flash_fwd_d128_f16_f32, 128, false, true)
-FLASH_ENTRY(flash_fwd_d128_f16_b16, 128, false, false)
+#define FLASH_WARPS(D, T, BF16)                                       \
+    FLASH_ENTRY(flash_fwd_d##D##_##T##_f32_w8, D, BF16, true, 8)      \
+    FLASH_ENTRY(flash_fwd_d##D##_##T##_b16_w8, D, BF16, false, 8)     \
+    FLASH_ENTRY(flash_fwd_d##D##_##T##_f32_w4, D, BF16, true, 4)      \
+    FLASH_ENTRY(flash_fwd_d##D##_##T##_b16_w4, D, BF16, false, 4)
+FLASH_WARPS(64, bf16, true)
+FLASH_WARPS(64, f16, false)
+FLASH_WARPS(128, bf16, true)
+FLASH_WARPS(128, f16, false)
 
-// Online merge (Eq. 4), in place: (acc_out, acc_lse) <- merge((acc_out, acc_lse), (part_out, part_lse)).
-// rows = Tq * NH; each thread handles 4 consecutive elements of one row.
+// Online merge (Eq. 4): acc_out <- merge in place; the merged LSE goes to new_lse (a separate
+// buffer, since other threads of the row still read acc_lse). rows = Tq * NH; each thread
+// handles 4 consecutive elements of one row.
 template <int PART_KIND>  // 0: f32 partial, 1: bf16, 2: f16
-DEVI void merge_fold(float* __restrict__ acc_out, float* __restrict__ acc_lse, const void* __restrict__ part_out,
-                     const float* __restrict__ part_lse, long rows, int d) {
+DEVI void merge_fold(float* __restrict__ acc_out, const float* __restrict__ acc_lse, const void* __restrict__ part_out,
+                     const float* __restrict__ part_lse, float* __restrict__ new_lse, long rows, int d) {
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     int per_row = d / 4;
     long row = idx / per_row;
@@ -297,34 +315,54 @@ DEVI void merge_fold(float* __restrict__ acc_out, float* __restrict__ acc_lse, c
     a.z = (a.z * wa + b[2] * wb) * inv;
     a.w = (a.w * wa + b[3] * wb) * inv;
     *(float4*)(acc_out + row * d + c) = a;
-    // Every thread of the row computed the same LSE; the first writes it, after its reads.
-    if (c == 0) acc_lse[row] = den > 0.f ? ms + __logf(den) : NEG_INF;
+    if (c == 0) new_lse[row] = den > 0.f ? ms + __logf(den) : NEG_INF;
 }
-extern "C" __global__ void merge_fold_f32(float* ao, float* al, const void* po, const float* pl, long rows, int d) { merge_fold<0>(ao, al, po, pl, rows, d); }
-extern "C" __global__ void merge_fold_bf16(float* ao, float* al, const void* po, const float* pl, long rows, int d) { merge_fold<1>(ao, al, po, pl, rows, d); }
-extern "C" __global__ void merge_fold_f16(float* ao, float* al, const void* po, const float* pl, long rows, int d) { merge_fold<2>(ao, al, po, pl, rows, d); }
+extern "C" __global__ void merge_fold_f32(float* ao, const float* al, const void* po, const float* pl, float* nl, long rows, int d) { merge_fold<0>(ao, al, po, pl, nl, rows, d); }
+extern "C" __global__ void merge_fold_bf16(float* ao, const float* al, const void* po, const float* pl, float* nl, long rows, int d) { merge_fold<1>(ao, al, po, pl, nl, rows, d); }
+extern "C" __global__ void merge_fold_f16(float* ao, const float* al, const void* po, const float* pl, float* nl, long rows, int d) { merge_fold<2>(ao, al, po, pl, nl, rows, d); }
 
-// N-way merge: n partials given by pointer arrays (each out [rows][d] f32, lse [rows]) ->
-// out [rows][d] (f32 or 16-bit) and out_lse [rows].
+// N-way merge of n f32 partials, either given by value as pointer arrays (up to 16 parts, no
+// host-to-device copy per call) or as one contiguous [n][rows][d] buffer (`strided`).
+// Output [rows][d] in f32 or 16-bit, LSE [rows].
+#define MAX_PARTS 16
+struct Parts { const float* out[MAX_PARTS]; const float* lse[MAX_PARTS]; };
 template <int OUT_KIND>  // 0: f32, 1: bf16, 2: f16
-DEVI void merge_all(const float* const* __restrict__ parts_out, const float* const* __restrict__ parts_lse, int n,
-                    void* __restrict__ out, float* __restrict__ out_lse, long rows, int d) {
+DEVI void merge_n(const Parts& p, const float* strided_out, const float* strided_lse, int n, void* __restrict__ out,
+                  float* __restrict__ out_lse, long rows, int d) {
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     int per_row = d / 4;
     long row = idx / per_row;
     if (row >= rows) return;
     int c = (int)(idx % per_row) * 4;
-    float mx = NEG_INF;
-    for (int s = 0; s < n; s++) mx = fmaxf(mx, parts_lse[s][row]);
-    float ms = mx == NEG_INF ? 0.f : mx;
-    float den = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int s = 0; s < n; s++) {
-        float w = __expf(parts_lse[s][row] - ms);
-        if (w == 0.f) continue;
-        float4 t = *(const float4*)(parts_out[s] + row * d + c);
-        den += w;
-        acc[0] += w * t.x; acc[1] += w * t.y; acc[2] += w * t.z; acc[3] += w * t.w;
+    auto lse_of = [&](int s) { return strided_lse ? strided_lse[s * rows + row] : p.lse[s][row]; };
+    auto out_of = [&](int s) { return strided_out ? strided_out + ((long)s * rows + row) * d + c : p.out[s] + row * d + c; };
+    float mx = NEG_INF, den = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+    // Parts in groups of 8, all loads of a group issued before any use.
+    for (int s0 = 0; s0 < n; s0 += 8) {
+        float l[8];
+        float4 t[8];
+        #pragma unroll
+        for (int i = 0; i < 8; i++) {
+            bool ok = s0 + i < n;
+            l[i] = ok ? lse_of(s0 + i) : NEG_INF;
+            t[i] = ok ? *(const float4*)out_of(s0 + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+        float gm = mx;
+        #pragma unroll
+        for (int i = 0; i < 8; i++) gm = fmaxf(gm, l[i]);
+        float ms = gm == NEG_INF ? 0.f : gm;
+        float corr = __expf(mx - ms);  // rescale what was accumulated so far (0 if nothing yet)
+        den *= corr;
+        for (int e = 0; e < 4; e++) acc[e] *= corr;
+        #pragma unroll
+        for (int i = 0; i < 8; i++) {
+            float w = __expf(l[i] - ms);
+            den += w;
+            acc[0] += w * t[i].x; acc[1] += w * t[i].y; acc[2] += w * t[i].z; acc[3] += w * t[i].w;
+        }
+        mx = gm;
     }
+    float ms = mx == NEG_INF ? 0.f : mx;
     float inv = den > 0.f ? 1.f / den : 0.f;
     for (int e = 0; e < 4; e++) acc[e] *= inv;
     if (OUT_KIND == 0) *(float4*)((float*)out + row * d + c) = make_float4(acc[0], acc[1], acc[2], acc[3]);
@@ -332,9 +370,13 @@ DEVI void merge_all(const float* const* __restrict__ parts_out, const float* con
     else *(uint2*)((u16*)out + row * d + c) = make_uint2(pack2<false>(acc[0], acc[1]), pack2<false>(acc[2], acc[3]));
     if (c == 0) out_lse[row] = den > 0.f ? ms + __logf(den) : NEG_INF;
 }
-extern "C" __global__ void merge_all_f32(const float* const* po, const float* const* pl, int n, void* o, float* ol, long rows, int d) { merge_all<0>(po, pl, n, o, ol, rows, d); }
-extern "C" __global__ void merge_all_bf16(const float* const* po, const float* const* pl, int n, void* o, float* ol, long rows, int d) { merge_all<1>(po, pl, n, o, ol, rows, d); }
-extern "C" __global__ void merge_all_f16(const float* const* po, const float* const* pl, int n, void* o, float* ol, long rows, int d) { merge_all<2>(po, pl, n, o, ol, rows, d); }
+extern "C" __global__ void merge_all_f32(Parts p, int n, void* o, float* ol, long rows, int d) { merge_n<0>(p, nullptr, nullptr, n, o, ol, rows, d); }
+extern "C" __global__ void merge_all_bf16(Parts p, int n, void* o, float* ol, long rows, int d) { merge_n<1>(p, nullptr, nullptr, n, o, ol, rows, d); }
+extern "C" __global__ void merge_all_f16(Parts p, int n, void* o, float* ol, long rows, int d) { merge_n<2>(p, nullptr, nullptr, n, o, ol, rows, d); }
+extern "C" __global__ void merge_strided_f32(const float* po, const float* pl, int n, void* o, float* ol, long rows, int d) {
+    Parts none;
+    merge_n<0>(none, po, pl, n, o, ol, rows, d);
+}
 
 // Split-KV decode (flash-decoding): one query row per block column, keys of its sequence in
 // the contiguous row range [kv_start[b], kv_start[b] + kv_len[b]) of the KV block, visible when
@@ -368,13 +410,14 @@ DEVI void decode_split(const u16* __restrict__ q, const u16* __restrict__ k, con
         m[hh] = NEG_INF; l[hh] = 0.f;
         for (int e = 0; e < 8; e++) acc[hh][e] = 0.f;
     }
-    for (int base = start + grp; base < end; base += GROUPS * UNROLL) {
+    // Every lane runs the same number of iterations (the shuffles below need the whole warp).
+    for (int base = start; base < end; base += GROUPS * UNROLL) {
         uint4 kr[UNROLL], vr[UNROLL];
         bool ok[UNROLL];
         #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
-            int row = base + u * GROUPS;
-            ok[u] = row < end && k_pos[row] <= qp;
+            int row = base + grp + u * GROUPS;
+            ok[u] = row < end && k_pos[row < end ? row : start] <= qp;
             size_t off = ((size_t)(row < end ? row : start) * nkv + kvh) * D + sub * 8;
             kr[u] = *(const uint4*)(k + off);
             vr[u] = *(const uint4*)(v + off);
@@ -393,7 +436,7 @@ DEVI void decode_split(const u16* __restrict__ q, const u16* __restrict__ k, con
                 for (int off = LPK / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffff, s, off);
                 if (!ok[u]) continue;
                 float m_new = fmaxf(m[hh], s);
-                float corr = exp2f(m[hh] - m_new), p = exp2f(s - m_new);
+                float corr = ex2(m[hh] - m_new), p = ex2(s - m_new);
                 m[hh] = m_new;
                 l[hh] = l[hh] * corr + p;
                 for (int e = 0; e < 8; e++) acc[hh][e] = acc[hh][e] * corr + p * vf[e];
@@ -415,7 +458,7 @@ DEVI void decode_split(const u16* __restrict__ q, const u16* __restrict__ k, con
         float ms = mx == NEG_INF ? 0.f : mx;
         float den = 0.f, num = 0.f;
         for (int gi = 0; gi < GROUPS; gi++) {
-            float w = exp2f(sm_m[gi][hh] - ms) ;
+            float w = ex2(sm_m[gi][hh] - ms);
             den += sm_l[gi][hh] * w;
             num += sm_acc[gi][hh][d] * w;
         }

@@ -8,28 +8,30 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use super::cuda_err;
 use crate::Result;
 
-/// Query rows per block of the prefill kernel, and keys per tile.
-pub(crate) const Q_TILE: usize = 128;
-pub(crate) const K_TILE: usize = 64;
+/// Rows per tile summary (query blocks of 128 rows combine two on the device), and keys per
+/// tile of the prefill kernel.
+pub(crate) const TILE: usize = 64;
 
-/// A [`Layout`] uploaded for the kernels: `seq[row]` (-1 for padding), `pos[row]`, and tile
-/// summaries `(seq or -1 none or -2 several, min pos, max pos, has padding)` for query tiles
-/// of 128 rows and key tiles of 64 rows.
+/// A [`Layout`] uploaded for the kernels: `seq[row]` (-1 for padding), `pos[row]`, tile
+/// summaries `(seq or -1 none or -2 several, min pos, max pos, has padding)` of 64 rows, and,
+/// for the decode kernel, each sequence's contiguous row range (if every sequence's rows are
+/// contiguous).
 #[derive(Debug)]
 pub struct DeviceLayout {
     pub(crate) rows: usize,
     pub(crate) tokens: Vec<Option<Token>>,
     pub(crate) seq: CudaSlice<i32>,
     pub(crate) pos: CudaSlice<i32>,
-    pub(crate) q_tiles: CudaSlice<i32>,
-    pub(crate) k_tiles: CudaSlice<i32>,
+    pub(crate) tiles: CudaSlice<i32>,
+    pub(crate) seq_ranges: Option<std::collections::HashMap<usize, (usize, usize)>>,
 }
 
 /// Summaries of consecutive tiles of `tile` rows.
 pub(crate) fn tile_summaries(tokens: &[Option<Token>], tile: usize) -> Vec<i32> {
     let mut out = Vec::new();
     for chunk in tokens.chunks(tile) {
-        let (mut seq, mut lo, mut hi, mut pad) = (-1i64, i64::MAX, i64::MIN, 0);
+        // A short last tile has rows past the end: they count as padding.
+        let (mut seq, mut lo, mut hi, mut pad) = (-1i64, i64::MAX, i64::MIN, i32::from(chunk.len() < tile));
         for t in chunk {
             match t {
                 None => pad = 1,
@@ -55,6 +57,28 @@ pub(crate) fn tile_summaries(tokens: &[Option<Token>], tile: usize) -> Vec<i32> 
     out
 }
 
+/// Each sequence's row range `(first, len)`, or `None` if some sequence's rows are not
+/// contiguous (or interleaved with padding).
+fn seq_ranges(tokens: &[Option<Token>]) -> Option<std::collections::HashMap<usize, (usize, usize)>> {
+    let mut ranges: std::collections::HashMap<usize, (usize, usize)> = std::collections::HashMap::new();
+    let mut last: Option<usize> = None;
+    for (row, t) in tokens.iter().enumerate() {
+        let Some(t) = t else {
+            last = None;
+            continue;
+        };
+        match ranges.get_mut(&t.seq) {
+            Some(r) if last == Some(t.seq) && r.0 + r.1 == row => r.1 += 1,
+            Some(_) => return None,
+            None => {
+                ranges.insert(t.seq, (row, 1));
+            }
+        }
+        last = Some(t.seq);
+    }
+    Some(ranges)
+}
+
 impl DeviceLayout {
     /// Uploads `layout`. Positions must fit in `i32`.
     pub fn new(stream: &Arc<CudaStream>, layout: &Layout) -> Result<DeviceLayout> {
@@ -76,8 +100,8 @@ impl DeviceLayout {
             rows: layout.len(),
             seq: up(&seq)?,
             pos: up(&pos)?,
-            q_tiles: up(&tile_summaries(&tokens, Q_TILE))?,
-            k_tiles: up(&tile_summaries(&tokens, K_TILE))?,
+            tiles: up(&tile_summaries(&tokens, TILE))?,
+            seq_ranges: seq_ranges(&tokens),
             tokens,
         })
     }

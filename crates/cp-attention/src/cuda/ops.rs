@@ -9,13 +9,35 @@ use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 
-use super::layout::{DeviceLayout, Q_TILE};
+use super::layout::DeviceLayout;
 use super::{GpuDType, GpuTensor, cubin, cuda_err, driver_available};
 use crate::{AttentionError, Result};
 
-/// Dynamic shared memory of the prefill kernel: a Q tile and two K and two V tiles.
-fn flash_smem(head_dim: usize) -> usize {
-    (Q_TILE + 4 * super::layout::K_TILE) * head_dim * 2
+/// Dynamic shared memory of the prefill kernel with `warps` warps: a Q tile of 16 rows per
+/// warp and two K and two V tiles of 64 rows.
+fn flash_smem(head_dim: usize, warps: usize) -> usize {
+    (16 * warps + 4 * super::layout::TILE) * head_dim * 2
+}
+
+/// Up to 16 partials' pointers, passed to the merge kernel by value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Parts {
+    out: [u64; 16],
+    lse: [u64; 16],
+}
+
+// SAFETY: plain old data with the layout of the kernel's `struct Parts`.
+unsafe impl cudarc::driver::DeviceRepr for Parts {}
+
+/// What the decode kernel needs beyond the tensors, prepared once per pair of layouts.
+#[derive(Debug)]
+pub struct DecodeArgs {
+    start: CudaSlice<i32>,
+    len: CudaSlice<i32>,
+    pos: CudaSlice<i32>,
+    splits: usize,
+    split_len: usize,
 }
 
 /// The compiled module's functions by name.
@@ -27,25 +49,26 @@ impl Kernels {
     fn load(ctx: &Arc<CudaContext>, arch: &str) -> Result<Kernels> {
         let module = ctx.load_module(Ptx::from_binary(cubin(arch)?)).map_err(cuda_err("cuModuleLoadData"))?;
         let mut names: Vec<String> = Vec::new();
+        let mut flash = Vec::new();
         for d in [64, 128] {
             for t in ["bf16", "f16"] {
-                names.extend(["f32", "b16"].map(|o| format!("flash_fwd_d{d}_{t}_{o}")));
+                for o in ["f32", "b16"] {
+                    flash.extend([4, 8].map(|w| (format!("flash_fwd_d{d}_{t}_{o}_w{w}"), flash_smem(d, w))));
+                }
                 names.extend([1, 4, 8].map(|g| format!("decode_d{d}_{t}_g{g}")));
             }
         }
         names.extend(["merge_fold_f32", "merge_fold_bf16", "merge_fold_f16"].map(String::from));
-        names.extend(["merge_all_f32", "merge_all_bf16", "merge_all_f16"].map(String::from));
+        names.extend(["merge_all_f32", "merge_all_bf16", "merge_all_f16", "merge_strided_f32"].map(String::from));
         let mut functions = HashMap::new();
         for name in names {
             let f = module.load_function(&name).map_err(cuda_err("cuModuleGetFunction"))?;
-            if let Some(d) = name.strip_prefix("flash_fwd_d").and_then(|r| r.split('_').next()) {
-                let d: usize = d.parse().unwrap_or(128);
-                f.set_attribute(
-                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    flash_smem(d) as i32,
-                )
+            functions.insert(name, f);
+        }
+        for (name, smem) in flash {
+            let f = module.load_function(&name).map_err(cuda_err("cuModuleGetFunction"))?;
+            f.set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
                 .map_err(cuda_err("cuFuncSetAttribute(max dynamic shared memory)"))?;
-            }
             functions.insert(name, f);
         }
         Ok(Kernels { functions })
@@ -66,6 +89,9 @@ pub struct CudaAttention {
     pub scale: Option<f64>,
     /// dtype of the partial outputs of the prefill kernel (f32 by default, for exact merges).
     pub partial_dtype: GpuDType,
+    /// Warps per block of the prefill kernel: 4 or 8 (16 query rows each).
+    pub flash_warps: usize,
+    decode_args: Mutex<HashMap<(Layout, Layout), Arc<DecodeArgs>>>,
 }
 
 impl std::fmt::Debug for CudaAttention {
@@ -110,6 +136,8 @@ impl CudaAttention {
             layouts: Mutex::default(),
             scale: None,
             partial_dtype: GpuDType::F32,
+            flash_warps: 4,
+            decode_args: Mutex::default(),
         })
     }
 
@@ -122,6 +150,8 @@ impl CudaAttention {
             layouts: Mutex::default(),
             scale: self.scale,
             partial_dtype: self.partial_dtype,
+            flash_warps: self.flash_warps,
+            decode_args: Mutex::default(),
         }
     }
 
@@ -218,8 +248,12 @@ impl CudaAttention {
         if out_dtype != GpuDType::F32 && out_dtype != q.dtype() {
             return Err(AttentionError::Unsupported(format!("output dtype {out_dtype:?} for {:?} inputs", q.dtype())));
         }
-        let name =
-            format!("flash_fwd_d{d}_{}_{}", q.dtype().tag(), if out_dtype == GpuDType::F32 { "f32" } else { "b16" });
+        let warps = self.flash_warps;
+        if warps != 4 && warps != 8 {
+            return Err(AttentionError::Unsupported(format!("flash_warps = {warps} (4 or 8)")));
+        }
+        let out_tag = if out_dtype == GpuDType::F32 { "f32" } else { "b16" };
+        let name = format!("flash_fwd_d{d}_{}_{out_tag}_w{warps}", q.dtype().tag());
         let f = self.kernels.get(&name)?;
         let mut out = GpuTensor::alloc(&self.stream, out_dtype, &[tq, nh, d])?;
         let mut lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &[tq, nh])?;
@@ -227,13 +261,13 @@ impl CudaAttention {
             let (tq_i, tk_i, nh_i, nkv_i) = (tq as i32, tk as i32, nh as i32, nkv as i32);
             let scale = self.scale_log2(d);
             let cfg = LaunchConfig {
-                grid_dim: (tq.div_ceil(Q_TILE) as u32, nh as u32, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: flash_smem(d) as u32,
+                grid_dim: (tq.div_ceil(16 * warps) as u32, nh as u32, 1),
+                block_dim: (32 * warps as u32, 1, 1),
+                shared_mem_bytes: flash_smem(d, warps) as u32,
             };
             let mut b = self.stream.launch_builder(f);
             b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&mut out).arg(&mut lse);
-            b.arg(&ql.seq).arg(&ql.pos).arg(&kl.seq).arg(&kl.pos).arg(&ql.q_tiles).arg(&kl.k_tiles);
+            b.arg(&ql.seq).arg(&ql.pos).arg(&kl.seq).arg(&kl.pos).arg(&ql.tiles).arg(&kl.tiles);
             b.arg(&tq_i).arg(&tk_i).arg(&nh_i).arg(&nkv_i).arg(&scale);
             // SAFETY: argument types and order match the kernel; buffers hold the shapes checked
             // above; the grid covers every query row and the dynamic shared memory is set.
@@ -245,61 +279,58 @@ impl CudaAttention {
         })
     }
 
-    /// For each query row, the contiguous kv row range of its sequence, if the layouts allow
-    /// the decode kernel (every sequence's keys contiguous).
-    fn decode_ranges(q: &DeviceLayout, kv: &DeviceLayout) -> Option<(Vec<i32>, Vec<i32>, Vec<i32>)> {
-        let mut ranges: HashMap<usize, (usize, usize, usize)> = HashMap::new(); // seq -> (first, last, count)
-        for (row, t) in kv.tokens.iter().enumerate() {
-            if let Some(t) = t {
-                let e = ranges.entry(t.seq).or_insert((row, row, 0));
-                e.1 = row;
-                e.2 += 1;
-            }
-        }
-        if ranges.values().any(|&(first, last, count)| last + 1 - first != count) {
-            return None;
+    /// Prepares the decode kernel's arguments for a pair of layouts: each query row's key
+    /// range and position, and the split of the keys. `None` when some sequence's keys are not
+    /// contiguous or the head ratio is not 1, 4 or 8 (the prefill kernel then serves).
+    pub fn prepare_decode(
+        &self,
+        ql: &DeviceLayout,
+        kl: &DeviceLayout,
+        nh: usize,
+        nkv: usize,
+    ) -> Result<Option<DecodeArgs>> {
+        let Some(ranges) = &kl.seq_ranges else { return Ok(None) };
+        if nkv == 0 || ![1, 4, 8].contains(&(nh / nkv)) || ql.rows == 0 {
+            return Ok(None);
         }
         let (mut start, mut len, mut pos) = (Vec::new(), Vec::new(), Vec::new());
-        for t in &q.tokens {
-            let (s, l, p) = match t.and_then(|t| ranges.get(&t.seq).map(|r| (r, t.pos))) {
-                Some((&(first, last, _), p)) => (first as i32, (last + 1 - first) as i32, p as i32),
+        for t in &ql.tokens {
+            let (s, l, p) = match t.and_then(|t| ranges.get(&t.seq).map(|r| (*r, t.pos))) {
+                Some(((first, count), p)) => (first as i32, count as i32, p as i32),
                 None => (0, 0, 0),
             };
             start.push(s);
             len.push(l);
             pos.push(p);
         }
-        Some((start, len, pos))
+        let max_len = len.iter().copied().max().unwrap_or(0).max(1) as usize;
+        // Many small splits (1024 keys, at most 256 of them): a grid of many waves has no
+        // half-empty last wave (576 blocks on 528 slots ran at half speed).
+        let split_len = max_len.div_ceil(256).max(1024).div_ceil(64) * 64;
+        let splits = max_len.div_ceil(split_len);
+        let up = |v: &[i32]| self.stream.clone_htod(v).map_err(cuda_err("cuMemcpyHtoD(decode ranges)"));
+        Ok(Some(DecodeArgs { start: up(&start)?, len: up(&len)?, pos: up(&pos)?, splits, split_len }))
     }
 
-    /// Split-KV decode of a few query rows (one per sequence) against their sequences' keys;
-    /// `None` when the layouts or head ratio do not suit the decode kernel.
-    pub fn decode(
+    /// Split-KV decode with prepared arguments: the decode kernel writes one partial per split,
+    /// and a strided N-way merge combines them.
+    pub fn decode_with(
         &self,
+        args: &DecodeArgs,
         q: &GpuTensor,
         ql: &DeviceLayout,
         k: &GpuTensor,
         v: &GpuTensor,
         kl: &DeviceLayout,
-    ) -> Result<Option<Partial<GpuTensor>>> {
+    ) -> Result<Partial<GpuTensor>> {
         let (bq, _tk, nh, nkv, d) = self.check(q, ql.rows, k, v, kl.rows)?;
         let group = nh / nkv;
-        if ![1, 4, 8].contains(&group) || bq == 0 {
-            return Ok(None);
-        }
-        let Some((start, len, pos)) = Self::decode_ranges(ql, kl) else { return Ok(None) };
-        let max_len = len.iter().copied().max().unwrap_or(0).max(1) as usize;
-        let target_blocks = 4 * self.sm_count;
-        let splits = target_blocks.div_ceil(nkv * bq).clamp(1, max_len.div_ceil(256));
-        let split_len = max_len.div_ceil(splits).div_ceil(64) * 64;
-        let splits = max_len.div_ceil(split_len);
         let rows = bq * nh;
-        let up = |v: &[i32]| self.stream.clone_htod(v).map_err(cuda_err("cuMemcpyHtoD(decode ranges)"));
-        let (start, len, pos) = (up(&start)?, up(&len)?, up(&pos)?);
+        let splits = args.splits;
         let mut part_out = GpuTensor::alloc(&self.stream, GpuDType::F32, &[splits, rows, d])?;
         let mut part_lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &[splits, rows])?;
         let f = self.kernels.get(&format!("decode_d{d}_{}_g{group}", q.dtype().tag()))?;
-        let (bq_i, nh_i, nkv_i, split_i) = (bq as i32, nh as i32, nkv as i32, split_len as i32);
+        let (bq_i, nh_i, nkv_i, split_i) = (bq as i32, nh as i32, nkv as i32, args.split_len as i32);
         let scale = self.scale_log2(d);
         let cfg = LaunchConfig {
             grid_dim: (splits as u32, nkv as u32, bq as u32),
@@ -307,60 +338,70 @@ impl CudaAttention {
             shared_mem_bytes: 0,
         };
         let mut b = self.stream.launch_builder(f);
-        b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&start).arg(&len).arg(&pos).arg(&kl.pos);
+        b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&args.start).arg(&args.len).arg(&args.pos).arg(&kl.pos);
         b.arg(&mut part_out).arg(&mut part_lse).arg(&bq_i).arg(&nh_i).arg(&nkv_i).arg(&split_i).arg(&scale);
         // SAFETY: argument types and order match the kernel; every row range lies inside k/v.
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch decode"))?;
-        let out_f32 = [splits * rows * d * 4, splits * rows * 4];
-        let parts: Vec<(u64, u64)> = {
-            let (po, _g1) = part_out.device_ptr(&self.stream);
-            let (pl, _g2) = part_lse.device_ptr(&self.stream);
-            (0..splits).map(|s| (po + (s * rows * d * 4) as u64, pl + (s * rows * 4) as u64)).collect()
-        };
-        debug_assert!(out_f32[0] > 0);
-        let merged = self.merge_pointers(&parts, rows, d, GpuDType::F32)?;
-        // The partial buffers must live until the merge kernel has read them; the stream
-        // orders the merge after the decode, and the drop below is stream-ordered too.
-        drop((part_out, part_lse));
-        Ok(Some(Partial {
-            out: GpuTensor::from_parts(merged.0, GpuDType::F32, vec![bq, nh, d]),
-            lse: GpuTensor::from_parts(merged.1, GpuDType::F32, vec![bq, nh]),
-        }))
-    }
 
-    /// N-way merge of f32 partials given by device pointers `(out, lse)`, each `rows x d`.
-    fn merge_pointers(
-        &self,
-        parts: &[(u64, u64)],
-        rows: usize,
-        d: usize,
-        out_dtype: GpuDType,
-    ) -> Result<(CudaSlice<u8>, CudaSlice<u8>)> {
-        let outs: Vec<u64> = parts.iter().map(|p| p.0).collect();
-        let lses: Vec<u64> = parts.iter().map(|p| p.1).collect();
-        let outs = self.stream.clone_htod(&outs).map_err(cuda_err("cuMemcpyHtoD(pointers)"))?;
-        let lses = self.stream.clone_htod(&lses).map_err(cuda_err("cuMemcpyHtoD(pointers)"))?;
-        let mut out = GpuTensor::alloc(&self.stream, out_dtype, &[rows, d])?;
-        let mut lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &[rows])?;
-        let f = self.kernels.get(&format!("merge_all_{}", out_dtype.tag()))?;
-        let (n, rows_l, d_i) = (parts.len() as i32, rows as i64, d as i32);
-        let threads = rows * d / 4;
+        let mut out = GpuTensor::alloc(&self.stream, GpuDType::F32, &[bq, nh, d])?;
+        let mut lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &[bq, nh])?;
+        let f = self.kernels.get("merge_strided_f32")?;
+        let (n, rows_l, d_i) = (splits as i32, rows as i64, d as i32);
         let cfg = LaunchConfig {
-            grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1),
+            grid_dim: ((rows * d / 4).div_ceil(256) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut b = self.stream.launch_builder(f);
-        b.arg(&outs).arg(&lses).arg(&n).arg(&mut out).arg(&mut lse).arg(&rows_l).arg(&d_i);
-        // SAFETY: every pointer addresses `rows * d` f32 outputs and `rows` LSEs alive until
-        // this stream reaches the kernel; `d` is a multiple of 4.
-        unsafe { b.launch(cfg) }.map_err(cuda_err("launch merge_all"))?;
-        Ok((out, lse))
+        b.arg(&part_out).arg(&part_lse).arg(&n).arg(&mut out).arg(&mut lse).arg(&rows_l).arg(&d_i);
+        // SAFETY: the split partials are `splits` contiguous blocks of `rows x d` and `rows`.
+        unsafe { b.launch(cfg) }.map_err(cuda_err("launch merge_strided"))?;
+        Ok(Partial {
+            out: GpuTensor::from_parts(out, GpuDType::F32, vec![bq, nh, d]),
+            lse: GpuTensor::from_parts(lse, GpuDType::F32, vec![bq, nh]),
+        })
     }
 
-    /// N-way merge of partials of the same queries (f32 outputs), into `out_dtype`.
+    /// Split-KV decode of a few query rows (one per sequence) against their sequences' keys;
+    /// `None` when the layouts or head ratio do not suit the decode kernel. Arguments are
+    /// prepared once per pair of layouts and cached.
+    pub fn decode(
+        &self,
+        q: &GpuTensor,
+        q_layout: &Layout,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        kv_layout: &Layout,
+    ) -> Result<Option<Partial<GpuTensor>>> {
+        let ql = self.device_layout(q_layout)?;
+        let kl = self.device_layout(kv_layout)?;
+        let (_, _, nh, nkv, _) = self.check(q, ql.rows, k, v, kl.rows)?;
+        let key = (q_layout.clone(), kv_layout.clone());
+        let cached = self.decode_args.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let args = match cached {
+            Some(args) => args,
+            None => {
+                let Some(args) = self.prepare_decode(&ql, &kl, nh, nkv)? else { return Ok(None) };
+                let args = Arc::new(args);
+                let mut cache = self.decode_args.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() > 64 {
+                    cache.clear();
+                }
+                cache.insert(key, args.clone());
+                args
+            }
+        };
+        self.decode_with(&args, q, &ql, k, v, &kl).map(Some)
+    }
+
+    /// N-way merge of partials of the same queries (f32 outputs), into `out_dtype`. Up to 16
+    /// partials in one launch; more are merged in groups of 16.
     pub fn merge_many(&self, parts: &[Partial<GpuTensor>], out_dtype: GpuDType) -> Result<Partial<GpuTensor>> {
         let first = parts.first().ok_or(AttentionError::NothingToMerge)?;
+        if parts.len() > 16 {
+            let groups = parts.chunks(16).map(|g| self.merge_many(g, GpuDType::F32)).collect::<Result<Vec<_>>>()?;
+            return self.merge_many(&groups, out_dtype);
+        }
         let shape = first.out.shape().to_vec();
         let d = *shape.last().unwrap_or(&0);
         let rows = first.lse.elem_count();
@@ -376,15 +417,28 @@ impl CudaAttention {
         if d % 4 != 0 {
             return Err(AttentionError::Unsupported(format!("head dim {d} not a multiple of 4 in merge")));
         }
+        let mut ptrs = Parts { out: [0; 16], lse: [0; 16] };
         let mut guards = Vec::new();
-        let mut ptrs = Vec::new();
-        for p in parts {
+        for (i, p) in parts.iter().enumerate() {
             let (o, go) = p.out.slice().device_ptr(&self.stream);
             let (l, gl) = p.lse.slice().device_ptr(&self.stream);
-            ptrs.push((o, l));
+            (ptrs.out[i], ptrs.lse[i]) = (o, l);
             guards.push((go, gl));
         }
-        let (out, lse) = self.merge_pointers(&ptrs, rows, d, out_dtype)?;
+        let mut out = GpuTensor::alloc(&self.stream, out_dtype, &[rows, d])?;
+        let mut lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &[rows])?;
+        let f = self.kernels.get(&format!("merge_all_{}", out_dtype.tag()))?;
+        let (n, rows_l, d_i) = (parts.len() as i32, rows as i64, d as i32);
+        let cfg = LaunchConfig {
+            grid_dim: ((rows * d / 4).div_ceil(256).max(1) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&ptrs).arg(&n).arg(&mut out).arg(&mut lse).arg(&rows_l).arg(&d_i);
+        // SAFETY: every pointer addresses `rows * d` f32 outputs and `rows` LSEs, kept alive by
+        // `parts` and ordered by the read events the guards record on this stream.
+        unsafe { b.launch(cfg) }.map_err(cuda_err("launch merge_all"))?;
         drop(guards);
         Ok(Partial {
             out: GpuTensor::from_parts(out, out_dtype, shape),
@@ -392,8 +446,8 @@ impl CudaAttention {
         })
     }
 
-    /// Folds `part` into `acc` in place (online Eq. 4). `acc` must be f32; it is copied first
-    /// if its buffer is shared.
+    /// Folds `part` into `acc` (online Eq. 4): the output in place (copied first if its buffer
+    /// is shared), the LSE into a new buffer. `acc` must be f32.
     pub fn merge_into(&self, acc: Partial<GpuTensor>, part: &Partial<GpuTensor>) -> Result<Partial<GpuTensor>> {
         if acc.out.shape() != part.out.shape()
             || acc.lse.shape() != part.lse.shape()
@@ -415,7 +469,7 @@ impl CudaAttention {
             Arc::try_unwrap(t.buf).or_else(|shared| self.stream.clone_dtod(&*shared).map_err(cuda_err("cuMemcpyDtoD")))
         };
         let mut acc_out = own(acc.out)?;
-        let mut acc_lse = own(acc.lse)?;
+        let mut new_lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &lse_shape)?;
         let f = self.kernels.get(&format!("merge_fold_{}", part.out.dtype().tag()))?;
         let (rows_l, d_i) = (rows as i64, d as i32);
         let threads = rows * d / 4;
@@ -425,12 +479,13 @@ impl CudaAttention {
             shared_mem_bytes: 0,
         };
         let mut b = self.stream.launch_builder(f);
-        b.arg(&mut acc_out).arg(&mut acc_lse).arg(part.out.slice()).arg(part.lse.slice()).arg(&rows_l).arg(&d_i);
+        b.arg(&mut acc_out).arg(acc.lse.slice()).arg(part.out.slice()).arg(part.lse.slice()).arg(&mut new_lse);
+        b.arg(&rows_l).arg(&d_i);
         // SAFETY: shapes checked equal above; `d` is a multiple of 4.
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch merge_fold"))?;
         Ok(Partial {
             out: GpuTensor::from_parts(acc_out, GpuDType::F32, out_shape),
-            lse: GpuTensor::from_parts(acc_lse, GpuDType::F32, lse_shape),
+            lse: GpuTensor::from_parts(new_lse, GpuDType::F32, lse_shape),
         })
     }
 
@@ -459,13 +514,13 @@ impl AttentionOps for CudaAttention {
         v: &GpuTensor,
         kv_layout: &Layout,
     ) -> Result<Partial<GpuTensor>> {
+        if q_layout.len() <= DECODE_MAX_ROWS
+            && let Some(p) = self.decode(q, q_layout, k, v, kv_layout)?
+        {
+            return Ok(p);
+        }
         let ql = self.device_layout(q_layout)?;
         let kl = self.device_layout(kv_layout)?;
-        if q_layout.len() <= DECODE_MAX_ROWS {
-            if let Some(p) = self.decode(q, &ql, k, v, &kl)? {
-                return Ok(p);
-            }
-        }
         self.flash(q, &ql, k, v, &kl, self.partial_dtype)
     }
 
