@@ -207,7 +207,7 @@ impl CudaAttention {
                 actual: k.shape().to_vec(),
             });
         }
-        if nkv == 0 || nh % nkv != 0 {
+        if nkv == 0 || !nh.is_multiple_of(nkv) {
             return Err(AttentionError::Heads { n_heads: nh, n_kv_heads: nkv });
         }
         if d != 64 && d != 128 {
@@ -414,7 +414,7 @@ impl CudaAttention {
                 });
             }
         }
-        if d % 4 != 0 {
+        if !d.is_multiple_of(4) {
             return Err(AttentionError::Unsupported(format!("head dim {d} not a multiple of 4 in merge")));
         }
         let mut ptrs = Parts { out: [0; 16], lse: [0; 16] };
@@ -460,7 +460,7 @@ impl CudaAttention {
             });
         }
         let d = *acc.out.shape().last().unwrap_or(&0);
-        if d % 4 != 0 {
+        if !d.is_multiple_of(4) {
             return Err(AttentionError::Unsupported(format!("head dim {d} not a multiple of 4 in merge")));
         }
         let rows = acc.lse.elem_count();
