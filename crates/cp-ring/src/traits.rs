@@ -95,3 +95,28 @@ impl Probe for () {
     fn enter(&mut self, _: Phase, _: usize) {}
     fn exit(&mut self, _: Phase, _: usize) {}
 }
+
+/// A boxed transport, for callers that choose the transport at run time.
+impl<T, R: RingTransport<T> + ?Sized> RingTransport<T> for Box<R> {
+    type Error = R::Error;
+
+    fn rank(&self) -> usize {
+        (**self).rank()
+    }
+
+    fn world_size(&self) -> usize {
+        (**self).world_size()
+    }
+
+    fn start_shift(&mut self, msg: &[T]) -> Result<(), Self::Error> {
+        (**self).start_shift(msg)
+    }
+
+    fn finish_shift(&mut self) -> Result<Vec<T>, Self::Error> {
+        (**self).finish_shift()
+    }
+
+    fn all_to_all(&mut self, msgs: Vec<Vec<T>>) -> Result<Vec<Vec<T>>, Self::Error> {
+        (**self).all_to_all(msgs)
+    }
+}

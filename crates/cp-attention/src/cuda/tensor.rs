@@ -67,6 +67,25 @@ impl GpuTensor {
         GpuTensor { buf: Arc::new(buf), dtype, shape }
     }
 
+    /// Wraps a device buffer of at least `shape`'s bytes (for transports that receive into
+    /// their own buffers).
+    pub fn from_buffer(buf: CudaSlice<u8>, dtype: GpuDType, shape: Vec<usize>) -> Result<GpuTensor> {
+        let need = shape.iter().product::<usize>() * dtype.size();
+        if buf.len() < need {
+            return Err(AttentionError::Shape {
+                what: "device buffer",
+                expected: format!("{need} bytes"),
+                actual: vec![buf.len()],
+            });
+        }
+        Ok(GpuTensor::from_parts(buf, dtype, shape))
+    }
+
+    /// Uninitialised device memory for a tensor of `dtype` and `shape` (at least one element).
+    pub fn alloc_buffer(stream: &Arc<CudaStream>, dtype: GpuDType, shape: &[usize]) -> Result<CudaSlice<u8>> {
+        GpuTensor::alloc(stream, dtype, shape)
+    }
+
     /// Uninitialised device memory for a tensor (the kernels write every element).
     pub(crate) fn alloc(stream: &Arc<CudaStream>, dtype: GpuDType, shape: &[usize]) -> Result<CudaSlice<u8>> {
         let bytes = shape.iter().product::<usize>().max(1) * dtype.size();

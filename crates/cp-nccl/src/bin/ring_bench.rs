@@ -1,0 +1,280 @@
+//! `cp-ring-bench`: the cp-ring algorithms on GPU ranks, checked and timed.
+//!
+//! - `cp-ring-bench check`: pass-KV and pass-Q on a partial-prefill turn of two sequences of
+//!   different lengths (cached prefix, lengths not multiples of 2N), and batched pass-Q decode,
+//!   at world sizes 1..8 over the same-GPU transport and at world size 1 over NCCL; every output
+//!   against the f64 oracle. Exit status 1 on any failure.
+//! - `cp-ring-bench bench [--world-size N] [--seq-len T] [--cached P] [--json PATH]`: the
+//!   single-GPU time of the same attention (a ring of one), then the N-rank ring on the same GPU:
+//!   per-rank compute, exposed communication and idle time, for pass-KV and pass-Q, next to the
+//!   cost model's prediction. Ranks share one GPU here, so this measures overlap and overhead,
+//!   not speed-up.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cp_attention::cuda::{CudaAttention, GpuDType, GpuTensor};
+use cp_attention::reference::{self, Heads, discrepancy};
+use cp_nccl::{PhaseTimes, RankInputs, TransportKind, run_ring};
+use cp_ring::Algorithm;
+use cp_shard::{CacheMap, DecodePlan, NewTokens, RingLayouts, Span, Token, TurnPlan, gather_rows, scatter_rows};
+
+type Error = Box<dyn std::error::Error>;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let u = (self.0.wrapping_mul(0x2545F4914F6CDD1D) >> 11) as f64 / (1u64 << 53) as f64;
+        half::bf16::from_f64(u * 4.0 - 2.0).to_f32()
+    }
+}
+
+/// Global Q/K/V of every sequence (bf16-rounded values), as the ground truth.
+struct World {
+    heads: Heads,
+    q: Vec<Vec<f32>>,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl World {
+    fn new(heads: Heads, lens: &[usize], rng: &mut Rng) -> World {
+        let (qw, kw) = (heads.n_heads * heads.head_dim, heads.n_kv_heads * heads.head_dim);
+        let mut draw = |n: usize| (0..n).map(|_| rng.next()).collect::<Vec<f32>>();
+        let q = lens.iter().map(|&l| draw(l * qw)).collect();
+        let k = lens.iter().map(|&l| draw(l * kw)).collect();
+        let v = lens.iter().map(|&l| draw(l * kw)).collect();
+        World { heads, q, k, v }
+    }
+
+    /// Per-rank device inputs laid out by `layouts`; padding rows poisoned with large values.
+    fn inputs(
+        &self,
+        s: &std::sync::Arc<cudarc::driver::CudaStream>,
+        layouts: &RingLayouts,
+    ) -> Result<Vec<RankInputs>, Error> {
+        let Heads { n_heads, n_kv_heads, head_dim } = self.heads;
+        let (qw, kw) = (n_heads * head_dim, n_kv_heads * head_dim);
+        let row = |src: &Vec<Vec<f32>>, w: usize, t: Token| Ok(src[t.seq][t.pos * w..(t.pos + 1) * w].to_vec());
+        let q = scatter_rows(&layouts.q, qw, |t| row(&self.q, qw, t), |_, _| vec![1e4; qw])?;
+        let k = scatter_rows(&layouts.kv, kw, |t| row(&self.k, kw, t), |_, _| vec![-1e4; kw])?;
+        let v = scatter_rows(&layouts.kv, kw, |t| row(&self.v, kw, t), |_, _| vec![1e4; kw])?;
+        let mut out = Vec::new();
+        for ((q, k), v) in q.into_iter().zip(k).zip(v) {
+            let (qr, kr) = (q.len() / qw, k.len() / kw);
+            out.push(RankInputs {
+                q: GpuTensor::upload(s, &q, &[qr, n_heads, head_dim], GpuDType::Bf16)?,
+                k: GpuTensor::upload(s, &k, &[kr, n_kv_heads, head_dim], GpuDType::Bf16)?,
+                v: GpuTensor::upload(s, &v, &[kr, n_kv_heads, head_dim], GpuDType::Bf16)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Plain attention of the wanted query positions over each sequence's prefix, in f64.
+    fn oracle(&self, wanted: &[(usize, Span)]) -> (Vec<f64>, Vec<f64>) {
+        let Heads { n_heads, n_kv_heads, head_dim } = self.heads;
+        let (qw, kw) = (n_heads * head_dim, n_kv_heads * head_dim);
+        let (mut out, mut lse) = (Vec::new(), Vec::new());
+        for &(seq, span) in wanted {
+            let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+            let q = f(&self.q[seq][span.start * qw..span.end() * qw]);
+            let k = f(&self.k[seq][..span.end() * kw]);
+            let v = f(&self.v[seq][..span.end() * kw]);
+            let qt: Vec<_> = (span.start..span.end()).map(|pos| Some(Token { seq, pos })).collect();
+            let kt: Vec<_> = (0..span.end()).map(|pos| Some(Token { seq, pos })).collect();
+            let (o, l) = reference::attention(&q, &qt, &k, &v, &kt, self.heads, 1.0 / (head_dim as f64).sqrt());
+            out.extend(o);
+            lse.extend(l);
+        }
+        (out, lse)
+    }
+}
+
+/// Runs one ring step and compares with the oracle; returns (line, ok, per-rank times).
+fn step(
+    ops: &CudaAttention,
+    world: &World,
+    kind: TransportKind,
+    algorithm: Algorithm,
+    layouts: &RingLayouts,
+    wanted: &[(usize, Span)],
+    label: &str,
+) -> Result<(String, bool, Vec<Option<PhaseTimes>>), Error> {
+    let s = ops.stream().clone();
+    let inputs = world.inputs(&s, layouts)?;
+    let outputs = run_ring(ops, kind, algorithm, layouts, &inputs, Duration::from_secs(60))?;
+    let Heads { n_heads, head_dim, .. } = world.heads;
+    let mut outs = Vec::new();
+    let mut lses = Vec::new();
+    for o in &outputs {
+        outs.push(o.partial.out.download(&s)?.into_iter().map(f64::from).collect::<Vec<f64>>());
+        lses.push(o.partial.lse.download(&s)?.into_iter().map(f64::from).collect::<Vec<f64>>());
+    }
+    let outs_r: Vec<&[f64]> = outs.iter().map(Vec::as_slice).collect();
+    let lses_r: Vec<&[f64]> = lses.iter().map(Vec::as_slice).collect();
+    let got_out = gather_rows(&layouts.q, &outs_r, n_heads * head_dim, wanted)?.concat();
+    let got_lse = gather_rows(&layouts.q, &lses_r, n_heads, wanted)?.concat();
+    let (want_out, want_lse) = world.oracle(wanted);
+    let (d_out, d_lse) = (discrepancy(&got_out, &want_out), discrepancy(&got_lse, &want_lse));
+    // bf16 inputs, P rounded to bf16 before P.V, f32 partials and merges.
+    let ok = d_out.within(1e-2) && d_lse.within(1e-5);
+    let line = format!(
+        "{label:<48} out relL2 {:.2e} (tol 1e-2), lse relL2 {:.2e}, non-finite mismatches {}",
+        d_out.rel_l2,
+        d_lse.rel_l2,
+        d_out.non_finite_mismatches + d_lse.non_finite_mismatches
+    );
+    Ok((line, ok, outputs.iter().map(|o| o.times).collect()))
+}
+
+fn check(ops: &CudaAttention) -> Result<bool, Error> {
+    let heads = Heads { n_heads: 8, n_kv_heads: 2, head_dim: 128 };
+    let mut rng = Rng(0x5eed ^ std::process::id() as u64);
+    let mut all_ok = true;
+    let mut report = |line: String, ok: bool| {
+        println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
+        all_ok &= ok;
+    };
+    let mut cases: Vec<(usize, TransportKind)> = (1..=8).map(|n| (n, TransportKind::SameGpu)).collect();
+    cases.push((1, TransportKind::Nccl));
+    for (n, kind) in cases {
+        // Turn 1 (cached): 300 and 77 tokens; turn 2: 203 and 61 new tokens; then 2 decodes.
+        let lens = [300 + 203 + 2, 77 + 61 + 2];
+        let world = World::new(heads, &lens, &mut rng);
+        let mut cache = CacheMap::new(n, 2)?;
+        let first = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: 300 }, NewTokens { seq: 1, count: 77 }])?;
+        cache.commit_turn(&first)?;
+        let turn = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: 203 }, NewTokens { seq: 1, count: 61 }])?;
+        for algorithm in [Algorithm::PassKv, Algorithm::PassQ] {
+            let label = format!("N={n} {kind:?} {algorithm} partial prefill");
+            let (line, ok, _) = step(ops, &world, kind, algorithm, turn.layouts(), &turn.new_spans(), &label)?;
+            report(line, ok);
+        }
+        cache.commit_turn(&turn)?;
+        for it in 0..2 {
+            let plan = DecodePlan::new(&cache, &[0, 1], it)?;
+            let label = format!("N={n} {kind:?} pass-Q decode iteration {it}");
+            let (line, ok, _) = step(ops, &world, kind, Algorithm::PassQ, plan.layouts(), &plan.new_spans(), &label)?;
+            report(line, ok);
+            cache.commit_decode(&plan)?;
+        }
+    }
+    Ok(all_ok)
+}
+
+fn arg(args: &[String], name: &str, default: usize) -> usize {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn bench(ops: &CudaAttention, args: &[String]) -> Result<Vec<String>, Error> {
+    let n = arg(args, "--world-size", 4);
+    let t = arg(args, "--seq-len", 16384);
+    let p = arg(args, "--cached", 0);
+    let reps = arg(args, "--iters", 5);
+    let heads = Heads { n_heads: 32, n_kv_heads: 8, head_dim: 128 };
+    let mut rng = Rng(3);
+    let world = World::new(heads, &[p + t], &mut rng);
+    let mut rows = Vec::new();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("  T={t} new tokens over P={p} cached, NH=32 NKV=8 DH=128 bf16, {reps} timed runs each (median)");
+    let mut baseline_ms = 0.0;
+    for world_size in [1, n] {
+        let mut cache = CacheMap::new(world_size, 1)?;
+        if p > 0 {
+            let first = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: p }])?;
+            cache.commit_turn(&first)?;
+        }
+        let turn = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: t }])?;
+        let inputs = world.inputs(ops.stream(), turn.layouts())?;
+        for algorithm in [Algorithm::PassKv, Algorithm::PassQ] {
+            if world_size == 1 && algorithm == Algorithm::PassQ {
+                continue;
+            }
+            let mut samples: Vec<Vec<PhaseTimes>> = Vec::new();
+            for i in 0..reps + 1 {
+                let out = run_ring(
+                    ops,
+                    TransportKind::SameGpu,
+                    algorithm,
+                    turn.layouts(),
+                    &inputs,
+                    Duration::from_secs(120),
+                )?;
+                if i > 0 {
+                    samples.push(out.iter().map(|o| o.times.unwrap_or_default()).collect());
+                }
+            }
+            let per_rank: Vec<PhaseTimes> = (0..world_size)
+                .map(|r| PhaseTimes {
+                    compute_ms: median(samples.iter().map(|s| s[r].compute_ms).collect()),
+                    wait_ms: median(samples.iter().map(|s| s[r].wait_ms).collect()),
+                    all_to_all_ms: median(samples.iter().map(|s| s[r].all_to_all_ms).collect()),
+                    merge_ms: median(samples.iter().map(|s| s[r].merge_ms).collect()),
+                    total_ms: median(samples.iter().map(|s| s[r].total_ms).collect()),
+                })
+                .collect();
+            let total = per_rank.iter().map(|x| x.total_ms).fold(0.0, f64::max);
+            if world_size == 1 {
+                baseline_ms = total;
+                println!("  single GPU (ring of 1): {total:.3} ms");
+            } else {
+                println!(
+                    "  {algorithm} on {world_size} ranks sharing the GPU: slowest rank {total:.3} ms ({:.2}x the single-GPU time)",
+                    total / baseline_ms
+                );
+            }
+            for (r, x) in per_rank.iter().enumerate() {
+                let idle = (total - x.total_ms).max(0.0);
+                println!(
+                    "    rank {r}: compute {:>8.3} ms, exposed comm {:>7.3} ms, all-to-all {:>7.3} ms, merge {:>6.3} ms, idle {:>7.3} ms",
+                    x.compute_ms, x.wait_ms, x.all_to_all_ms, x.merge_ms, idle
+                );
+                rows.push(format!(
+                    "{{\"world_size\":{world_size},\"algorithm\":\"{algorithm}\",\"rank\":{r},\"t\":{t},\"p\":{p},\"compute_ms\":{:.4},\"wait_ms\":{:.4},\"all_to_all_ms\":{:.4},\"merge_ms\":{:.4},\"total_ms\":{:.4}}}",
+                    x.compute_ms, x.wait_ms, x.all_to_all_ms, x.merge_ms, x.total_ms
+                ));
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().cloned().unwrap_or_else(|| "check".into());
+    let run = || -> Result<bool, Error> {
+        let ops = CudaAttention::new(0)?;
+        let mut ok = true;
+        if mode == "check" || mode == "all" {
+            println!("== GPU ring check against the f64 oracle");
+            ok &= check(&ops)?;
+        }
+        if mode == "bench" || mode == "all" {
+            println!("== GPU ring bench (same-GPU transport)");
+            let rows = bench(&ops, &args)?;
+            if let Some(path) = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)) {
+                std::fs::write(path, format!("[{}]\n", rows.join(",\n")))?;
+            }
+        }
+        Ok(ok)
+    };
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("error: some checks FAILED");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! The context-parallel ring on GPUs.
+//!
+//! The algorithms live in `cp-ring`, once; this crate provides what they need on GPUs:
+//!
+//! - [`SameGpuTransport`]: several ranks on one GPU (what a one-GPU machine can verify), each
+//!   with a compute stream and a communication stream. A ring shift copies the block on the
+//!   sender's communication stream after an event from its compute stream, and the receiver's
+//!   compute stream waits on the copy's event: the copy overlaps the attention of the current
+//!   block. Host-side plumbing (who sends what to whom, peer-gone and timeout errors) is
+//!   `cp_sim::ChannelTransport`.
+//! - [`NcclTransport`]: the same on NCCL, grouped `ncclSend`/`ncclRecv` on a communication
+//!   stream, the all-to-all from grouped send/recv. Our own thin communicator over
+//!   `cudarc::nccl::result`, so that dropping it aborts the communicator without ever panicking.
+//! - [`run_ring`]: one thread per rank, each with its own streams, running a `cp-ring`
+//!   algorithm, with [`CudaProbe`] timing each phase on the GPU (compute, exposed wait,
+//!   all-to-all, merge).
+
+mod error;
+mod nccl;
+mod probe;
+mod runner;
+mod same_gpu;
+
+pub use error::GpuRingError;
+pub use nccl::{NcclTransport, nccl_available};
+pub use probe::{CudaProbe, PhaseTimes};
+pub use runner::{RankInputs, RankOutput, TransportKind, run_ring};
+pub use same_gpu::SameGpuTransport;
+
+/// Result type of this crate.
+pub type Result<T, E = GpuRingError> = std::result::Result<T, E>;

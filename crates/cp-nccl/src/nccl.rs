@@ -1,0 +1,257 @@
+//! NCCL transport: grouped send/recv on a communication stream, with a bounded wait.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cp_attention::cuda::GpuTensor;
+use cp_ring::RingTransport;
+use cudarc::driver::{CudaEvent, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::nccl::{result as nccl, sys};
+
+use crate::error::cuda;
+use crate::{GpuRingError, Result};
+
+/// Whether the NCCL library can be loaded (checked first: cudarc's loader panics otherwise).
+pub fn nccl_available() -> bool {
+    // SAFETY: only tries to open the library by its candidate names.
+    unsafe { sys::is_culib_present() }
+}
+
+/// An NCCL communicator that is aborted, never panicking, when dropped.
+struct RawComm(sys::ncclComm_t);
+
+// SAFETY: the communicator is used by one thread at a time (the transport owning it); NCCL
+// allows a communicator to move between threads.
+unsafe impl Send for RawComm {}
+
+impl Drop for RawComm {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from ncclCommInitRank and is aborted once. An error here
+        // cannot be reported from Drop; the communicator is gone either way.
+        let _ = unsafe { nccl::comm_abort(self.0) };
+    }
+}
+
+/// One rank's end of an NCCL ring.
+///
+/// Shifts post `ncclSend` to `rank + 1` and `ncclRecv` from `rank - 1` in one group on the
+/// communication stream, after an event from the compute stream; `finish_shift` waits for the
+/// transfer (at most the timeout, then aborts the communicator so that no peer hangs) and makes
+/// the compute stream wait on it. Ring messages are equal-sized, so receive buffers take the
+/// shapes of what this rank sends.
+pub struct NcclTransport {
+    comm: RawComm,
+    rank: usize,
+    world_size: usize,
+    compute: Arc<CudaStream>,
+    stream: Arc<CudaStream>,
+    pending: Option<(Vec<GpuTensor>, CudaEvent, Vec<GpuTensor>)>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for NcclTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NcclTransport")
+            .field("rank", &self.rank)
+            .field("world_size", &self.world_size)
+            .finish_non_exhaustive()
+    }
+}
+
+fn nccl_err(rank: usize, op: &'static str) -> impl FnOnce(nccl::NcclError) -> GpuRingError {
+    move |e| GpuRingError::Nccl { rank, op, code: format!("{e:?}") }
+}
+
+impl NcclTransport {
+    /// A fresh unique id (rank 0 makes it and hands it to the others).
+    pub fn unique_id() -> Result<[u8; 128]> {
+        if !nccl_available() {
+            return Err(GpuRingError::MissingLibrary {
+                library: "libnccl",
+                hint: "install NCCL 2.18 or newer (libnccl.so.2)",
+            });
+        }
+        let id = nccl::get_uniqueid().map_err(nccl_err(0, "ncclGetUniqueId"))?;
+        Ok(id.internal.map(|c| c as u8))
+    }
+
+    /// Joins the communicator `id` as `rank` of `world_size`, computing on `compute` (whose
+    /// device is this rank's GPU). Blocks until every rank has joined.
+    pub fn init_rank(
+        compute: Arc<CudaStream>,
+        rank: usize,
+        world_size: usize,
+        id: [u8; 128],
+        timeout: Duration,
+    ) -> Result<NcclTransport> {
+        if !nccl_available() {
+            return Err(GpuRingError::MissingLibrary {
+                library: "libnccl",
+                hint: "install NCCL 2.18 or newer (libnccl.so.2)",
+            });
+        }
+        let stream = compute.context().new_stream().map_err(cuda(rank, "cuStreamCreate(comm)"))?;
+        compute.context().bind_to_thread().map_err(cuda(rank, "cuCtxSetCurrent"))?;
+        let id = sys::ncclUniqueId { internal: id.map(|b| b as std::ffi::c_char) };
+        let mut comm = std::mem::MaybeUninit::uninit();
+        let (n, r) = (world_size as i32, rank as i32);
+        // SAFETY: `comm` is written by ncclCommInitRank before being read; the id is valid.
+        let comm = unsafe {
+            nccl::comm_init_rank(comm.as_mut_ptr(), n, id, r).map_err(nccl_err(rank, "ncclCommInitRank"))?;
+            comm.assume_init()
+        };
+        Ok(NcclTransport { comm: RawComm(comm), rank, world_size, compute, stream, pending: None, timeout })
+    }
+
+    /// A communicator of one rank (what a one-GPU machine can run).
+    pub fn single(compute: Arc<CudaStream>, timeout: Duration) -> Result<NcclTransport> {
+        NcclTransport::init_rank(compute, 0, 1, NcclTransport::unique_id()?, timeout)
+    }
+
+    fn alloc_like(&self, t: &GpuTensor) -> Result<GpuTensor> {
+        let buf = GpuTensor::alloc_buffer(&self.stream, t.dtype(), t.shape())?;
+        Ok(GpuTensor::from_buffer(buf, t.dtype(), t.shape().to_vec())?)
+    }
+
+    /// Posts sends and receives `(peer, tensor)` as one NCCL group on the communication
+    /// stream, after the compute stream's current work; returns the completion event.
+    fn exchange(&self, sends: &[(usize, &GpuTensor)], recvs: &mut [(usize, GpuTensor)]) -> Result<CudaEvent> {
+        let rank = self.rank;
+        let produced = self.compute.record_event(None).map_err(cuda(rank, "cuEventRecord"))?;
+        self.stream.wait(&produced).map_err(cuda(rank, "cuStreamWaitEvent"))?;
+        let mut guards = Vec::new();
+        let mut send_ptrs = Vec::new();
+        for (peer, t) in sends {
+            let (ptr, g) = t.slice().device_ptr(&self.stream);
+            send_ptrs.push((*peer, ptr, t.elem_count() * t.dtype().size()));
+            guards.push(g);
+        }
+        let mut recv_bufs: Vec<_> = recvs.iter_mut().map(|(peer, t)| (*peer, t)).collect();
+        let mut recv_ptrs = Vec::new();
+        // The receive buffers were allocated by this transport and are written only here.
+        let mut owned: Vec<cudarc::driver::CudaSlice<u8>> = Vec::new();
+        for (peer, t) in recv_bufs.iter_mut() {
+            let bytes = t.elem_count() * t.dtype().size();
+            let mut buf = GpuTensor::alloc_buffer(&self.stream, t.dtype(), t.shape())?;
+            {
+                let (ptr, _g) = buf.device_ptr_mut(&self.stream);
+                recv_ptrs.push((*peer, ptr, bytes));
+            }
+            owned.push(buf);
+        }
+        let s = self.stream.cu_stream() as sys::cudaStream_t;
+        nccl::group_start().map_err(nccl_err(rank, "ncclGroupStart"))?;
+        let mut posted = Ok(());
+        for &(peer, ptr, bytes) in &send_ptrs {
+            // SAFETY: `ptr` addresses `bytes` bytes kept alive by `sends` and ordered by the
+            // read guards recorded on this stream.
+            let r = unsafe { nccl::send(ptr as _, bytes, sys::ncclDataType_t::ncclUint8, peer as i32, self.comm.0, s) };
+            posted = posted.and(r.map(|_| ()).map_err(nccl_err(rank, "ncclSend")));
+        }
+        for &(peer, ptr, bytes) in &recv_ptrs {
+            // SAFETY: `ptr` addresses `bytes` bytes of a buffer allocated above on this stream.
+            let r = unsafe { nccl::recv(ptr as _, bytes, sys::ncclDataType_t::ncclUint8, peer as i32, self.comm.0, s) };
+            posted = posted.and(r.map(|_| ()).map_err(nccl_err(rank, "ncclRecv")));
+        }
+        let ended = nccl::group_end().map(|_| ()).map_err(nccl_err(rank, "ncclGroupEnd"));
+        posted?;
+        ended?;
+        drop(guards);
+        for ((_, t), buf) in recvs.iter_mut().zip(owned) {
+            *t = GpuTensor::from_buffer(buf, t.dtype(), t.shape().to_vec())?;
+        }
+        self.stream.record_event(None).map_err(cuda(rank, "cuEventRecord"))
+    }
+
+    /// Waits for `done` at most the timeout; on timeout aborts the communicator (so NCCL
+    /// kernels of this rank stop) and reports the peer.
+    fn wait(&mut self, done: &CudaEvent, op: &'static str, peer: usize) -> Result<()> {
+        let started = Instant::now();
+        while !done.is_complete() {
+            if started.elapsed() > self.timeout {
+                // SAFETY: aborting a live communicator; it is not used again (Drop aborts a
+                // second time, which NCCL tolerates as an error we ignore).
+                let _ = unsafe { nccl::comm_abort(self.comm.0) };
+                return Err(GpuRingError::Message {
+                    rank: self.rank,
+                    op,
+                    reason: format!(
+                        "no completion within {:?}; peer rank {peer} unreachable; communicator aborted",
+                        self.timeout
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_micros(20));
+        }
+        self.compute.wait(done).map_err(cuda(self.rank, "cuStreamWaitEvent"))
+    }
+}
+
+impl RingTransport<GpuTensor> for NcclTransport {
+    type Error = GpuRingError;
+
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    fn start_shift(&mut self, msg: &[GpuTensor]) -> Result<()> {
+        if self.pending.is_some() {
+            return Err(GpuRingError::Message {
+                rank: self.rank,
+                op: "start_shift",
+                reason: "previous shift not finished".into(),
+            });
+        }
+        let (next, prev) = ((self.rank + 1) % self.world_size, (self.rank + self.world_size - 1) % self.world_size);
+        let sends: Vec<(usize, &GpuTensor)> = msg.iter().map(|t| (next, t)).collect();
+        let mut recvs = msg.iter().map(|t| Ok((prev, self.alloc_like(t)?))).collect::<Result<Vec<_>>>()?;
+        let done = self.exchange(&sends, &mut recvs)?;
+        self.pending = Some((recvs.into_iter().map(|(_, t)| t).collect(), done, msg.to_vec()));
+        Ok(())
+    }
+
+    fn finish_shift(&mut self) -> Result<Vec<GpuTensor>> {
+        let (bufs, done, _keep_alive) = self.pending.take().ok_or_else(|| GpuRingError::Message {
+            rank: self.rank,
+            op: "finish_shift",
+            reason: "no shift started".into(),
+        })?;
+        let prev = (self.rank + self.world_size - 1) % self.world_size;
+        self.wait(&done, "finish_shift", prev)?;
+        Ok(bufs)
+    }
+
+    fn all_to_all(&mut self, msgs: Vec<Vec<GpuTensor>>) -> Result<Vec<Vec<GpuTensor>>> {
+        if msgs.len() != self.world_size {
+            return Err(GpuRingError::Message {
+                rank: self.rank,
+                op: "all_to_all",
+                reason: format!("{} messages for {} ranks", msgs.len(), self.world_size),
+            });
+        }
+        // What each peer sends here has the shapes of what this rank keeps for itself.
+        let template = msgs[self.rank].clone();
+        let mut sends = Vec::new();
+        let mut recvs = Vec::new();
+        for (peer, msg) in msgs.iter().enumerate() {
+            for t in msg {
+                sends.push((peer, t));
+            }
+            for t in &template {
+                recvs.push((peer, self.alloc_like(t)?));
+            }
+        }
+        let done = self.exchange(&sends, &mut recvs)?;
+        self.wait(&done, "all_to_all", (self.rank + 1) % self.world_size)?;
+        let per = template.len();
+        let mut out: Vec<Vec<GpuTensor>> = (0..self.world_size).map(|_| Vec::with_capacity(per)).collect();
+        for (peer, t) in recvs {
+            out[peer].push(t);
+        }
+        Ok(out)
+    }
+}

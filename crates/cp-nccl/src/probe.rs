@@ -1,0 +1,84 @@
+//! Timing the phases of a ring algorithm with CUDA events on the rank's compute stream.
+
+use std::sync::Arc;
+
+use cp_ring::{Phase, Probe};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaEvent, CudaStream};
+
+/// Records an event on the compute stream at every phase boundary. Because the compute stream
+/// waits on the communication stream inside `finish_shift`, the time between a `Wait` phase's
+/// events is the communication the compute stream could not hide.
+#[derive(Debug)]
+pub struct CudaProbe {
+    stream: Arc<CudaStream>,
+    marks: Vec<(Phase, bool, CudaEvent)>,
+    failed: bool,
+}
+
+/// GPU time per phase on one rank, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PhaseTimes {
+    /// Partial attention and merges of the ring steps.
+    pub compute_ms: f64,
+    /// Compute stream stalled on a ring transfer: exposed communication.
+    pub wait_ms: f64,
+    /// Pass-Q's all-to-all (including the stall on it).
+    pub all_to_all_ms: f64,
+    /// Pass-Q's final merge.
+    pub merge_ms: f64,
+    /// From the first phase's start to the last phase's end.
+    pub total_ms: f64,
+}
+
+impl CudaProbe {
+    /// A probe recording on `stream`.
+    pub fn new(stream: Arc<CudaStream>) -> CudaProbe {
+        CudaProbe { stream, marks: Vec::new(), failed: false }
+    }
+
+    fn mark(&mut self, phase: Phase, start: bool) {
+        match self.stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)) {
+            Ok(e) => self.marks.push((phase, start, e)),
+            Err(_) => self.failed = true,
+        }
+    }
+
+    /// Waits for the recorded events and sums the time of each phase; `None` if an event
+    /// could not be recorded or read.
+    pub fn times(&self) -> Option<PhaseTimes> {
+        if self.failed || self.marks.is_empty() {
+            return None;
+        }
+        let mut t = PhaseTimes::default();
+        let mut open: Option<&(Phase, bool, CudaEvent)> = None;
+        for m in &self.marks {
+            if m.1 {
+                open = Some(m);
+                continue;
+            }
+            let start = open.take()?;
+            let ms = start.2.elapsed_ms(&m.2).ok()? as f64;
+            match m.0 {
+                Phase::Compute => t.compute_ms += ms,
+                Phase::Wait => t.wait_ms += ms,
+                Phase::AllToAll => t.all_to_all_ms += ms,
+                Phase::Merge => t.merge_ms += ms,
+            }
+        }
+        let first = &self.marks.first()?.2;
+        let last = &self.marks.last()?.2;
+        t.total_ms = first.elapsed_ms(last).ok()? as f64;
+        Some(t)
+    }
+}
+
+impl Probe for CudaProbe {
+    fn enter(&mut self, phase: Phase, _step: usize) {
+        self.mark(phase, true);
+    }
+
+    fn exit(&mut self, phase: Phase, _step: usize) {
+        self.mark(phase, false);
+    }
+}
