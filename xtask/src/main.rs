@@ -3,7 +3,10 @@
 //! - `simulate`: every algorithm on a simulated ring on the CPU, checked against plain
 //!   attention, with a readable report.
 //! - `soak`: the property tests with many more cases than `cargo test` runs.
+//! - `bench`: the ring against one rank with the compute/communication breakdown, on the GPU
+//!   if there is one, else on CPU ranks.
 
+mod bench;
 mod simulate;
 mod soak;
 
@@ -22,12 +25,15 @@ enum Command {
     Simulate(simulate::Args),
     /// Run the property tests with many cases (a long soak) and count them.
     Soak(soak::Args),
+    /// Time the ring against one rank, with the compute/communication breakdown (GPU if present).
+    Bench(bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Simulate(args) => simulate::run(args),
         Command::Soak(args) => soak::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -25,11 +25,13 @@
 //! ```
 
 mod error;
+mod probe;
 mod session;
 mod spmd;
 mod transport;
 
 pub use error::SimError;
+pub use probe::{CpuPhaseTimes, CpuProbe};
 pub use session::{Session, SimConfig, StepKind, StepReport, Tolerance};
 pub use spmd::run_ranks;
 pub use transport::{ChannelTransport, TransportError, channel_ring};

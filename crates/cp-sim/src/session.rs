@@ -11,7 +11,7 @@ use cp_shard::{CacheMap, DecodePlan, NewTokens, RingLayouts, Span, Token, TurnPl
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{Result, SimError, run_ranks};
+use crate::{CpuPhaseTimes, CpuProbe, Result, SimError, run_ranks};
 
 /// Shape, dtype and randomness of a simulated ring.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -134,6 +134,8 @@ pub struct StepReport {
     pub elapsed: Duration,
     /// Tokens cached on each rank after the step.
     pub cache_lens: Vec<usize>,
+    /// Wall-clock time per phase on each rank.
+    pub rank_times: Vec<CpuPhaseTimes>,
 }
 
 impl StepReport {
@@ -309,14 +311,15 @@ impl Session {
         let results = run_ranks(c.world_size, c.timeout, |mut comm| {
             let rank = comm.rank();
             let local = Local { q: &q[rank], k: &k[rank], v: &v[rank] };
-            let partial = run(algorithm, &ops, &mut comm, layouts, local, &mut ())?;
-            Ok((to_f64_vec(&finish(&partial.out, c.dtype)?)?, to_f64_vec(&partial.lse)?))
+            let mut probe = CpuProbe::default();
+            let partial = run(algorithm, &ops, &mut comm, layouts, local, &mut probe)?;
+            Ok((to_f64_vec(&finish(&partial.out, c.dtype)?)?, to_f64_vec(&partial.lse)?, probe.times))
         });
         let elapsed = started.elapsed();
         let per_rank = first_root_cause(results)?;
 
-        let outs: Vec<&[f64]> = per_rank.iter().map(|(o, _)| o.as_slice()).collect();
-        let lses: Vec<&[f64]> = per_rank.iter().map(|(_, l)| l.as_slice()).collect();
+        let outs: Vec<&[f64]> = per_rank.iter().map(|(o, _, _)| o.as_slice()).collect();
+        let lses: Vec<&[f64]> = per_rank.iter().map(|(_, l, _)| l.as_slice()).collect();
         let got_out: Vec<f64> = gather_rows(&layouts.q, &outs, q_width, new_spans)?.concat();
         let got_lse: Vec<f64> = gather_rows(&layouts.q, &lses, c.n_heads, new_spans)?.concat();
         let (want_out, want_lse) = self.oracle(q_new, new_spans);
@@ -332,6 +335,7 @@ impl Session {
             tolerance: Tolerance::for_dtype(c.dtype),
             elapsed,
             cache_lens: Vec::new(),
+            rank_times: per_rank.iter().map(|(_, _, t)| *t).collect(),
         })
     }
 
