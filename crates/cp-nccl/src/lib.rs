@@ -11,6 +11,9 @@
 //! - [`NcclTransport`]: the same on NCCL, grouped `ncclSend`/`ncclRecv` on a communication
 //!   stream, the all-to-all from grouped send/recv. Our own thin communicator over
 //!   `cudarc::nccl::result`, so that dropping it aborts the communicator without ever panicking.
+//! - [`Rendezvous`]: one process per GPU in torchrun's convention; rank 0 hands out the NCCL
+//!   unique id over TCP, with deadlines on every wait (`cp-rendezvous` checks a job's ranks can
+//!   meet).
 //! - [`run_ring`]: one thread per rank, each with its own streams, running a `cp-ring`
 //!   algorithm, with [`CudaProbe`] timing each phase on the GPU (compute, exposed wait,
 //!   all-to-all, merge).
@@ -18,12 +21,14 @@
 mod error;
 mod nccl;
 mod probe;
+mod rendezvous;
 mod runner;
 mod same_gpu;
 
 pub use error::GpuRingError;
 pub use nccl::{NcclTransport, nccl_available};
 pub use probe::{CudaProbe, PhaseTimes};
+pub use rendezvous::{Rendezvous, RendezvousError};
 pub use runner::{RankInputs, RankOutput, TransportKind, run_ring};
 pub use same_gpu::SameGpuTransport;
 

@@ -1,0 +1,225 @@
+//! Bootstrap for one process per GPU, in torchrun's convention: rank 0 listens on
+//! `MASTER_ADDR:MASTER_PORT` and hands a payload (the NCCL unique id) to every other rank once
+//! all have joined. Every wait has a deadline: a rank that never joins, a rank 0 that never
+//! answers or dies, a duplicate rank or a mismatched world size ends every rank with an error
+//! that says which.
+
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+const MAGIC: &str = "cp-rs-rendezvous 1";
+
+/// Why a rendezvous failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RendezvousError {
+    /// A missing or malformed environment variable.
+    #[error("environment variable {var}: {reason}")]
+    Env { var: &'static str, reason: String },
+    /// The deadline passed.
+    #[error("rank {rank}: {what} (waited {waited:?})")]
+    Timeout { rank: usize, what: String, waited: Duration },
+    /// Rank 0 refused this rank or gave up.
+    #[error("rank {rank}: rank 0 says: {reason}")]
+    Refused { rank: usize, reason: String },
+    /// A socket operation failed.
+    #[error("rank {rank}: {op} {addr}: {source}")]
+    Io {
+        rank: usize,
+        op: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A peer spoke something other than this protocol.
+    #[error("rank {rank}: unexpected message {message:?}")]
+    Protocol { rank: usize, message: String },
+}
+
+/// Who this process is in the job, and where rank 0 listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendezvous {
+    /// Global rank (`RANK`).
+    pub rank: usize,
+    /// Number of ranks (`WORLD_SIZE`).
+    pub world_size: usize,
+    /// GPU of this process on its node (`LOCAL_RANK`, default `RANK`).
+    pub local_rank: usize,
+    /// `MASTER_ADDR:MASTER_PORT`.
+    pub master: String,
+    /// The deadline for the whole exchange.
+    pub timeout: Duration,
+}
+
+type Result<T, E = RendezvousError> = std::result::Result<T, E>;
+
+fn env_usize(var: &'static str) -> Result<usize> {
+    let v = std::env::var(var).map_err(|_| RendezvousError::Env { var, reason: "not set".into() })?;
+    v.trim().parse().map_err(|_| RendezvousError::Env { var, reason: format!("{v:?} is not a non-negative integer") })
+}
+
+impl Rendezvous {
+    /// Reads `RANK`, `WORLD_SIZE`, `LOCAL_RANK` (optional), `MASTER_ADDR`, `MASTER_PORT`.
+    pub fn from_env(timeout: Duration) -> Result<Rendezvous> {
+        let rank = env_usize("RANK")?;
+        let world_size = env_usize("WORLD_SIZE")?;
+        let local_rank = if std::env::var_os("LOCAL_RANK").is_some() { env_usize("LOCAL_RANK")? } else { rank };
+        let addr = std::env::var("MASTER_ADDR")
+            .map_err(|_| RendezvousError::Env { var: "MASTER_ADDR", reason: "not set".into() })?;
+        let port = env_usize("MASTER_PORT")?;
+        if port == 0 || port > 65535 {
+            return Err(RendezvousError::Env { var: "MASTER_PORT", reason: format!("{port} is not a TCP port") });
+        }
+        let r = Rendezvous { rank, world_size, local_rank, master: format!("{addr}:{port}"), timeout };
+        r.validate()?;
+        Ok(r)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.world_size == 0 {
+            return Err(RendezvousError::Env { var: "WORLD_SIZE", reason: "must be at least 1".into() });
+        }
+        if self.rank >= self.world_size {
+            return Err(RendezvousError::Env {
+                var: "RANK",
+                reason: format!("{} is out of range for WORLD_SIZE {}", self.rank, self.world_size),
+            });
+        }
+        Ok(())
+    }
+
+    /// Rank 0 computes the payload with `make` and hands it to every rank; every rank returns
+    /// it. Returns only once all `world_size` ranks have joined, or fails by the deadline.
+    pub fn share(&self, make: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>> {
+        self.validate()?;
+        if self.rank == 0 { self.serve(make()) } else { self.join() }
+    }
+
+    fn io(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> RendezvousError + '_ {
+        move |source| RendezvousError::Io { rank: self.rank, op, addr: self.master.clone(), source }
+    }
+
+    fn serve(&self, payload: Vec<u8>) -> Result<Vec<u8>> {
+        let started = Instant::now();
+        let listener = TcpListener::bind(&self.master).map_err(self.io("bind"))?;
+        listener.set_nonblocking(true).map_err(self.io("set_nonblocking"))?;
+        let mut joined: Vec<Option<TcpStream>> = (0..self.world_size).map(|_| None).collect();
+        let mut waiting = self.world_size - 1;
+        while waiting > 0 {
+            if started.elapsed() > self.timeout {
+                let missing: Vec<usize> = (1..self.world_size).filter(|&r| joined[r].is_none()).collect();
+                let why = format!("rank(s) {missing:?} never joined within {:?}", self.timeout);
+                for s in joined.iter_mut().flatten() {
+                    let _ = writeln!(s, "ERR {why}");
+                }
+                return Err(RendezvousError::Timeout { rank: 0, what: why, waited: started.elapsed() });
+            }
+            let mut stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                Err(e) => return Err(self.io("accept")(e)),
+            };
+            stream.set_nonblocking(false).map_err(self.io("set_nonblocking"))?;
+            let left = self.timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+            stream.set_read_timeout(Some(left)).map_err(self.io("set_read_timeout"))?;
+            let mut line = String::new();
+            if BufReader::new(&stream).read_line(&mut line).is_err() {
+                continue; // a silent or broken connection: not a rank; keep waiting
+            }
+            match self.parse_hello(&line) {
+                Ok(r) if joined[r].is_none() => {
+                    joined[r] = Some(stream);
+                    waiting -= 1;
+                }
+                Ok(r) => {
+                    let _ = writeln!(stream, "ERR rank {r} already joined");
+                }
+                Err(reason) => {
+                    let _ = writeln!(stream, "ERR {reason}");
+                }
+            }
+        }
+        let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+        for s in joined.iter_mut().flatten() {
+            writeln!(s, "OK {hex}").map_err(self.io("write"))?;
+        }
+        Ok(payload)
+    }
+
+    fn parse_hello(&self, line: &str) -> Result<usize, String> {
+        let rest =
+            line.trim().strip_prefix(MAGIC).ok_or_else(|| format!("not a rendezvous hello: {:?}", line.trim()))?;
+        let mut rank = None;
+        let mut world = None;
+        for field in rest.split_whitespace() {
+            match field.split_once('=') {
+                Some(("rank", v)) => rank = v.parse::<usize>().ok(),
+                Some(("world", v)) => world = v.parse::<usize>().ok(),
+                _ => {}
+            }
+        }
+        let (rank, world) = rank.zip(world).ok_or_else(|| format!("malformed hello {:?}", line.trim()))?;
+        if world != self.world_size {
+            return Err(format!("rank {rank} says WORLD_SIZE {world}, rank 0 has {}", self.world_size));
+        }
+        if rank == 0 || rank >= self.world_size {
+            return Err(format!("rank {rank} is not a valid non-zero rank for WORLD_SIZE {world}"));
+        }
+        Ok(rank)
+    }
+
+    fn join(&self) -> Result<Vec<u8>> {
+        let started = Instant::now();
+        let addrs: Vec<_> = self.master.to_socket_addrs().map_err(self.io("resolve"))?.collect();
+        let mut stream = loop {
+            let attempt = addrs.iter().find_map(|a| TcpStream::connect_timeout(a, Duration::from_millis(200)).ok());
+            if let Some(s) = attempt {
+                break s;
+            }
+            if started.elapsed() > self.timeout {
+                return Err(RendezvousError::Timeout {
+                    rank: self.rank,
+                    what: format!("could not reach rank 0 at {}", self.master),
+                    waited: started.elapsed(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        writeln!(stream, "{MAGIC} rank={} world={}", self.rank, self.world_size).map_err(self.io("write"))?;
+        let left = self.timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+        stream.set_read_timeout(Some(left)).map_err(self.io("set_read_timeout"))?;
+        let mut line = String::new();
+        match BufReader::new(&stream).read_line(&mut line) {
+            Ok(0) => {
+                return Err(RendezvousError::Refused {
+                    rank: self.rank,
+                    reason: "closed the connection without an answer".into(),
+                });
+            }
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(RendezvousError::Timeout {
+                    rank: self.rank,
+                    what: "no answer from rank 0 (waiting for other ranks?)".into(),
+                    waited: started.elapsed(),
+                });
+            }
+            Err(e) => return Err(self.io("read")(e)),
+        }
+        let line = line.trim();
+        if let Some(reason) = line.strip_prefix("ERR ") {
+            return Err(RendezvousError::Refused { rank: self.rank, reason: reason.into() });
+        }
+        let hex = line
+            .strip_prefix("OK ")
+            .ok_or_else(|| RendezvousError::Protocol { rank: self.rank, message: line.into() })?;
+        (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
+            .collect::<std::result::Result<Vec<u8>, _>>()
+            .map_err(|_| RendezvousError::Protocol { rank: self.rank, message: line.into() })
+    }
+}

@@ -1,0 +1,142 @@
+//! The TCP rendezvous with real processes over loopback: success, a rank that never joins, no
+//! rank 0, rank 0 dying mid-wait, and bad configurations all end in bounded time with an error
+//! that names the problem.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use cp_nccl::{Rendezvous, RendezvousError};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn(rank: usize, world: usize, port: u16, timeout_ms: u64) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_cp-rendezvous"))
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env("CP_RENDEZVOUS_TIMEOUT_MS", timeout_ms.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning cp-rendezvous")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).trim().to_string(), String::from_utf8_lossy(&o.stderr).trim().to_string())
+}
+
+#[test]
+fn three_processes_share_one_token() {
+    let port = free_port();
+    // Ranks 1 and 2 start before rank 0 listens: they must retry.
+    let children: Vec<Child> = [2, 1, 0].iter().map(|&r| spawn(r, 3, port, 20_000)).collect();
+    let outs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let tokens: Vec<String> = outs
+        .iter()
+        .map(|o| {
+            let (out, err) = text(o);
+            assert!(o.status.success(), "a rank failed: {err}");
+            out
+        })
+        .collect();
+    assert_eq!(tokens[0].len(), 256, "{:?}", tokens[0]);
+    assert!(tokens.iter().all(|t| *t == tokens[0]), "{tokens:?}");
+}
+
+#[test]
+fn a_rank_that_never_joins_fails_everyone_in_bounded_time() {
+    let port = free_port();
+    let started = Instant::now();
+    let children = vec![spawn(0, 3, port, 1500), spawn(1, 3, port, 1500)];
+    let outs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    for o in &outs {
+        let (_, err) = text(o);
+        assert!(!o.status.success());
+        assert!(err.contains("rank(s) [2] never joined"), "{err}");
+    }
+}
+
+#[test]
+fn no_rank_0_is_a_timeout_naming_the_address() {
+    let port = free_port();
+    let o = spawn(1, 2, port, 600).wait_with_output().unwrap();
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains(&format!("could not reach rank 0 at 127.0.0.1:{port}")), "{err}");
+}
+
+#[test]
+fn rank_0_dying_ends_the_others_quickly() {
+    let port = free_port();
+    let mut server = spawn(0, 3, port, 30_000);
+    let client = spawn(1, 3, port, 30_000);
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    server.kill().unwrap();
+    let _ = server.wait();
+    let o = client.wait_with_output().unwrap();
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(started.elapsed() < Duration::from_secs(5), "client took {:?} after rank 0 died: {err}", started.elapsed());
+    assert!(err.contains("rank 1"), "{err}");
+}
+
+#[test]
+fn bad_environment_is_refused() {
+    let o = Command::new(env!("CARGO_BIN_EXE_cp-rendezvous"))
+        .env("RANK", "5")
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", "29500")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("RANK: 5 is out of range for WORLD_SIZE 2"), "{}", text(&o).1);
+    let o = Command::new(env!("CARGO_BIN_EXE_cp-rendezvous"))
+        .env("RANK", "0")
+        .env("WORLD_SIZE", "1")
+        .env_remove("MASTER_ADDR")
+        .env("MASTER_PORT", "29500")
+        .output()
+        .unwrap();
+    assert!(text(&o).1.contains("MASTER_ADDR: not set"), "{}", text(&o).1);
+}
+
+#[test]
+fn a_mismatched_world_size_is_refused_by_rank_0() {
+    let port = free_port();
+    let master = format!("127.0.0.1:{port}");
+    let server = Rendezvous {
+        rank: 0,
+        world_size: 3,
+        local_rank: 0,
+        master: master.clone(),
+        timeout: Duration::from_millis(1500),
+    };
+    let handle = std::thread::spawn(move || server.share(|| vec![7; 4]));
+    std::thread::sleep(Duration::from_millis(100));
+    let client = Rendezvous { rank: 1, world_size: 2, local_rank: 1, master, timeout: Duration::from_secs(5) };
+    let err = client.share(Vec::new).unwrap_err();
+    assert!(
+        matches!(&err, RendezvousError::Refused { rank: 1, reason } if reason.contains("WORLD_SIZE 2, rank 0 has 3")),
+        "{err}"
+    );
+    let server_err = handle.join().unwrap().unwrap_err();
+    assert!(server_err.to_string().contains("never joined"), "{server_err}");
+}
+
+#[test]
+fn a_world_of_one_needs_no_network() {
+    let r = Rendezvous {
+        rank: 0,
+        world_size: 1,
+        local_rank: 0,
+        master: format!("127.0.0.1:{}", free_port()),
+        timeout: Duration::from_secs(1),
+    };
+    assert_eq!(r.share(|| vec![1, 2, 3]).unwrap(), vec![1, 2, 3]);
+}
