@@ -29,7 +29,7 @@ pub use error::GpuRingError;
 pub use nccl::{NcclTransport, nccl_available};
 pub use probe::{CudaProbe, PhaseTimes};
 pub use rendezvous::{Rendezvous, RendezvousError};
-pub use runner::{RankInputs, RankOutput, TransportKind, run_ring};
+pub use runner::{RankInputs, RankOutput, TransportKind, run_ring, run_ring_per_device};
 pub use same_gpu::SameGpuTransport;
 
 /// Result type of this crate.

@@ -59,7 +59,8 @@ impl std::fmt::Debug for NcclTransport {
 }
 
 fn nccl_err(rank: usize, op: &'static str) -> impl FnOnce(nccl::NcclError) -> GpuRingError {
-    move |e| GpuRingError::Nccl { rank, op, code: format!("{e:?}") }
+    // Keep NCCL's own result code (ncclInvalidUsage, ncclRemoteError, ...), not just "error".
+    move |e| GpuRingError::Nccl { rank, op, code: format!("{:?}", e.0) }
 }
 
 impl NcclTransport {

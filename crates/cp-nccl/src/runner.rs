@@ -65,12 +65,14 @@ pub fn run_ring(
             .into_iter()
             .map(|t| Box::new(t) as Box<dyn RingTransport<GpuTensor, Error = GpuRingError> + Send>)
             .collect(),
-        TransportKind::Nccl if n == 1 => vec![Box::new(NcclTransport::single(streams[0].clone(), timeout)?)],
+        TransportKind::Nccl if n == 1 => return run_ring_per_device(std::slice::from_ref(ops), algorithm, layouts, inputs, timeout),
         TransportKind::Nccl => {
             return Err(GpuRingError::Message {
                 rank: 0,
                 op: "run_ring",
-                reason: format!("NCCL needs one GPU per rank; {n} ranks on one GPU need the same-GPU transport"),
+                reason: format!(
+                    "NCCL needs one GPU per rank; {n} ranks on one GPU need the same-GPU transport (or run_ring_per_device)"
+                ),
             });
         }
     };
@@ -106,6 +108,60 @@ pub fn run_ring(
             })
             .collect()
     });
+    first_root_cause(results)
+}
+
+/// Runs `algorithm` over NCCL with one GPU per rank, driven by this process: a thread per GPU,
+/// each owning its communicator. `ops[r]` is rank `r`'s device (`CudaAttention::new(r)`), and
+/// `inputs[r]` must live on it. All communicators are created together (NCCL requires every
+/// rank to join), then each thread runs its rank.
+pub fn run_ring_per_device(
+    ops: &[CudaAttention],
+    algorithm: Algorithm,
+    layouts: &RingLayouts,
+    inputs: &[RankInputs],
+    timeout: Duration,
+) -> Result<Vec<RankOutput>> {
+    let n = layouts.world_size();
+    if ops.len() != n || inputs.len() != n {
+        return Err(GpuRingError::Message {
+            rank: 0,
+            op: "run_ring_per_device",
+            reason: format!("{} devices and {} inputs for {n} ranks", ops.len(), inputs.len()),
+        });
+    }
+    let id = NcclTransport::unique_id()?;
+    let results: Vec<Result<RankOutput>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ops
+            .iter()
+            .zip(inputs)
+            .enumerate()
+            .map(|(rank, (rank_ops, input))| {
+                scope.spawn(move || -> Result<RankOutput> {
+                    ctx_bind(rank_ops)?;
+                    rank_ops.synchronize()?;
+                    let stream = rank_ops.stream().clone();
+                    let mut transport = NcclTransport::init_rank(stream.clone(), rank, n, id, timeout)?;
+                    let mut probe = CudaProbe::new(stream);
+                    let local = Local { q: &input.q, k: &input.k, v: &input.v };
+                    let partial = run(algorithm, rank_ops, &mut transport, layouts, local, &mut probe)?;
+                    rank_ops.synchronize()?;
+                    Ok(RankOutput { partial, times: probe.times() })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(rank, h)| h.join().unwrap_or_else(|_| Err(GpuRingError::RankPanicked { rank, message: "panicked".into() })))
+            .collect()
+    });
+    first_root_cause(results)
+}
+
+/// All ranks' outputs, or the error that started the failure (a rank's own failure rather than
+/// a peer's report that it went away).
+fn first_root_cause(results: Vec<Result<RankOutput>>) -> Result<Vec<RankOutput>> {
     if results.iter().any(|r| r.is_err()) {
         let mut errors: Vec<GpuRingError> = results.into_iter().filter_map(|r| r.err()).collect();
         let echo = |e: &GpuRingError| matches!(e, GpuRingError::Ring(RingError::Transport { .. }));

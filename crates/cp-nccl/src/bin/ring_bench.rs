@@ -4,6 +4,9 @@
 //!   different lengths (cached prefix, lengths not multiples of 2N), and batched pass-Q decode,
 //!   at world sizes 1..8 over the same-GPU transport and at world size 1 over NCCL; every output
 //!   against the f64 oracle. Exit status 1 on any failure.
+//! - `cp-ring-bench nccl-process`: one process per GPU in torchrun's convention (`RANK`,
+//!   `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`); rank 0 hands out the NCCL id over
+//!   TCP; each process checks its own rows of a pass-KV and a pass-Q turn.
 //! - `cp-ring-bench bench [--world-size N] [--seq-len T] [--cached P] [--json PATH]`: the
 //!   single-GPU time of the same attention (a ring of one), then the N-rank ring on the same GPU:
 //!   per-rank compute, exposed communication and idle time, for pass-KV and pass-Q, next to the
@@ -167,6 +170,57 @@ fn check(ops: &CudaAttention) -> Result<bool, Error> {
     Ok(all_ok)
 }
 
+/// One process per GPU (torchrun's environment): rendezvous for the NCCL id, then this rank's
+/// share of a pass-KV and a pass-Q partial-prefill turn, its rows checked against the oracle.
+fn nccl_process() -> Result<bool, Error> {
+    use cp_nccl::{NcclTransport, Rendezvous};
+    let rdv = Rendezvous::from_env(Duration::from_secs(120))?;
+    let id: [u8; 128] = rdv
+        .share(|| NcclTransport::unique_id().map(|id| id.to_vec()).unwrap_or_default())?
+        .try_into()
+        .map_err(|_| "rank 0 could not create an NCCL unique id")?;
+    let ops = CudaAttention::new(rdv.local_rank)?;
+    let (n, rank) = (rdv.world_size, rdv.rank);
+    let heads = Heads { n_heads: 8, n_kv_heads: 2, head_dim: 128 };
+    // Every process draws the same world from the same seed.
+    let world = World::new(heads, &[503, 138], &mut Rng(77));
+    let mut cache = CacheMap::new(n, 2)?;
+    let first = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: 300 }, NewTokens { seq: 1, count: 77 }])?;
+    cache.commit_turn(&first)?;
+    let turn = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: 203 }, NewTokens { seq: 1, count: 61 }])?;
+    let layouts = turn.layouts();
+    let inputs = world.inputs(ops.stream(), layouts)?.swap_remove(rank);
+    let mut transport = NcclTransport::init_rank(ops.stream().clone(), rank, n, id, Duration::from_secs(60))?;
+    let mut ok = true;
+    for algorithm in [Algorithm::PassKv, Algorithm::PassQ] {
+        let local = cp_ring::Local { q: &inputs.q, k: &inputs.k, v: &inputs.v };
+        let partial = cp_ring::run(algorithm, &ops, &mut transport, layouts, local, &mut ())?;
+        // Compare this rank's rows only.
+        let s = ops.stream();
+        let out: Vec<f64> = partial.out.download(s)?.into_iter().map(f64::from).collect();
+        let qw = heads.n_heads * heads.head_dim;
+        let mut got = Vec::new();
+        let mut wanted = Vec::new();
+        for (row, t) in layouts.q[rank].rows().enumerate() {
+            if let Some(t) = t {
+                got.extend_from_slice(&out[row * qw..(row + 1) * qw]);
+                wanted.push((t.seq, Span::new(t.pos, 1)));
+            }
+        }
+        let (want, _) = world.oracle(&wanted);
+        let d = discrepancy(&got, &want);
+        let pass = d.within(1e-2);
+        ok &= pass;
+        println!(
+            "  {} rank {rank}/{n} (GPU {}) NCCL process, {algorithm}: out relL2 {:.2e} (tol 1e-2)",
+            if pass { "[ok]    " } else { "[FAILED]" },
+            rdv.local_rank,
+            d.rel_l2
+        );
+    }
+    Ok(ok)
+}
+
 fn arg(args: &[String], name: &str, default: usize) -> usize {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -251,6 +305,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().cloned().unwrap_or_else(|| "check".into());
     let run = || -> Result<bool, Error> {
+        if mode == "nccl-process" {
+            return nccl_process();
+        }
         let ops = CudaAttention::new(0)?;
         let mut ok = true;
         if mode == "check" || mode == "all" {
