@@ -65,7 +65,9 @@ pub fn run_ring(
             .into_iter()
             .map(|t| Box::new(t) as Box<dyn RingTransport<GpuTensor, Error = GpuRingError> + Send>)
             .collect(),
-        TransportKind::Nccl if n == 1 => return run_ring_per_device(std::slice::from_ref(ops), algorithm, layouts, inputs, timeout),
+        TransportKind::Nccl if n == 1 => {
+            return run_ring_per_device(std::slice::from_ref(ops), algorithm, layouts, inputs, timeout);
+        }
         TransportKind::Nccl => {
             return Err(GpuRingError::Message {
                 rank: 0,
@@ -153,7 +155,9 @@ pub fn run_ring_per_device(
         handles
             .into_iter()
             .enumerate()
-            .map(|(rank, h)| h.join().unwrap_or_else(|_| Err(GpuRingError::RankPanicked { rank, message: "panicked".into() })))
+            .map(|(rank, h)| {
+                h.join().unwrap_or_else(|_| Err(GpuRingError::RankPanicked { rank, message: "panicked".into() }))
+            })
             .collect()
     });
     first_root_cause(results)
