@@ -213,9 +213,9 @@ fn check(ops: &mut CudaAttention) -> Result<bool> {
         }
     }
     let mut all_ok = true;
-    for warps in [8, 4] {
-        ops.flash_warps = warps;
-        println!("  prefill kernel with {warps} warps per block:");
+    for (warps, m_tiles) in [(8, 1), (4, 1), (4, 2)] {
+        (ops.flash_warps, ops.flash_m_tiles) = (warps, m_tiles);
+        println!("  prefill kernel with {warps} warps x {m_tiles} m-tiles per block:");
         for case in &cases {
             let (line, ok) = check_case(ops, &mut rng, case)?;
             println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
@@ -274,12 +274,12 @@ fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<String>> {
         let k = random_tensor(&s, &mut rng, &[t * b, nkv, d])?;
         let v = random_tensor(&s, &mut rng, &[t * b, nkv, d])?;
         let flops = 4.0 * (b * nh) as f64 * (t as f64).powi(2) * d as f64 / 2.0;
-        for warps in [8, 4] {
-            ops.flash_warps = warps;
+        for (warps, m_tiles) in [(8, 1), (4, 1), (4, 2)] {
+            (ops.flash_warps, ops.flash_m_tiles) = (warps, m_tiles);
             let ms = time_ms(ops, reps, || ops.flash(&q, &dl, &k, &v, &dl, GpuDType::Bf16).map(|_| ()))?;
-            record(&format!("prefill causal T={t} B={b} ({warps} warps)"), ms, flops / ms / 1e9, "TFLOP/s");
+            record(&format!("prefill causal T={t} B={b} ({warps}w x {m_tiles}m)"), ms, flops / ms / 1e9, "TFLOP/s");
         }
-        ops.flash_warps = 4;
+        (ops.flash_warps, ops.flash_m_tiles) = (4, 2);
     }
     // Off-diagonal block: 16K queries after 16K keys, no mask.
     {

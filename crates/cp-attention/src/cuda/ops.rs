@@ -13,11 +13,14 @@ use super::layout::DeviceLayout;
 use super::{GpuDType, GpuTensor, cubin, cuda_err, driver_available};
 use crate::{AttentionError, Result};
 
-/// Dynamic shared memory of the prefill kernel with `warps` warps: a Q tile of 16 rows per
-/// warp and two K and two V tiles of 64 rows.
-fn flash_smem(head_dim: usize, warps: usize) -> usize {
-    (16 * warps + 4 * super::layout::TILE) * head_dim * 2
+/// Dynamic shared memory of the prefill kernel with `warps` warps of `m_tiles` 16-row m-tiles:
+/// the Q tile and two K and two V tiles of 64 rows.
+fn flash_smem(head_dim: usize, warps: usize, m_tiles: usize) -> usize {
+    (16 * warps * m_tiles + 4 * super::layout::TILE) * head_dim * 2
 }
+
+/// The prefill kernel variants: (warps, 16-row m-tiles per warp, name suffix).
+const FLASH_VARIANTS: [(usize, usize, &str); 3] = [(8, 1, "w8"), (4, 1, "w4"), (4, 2, "w4m2")];
 
 /// Up to 16 partials' pointers, passed to the merge kernel by value.
 #[repr(C)]
@@ -53,7 +56,10 @@ impl Kernels {
         for d in [64, 128] {
             for t in ["bf16", "f16"] {
                 for o in ["f32", "b16"] {
-                    flash.extend([4, 8].map(|w| (format!("flash_fwd_d{d}_{t}_{o}_w{w}"), flash_smem(d, w))));
+                    flash.extend(
+                        FLASH_VARIANTS
+                            .map(|(w, m, suffix)| (format!("flash_fwd_d{d}_{t}_{o}_{suffix}"), flash_smem(d, w, m))),
+                    );
                 }
                 names.extend([1, 4, 8].map(|g| format!("decode_d{d}_{t}_g{g}")));
             }
@@ -89,8 +95,11 @@ pub struct CudaAttention {
     pub scale: Option<f64>,
     /// dtype of the partial outputs of the prefill kernel (f32 by default, for exact merges).
     pub partial_dtype: GpuDType,
-    /// Warps per block of the prefill kernel: 4 or 8 (16 query rows each).
+    /// Warps per block of the prefill kernel: 4 or 8.
     pub flash_warps: usize,
+    /// 16-row m-tiles per warp of the prefill kernel: 1, or 2 (FlashAttention-2's layout, with
+    /// 4 warps only).
+    pub flash_m_tiles: usize,
     decode_args: Mutex<HashMap<(Layout, Layout), Arc<DecodeArgs>>>,
 }
 
@@ -137,6 +146,7 @@ impl CudaAttention {
             scale: None,
             partial_dtype: GpuDType::F32,
             flash_warps: 4,
+            flash_m_tiles: 2,
             decode_args: Mutex::default(),
         })
     }
@@ -151,6 +161,7 @@ impl CudaAttention {
             scale: self.scale,
             partial_dtype: self.partial_dtype,
             flash_warps: self.flash_warps,
+            flash_m_tiles: self.flash_m_tiles,
             decode_args: Mutex::default(),
         }
     }
@@ -248,12 +259,14 @@ impl CudaAttention {
         if out_dtype != GpuDType::F32 && out_dtype != q.dtype() {
             return Err(AttentionError::Unsupported(format!("output dtype {out_dtype:?} for {:?} inputs", q.dtype())));
         }
-        let warps = self.flash_warps;
-        if warps != 4 && warps != 8 {
-            return Err(AttentionError::Unsupported(format!("flash_warps = {warps} (4 or 8)")));
-        }
+        let (warps, m_tiles) = (self.flash_warps, self.flash_m_tiles);
+        let Some(&(_, _, suffix)) = FLASH_VARIANTS.iter().find(|v| v.0 == warps && v.1 == m_tiles) else {
+            return Err(AttentionError::Unsupported(format!(
+                "prefill kernel with {warps} warps x {m_tiles} m-tiles (have: 8x1, 4x1, 4x2)"
+            )));
+        };
         let out_tag = if out_dtype == GpuDType::F32 { "f32" } else { "b16" };
-        let name = format!("flash_fwd_d{d}_{}_{out_tag}_w{warps}", q.dtype().tag());
+        let name = format!("flash_fwd_d{d}_{}_{out_tag}_{suffix}", q.dtype().tag());
         let f = self.kernels.get(&name)?;
         let mut out = GpuTensor::alloc(&self.stream, out_dtype, &[tq, nh, d])?;
         let mut lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &[tq, nh])?;
@@ -261,9 +274,9 @@ impl CudaAttention {
             let (tq_i, tk_i, nh_i, nkv_i) = (tq as i32, tk as i32, nh as i32, nkv as i32);
             let scale = self.scale_log2(d);
             let cfg = LaunchConfig {
-                grid_dim: (tq.div_ceil(16 * warps) as u32, nh as u32, 1),
+                grid_dim: (tq.div_ceil(16 * warps * m_tiles) as u32, nh as u32, 1),
                 block_dim: (32 * warps as u32, 1, 1),
-                shared_mem_bytes: flash_smem(d, warps) as u32,
+                shared_mem_bytes: flash_smem(d, warps, m_tiles) as u32,
             };
             let mut b = self.stream.launch_builder(f);
             b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&mut out).arg(&mut lse);
