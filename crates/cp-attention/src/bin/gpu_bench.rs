@@ -222,7 +222,7 @@ fn check(ops: &mut CudaAttention) -> Result<bool> {
             all_ok &= ok;
         }
     }
-    ops.flash_warps = 8;
+    (ops.flash_warps, ops.flash_m_tiles) = (4, 2);
     let (line, ok) = check_merges(ops, &mut rng)?;
     println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
     set_poison(false);
