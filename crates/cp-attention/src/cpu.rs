@@ -78,7 +78,7 @@ impl CpuAttention {
             let scores = scores.broadcast_add(&mask)?;
             let max = scores.max_keepdim(D::Minus1)?;
             // A row with no visible key has max = -inf; use 0 so exp gives 0, not NaN.
-            let max = max.ne(f64::NEG_INFINITY)?.where_cond(&max, &max.zeros_like()?)?;
+            let max = finite_or_zero(&max)?;
             let p = scores.broadcast_sub(&max)?.exp()?;
             let sum = p.sum_keepdim(D::Minus1)?;
             let safe_sum = sum.gt(0.0)?.where_cond(&sum, &sum.ones_like()?)?;
@@ -123,7 +123,7 @@ pub fn merge_all(parts: &[Partial<Tensor>]) -> Result<Partial<Tensor>> {
     for p in &parts[1..] {
         max = max.maximum(&p.lse)?;
     }
-    let max = max.ne(f64::NEG_INFINITY)?.where_cond(&max, &max.zeros_like()?)?;
+    let max = finite_or_zero(&max)?;
     let mut denom = max.zeros_like()?;
     let mut num = first.out.zeros_like()?;
     for p in parts {
@@ -163,6 +163,12 @@ impl AttentionOps for CpuAttention {
     fn merge_all(&self, parts: Vec<Partial<Tensor>>) -> Result<Partial<Tensor>> {
         merge_all(&parts)
     }
+}
+
+/// `-inf` entries (rows that see no key) replaced by 0, so that subtracting them in an
+/// exponent gives `exp(-inf) = 0` rather than NaN.
+fn finite_or_zero(max: &Tensor) -> Result<Tensor> {
+    Ok(max.ne(f64::NEG_INFINITY)?.where_cond(max, &max.zeros_like()?)?)
 }
 
 /// Validated dimensions of one attention call.

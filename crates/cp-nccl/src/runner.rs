@@ -95,20 +95,7 @@ pub fn run_ring(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .enumerate()
-            .map(|(rank, h)| {
-                h.join().unwrap_or_else(|p| {
-                    let message = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    Err(GpuRingError::RankPanicked { rank, message })
-                })
-            })
-            .collect()
+        join_ranks(handles)
     });
     first_root_cause(results)
 }
@@ -152,15 +139,28 @@ pub fn run_ring_per_device(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .enumerate()
-            .map(|(rank, h)| {
-                h.join().unwrap_or_else(|_| Err(GpuRingError::RankPanicked { rank, message: "panicked".into() }))
-            })
-            .collect()
+        join_ranks(handles)
     });
     first_root_cause(results)
+}
+
+/// Joins the rank threads in rank order; a panicking rank becomes [`GpuRingError::RankPanicked`]
+/// with its message.
+fn join_ranks(handles: Vec<std::thread::ScopedJoinHandle<'_, Result<RankOutput>>>) -> Vec<Result<RankOutput>> {
+    handles
+        .into_iter()
+        .enumerate()
+        .map(|(rank, h)| {
+            h.join().unwrap_or_else(|p| {
+                let message = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic payload".into());
+                Err(GpuRingError::RankPanicked { rank, message })
+            })
+        })
+        .collect()
 }
 
 /// All ranks' outputs, or the error that started the failure (a rank's own failure rather than

@@ -81,38 +81,21 @@ where
     C: RingTransport<A::Tensor>,
 {
     let Local { q, k, v } = local;
-    let ctx = Ctx::new(ops, comm, layouts)?;
-    ctx.check_rows(ops, q, "q", layouts.q_rows())?;
-    ctx.check_rows(ops, k, "k", layouts.kv_rows())?;
-    ctx.check_rows(ops, v, "v", layouts.kv_rows())?;
-    let (rank, n) = (ctx.rank, ctx.n);
-
-    let mut block = vec![k.clone(), v.clone()];
+    let ctx = Ctx::new(ops, comm, layouts, local)?;
+    let rank = ctx.rank;
     let mut acc: Option<Partial<A::Tensor>> = None;
-    for step in 0..n {
-        let src = (rank + n - step) % n;
-        let more = step + 1 < n;
-        if more {
-            comm.start_shift(&block).map_err(|e| ctx.transport(step, "start_shift(kv)", e))?;
-        }
-        probe.enter(Phase::Compute, step);
+    ctx.rotate(comm, vec![k.clone(), v.clone()], KV_SHIFT, probe, |step, src, block| {
         let part = ops
             .partial(q, &layouts.q[rank], &block[0], &block[1], &layouts.kv[src])
             .map_err(|e| ctx.compute(step, "partial attention", e))?;
-        acc = Some(match acc {
+        acc = Some(match acc.take() {
             None => part,
             Some(acc) => ops.merge(acc, part).map_err(|e| ctx.compute(step, "merge", e))?,
         });
-        probe.exit(Phase::Compute, step);
-        if more {
-            probe.enter(Phase::Wait, step);
-            block = comm.finish_shift().map_err(|e| ctx.transport(step, "finish_shift(kv)", e))?;
-            probe.exit(Phase::Wait, step);
-            ctx.check_parts(step, "shift(kv)", 2, block.len())?;
-        }
-    }
-    // n >= 1 (checked by Ctx), so the loop ran at least once.
-    acc.ok_or(RingError::WorldSize { rank, transport: n, layouts: 0 })
+        Ok(())
+    })?;
+    // n >= 1 (checked by Ctx), so `rotate` visited at least one block.
+    acc.ok_or(RingError::WorldSize { rank, transport: ctx.n, layouts: 0 })
 }
 
 /// Ring pass-Q (Algorithm 3) on this rank; with decode layouts, Algorithm 4.
@@ -133,33 +116,16 @@ where
     C: RingTransport<A::Tensor>,
 {
     let Local { q, k, v } = local;
-    let ctx = Ctx::new(ops, comm, layouts)?;
-    ctx.check_rows(ops, q, "q", layouts.q_rows())?;
-    ctx.check_rows(ops, k, "k", layouts.kv_rows())?;
-    ctx.check_rows(ops, v, "v", layouts.kv_rows())?;
+    let ctx = Ctx::new(ops, comm, layouts, local)?;
     let (rank, n) = (ctx.rank, ctx.n);
-
-    let mut block = vec![q.clone()];
     let mut partials: Vec<Option<Partial<A::Tensor>>> = (0..n).map(|_| None).collect();
-    for step in 0..n {
-        let src = (rank + n - step) % n;
-        let more = step + 1 < n;
-        if more {
-            comm.start_shift(&block).map_err(|e| ctx.transport(step, "start_shift(q)", e))?;
-        }
-        probe.enter(Phase::Compute, step);
+    ctx.rotate(comm, vec![q.clone()], Q_SHIFT, probe, |step, src, block| {
         let part = ops
             .partial(&block[0], &layouts.q[src], k, v, &layouts.kv[rank])
             .map_err(|e| ctx.compute(step, "partial attention", e))?;
         partials[src] = Some(part);
-        probe.exit(Phase::Compute, step);
-        if more {
-            probe.enter(Phase::Wait, step);
-            block = comm.finish_shift().map_err(|e| ctx.transport(step, "finish_shift(q)", e))?;
-            probe.exit(Phase::Wait, step);
-            ctx.check_parts(step, "shift(q)", 1, block.len())?;
-        }
-    }
+        Ok(())
+    })?;
 
     // Every source rank was visited exactly once above.
     let outgoing: Vec<Vec<A::Tensor>> =
@@ -184,19 +150,68 @@ where
     Ok(merged)
 }
 
-/// Checks shared by both algorithms, and error construction with the rank filled in.
+/// Error labels of a rotation: start, finish, and the shift as a whole.
+type ShiftNames = [&'static str; 3];
+const KV_SHIFT: ShiftNames = ["start_shift(kv)", "finish_shift(kv)", "shift(kv)"];
+const Q_SHIFT: ShiftNames = ["start_shift(q)", "finish_shift(q)", "shift(q)"];
+
+/// Checks shared by both algorithms, the ring rotation they share, and error construction
+/// with the rank filled in.
 struct Ctx {
     rank: usize,
     n: usize,
 }
 
 impl Ctx {
-    fn new<A: AttentionOps, C: RingTransport<A::Tensor>>(_ops: &A, comm: &C, layouts: &RingLayouts) -> Result<Ctx> {
+    /// Checks the world size against the layouts and the rows of the rank's own tensors.
+    fn new<A: AttentionOps, C: RingTransport<A::Tensor>>(
+        ops: &A,
+        comm: &C,
+        layouts: &RingLayouts,
+        local: Local<'_, A::Tensor>,
+    ) -> Result<Ctx> {
         let (rank, n) = (comm.rank(), comm.world_size());
         if n == 0 || n != layouts.world_size() || layouts.kv.len() != n || rank >= n {
             return Err(RingError::WorldSize { rank, transport: n, layouts: layouts.world_size() });
         }
-        Ok(Ctx { rank, n })
+        let ctx = Ctx { rank, n };
+        ctx.check_rows(ops, local.q, "q", layouts.q_rows())?;
+        ctx.check_rows(ops, local.k, "k", layouts.kv_rows())?;
+        ctx.check_rows(ops, local.v, "v", layouts.kv_rows())?;
+        Ok(ctx)
+    }
+
+    /// Passes `block` around the ring for `N` steps. In step `j` this rank holds the block
+    /// that started on rank `src = (rank - j) mod N`; it starts shifting it to `rank + 1`,
+    /// calls `visit(j, src, block)` while the transfer runs (the compute phase), then waits for
+    /// the next block (the wait phase). `names` label the operations in errors.
+    fn rotate<T, C: RingTransport<T>>(
+        &self,
+        comm: &mut C,
+        mut block: Vec<T>,
+        names: ShiftNames,
+        probe: &mut impl Probe,
+        mut visit: impl FnMut(usize, usize, &[T]) -> Result<()>,
+    ) -> Result<()> {
+        let [start_op, finish_op, shift_op] = names;
+        let parts = block.len();
+        for step in 0..self.n {
+            let src = (self.rank + self.n - step) % self.n;
+            let more = step + 1 < self.n;
+            if more {
+                comm.start_shift(&block).map_err(|e| self.transport(step, start_op, e))?;
+            }
+            probe.enter(Phase::Compute, step);
+            visit(step, src, &block)?;
+            probe.exit(Phase::Compute, step);
+            if more {
+                probe.enter(Phase::Wait, step);
+                block = comm.finish_shift().map_err(|e| self.transport(step, finish_op, e))?;
+                probe.exit(Phase::Wait, step);
+                self.check_parts(step, shift_op, parts, block.len())?;
+            }
+        }
+        Ok(())
     }
 
     fn check_rows<A: AttentionOps>(&self, ops: &A, t: &A::Tensor, what: &'static str, expected: usize) -> Result<()> {

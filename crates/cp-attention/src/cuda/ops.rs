@@ -22,6 +22,11 @@ fn flash_smem(head_dim: usize, warps: usize, m_tiles: usize) -> usize {
 /// The prefill kernel variants: (warps, 16-row m-tiles per warp, name suffix).
 const FLASH_VARIANTS: [(usize, usize, &str); 3] = [(8, 1, "w8"), (4, 1, "w4"), (4, 2, "w4m2")];
 
+/// One thread per four elements (the merge kernels), 256 threads a block.
+fn elementwise(threads: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
 /// Up to 16 partials' pointers, passed to the merge kernel by value.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -360,11 +365,7 @@ impl CudaAttention {
         let mut lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &[bq, nh])?;
         let f = self.kernels.get("merge_strided_f32")?;
         let (n, rows_l, d_i) = (splits as i32, rows as i64, d as i32);
-        let cfg = LaunchConfig {
-            grid_dim: ((rows * d / 4).div_ceil(256) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = elementwise(rows * d / 4);
         let mut b = self.stream.launch_builder(f);
         b.arg(&part_out).arg(&part_lse).arg(&n).arg(&mut out).arg(&mut lse).arg(&rows_l).arg(&d_i);
         // SAFETY: the split partials are `splits` contiguous blocks of `rows x d` and `rows`.
@@ -442,11 +443,7 @@ impl CudaAttention {
         let mut lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &[rows])?;
         let f = self.kernels.get(&format!("merge_all_{}", out_dtype.tag()))?;
         let (n, rows_l, d_i) = (parts.len() as i32, rows as i64, d as i32);
-        let cfg = LaunchConfig {
-            grid_dim: ((rows * d / 4).div_ceil(256).max(1) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = elementwise(rows * d / 4);
         let mut b = self.stream.launch_builder(f);
         b.arg(&ptrs).arg(&n).arg(&mut out).arg(&mut lse).arg(&rows_l).arg(&d_i);
         // SAFETY: every pointer addresses `rows * d` f32 outputs and `rows` LSEs, kept alive by
@@ -485,12 +482,7 @@ impl CudaAttention {
         let mut new_lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &lse_shape)?;
         let f = self.kernels.get(&format!("merge_fold_{}", part.out.dtype().tag()))?;
         let (rows_l, d_i) = (rows as i64, d as i32);
-        let threads = rows * d / 4;
-        let cfg = LaunchConfig {
-            grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = elementwise(rows * d / 4);
         let mut b = self.stream.launch_builder(f);
         b.arg(&mut acc_out).arg(acc.lse.slice()).arg(part.out.slice()).arg(part.lse.slice()).arg(&mut new_lse);
         b.arg(&rows_l).arg(&d_i);
