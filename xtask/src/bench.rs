@@ -38,16 +38,18 @@ pub struct Args {
     /// Which algorithm.
     #[arg(long, value_enum, default_value_t = Which::All)]
     algorithm: Which,
-    /// Query heads (CPU ranks; the GPU run uses NH=32, NKV=8, DH=128).
-    #[arg(long, default_value_t = 8)]
-    heads: usize,
-    /// Key/value heads (CPU ranks).
-    #[arg(long, default_value_t = 2)]
-    kv_heads: usize,
-    /// Head dimension (CPU ranks).
-    #[arg(long, default_value_t = 64)]
-    head_dim: usize,
-    /// Input dtype (CPU ranks).
+    /// Query heads (default: 32 on a GPU, 8 on CPU ranks).
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Key/value heads (default: 8 on a GPU, 2 on CPU ranks).
+    #[arg(long)]
+    kv_heads: Option<usize>,
+    /// Head dimension (default: 128 on a GPU, 64 on CPU ranks; the GPU kernels take 64 or 128).
+    #[arg(long)]
+    head_dim: Option<usize>,
+    #[arg(skip)]
+    gpu_heads: (usize, usize, usize),
+    /// Input dtype (CPU ranks; the GPU run is bf16).
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
     /// Untimed runs first.
@@ -79,6 +81,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("--iters must be at least 1");
     }
     if !args.cpu && gpu_present() {
+        let mut args = args;
+        args.gpu_heads = (args.heads.unwrap_or(32), args.kv_heads.unwrap_or(8), args.head_dim.unwrap_or(128));
         return gpu(&args);
     }
     println!(
@@ -101,9 +105,18 @@ fn gpu(args: &Args) -> anyhow::Result<()> {
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let json = out_dir()?.join("gpu-bench.json");
     let t = args.seq_len.unwrap_or(16384);
+    let algorithm = match args.algorithm {
+        Which::PassKv => "pass-kv",
+        Which::PassQ => "pass-q",
+        Which::Auto => "auto",
+        Which::All => "all",
+    };
     let status = Command::new(PathBuf::from(target).join("release/cp-ring-bench"))
         .args(["all", "--world-size", &args.world_size.to_string(), "--seq-len", &t.to_string()])
         .args(["--cached", &args.cached.to_string(), "--iters", &args.iters.to_string()])
+        .args(["--warmup", &args.warmup.to_string(), "--algorithm", algorithm])
+        .args(["--heads", &args.gpu_heads.0.to_string(), "--kv-heads", &args.gpu_heads.1.to_string()])
+        .args(["--head-dim", &args.gpu_heads.2.to_string()])
         .arg("--json")
         .arg(&json)
         .status()
@@ -131,12 +144,17 @@ fn one_turn(config: SimConfig, t: usize, p: usize, algorithm: Algorithm) -> anyh
 
 fn cpu(args: &Args) -> anyhow::Result<()> {
     let t = args.seq_len.unwrap_or(1024);
+    let (heads, kv_heads, head_dim) =
+        (args.heads.unwrap_or(8), args.kv_heads.unwrap_or(2), args.head_dim.unwrap_or(64));
+    if heads == 0 || kv_heads == 0 || head_dim == 0 || !heads.is_multiple_of(kv_heads) {
+        bail!("--heads ({heads}) must be a non-zero multiple of --kv-heads ({kv_heads}), --head-dim at least 1");
+    }
     let p = args.cached;
     let config = SimConfig {
         world_size: 1,
-        n_heads: args.heads,
-        n_kv_heads: args.kv_heads,
-        head_dim: args.head_dim,
+        n_heads: heads,
+        n_kv_heads: kv_heads,
+        head_dim,
         dtype: match args.dtype {
             Dtype::F64 => candle_core::DType::F64,
             Dtype::F32 => candle_core::DType::F32,
@@ -147,7 +165,7 @@ fn cpu(args: &Args) -> anyhow::Result<()> {
     };
     println!(
         "T = {t} new tokens over P = {p} cached; NH = {}, NKV = {}, DH = {}, {:?}; {} warm-up + {} timed runs",
-        args.heads, args.kv_heads, args.head_dim, config.dtype, args.warmup, args.iters
+        heads, kv_heads, head_dim, config.dtype, args.warmup, args.iters
     );
     let started = Instant::now();
     let mut rows = Vec::new();
@@ -175,7 +193,7 @@ fn cpu(args: &Args) -> anyhow::Result<()> {
     let (single_ms, single) = timed(config, Algorithm::PassKv)?;
     failures += usize::from(!single.passed());
     // Measured attention rate of one CPU rank (Table 3's count, as the cost model uses).
-    let d = (args.heads * args.head_dim) as f64;
+    let d = (heads * head_dim) as f64;
     let flops = 4.0 * t as f64 * (t + p) as f64 * d;
     let rate = flops / (single_ms / 1e3);
     println!(
@@ -189,12 +207,7 @@ fn cpu(args: &Args) -> anyhow::Result<()> {
         args.world_size
     );
     let inputs = Inputs {
-        model: ModelShape {
-            n_heads: args.heads,
-            n_kv_heads: args.kv_heads,
-            head_dim: args.head_dim,
-            elem_bytes: config.dtype.size_in_bytes(),
-        },
+        model: ModelShape { n_heads: heads, n_kv_heads: kv_heads, head_dim, elem_bytes: config.dtype.size_in_bytes() },
         // In-process channels pass pointers: bandwidth is effectively unbounded here.
         hardware: Hardware { compute: Compute::custom(rate), link: Link::custom(1e15) },
         world_size: args.world_size,

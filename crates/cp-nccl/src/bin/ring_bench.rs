@@ -7,10 +7,12 @@
 //! - `cp-ring-bench nccl-process`: one process per GPU in torchrun's convention (`RANK`,
 //!   `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`); rank 0 hands out the NCCL id over
 //!   TCP; each process checks its own rows of a pass-KV and a pass-Q turn.
-//! - `cp-ring-bench bench [--world-size N] [--seq-len T] [--cached P] [--json PATH]`: the
-//!   single-GPU time of the same attention (a ring of one), then the N-rank ring on the same GPU:
-//!   per-rank compute, exposed communication and idle time, for pass-KV and pass-Q, next to the
-//!   cost model's prediction. Ranks share one GPU here, so this measures overlap and overhead,
+//! - `cp-ring-bench bench [--world-size N] [--seq-len T] [--cached P] [--algorithm
+//!   pass-kv|pass-q|auto|all] [--heads H] [--kv-heads K] [--head-dim D] [--warmup W] [--iters I]
+//!   [--json PATH]`: the single-GPU time of the same attention (a ring of one), then the N-rank
+//!   ring on the same GPU: per-rank compute, exposed communication and idle time, next to the
+//!   cost model's prediction from this machine's measured attention rate and copy bandwidth;
+//!   `auto` runs what Algorithm 5 chooses with those rates. Ranks share one GPU here, so this measures overlap and overhead,
 //!   not speed-up.
 
 use std::process::ExitCode;
@@ -225,77 +227,159 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Per-rank median phase times of `algorithm` on `world_size` ranks of the GPU, one sequence of
+/// `t` new tokens over `p` cached.
+#[allow(clippy::too_many_arguments)]
+fn timed_ring(
+    ops: &CudaAttention,
+    world: &World,
+    world_size: usize,
+    t: usize,
+    p: usize,
+    algorithm: Algorithm,
+    warmup: usize,
+    reps: usize,
+) -> Result<Vec<PhaseTimes>, Error> {
+    let mut cache = CacheMap::new(world_size, 1)?;
+    if p > 0 {
+        let first = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: p }])?;
+        cache.commit_turn(&first)?;
+    }
+    let turn = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: t }])?;
+    let inputs = world.inputs(ops.stream(), turn.layouts())?;
+    let mut samples: Vec<Vec<PhaseTimes>> = Vec::new();
+    for i in 0..warmup + reps {
+        let out = run_ring(ops, TransportKind::SameGpu, algorithm, turn.layouts(), &inputs, Duration::from_secs(120))?;
+        eprint!("\r  {algorithm} on {world_size} rank(s): run {}/{}   ", i + 1, warmup + reps);
+        if i >= warmup {
+            samples.push(out.iter().map(|o| o.times.unwrap_or_default()).collect());
+        }
+    }
+    eprintln!();
+    Ok((0..world_size)
+        .map(|r| PhaseTimes {
+            compute_ms: median(samples.iter().map(|s| s[r].compute_ms).collect()),
+            wait_ms: median(samples.iter().map(|s| s[r].wait_ms).collect()),
+            all_to_all_ms: median(samples.iter().map(|s| s[r].all_to_all_ms).collect()),
+            merge_ms: median(samples.iter().map(|s| s[r].merge_ms).collect()),
+            total_ms: median(samples.iter().map(|s| s[r].total_ms).collect()),
+        })
+        .collect())
+}
+
+/// Bandwidth of a device-to-device copy on this GPU (bytes moved per second, one direction):
+/// the "link" of ranks that share the GPU.
+fn copy_bandwidth(ops: &CudaAttention) -> Result<f64, Error> {
+    use cudarc::driver::sys::CUevent_flags;
+    let s = ops.stream();
+    let bytes = 256usize << 20;
+    let src = s.alloc_zeros::<u8>(bytes)?;
+    let mut dst = s.alloc_zeros::<u8>(bytes)?;
+    let mut times = Vec::new();
+    for i in 0..6 {
+        let start = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        s.memcpy_dtod(&src, &mut dst)?;
+        let end = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        if i > 0 {
+            times.push(start.elapsed_ms(&end)? as f64);
+        }
+    }
+    Ok(bytes as f64 / (median(times) / 1e3))
+}
+
 fn bench(ops: &CudaAttention, args: &[String]) -> Result<Vec<String>, Error> {
+    use cp_heuristic::{Compute, Hardware, Inputs, Link, Mode, ModelShape, Rule, Workload, choose, cost_model};
     let n = arg(args, "--world-size", 4);
     let t = arg(args, "--seq-len", 16384);
     let p = arg(args, "--cached", 0);
-    let reps = arg(args, "--iters", 5);
-    let heads = Heads { n_heads: 32, n_kv_heads: 8, head_dim: 128 };
-    let mut rng = Rng(3);
-    let world = World::new(heads, &[p + t], &mut rng);
-    let mut rows = Vec::new();
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+    let reps = arg(args, "--iters", 5).max(1);
+    let warmup = arg(args, "--warmup", 1);
+    let heads = Heads {
+        n_heads: arg(args, "--heads", 32),
+        n_kv_heads: arg(args, "--kv-heads", 8),
+        head_dim: arg(args, "--head-dim", 128),
     };
-    println!("  T={t} new tokens over P={p} cached, NH=32 NKV=8 DH=128 bf16, {reps} timed runs each (median)");
-    let mut baseline_ms = 0.0;
-    for world_size in [1, n] {
-        let mut cache = CacheMap::new(world_size, 1)?;
-        if p > 0 {
-            let first = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: p }])?;
-            cache.commit_turn(&first)?;
-        }
-        let turn = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: t }])?;
-        let inputs = world.inputs(ops.stream(), turn.layouts())?;
-        for algorithm in [Algorithm::PassKv, Algorithm::PassQ] {
-            if world_size == 1 && algorithm == Algorithm::PassQ {
-                continue;
-            }
-            let mut samples: Vec<Vec<PhaseTimes>> = Vec::new();
-            for i in 0..reps + 1 {
-                let out = run_ring(
-                    ops,
-                    TransportKind::SameGpu,
-                    algorithm,
-                    turn.layouts(),
-                    &inputs,
-                    Duration::from_secs(120),
-                )?;
-                if i > 0 {
-                    samples.push(out.iter().map(|o| o.times.unwrap_or_default()).collect());
-                }
-            }
-            let per_rank: Vec<PhaseTimes> = (0..world_size)
-                .map(|r| PhaseTimes {
-                    compute_ms: median(samples.iter().map(|s| s[r].compute_ms).collect()),
-                    wait_ms: median(samples.iter().map(|s| s[r].wait_ms).collect()),
-                    all_to_all_ms: median(samples.iter().map(|s| s[r].all_to_all_ms).collect()),
-                    merge_ms: median(samples.iter().map(|s| s[r].merge_ms).collect()),
-                    total_ms: median(samples.iter().map(|s| s[r].total_ms).collect()),
-                })
-                .collect();
-            let total = per_rank.iter().map(|x| x.total_ms).fold(0.0, f64::max);
-            if world_size == 1 {
-                baseline_ms = total;
-                println!("  single GPU (ring of 1): {total:.3} ms");
-            } else {
-                println!(
-                    "  {algorithm} on {world_size} ranks sharing the GPU: slowest rank {total:.3} ms ({:.2}x the single-GPU time)",
-                    total / baseline_ms
-                );
-            }
-            for (r, x) in per_rank.iter().enumerate() {
-                let idle = (total - x.total_ms).max(0.0);
-                println!(
-                    "    rank {r}: compute {:>8.3} ms, exposed comm {:>7.3} ms, all-to-all {:>7.3} ms, merge {:>6.3} ms, idle {:>7.3} ms",
-                    x.compute_ms, x.wait_ms, x.all_to_all_ms, x.merge_ms, idle
-                );
-                rows.push(format!(
-                    "{{\"world_size\":{world_size},\"algorithm\":\"{algorithm}\",\"rank\":{r},\"t\":{t},\"p\":{p},\"compute_ms\":{:.4},\"wait_ms\":{:.4},\"all_to_all_ms\":{:.4},\"merge_ms\":{:.4},\"total_ms\":{:.4}}}",
-                    x.compute_ms, x.wait_ms, x.all_to_all_ms, x.merge_ms, x.total_ms
-                ));
-            }
+    let which =
+        args.iter().position(|a| a == "--algorithm").and_then(|i| args.get(i + 1)).map_or("all", String::as_str);
+    if n == 0 || t == 0 || heads.n_kv_heads == 0 || !heads.n_heads.is_multiple_of(heads.n_kv_heads) {
+        return Err(format!(
+            "bad shape: world size {n}, T {t}, heads {} / kv heads {}",
+            heads.n_heads, heads.n_kv_heads
+        )
+        .into());
+    }
+    let world = World::new(heads, &[p + t], &mut Rng(3));
+    let mut rows = Vec::new();
+    println!(
+        "  T={t} new tokens over P={p} cached, NH={} NKV={} DH={} bf16, {warmup} warm-up + {reps} timed runs (median)",
+        heads.n_heads, heads.n_kv_heads, heads.head_dim
+    );
+    let single = timed_ring(ops, &world, 1, t, p, Algorithm::PassKv, warmup, reps)?;
+    let baseline_ms = single[0].total_ms;
+    // This machine's measured rates feed the heuristic and the cost model (Table 3's count).
+    let d = (heads.n_heads * heads.head_dim) as f64;
+    let rate = 4.0 * t as f64 * (t + p) as f64 * d / (baseline_ms / 1e3);
+    let bw = copy_bandwidth(ops)?;
+    println!(
+        "  single GPU (ring of 1): {baseline_ms:.3} ms ({:.0} TFLOP/s, Table 3 count); device copy {:.0} GB/s",
+        rate / 1e12,
+        bw / 1e9
+    );
+    let inputs = Inputs {
+        model: ModelShape {
+            n_heads: heads.n_heads,
+            n_kv_heads: heads.n_kv_heads,
+            head_dim: heads.head_dim,
+            elem_bytes: 2,
+        },
+        hardware: Hardware { compute: Compute::custom(rate), link: Link::custom(bw) },
+        world_size: n,
+        workload: Workload { new_tokens: t, cached_tokens: p },
+    };
+    let decision = choose(Rule::Alg5, &inputs)?;
+    let predicted = cost_model(&inputs)?;
+    print!("  heuristic (Algorithm 5, this machine's rates): {decision}");
+    let algorithms = match which {
+        "pass-kv" => vec![Algorithm::PassKv],
+        "pass-q" => vec![Algorithm::PassQ],
+        "auto" => vec![if decision.mode == Mode::PassKv { Algorithm::PassKv } else { Algorithm::PassQ }],
+        "all" => vec![Algorithm::PassKv, Algorithm::PassQ],
+        other => return Err(format!("--algorithm {other}: expected pass-kv, pass-q, auto or all").into()),
+    };
+    for algorithm in algorithms {
+        let per_rank = timed_ring(ops, &world, n, t, p, algorithm, warmup, reps)?;
+        let total = per_rank.iter().map(|x| x.total_ms).fold(0.0, f64::max);
+        let model = if algorithm == Algorithm::PassKv { predicted.pass_kv } else { predicted.pass_q };
+        println!(
+            "  {algorithm} on {n} ranks sharing the GPU: slowest rank {total:.3} ms ({:.2}x the single-GPU time); \
+             predicted for {n} GPUs of this rate: {:.3} ms (step compute {:.3} ms, step comm {:.3} ms, all-to-all {:.3} ms)",
+            total / baseline_ms,
+            model.total_s * 1e3,
+            model.step_compute_s * 1e3,
+            model.step_comm_s * 1e3,
+            model.all_to_all_s * 1e3
+        );
+        for (r, x) in per_rank.iter().enumerate() {
+            let idle = (total - x.total_ms).max(0.0);
+            println!(
+                "    rank {r}: compute {:>8.3} ms, exposed comm {:>7.3} ms, all-to-all {:>7.3} ms, merge {:>6.3} ms, idle {:>7.3} ms",
+                x.compute_ms, x.wait_ms, x.all_to_all_ms, x.merge_ms, idle
+            );
+            rows.push(format!(
+                "{{\"world_size\":{n},\"algorithm\":\"{algorithm}\",\"rank\":{r},\"t\":{t},\"p\":{p},\"compute_ms\":{:.4},\"wait_ms\":{:.4},\"all_to_all_ms\":{:.4},\"merge_ms\":{:.4},\"total_ms\":{:.4},\"single_gpu_ms\":{baseline_ms:.4},\"predicted_ms\":{:.4},\"heuristic\":\"{}\"}}",
+                x.compute_ms,
+                x.wait_ms,
+                x.all_to_all_ms,
+                x.merge_ms,
+                x.total_ms,
+                model.total_s * 1e3,
+                decision.mode
+            ));
         }
     }
     Ok(rows)
