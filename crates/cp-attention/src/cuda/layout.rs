@@ -111,3 +111,62 @@ impl DeviceLayout {
         self.rows
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cp_shard::Span;
+
+    use super::*;
+
+    fn tokens(layout: &Layout) -> Vec<Option<Token>> {
+        layout.rows().collect()
+    }
+
+    #[test]
+    fn tile_summaries_match_brute_force_and_flag_short_tiles() {
+        let mut layout = Layout::new();
+        layout.push_tokens(0, Span::new(10, 70)); // rows 0..70: tile 0 full, tile 1 starts
+        layout.push_padding(3);
+        layout.push_tokens(1, Span::new(0, 60)); // tile 1 mixes sequences and padding
+        layout.push_tokens(1, Span::new(60, 10)); // 143 rows: tile 2 is short (15 rows)
+        let t = tokens(&layout);
+        let s = tile_summaries(&t, 64);
+        assert_eq!(s.len(), 3 * 4);
+        assert_eq!(&s[0..4], &[0, 10, 73, 0], "a full tile of one sequence");
+        assert_eq!(&s[4..8], &[-2, 0, 79, 1], "several sequences and padding");
+        // The regression: a short last tile must carry the padding flag, or the prefill kernel
+        // treats it as fully visible and its missing rows enter the softmax.
+        assert_eq!(&s[8..12], &[1, 55, 69, 1], "short last tile");
+        // Exactly 64 rows: no padding flag.
+        let mut exact = Layout::new();
+        exact.push_tokens(2, Span::new(0, 64));
+        assert_eq!(tile_summaries(&tokens(&exact), 64), vec![2, 0, 63, 0]);
+        // No rows: one all-padding summary.
+        assert_eq!(tile_summaries(&[], 64), vec![-1, 0, 0, 1]);
+        let all_pad = vec![None; 10];
+        assert_eq!(tile_summaries(&all_pad, 64), vec![-1, 0, 0, 1]);
+    }
+
+    #[test]
+    fn decode_ranges_need_contiguous_sequences() {
+        let mut layout = Layout::new();
+        layout.push_tokens(0, Span::new(0, 5));
+        layout.push_tokens(1, Span::new(0, 3));
+        layout.push_padding(2);
+        let ranges = seq_ranges(&tokens(&layout)).expect("contiguous");
+        assert_eq!(ranges[&0], (0, 5));
+        assert_eq!(ranges[&1], (5, 3));
+        // Sequence 0 split by sequence 1: not contiguous.
+        let mut split = Layout::new();
+        split.push_tokens(0, Span::new(0, 2));
+        split.push_tokens(1, Span::new(0, 2));
+        split.push_tokens(0, Span::new(2, 2));
+        assert!(seq_ranges(&tokens(&split)).is_none());
+        // Split by padding: not contiguous either.
+        let mut padded = Layout::new();
+        padded.push_tokens(0, Span::new(0, 2));
+        padded.push_padding(1);
+        padded.push_tokens(0, Span::new(2, 2));
+        assert!(seq_ranges(&tokens(&padded)).is_none());
+    }
+}
