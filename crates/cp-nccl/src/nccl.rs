@@ -24,11 +24,23 @@ struct RawComm(sys::ncclComm_t);
 // allows a communicator to move between threads.
 unsafe impl Send for RawComm {}
 
+impl RawComm {
+    /// Aborts the communicator once; later calls (and the drop) do nothing.
+    fn abort(&mut self) {
+        if self.0.is_null() {
+            return;
+        }
+        // SAFETY: the handle came from ncclCommInitRank and has not been aborted yet (it is
+        // nulled right after), so it is live. An error cannot be acted on: the communicator is
+        // gone either way.
+        let _ = unsafe { nccl::comm_abort(self.0) };
+        self.0 = std::ptr::null_mut();
+    }
+}
+
 impl Drop for RawComm {
     fn drop(&mut self) {
-        // SAFETY: the handle came from ncclCommInitRank and is aborted once. An error here
-        // cannot be reported from Drop; the communicator is gone either way.
-        let _ = unsafe { nccl::comm_abort(self.0) };
+        self.abort();
     }
 }
 
@@ -118,6 +130,9 @@ impl NcclTransport {
     /// stream, after the compute stream's current work; returns the completion event.
     fn exchange(&self, sends: &[(usize, &GpuTensor)], recvs: &mut [(usize, GpuTensor)]) -> Result<CudaEvent> {
         let rank = self.rank;
+        if self.comm.0.is_null() {
+            return Err(GpuRingError::Message { rank, op: "exchange", reason: "the communicator was aborted".into() });
+        }
         let produced = self.compute.record_event(None).map_err(cuda(rank, "cuEventRecord"))?;
         self.stream.wait(&produced).map_err(cuda(rank, "cuStreamWaitEvent"))?;
         let mut guards = Vec::new();
@@ -170,9 +185,8 @@ impl NcclTransport {
         let started = Instant::now();
         while !done.is_complete() {
             if started.elapsed() > self.timeout {
-                // SAFETY: aborting a live communicator; it is not used again (Drop aborts a
-                // second time, which NCCL tolerates as an error we ignore).
-                let _ = unsafe { nccl::comm_abort(self.comm.0) };
+                // Stops this rank's NCCL kernels so no stream stays blocked on a dead peer.
+                self.comm.abort();
                 return Err(GpuRingError::Message {
                     rank: self.rank,
                     op,
