@@ -151,14 +151,7 @@ fn join_ranks(handles: Vec<std::thread::ScopedJoinHandle<'_, Result<RankOutput>>
         .into_iter()
         .enumerate()
         .map(|(rank, h)| {
-            h.join().unwrap_or_else(|p| {
-                let message = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic payload".into());
-                Err(GpuRingError::RankPanicked { rank, message })
-            })
+            h.join().unwrap_or_else(|p| Err(GpuRingError::RankPanicked { rank, message: cp_sim::panic_message(&*p) }))
         })
         .collect()
 }

@@ -33,7 +33,7 @@ mod transport;
 pub use error::SimError;
 pub use probe::{CpuPhaseTimes, CpuProbe};
 pub use session::{Session, SimConfig, StepKind, StepReport, Tolerance};
-pub use spmd::run_ranks;
+pub use spmd::{panic_message, run_ranks};
 pub use transport::{ChannelTransport, TransportError, channel_ring};
 
 /// Result type of this crate.

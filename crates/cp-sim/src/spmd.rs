@@ -20,15 +20,19 @@ where
             .into_iter()
             .enumerate()
             .map(|(rank, handle)| {
-                handle.join().unwrap_or_else(|panic| {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic payload".into());
-                    Err(SimError::RankPanicked { rank, message })
-                })
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| Err(SimError::RankPanicked { rank, message: panic_message(&*panic) }))
             })
             .collect()
     })
+}
+
+/// The message of a panic payload (`panic!` with a literal or a formatted string).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic payload".into())
 }
