@@ -1,6 +1,7 @@
 //! Bootstrap for one process per GPU, in torchrun's convention: rank 0 listens on
 //! `MASTER_ADDR:MASTER_PORT` and hands a payload (the NCCL unique id) to every other rank once
-//! all have joined. Every wait has a deadline: a rank that never joins, a rank 0 that never
+//! all have joined. Every wait has a deadline (a joining rank listens for rank 0's verdict a
+//! short grace past it): a rank that never joins, a rank 0 that never
 //! answers or dies, a duplicate rank or a mismatched world size ends every rank with an error
 //! that says which.
 
@@ -9,6 +10,11 @@ use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 const MAGIC: &str = "cp-rs-rendezvous 1";
+
+/// How long past the shared deadline a joining rank keeps listening for rank 0's verdict. Rank 0
+/// decides when a rendezvous has failed (and names the missing ranks); its process may have
+/// started later than this one, so its deadline can fall a little after ours.
+const VERDICT_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a rendezvous failed.
 #[derive(Debug, thiserror::Error)]
@@ -190,7 +196,7 @@ impl Rendezvous {
             std::thread::sleep(Duration::from_millis(50));
         };
         writeln!(stream, "{MAGIC} rank={} world={}", self.rank, self.world_size).map_err(self.io("write"))?;
-        let left = self.timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+        let left = (self.timeout + VERDICT_GRACE).saturating_sub(started.elapsed()).max(Duration::from_millis(1));
         stream.set_read_timeout(Some(left)).map_err(self.io("set_read_timeout"))?;
         let mut line = String::new();
         match BufReader::new(&stream).read_line(&mut line) {

@@ -110,16 +110,13 @@ fn bad_environment_is_refused() {
 fn a_mismatched_world_size_is_refused_by_rank_0() {
     let port = free_port();
     let master = format!("127.0.0.1:{port}");
-    let server = Rendezvous {
-        rank: 0,
-        world_size: 3,
-        local_rank: 0,
-        master: master.clone(),
-        timeout: Duration::from_millis(1500),
-    };
+    // Rank 0 waits long enough for the client thread to be scheduled even on a loaded machine;
+    // the refusal itself comes at once.
+    let server =
+        Rendezvous { rank: 0, world_size: 3, local_rank: 0, master: master.clone(), timeout: Duration::from_secs(4) };
     let handle = std::thread::spawn(move || server.share(|| vec![7; 4]));
     std::thread::sleep(Duration::from_millis(100));
-    let client = Rendezvous { rank: 1, world_size: 2, local_rank: 1, master, timeout: Duration::from_secs(5) };
+    let client = Rendezvous { rank: 1, world_size: 2, local_rank: 1, master, timeout: Duration::from_secs(10) };
     let err = client.share(Vec::new).unwrap_err();
     assert!(
         matches!(&err, RendezvousError::Refused { rank: 1, reason } if reason.contains("WORLD_SIZE 2, rank 0 has 3")),
