@@ -1,4 +1,5 @@
-//! The GPU path without a GPU: the kernels compile with NVRTC for the H100 (sm_90), and asking
+//! The GPU path without a GPU: the kernels compile with NVRTC for the H100 (sm_90a, with the
+//! wgmma kernels; sm_90 and sm_80 without them), and asking
 //! for a device on a machine without one is a clear error, not a panic.
 //!
 //! These run with `--features cuda`. Where NVRTC is not installed they say so and pass, unless
@@ -26,10 +27,18 @@ fn kernels_compile_to_a_cubin_for_sm_90() {
     if !nvrtc_or_skip("kernels_compile_to_a_cubin_for_sm_90") {
         return;
     }
-    for arch in ["sm_90", "sm_80"] {
+    for arch in ["sm_90a", "sm_90", "sm_80"] {
         let cubin = compile(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         assert_eq!(&cubin[..4], b"\x7fELF", "{arch}: not an ELF cubin");
-        for name in ["flash_fwd_d128_bf16_f32", "decode_d128_bf16_g4", "merge_fold_f32", "merge_all_bf16"] {
+        for name in [
+            "flash_fwd_d128_bf16_f32_w4m2",
+            "flash_fwd_d128_bf16_b16_wg",
+            "flash_fwd_d64_f16_f32_wg",
+            "decode_mma_d128_bf16",
+            "decode_d128_bf16_g4",
+            "merge_fold_f32",
+            "merge_all_bf16",
+        ] {
             assert!(cubin.windows(name.len()).any(|w| w == name.as_bytes()), "{arch}: kernel {name} missing");
         }
     }

@@ -38,6 +38,65 @@ impl RawComm {
     }
 }
 
+/// A communicator configuration with `blocking = 0` and everything else left to NCCL (what
+/// `NCCL_CONFIG_INITIALIZER` sets), for the NCCL version `version`.
+fn nonblocking_config(version: i32) -> sys::ncclConfig_t {
+    const UNDEF: i32 = i32::MIN; // NCCL_CONFIG_UNDEF_INT
+    let null = std::ptr::null();
+    sys::ncclConfig_t {
+        size: std::mem::size_of::<sys::ncclConfig_t>(),
+        magic: 0xcafe_beef,
+        version: version as u32,
+        blocking: 0,
+        cgaClusterSize: UNDEF,
+        minCTAs: UNDEF,
+        maxCTAs: UNDEF,
+        netName: null,
+        splitShare: UNDEF,
+        trafficClass: UNDEF,
+        commName: null,
+        collnetEnable: UNDEF,
+        CTAPolicy: UNDEF,
+        shrinkShare: UNDEF,
+        nvlsCTAs: UNDEF,
+        nChannelsPerNetPeer: UNDEF,
+        nvlinkCentricSched: UNDEF,
+        graphUsageMode: UNDEF,
+        numRmaCtx: UNDEF,
+        maxP2pPeers: UNDEF,
+    }
+}
+
+impl RawComm {
+    /// Waits (at most until `deadline`) for the communicator's pending work on the host side
+    /// (its initialisation, a group's connection set-up and launch) to finish. On an error or
+    /// past the deadline the communicator is aborted, so no thread stays blocked on a peer.
+    fn settle(&mut self, rank: usize, op: &'static str, deadline: Instant, peer: &str) -> Result<()> {
+        loop {
+            if self.0.is_null() {
+                return Err(GpuRingError::Message { rank, op, reason: "the communicator was aborted".into() });
+            }
+            let mut state = sys::ncclResult_t::ncclInProgress;
+            // SAFETY: the communicator is live; NCCL writes one result code.
+            let queried = unsafe { sys::ncclCommGetAsyncError(self.0, &mut state) };
+            let failure = match (queried, state) {
+                (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclSuccess) => return Ok(()),
+                (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclInProgress) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(50));
+                    continue;
+                }
+                (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclInProgress) => {
+                    format!("not done by the deadline; {peer} unreachable")
+                }
+                (sys::ncclResult_t::ncclSuccess, failed) => format!("NCCL reports {failed:?} ({peer})"),
+                (query_failed, _) => format!("ncclCommGetAsyncError: {query_failed:?}"),
+            };
+            self.abort();
+            return Err(GpuRingError::Message { rank, op, reason: format!("{failure}; communicator aborted") });
+        }
+    }
+}
+
 impl Drop for RawComm {
     fn drop(&mut self) {
         self.abort();
@@ -106,14 +165,21 @@ impl NcclTransport {
         let stream = compute.context().new_stream().map_err(cuda(rank, "cuStreamCreate(comm)"))?;
         compute.context().bind_to_thread().map_err(cuda(rank, "cuCtxSetCurrent"))?;
         let id = sys::ncclUniqueId { internal: id.map(|b| b as std::ffi::c_char) };
-        let mut comm = std::mem::MaybeUninit::uninit();
         let (n, r) = (world_size as i32, rank as i32);
-        // SAFETY: `comm` is written by ncclCommInitRank before being read; the id is valid.
-        let comm = unsafe {
-            nccl::comm_init_rank(comm.as_mut_ptr(), n, id, r).map_err(nccl_err(rank, "ncclCommInitRank"))?;
-            comm.assume_init()
-        };
-        Ok(NcclTransport { comm: RawComm(comm), rank, world_size, compute, stream, pending: None, timeout })
+        let mut version = 0;
+        // SAFETY: writes one int.
+        unsafe { sys::ncclGetVersion(&mut version) }.result().map_err(nccl_err(rank, "ncclGetVersion"))?;
+        // Non-blocking: initialisation and every group return at once and are polled with a
+        // deadline (`RawComm::settle`), so a peer that never joins or dies cannot block this
+        // thread inside NCCL.
+        let mut config = nonblocking_config(version);
+        let mut raw: sys::ncclComm_t = std::ptr::null_mut();
+        // SAFETY: `raw` is written by NCCL; the id and the config outlive the call.
+        let started = unsafe { sys::ncclCommInitRankConfig(&mut raw, n, id, r, &mut config) };
+        let mut comm = RawComm(raw);
+        started.result().map_err(nccl_err(rank, "ncclCommInitRankConfig"))?;
+        comm.settle(rank, "ncclCommInitRankConfig", Instant::now() + timeout, "some rank never joined: a peer")?;
+        Ok(NcclTransport { comm, rank, world_size, compute, stream, pending: None, timeout })
     }
 
     /// A communicator of one rank (what a one-GPU machine can run).
@@ -128,7 +194,7 @@ impl NcclTransport {
 
     /// Posts sends and receives `(peer, tensor)` as one NCCL group on the communication
     /// stream, after the compute stream's current work; returns the completion event.
-    fn exchange(&self, sends: &[(usize, &GpuTensor)], recvs: &mut [(usize, GpuTensor)]) -> Result<CudaEvent> {
+    fn exchange(&mut self, sends: &[(usize, &GpuTensor)], recvs: &mut [(usize, GpuTensor)]) -> Result<CudaEvent> {
         let rank = self.rank;
         if self.comm.0.is_null() {
             return Err(GpuRingError::Message { rank, op: "exchange", reason: "the communicator was aborted".into() });
@@ -172,6 +238,13 @@ impl NcclTransport {
         let ended = nccl::group_end().map(|_| ()).map_err(nccl_err(rank, "ncclGroupEnd"));
         posted?;
         ended?;
+        // The group connects to its peers and enqueues its kernels in the background; what
+        // follows on the stream must wait until it has.
+        let mut peers: Vec<usize> = send_ptrs.iter().chain(&recv_ptrs).map(|p| p.0).filter(|&p| p != rank).collect();
+        peers.sort_unstable();
+        peers.dedup();
+        let who = format!("peer rank(s) {peers:?}");
+        self.comm.settle(rank, "ncclGroupEnd", Instant::now() + self.timeout, &who)?;
         drop(guards);
         for ((_, t), buf) in recvs.iter_mut().zip(owned) {
             *t = GpuTensor::from_buffer(buf, t.dtype(), t.shape().to_vec())?;
@@ -179,11 +252,42 @@ impl NcclTransport {
         self.stream.record_event(None).map_err(cuda(rank, "cuEventRecord"))
     }
 
-    /// Waits for `done` at most the timeout; on timeout aborts the communicator (so NCCL
-    /// kernels of this rank stop) and reports the peer.
+    /// An error NCCL has noticed on the communicator in the background (a peer's connection
+    /// closed, a remote failure), if any.
+    fn async_error(&self) -> Option<String> {
+        if self.comm.0.is_null() {
+            return None;
+        }
+        let mut state = sys::ncclResult_t::ncclSuccess;
+        // SAFETY: the communicator is live (not aborted); NCCL writes one result code.
+        let queried = unsafe { sys::ncclCommGetAsyncError(self.comm.0, &mut state) };
+        match (queried, state) {
+            (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclSuccess | sys::ncclResult_t::ncclInProgress) => {
+                None
+            }
+            (sys::ncclResult_t::ncclSuccess, failed) => Some(format!("{failed:?}")),
+            (query_failed, _) => Some(format!("ncclCommGetAsyncError: {query_failed:?}")),
+        }
+    }
+
+    /// Waits for `done` at most the timeout, watching NCCL's background error state; on a
+    /// timeout or an error aborts the communicator (so NCCL kernels of this rank stop) and
+    /// reports the peer.
     fn wait(&mut self, done: &CudaEvent, op: &'static str, peer: usize) -> Result<()> {
         let started = Instant::now();
+        let mut polls = 0u32;
         while !done.is_complete() {
+            polls += 1;
+            if polls.is_multiple_of(50)
+                && let Some(code) = self.async_error()
+            {
+                self.comm.abort();
+                return Err(GpuRingError::Message {
+                    rank: self.rank,
+                    op,
+                    reason: format!("NCCL reports {code} while waiting on peer rank {peer}; communicator aborted"),
+                });
+            }
             if started.elapsed() > self.timeout {
                 // Stops this rank's NCCL kernels so no stream stays blocked on a dead peer.
                 self.comm.abort();

@@ -3,6 +3,7 @@
 //! Built with `cargo build --release -p cp-attention --features cuda --bin cp-gpu-bench`; the
 //! binary runs on a GPU machine without cargo.
 //!
+//! - `cp-gpu-bench selftest`: the wgmma building blocks alone (two products of one warpgroup).
 //! - `cp-gpu-bench check`: prefill, decode and merges on fresh random inputs, poisoned outputs,
 //!   odd lengths, padding and fully masked rows, GQA 1/4/8, head dims 64 and 128, bf16 and f16;
 //!   each against the f64 oracle with a stated tolerance. Exit status 1 on any failure.
@@ -16,7 +17,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use cp_attention::cuda::{CudaAttention, DeviceLayout, GpuDType, GpuTensor, set_poison};
+use cp_attention::cuda::{CudaAttention, DecodeKernel, DeviceLayout, GpuDType, GpuTensor, PrefillKernel, set_poison};
 use cp_attention::reference::{self, Heads, discrepancy};
 use cp_attention::{AttentionError, Partial};
 use cp_shard::{Layout, PrefillShards, Span, Token};
@@ -201,6 +202,18 @@ fn check(ops: &mut CudaAttention) -> Result<bool> {
                     q_layout: layout_of(&[(Some(0), 300, 200)]),
                     kv_layout: layout_of(&[(Some(0), 0, 260)]),
                 });
+                // Several key tiles per query block, two sequences: the wgmma kernel's 3-stage
+                // ring turns over more than once and skips the other sequence's tiles.
+                if dtype == GpuDType::Bf16 && n_heads / n_kv_heads == 4 {
+                    let two = layout_of(&[(Some(0), 0, 600), (Some(1), 0, 301)]);
+                    cases.push(Case {
+                        name: format!("causal 2 seqs x many tiles, {tag}"),
+                        dtype,
+                        heads,
+                        q_layout: two.clone(),
+                        kv_layout: two,
+                    });
+                }
                 // Decode: one query per sequence, caches of different lengths, a padding row.
                 cases.push(Case {
                     name: format!("decode B=3 + padding row, {tag}"),
@@ -213,20 +226,72 @@ fn check(ops: &mut CudaAttention) -> Result<bool> {
         }
     }
     let mut all_ok = true;
-    for (warps, m_tiles) in [(8, 1), (4, 1), (4, 2)] {
-        (ops.flash_warps, ops.flash_m_tiles) = (warps, m_tiles);
-        println!("  prefill kernel with {warps} warps x {m_tiles} m-tiles per block:");
-        for case in &cases {
-            let (line, ok) = check_case(ops, &mut rng, case)?;
-            println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
-            all_ok &= ok;
+    let (default_prefill, default_decode) = (ops.prefill, ops.decode_kernel);
+    let kernels = ops.prefill_kernels();
+    for (i, &prefill) in kernels.iter().enumerate() {
+        // Each prefill kernel with the default decode kernel; the SIMT decode kernel once more
+        // with the last round.
+        let decodes: &[DecodeKernel] = if i + 1 == kernels.len() {
+            &[DecodeKernel::TensorCore, DecodeKernel::Simt]
+        } else {
+            &[DecodeKernel::TensorCore]
+        };
+        for &decode in decodes {
+            (ops.prefill, ops.decode_kernel) = (prefill, decode);
+            println!("  prefill kernel {prefill}, decode kernel {decode:?}:");
+            for case in &cases {
+                if decode == DecodeKernel::Simt && !case.name.starts_with("decode") {
+                    continue;
+                }
+                let (line, ok) = check_case(ops, &mut rng, case)?;
+                println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
+                all_ok &= ok;
+            }
         }
     }
-    (ops.flash_warps, ops.flash_m_tiles) = (4, 2);
+    (ops.prefill, ops.decode_kernel) = (default_prefill, default_decode);
     let (line, ok) = check_merges(ops, &mut rng)?;
     println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
     set_poison(false);
     Ok(all_ok && ok)
+}
+
+/// The wgmma building blocks alone (sm_90a): S = Q K^T and O = bf16(S) V for one warpgroup,
+/// against f64 products on the host. Says which product is wrong if the prefill check fails.
+fn selftest(ops: &CudaAttention) -> Result<bool> {
+    let s = ops.stream();
+    let mut rng = Rng(0x5eed ^ std::process::id() as u64);
+    let (qv, kv, vv) = (rng.values(64 * 128), rng.values(128 * 128), rng.values(128 * 128));
+    let q = GpuTensor::upload(s, &qv, &[64, 128], GpuDType::Bf16)?;
+    let k = GpuTensor::upload(s, &kv, &[128, 128], GpuDType::Bf16)?;
+    let v = GpuTensor::upload(s, &vv, &[128, 128], GpuDType::Bf16)?;
+    let (s_dev, o_dev) = ops.wgmma_selftest(&q, &k, &v)?;
+    let s_got: Vec<f64> = s_dev.download(s)?.into_iter().map(f64::from).collect();
+    let o_got: Vec<f64> = o_dev.download(s)?.into_iter().map(f64::from).collect();
+    let (qr, kr, vr) = (rounded(&qv, GpuDType::Bf16), rounded(&kv, GpuDType::Bf16), rounded(&vv, GpuDType::Bf16));
+    let mut s_want = vec![0.0; 64 * 128];
+    for i in 0..64 {
+        for j in 0..128 {
+            s_want[i * 128 + j] = (0..128).map(|c| qr[i * 128 + c] * kr[j * 128 + c]).sum();
+        }
+    }
+    // O from the device's own S rounded to bf16, as the kernel rounds P.
+    let p: Vec<f64> = s_got.iter().map(|&x| half::bf16::from_f64(x).to_f64()).collect();
+    let mut o_want = vec![0.0; 64 * 128];
+    for i in 0..64 {
+        for d in 0..128 {
+            o_want[i * 128 + d] = (0..128).map(|j| p[i * 128 + j] * vr[j * 128 + d]).sum();
+        }
+    }
+    let (ds, d_o) = (discrepancy(&s_got, &s_want), discrepancy(&o_got, &o_want));
+    let ok = ds.within(1e-5) && d_o.within(1e-5);
+    println!(
+        "  {} wgmma S = Q K^T rel L2 {:.2e}, O = P V rel L2 {:.2e} (tol 1e-5; f32 accumulation of exact bf16 products)",
+        if ok { "[ok]    " } else { "[FAILED]" },
+        ds.rel_l2,
+        d_o.rel_l2
+    );
+    Ok(ok)
 }
 
 /// Median of CUDA-event timings (ms) of `f` after warm-up.
@@ -274,12 +339,17 @@ fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<String>> {
         let k = random_tensor(&s, &mut rng, &[t * b, nkv, d])?;
         let v = random_tensor(&s, &mut rng, &[t * b, nkv, d])?;
         let flops = 4.0 * (b * nh) as f64 * (t as f64).powi(2) * d as f64 / 2.0;
-        for (warps, m_tiles) in [(8, 1), (4, 1), (4, 2)] {
-            (ops.flash_warps, ops.flash_m_tiles) = (warps, m_tiles);
+        let default = ops.prefill;
+        for prefill in ops.prefill_kernels() {
+            // The older mma.sync variants only where they are cheap to time.
+            if t > 16384 && prefill != default && prefill != (PrefillKernel::Mma { warps: 4, m_tiles: 2 }) {
+                continue;
+            }
+            ops.prefill = prefill;
             let ms = time_ms(ops, reps, || ops.flash(&q, &dl, &k, &v, &dl, GpuDType::Bf16).map(|_| ()))?;
-            record(&format!("prefill causal T={t} B={b} ({warps}w x {m_tiles}m)"), ms, flops / ms / 1e9, "TFLOP/s");
+            record(&format!("prefill causal T={t} B={b} ({prefill})"), ms, flops / ms / 1e9, "TFLOP/s");
         }
-        (ops.flash_warps, ops.flash_m_tiles) = (4, 2);
+        ops.prefill = default;
     }
     // Off-diagonal block: 16K queries after 16K keys, no mask.
     {
@@ -289,9 +359,14 @@ fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<String>> {
         let q = random_tensor(&s, &mut rng, &[t, nh, d])?;
         let k = random_tensor(&s, &mut rng, &[t, nkv, d])?;
         let v = random_tensor(&s, &mut rng, &[t, nkv, d])?;
-        let ms = time_ms(ops, reps, || ops.flash(&q, &dq, &k, &v, &dk, GpuDType::Bf16).map(|_| ()))?;
         let flops = 4.0 * nh as f64 * (t as f64).powi(2) * d as f64;
-        record("off-diagonal block 16K x 16K", ms, flops / ms / 1e9, "TFLOP/s");
+        let default = ops.prefill;
+        for prefill in ops.prefill_kernels() {
+            ops.prefill = prefill;
+            let ms = time_ms(ops, reps, || ops.flash(&q, &dq, &k, &v, &dk, GpuDType::Bf16).map(|_| ()))?;
+            record(&format!("off-diagonal block 16K x 16K ({prefill})"), ms, flops / ms / 1e9, "TFLOP/s");
+        }
+        ops.prefill = default;
         let ms = time_ms(ops, reps, || ops.flash(&q, &dq, &k, &v, &dk, GpuDType::F32).map(|_| ()))?;
         record("off-diagonal block 16K x 16K (f32 O)", ms, flops / ms / 1e9, "TFLOP/s");
     }
@@ -304,12 +379,17 @@ fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<String>> {
         let q = random_tensor(&s, &mut rng, &[b, nh, d])?;
         let k = random_tensor(&s, &mut rng, &[b * len, nkv, d])?;
         let v = random_tensor(&s, &mut rng, &[b * len, nkv, d])?;
-        let args = ops
-            .prepare_decode(&dq, &dk, nh, nkv)?
-            .ok_or_else(|| AttentionError::Unsupported("decode layouts not contiguous".into()))?;
-        let ms = time_ms(ops, reps, || ops.decode_with(&args, &q, &dq, &k, &v, &dk).map(|_| ()))?;
         let bytes = 2.0 * (b * len * nkv * d * 2) as f64;
-        record(&format!("decode KV={len} B={b}"), ms, bytes / ms / 1e9, "TB/s");
+        let default = ops.decode_kernel;
+        for kernel in [DecodeKernel::TensorCore, DecodeKernel::Simt] {
+            ops.decode_kernel = kernel;
+            let args = ops
+                .prepare_decode(&dq, &dk, nh, nkv)?
+                .ok_or_else(|| AttentionError::Unsupported("decode layouts not contiguous".into()))?;
+            let ms = time_ms(ops, reps, || ops.decode_with(&args, &q, &dq, &k, &v, &dk).map(|_| ()))?;
+            record(&format!("decode KV={len} B={b} ({kernel:?})"), ms, bytes / ms / 1e9, "TB/s");
+        }
+        ops.decode_kernel = default;
     }
     // Merge bandwidth: fold an f32 partial into an f32 accumulator; 4-way merge.
     {
@@ -412,6 +492,14 @@ fn main() -> ExitCode {
         let mut ops = CudaAttention::new(0)?;
         println!("device 0: {} SMs; kernels compiled by NVRTC (or loaded from the cache)", ops.sm_count());
         let mut ok = true;
+        if mode == "selftest" || mode == "check" || mode == "all" {
+            println!("== wgmma building blocks");
+            match selftest(&ops) {
+                Ok(pass) => ok &= pass,
+                Err(AttentionError::Unsupported(why)) => println!("  skipped: {why}"),
+                Err(e) => return Err(e),
+            }
+        }
         if mode == "check" || mode == "all" {
             println!("== check against the f64 oracle (poisoned outputs)");
             ok &= check(&mut ops)?;

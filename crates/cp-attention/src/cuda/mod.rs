@@ -1,12 +1,15 @@
 //! The GPU path: our kernels, compiled at run time by NVRTC, launched through cudarc.
 //!
-//! - A fused flash-style prefill kernel (`mma.sync` m16n8k16 on bf16/fp16, f32 accumulation,
-//!   `ldmatrix` from swizzled shared memory, K/V tiles double-buffered with `cp.async`) writing
-//!   O and LSE. Masks come from the rows' global (sequence, position), summarised per tile so
+//! - Fused flash-style prefill kernels writing O and LSE: on Hopper (sm_90a) with warpgroup
+//!   MMA (`wgmma`, operands in 128-byte-swizzled shared memory, a 3-stage `cp.async` ring, the
+//!   softmax of one key tile overlapping the P V product of the previous one); elsewhere with
+//!   `mma.sync` m16n8k16 (`ldmatrix` from swizzled shared memory, double-buffered K/V tiles).
+//!   bf16/fp16 inputs, f32 accumulation. Masks come from the rows' global (sequence, position), summarised per tile so
 //!   that fully masked tiles are skipped and fully visible ones need no mask work. GQA by head
 //!   index; head dims 64 and 128; any lengths.
 //! - A split-KV decode kernel (flash-decoding) for a few query rows against per-sequence
-//!   caches, the query heads of a KV head sharing each K/V load, and its combine.
+//!   caches: the query heads of a KV head are the rows of one tensor-core tile, so each key is
+//!   read once for all of them, streamed through per-warp `cp.async` rings; and its combine.
 //! - The merge: an in-place online fold and an N-way merge; `-inf` safe.
 //!
 //! [`CudaAttention`] implements [`cp_ring::AttentionOps`] on [`GpuTensor`]s, so the ring
@@ -19,7 +22,7 @@ mod tensor;
 
 pub use compile::{SOURCE, compile, cubin, nvrtc_available};
 pub use layout::DeviceLayout;
-pub use ops::{CudaAttention, DecodeArgs};
+pub use ops::{CudaAttention, DecodeArgs, DecodeKernel, PrefillKernel};
 pub use tensor::{GpuDType, GpuTensor, set_poison};
 
 /// Whether the CUDA driver library can be loaded on this machine.

@@ -13,14 +13,56 @@ use super::layout::DeviceLayout;
 use super::{GpuDType, GpuTensor, cubin, cuda_err, driver_available};
 use crate::{AttentionError, Result};
 
-/// Dynamic shared memory of the prefill kernel with `warps` warps of `m_tiles` 16-row m-tiles:
-/// the Q tile and two K and two V tiles of 64 rows.
+/// Dynamic shared memory of the `mma.sync` prefill kernel with `warps` warps of `m_tiles`
+/// 16-row m-tiles: the Q tile and two K and two V tiles of 64 rows.
 fn flash_smem(head_dim: usize, warps: usize, m_tiles: usize) -> usize {
     (16 * warps * m_tiles + 4 * super::layout::TILE) * head_dim * 2
 }
 
-/// The prefill kernel variants: (warps, 16-row m-tiles per warp, name suffix).
+/// Dynamic shared memory of the wgmma prefill kernel: a 128-row Q tile and three stages of
+/// 128-row K and V tiles, 1024 bytes of alignment slack and one scratch word.
+fn flash_wg_smem(head_dim: usize) -> usize {
+    1024 + (128 + 3 * 2 * 128) * head_dim * 2 + 16
+}
+
+/// Dynamic shared memory of the tensor-core decode kernel: 4 warps x 3 stages of 16 keys' K and V.
+fn decode_mma_smem(head_dim: usize) -> usize {
+    4 * 3 * 2 * 16 * head_dim * 2
+}
+
+/// The `mma.sync` prefill kernel variants: (warps, 16-row m-tiles per warp, name suffix).
 const FLASH_VARIANTS: [(usize, usize, &str); 3] = [(8, 1, "w8"), (4, 1, "w4"), (4, 2, "w4m2")];
+
+/// Which prefill (and off-diagonal) kernel [`CudaAttention::flash`] launches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefillKernel {
+    /// Hopper's warpgroup MMA (`wgmma`, sm_90a only): two warpgroups of 64 query rows sharing
+    /// 128-key tiles from a 3-stage ring, the softmax of one tile overlapping the P V product of
+    /// the previous one. The default on H100/H200.
+    Wgmma,
+    /// `mma.sync` (sm_80 and newer): `warps` warps (4 or 8) of `m_tiles` 16-row m-tiles (1, or 2
+    /// with 4 warps: FlashAttention-2's layout).
+    Mma { warps: usize, m_tiles: usize },
+}
+
+impl std::fmt::Display for PrefillKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrefillKernel::Wgmma => write!(f, "wgmma 2x64 rows"),
+            PrefillKernel::Mma { warps, m_tiles } => write!(f, "mma.sync {warps}w x {m_tiles}m"),
+        }
+    }
+}
+
+/// Which split-KV decode kernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecodeKernel {
+    /// The query heads of a KV head as the rows of an `mma.sync` tile, per-warp cp.async rings
+    /// (any head ratio up to 16). The default.
+    TensorCore,
+    /// CUDA cores, a group of lanes per key (head ratios 1, 4 and 8).
+    Simt,
+}
 
 /// One thread per four elements (the merge kernels), 256 threads a block.
 fn elementwise(threads: usize) -> LaunchConfig {
@@ -41,6 +83,7 @@ unsafe impl cudarc::driver::DeviceRepr for Parts {}
 /// What the decode kernel needs beyond the tensors, prepared once per pair of layouts.
 #[derive(Debug)]
 pub struct DecodeArgs {
+    kernel: DecodeKernel,
     start: CudaSlice<i32>,
     len: CudaSlice<i32>,
     pos: CudaSlice<i32>,
@@ -51,23 +94,34 @@ pub struct DecodeArgs {
 /// The compiled module's functions by name.
 struct Kernels {
     functions: HashMap<String, CudaFunction>,
+    /// Whether the wgmma kernels were built (sm_90a).
+    wgmma: bool,
 }
 
 impl Kernels {
-    fn load(ctx: &Arc<CudaContext>, arch: &str) -> Result<Kernels> {
+    /// Loads the kernels compiled for `arch`; the wgmma ones only where `wgmma` (sm_90a).
+    fn load(ctx: &Arc<CudaContext>, arch: &str, wgmma: bool) -> Result<Kernels> {
         let module = ctx.load_module(Ptx::from_binary(cubin(arch)?)).map_err(cuda_err("cuModuleLoadData"))?;
         let mut names: Vec<String> = Vec::new();
-        let mut flash = Vec::new();
+        // (name, dynamic shared memory above the 48 KB default)
+        let mut big: Vec<(String, usize)> = Vec::new();
         for d in [64, 128] {
             for t in ["bf16", "f16"] {
                 for o in ["f32", "b16"] {
-                    flash.extend(
+                    big.extend(
                         FLASH_VARIANTS
                             .map(|(w, m, suffix)| (format!("flash_fwd_d{d}_{t}_{o}_{suffix}"), flash_smem(d, w, m))),
                     );
+                    if wgmma {
+                        big.push((format!("flash_fwd_d{d}_{t}_{o}_wg"), flash_wg_smem(d)));
+                    }
                 }
                 names.extend([1, 4, 8].map(|g| format!("decode_d{d}_{t}_g{g}")));
+                big.push((format!("decode_mma_d{d}_{t}"), decode_mma_smem(d)));
             }
+        }
+        if wgmma {
+            big.push(("wg_selftest".into(), flash_wg_smem(128)));
         }
         names.extend(["merge_fold_f32", "merge_fold_bf16", "merge_fold_f16"].map(String::from));
         names.extend(["merge_all_f32", "merge_all_bf16", "merge_all_f16", "merge_strided_f32"].map(String::from));
@@ -76,13 +130,13 @@ impl Kernels {
             let f = module.load_function(&name).map_err(cuda_err("cuModuleGetFunction"))?;
             functions.insert(name, f);
         }
-        for (name, smem) in flash {
+        for (name, smem) in big {
             let f = module.load_function(&name).map_err(cuda_err("cuModuleGetFunction"))?;
             f.set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
                 .map_err(cuda_err("cuFuncSetAttribute(max dynamic shared memory)"))?;
             functions.insert(name, f);
         }
-        Ok(Kernels { functions })
+        Ok(Kernels { functions, wgmma })
     }
 
     fn get(&self, name: &str) -> Result<&CudaFunction> {
@@ -95,17 +149,19 @@ pub struct CudaAttention {
     stream: Arc<CudaStream>,
     kernels: Arc<Kernels>,
     sm_count: usize,
-    layouts: Mutex<HashMap<Layout, Arc<DeviceLayout>>>,
+    /// Uploaded layouts, shared by the clones of [`CudaAttention::with_stream`] (an entry is
+    /// complete before it is shared: its upload stream is synchronised first).
+    layouts: Arc<Mutex<HashMap<Layout, Arc<DeviceLayout>>>>,
     /// Softmax scale; `None` means `1 / sqrt(DH)`.
     pub scale: Option<f64>,
     /// dtype of the partial outputs of the prefill kernel (f32 by default, for exact merges).
     pub partial_dtype: GpuDType,
-    /// Warps per block of the prefill kernel: 4 or 8.
-    pub flash_warps: usize,
-    /// 16-row m-tiles per warp of the prefill kernel: 1, or 2 (FlashAttention-2's layout, with
-    /// 4 warps only).
-    pub flash_m_tiles: usize,
-    decode_args: Mutex<HashMap<(Layout, Layout), Arc<DecodeArgs>>>,
+    /// The prefill kernel: wgmma where the device has it (sm_90), else FlashAttention-2's
+    /// `mma.sync` layout.
+    pub prefill: PrefillKernel,
+    /// The split-KV decode kernel.
+    pub decode_kernel: DecodeKernel,
+    decode_args: Arc<Mutex<HashMap<(DecodeKernel, Layout, Layout), Arc<DecodeArgs>>>>,
 }
 
 impl std::fmt::Debug for CudaAttention {
@@ -141,18 +197,21 @@ impl CudaAttention {
         let sm_count = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(cuda_err("cuDeviceGetAttribute"))? as usize;
-        let kernels = Arc::new(Kernels::load(&ctx, &format!("sm_{major}{minor}"))?);
+        // Hopper's wgmma needs the architecture-specific target sm_90a.
+        let wgmma = (major, minor) == (9, 0);
+        let arch = if wgmma { "sm_90a".to_string() } else { format!("sm_{major}{minor}") };
+        let kernels = Arc::new(Kernels::load(&ctx, &arch, wgmma)?);
         let stream = ctx.new_stream().map_err(cuda_err("cuStreamCreate"))?;
         Ok(CudaAttention {
             stream,
             kernels,
             sm_count,
-            layouts: Mutex::default(),
+            layouts: Arc::default(),
             scale: None,
             partial_dtype: GpuDType::F32,
-            flash_warps: 4,
-            flash_m_tiles: 2,
-            decode_args: Mutex::default(),
+            prefill: if wgmma { PrefillKernel::Wgmma } else { PrefillKernel::Mma { warps: 4, m_tiles: 2 } },
+            decode_kernel: DecodeKernel::TensorCore,
+            decode_args: Arc::default(),
         })
     }
 
@@ -162,12 +221,12 @@ impl CudaAttention {
             stream,
             kernels: self.kernels.clone(),
             sm_count: self.sm_count,
-            layouts: Mutex::default(),
+            layouts: self.layouts.clone(),
             scale: self.scale,
             partial_dtype: self.partial_dtype,
-            flash_warps: self.flash_warps,
-            flash_m_tiles: self.flash_m_tiles,
-            decode_args: Mutex::default(),
+            prefill: self.prefill,
+            decode_kernel: self.decode_kernel,
+            decode_args: self.decode_args.clone(),
         }
     }
 
@@ -181,13 +240,26 @@ impl CudaAttention {
         self.sm_count
     }
 
-    /// The device copy of `layout`, uploaded once and cached.
+    /// The prefill kernels this device can run, the default first.
+    pub fn prefill_kernels(&self) -> Vec<PrefillKernel> {
+        let mut all: Vec<PrefillKernel> =
+            FLASH_VARIANTS.iter().map(|&(warps, m_tiles, _)| PrefillKernel::Mma { warps, m_tiles }).rev().collect();
+        if self.kernels.wgmma {
+            all.insert(0, PrefillKernel::Wgmma);
+        }
+        all
+    }
+
+    /// The device copy of `layout`, uploaded once and cached (shared with the other streams'
+    /// clones: uploading on every call would put host work between a rank's launches).
     pub fn device_layout(&self, layout: &Layout) -> Result<Arc<DeviceLayout>> {
         let mut cache = self.layouts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(found) = cache.get(layout) {
             return Ok(found.clone());
         }
         let uploaded = Arc::new(DeviceLayout::new(&self.stream, layout)?);
+        // Other streams may read it next: finish the copies first.
+        self.synchronize()?;
         if cache.len() > 64 {
             cache.clear();
         }
@@ -264,25 +336,42 @@ impl CudaAttention {
         if out_dtype != GpuDType::F32 && out_dtype != q.dtype() {
             return Err(AttentionError::Unsupported(format!("output dtype {out_dtype:?} for {:?} inputs", q.dtype())));
         }
-        let (warps, m_tiles) = (self.flash_warps, self.flash_m_tiles);
-        let Some(&(_, _, suffix)) = FLASH_VARIANTS.iter().find(|v| v.0 == warps && v.1 == m_tiles) else {
-            return Err(AttentionError::Unsupported(format!(
-                "prefill kernel with {warps} warps x {m_tiles} m-tiles (have: 8x1, 4x1, 4x2)"
-            )));
-        };
         let out_tag = if out_dtype == GpuDType::F32 { "f32" } else { "b16" };
-        let name = format!("flash_fwd_d{d}_{}_{out_tag}_{suffix}", q.dtype().tag());
+        let prefix = format!("flash_fwd_d{d}_{}_{out_tag}", q.dtype().tag());
+        let (name, rows_per_block, threads, smem) = match self.prefill {
+            PrefillKernel::Wgmma if self.kernels.wgmma => (format!("{prefix}_wg"), 128, 256, flash_wg_smem(d)),
+            PrefillKernel::Wgmma => {
+                return Err(AttentionError::Unsupported(
+                    "the wgmma prefill kernel needs compute capability 9.0 (sm_90a)".into(),
+                ));
+            }
+            PrefillKernel::Mma { warps, m_tiles } => {
+                let Some(&(_, _, suffix)) = FLASH_VARIANTS.iter().find(|v| v.0 == warps && v.1 == m_tiles) else {
+                    return Err(AttentionError::Unsupported(format!(
+                        "prefill kernel with {warps} warps x {m_tiles} m-tiles (have: 8x1, 4x1, 4x2)"
+                    )));
+                };
+                (format!("{prefix}_{suffix}"), 16 * warps * m_tiles, 32 * warps, flash_smem(d, warps, m_tiles))
+            }
+        };
         let f = self.kernels.get(&name)?;
         let mut out = GpuTensor::alloc(&self.stream, out_dtype, &[tq, nh, d])?;
         let mut lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &[tq, nh])?;
         if tq > 0 {
             let (tq_i, tk_i, nh_i, nkv_i) = (tq as i32, tk as i32, nh as i32, nkv as i32);
             let scale = self.scale_log2(d);
-            let cfg = LaunchConfig {
-                grid_dim: (tq.div_ceil(16 * warps * m_tiles) as u32, nh as u32, 1),
-                block_dim: (32 * warps as u32, 1, 1),
-                shared_mem_bytes: flash_smem(d, warps, m_tiles) as u32,
-            };
+            let blocks = tq.div_ceil(rows_per_block);
+            if blocks > 65_535 {
+                return Err(AttentionError::Unsupported(format!(
+                    "{tq} query rows in one launch (at most {} for this kernel)",
+                    65_535 * rows_per_block
+                )));
+            }
+            let blocks = blocks as u32;
+            // The wgmma kernel takes (heads, query blocks); the mma.sync ones the transpose.
+            let grid_dim =
+                if self.prefill == PrefillKernel::Wgmma { (nh as u32, blocks, 1) } else { (blocks, nh as u32, 1) };
+            let cfg = LaunchConfig { grid_dim, block_dim: (threads as u32, 1, 1), shared_mem_bytes: smem as u32 };
             let mut b = self.stream.launch_builder(f);
             b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&mut out).arg(&mut lse);
             b.arg(&ql.seq).arg(&ql.pos).arg(&kl.seq).arg(&kl.pos).arg(&ql.tiles).arg(&kl.tiles);
@@ -299,7 +388,8 @@ impl CudaAttention {
 
     /// Prepares the decode kernel's arguments for a pair of layouts: each query row's key
     /// range and position, and the split of the keys. `None` when some sequence's keys are not
-    /// contiguous or the head ratio is not 1, 4 or 8 (the prefill kernel then serves).
+    /// contiguous or the head ratio does not suit the kernel (at most 16 for the tensor-core
+    /// kernel; 1, 4 or 8 for the SIMT one): the prefill kernel then serves.
     pub fn prepare_decode(
         &self,
         ql: &DeviceLayout,
@@ -308,7 +398,12 @@ impl CudaAttention {
         nkv: usize,
     ) -> Result<Option<DecodeArgs>> {
         let Some(ranges) = &kl.seq_ranges else { return Ok(None) };
-        if nkv == 0 || ![1, 4, 8].contains(&(nh / nkv)) || ql.rows == 0 {
+        let kernel = self.decode_kernel;
+        let group_ok = match kernel {
+            DecodeKernel::TensorCore => (1..=16).contains(&(nh / nkv.max(1))),
+            DecodeKernel::Simt => [1, 4, 8].contains(&(nh / nkv.max(1))),
+        };
+        if nkv == 0 || !group_ok || ql.rows == 0 {
             return Ok(None);
         }
         let (mut start, mut len, mut pos) = (Vec::new(), Vec::new(), Vec::new());
@@ -322,12 +417,17 @@ impl CudaAttention {
             pos.push(p);
         }
         let max_len = len.iter().copied().max().unwrap_or(0).max(1) as usize;
-        // Many small splits (1024 keys, at most 256 of them): a grid of many waves has no
-        // half-empty last wave (576 blocks on 528 slots ran at half speed).
-        let split_len = max_len.div_ceil(256).max(1024).div_ceil(64) * 64;
+        // Many small splits (at most 256 of them): a grid of many waves has no half-empty last
+        // wave (576 blocks on 528 slots ran at half speed). The tensor-core kernel takes longer
+        // splits (2048 keys: 32 per warp-chunk ring pass) to amortise filling its rings.
+        let min_split = match kernel {
+            DecodeKernel::TensorCore => 2048,
+            DecodeKernel::Simt => 1024,
+        };
+        let split_len = max_len.div_ceil(256).max(min_split).div_ceil(64) * 64;
         let splits = max_len.div_ceil(split_len);
         let up = |v: &[i32]| self.stream.clone_htod(v).map_err(cuda_err("cuMemcpyHtoD(decode ranges)"));
-        Ok(Some(DecodeArgs { start: up(&start)?, len: up(&len)?, pos: up(&pos)?, splits, split_len }))
+        Ok(Some(DecodeArgs { kernel, start: up(&start)?, len: up(&len)?, pos: up(&pos)?, splits, split_len }))
     }
 
     /// Split-KV decode with prepared arguments: the decode kernel writes one partial per split,
@@ -347,13 +447,17 @@ impl CudaAttention {
         let splits = args.splits;
         let mut part_out = GpuTensor::alloc(&self.stream, GpuDType::F32, &[splits, rows, d])?;
         let mut part_lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &[splits, rows])?;
-        let f = self.kernels.get(&format!("decode_d{d}_{}_g{group}", q.dtype().tag()))?;
+        let (name, smem) = match args.kernel {
+            DecodeKernel::TensorCore => (format!("decode_mma_d{d}_{}", q.dtype().tag()), decode_mma_smem(d)),
+            DecodeKernel::Simt => (format!("decode_d{d}_{}_g{group}", q.dtype().tag()), 0),
+        };
+        let f = self.kernels.get(&name)?;
         let (bq_i, nh_i, nkv_i, split_i) = (bq as i32, nh as i32, nkv as i32, args.split_len as i32);
         let scale = self.scale_log2(d);
         let cfg = LaunchConfig {
             grid_dim: (splits as u32, nkv as u32, bq as u32),
             block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: smem as u32,
         };
         let mut b = self.stream.launch_builder(f);
         b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&args.start).arg(&args.len).arg(&args.pos).arg(&kl.pos);
@@ -390,12 +494,14 @@ impl CudaAttention {
         let ql = self.device_layout(q_layout)?;
         let kl = self.device_layout(kv_layout)?;
         let (_, _, nh, nkv, _) = self.check(q, ql.rows, k, v, kl.rows)?;
-        let key = (q_layout.clone(), kv_layout.clone());
+        let key = (self.decode_kernel, q_layout.clone(), kv_layout.clone());
         let cached = self.decode_args.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
         let args = match cached {
             Some(args) => args,
             None => {
                 let Some(args) = self.prepare_decode(&ql, &kl, nh, nkv)? else { return Ok(None) };
+                // Shared with the other streams' clones: finish the uploads first.
+                self.synchronize()?;
                 let args = Arc::new(args);
                 let mut cache = self.decode_args.lock().unwrap_or_else(|p| p.into_inner());
                 if cache.len() > 64 {
@@ -492,6 +598,39 @@ impl CudaAttention {
             out: GpuTensor::from_parts(acc_out, GpuDType::F32, out_shape),
             lse: GpuTensor::from_parts(new_lse, GpuDType::F32, lse_shape),
         })
+    }
+
+    /// The wgmma building blocks alone, for diagnosing a layout fault on a new device or
+    /// toolchain: for bf16 `q` [64, 128], `k` and `v` [128, 128] (row-major), one warpgroup
+    /// computes S = Q K^T and O = bf16(S) V with the prefill kernel's shared-memory layouts,
+    /// descriptors and fragment packing; returns (S, O) in f32.
+    pub fn wgmma_selftest(&self, q: &GpuTensor, k: &GpuTensor, v: &GpuTensor) -> Result<(GpuTensor, GpuTensor)> {
+        if !self.kernels.wgmma {
+            return Err(AttentionError::Unsupported("wgmma needs compute capability 9.0 (sm_90a)".into()));
+        }
+        for (what, t, rows) in [("q", q, 64), ("k", k, 128), ("v", v, 128)] {
+            if t.shape() != [rows, 128] || t.dtype() != GpuDType::Bf16 {
+                return Err(AttentionError::Shape {
+                    what,
+                    expected: format!("[{rows}, 128] bf16"),
+                    actual: t.shape().to_vec(),
+                });
+            }
+        }
+        let mut s_out = GpuTensor::alloc(&self.stream, GpuDType::F32, &[64, 128])?;
+        let mut o_out = GpuTensor::alloc(&self.stream, GpuDType::F32, &[64, 128])?;
+        let f = self.kernels.get("wg_selftest")?;
+        let cfg =
+            LaunchConfig { grid_dim: (1, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: flash_wg_smem(128) as u32 };
+        let mut b = self.stream.launch_builder(f);
+        b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&mut s_out).arg(&mut o_out);
+        // SAFETY: shapes checked above; the kernel reads 64 + 2 x 128 rows of 128 bf16 and
+        // writes 2 x 64 x 128 f32.
+        unsafe { b.launch(cfg) }.map_err(cuda_err("launch wg_selftest"))?;
+        Ok((
+            GpuTensor::from_parts(s_out, GpuDType::F32, vec![64, 128]),
+            GpuTensor::from_parts(o_out, GpuDType::F32, vec![64, 128]),
+        ))
     }
 
     /// Waits until every launch on the stream has finished.

@@ -2,18 +2,22 @@
 //!
 //! - `cp-ring-bench check`: pass-KV and pass-Q on a partial-prefill turn of two sequences of
 //!   different lengths (cached prefix, lengths not multiples of 2N), and batched pass-Q decode,
-//!   at world sizes 1..8 over the same-GPU transport and at world size 1 over NCCL; every output
-//!   against the f64 oracle. Exit status 1 on any failure.
+//!   at world sizes 1..8 over the same-GPU transport, at world size 1 over NCCL and, on a machine
+//!   with several GPUs, over NCCL with one GPU per rank (2..GPUs); every output against the f64
+//!   oracle. Exit status 1 on any failure.
 //! - `cp-ring-bench nccl-process`: one process per GPU in torchrun's convention (`RANK`,
 //!   `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`); rank 0 hands out the NCCL id over
-//!   TCP; each process checks its own rows of a pass-KV and a pass-Q turn.
+//!   TCP; each process checks its own rows of a pass-KV and a pass-Q turn. `--die-at-shift K`
+//!   crashes this process at its K-th ring shift, to see the others end with an error within
+//!   `--timeout-s` (scripts/nccl_failure.sh).
 //! - `cp-ring-bench bench [--world-size N] [--seq-len T] [--cached P] [--algorithm
 //!   pass-kv|pass-q|auto|all] [--heads H] [--kv-heads K] [--head-dim D] [--warmup W] [--iters I]
 //!   [--json PATH]`: the single-GPU time of the same attention (a ring of one), then the N-rank
-//!   ring on the same GPU: per-rank compute, exposed communication and idle time, next to the
-//!   cost model's prediction from this machine's measured attention rate and copy bandwidth;
-//!   `auto` runs what Algorithm 5 chooses with those rates. Ranks share one GPU here, so this measures overlap and overhead,
-//!   not speed-up.
+//!   ring, on N GPUs over NCCL where the machine has them, else N ranks sharing GPU 0 (which
+//!   measures overlap and overhead, not speed-up): per-rank compute, exposed communication and
+//!   idle time, parallel efficiency, next to the cost model's prediction from this machine's
+//!   measured attention rate and copy bandwidth; `auto` runs what Algorithm 5 chooses with
+//!   those rates.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,7 +25,7 @@ use std::time::Duration;
 use cp_attention::cuda::{CudaAttention, GpuDType, GpuTensor};
 use cp_attention::reference::{self, Heads, discrepancy};
 use cp_nccl::{PhaseTimes, RankInputs, TransportKind, run_ring};
-use cp_ring::Algorithm;
+use cp_ring::{Algorithm, RingTransport};
 use cp_shard::{CacheMap, DecodePlan, NewTokens, RingLayouts, Span, Token, TurnPlan, gather_rows, scatter_rows};
 
 type Error = Box<dyn std::error::Error>;
@@ -56,10 +60,20 @@ impl World {
         World { heads, q, k, v }
     }
 
-    /// Per-rank device inputs laid out by `layouts`; padding rows poisoned with large values.
+    /// Per-rank device inputs laid out by `layouts`, all on the GPU of `s`; padding rows
+    /// poisoned with large values.
     fn inputs(
         &self,
         s: &std::sync::Arc<cudarc::driver::CudaStream>,
+        layouts: &RingLayouts,
+    ) -> Result<Vec<RankInputs>, Error> {
+        self.inputs_on(&vec![s.clone(); layouts.world_size()], layouts)
+    }
+
+    /// As [`World::inputs`], rank `r`'s tensors uploaded on `streams[r]` (its own GPU).
+    fn inputs_on(
+        &self,
+        streams: &[std::sync::Arc<cudarc::driver::CudaStream>],
         layouts: &RingLayouts,
     ) -> Result<Vec<RankInputs>, Error> {
         let Heads { n_heads, n_kv_heads, head_dim } = self.heads;
@@ -69,7 +83,7 @@ impl World {
         let k = scatter_rows(&layouts.kv, kw, |t| row(&self.k, kw, t), |_, _| vec![-1e4; kw])?;
         let v = scatter_rows(&layouts.kv, kw, |t| row(&self.v, kw, t), |_, _| vec![1e4; kw])?;
         let mut out = Vec::new();
-        for ((q, k), v) in q.into_iter().zip(k).zip(v) {
+        for (((q, k), v), s) in q.into_iter().zip(k).zip(v).zip(streams) {
             let (qr, kr) = (q.len() / qw, k.len() / kw);
             out.push(RankInputs {
                 q: GpuTensor::upload(s, &q, &[qr, n_heads, head_dim], GpuDType::Bf16)?,
@@ -100,25 +114,69 @@ impl World {
     }
 }
 
+/// Where the ranks of a ring run.
+#[derive(Clone, Copy)]
+enum Ranks<'a> {
+    /// All on the GPU of `ops`, over `kind` (NCCL: one rank only).
+    OneGpu(TransportKind),
+    /// One GPU each, over NCCL, a thread per GPU: rank `r` on `devices[r]`.
+    Gpus(&'a [CudaAttention]),
+}
+
+/// Runs `algorithm` on `ranks` with inputs laid out by `layouts`.
+fn run_on(
+    ops: &CudaAttention,
+    world: &World,
+    ranks: Ranks<'_>,
+    algorithm: Algorithm,
+    layouts: &RingLayouts,
+    inputs: Option<&[RankInputs]>,
+) -> Result<Vec<cp_nccl::RankOutput>, Error> {
+    let n = layouts.world_size();
+    let owned;
+    let inputs = match inputs {
+        Some(i) => i,
+        None => {
+            owned = match ranks {
+                Ranks::OneGpu(_) => world.inputs(ops.stream(), layouts)?,
+                Ranks::Gpus(devices) => {
+                    let streams: Vec<_> = devices[..n].iter().map(|d| d.stream().clone()).collect();
+                    world.inputs_on(&streams, layouts)?
+                }
+            };
+            &owned
+        }
+    };
+    Ok(match ranks {
+        Ranks::OneGpu(kind) => run_ring(ops, kind, algorithm, layouts, inputs, Duration::from_secs(60))?,
+        Ranks::Gpus(devices) => {
+            cp_nccl::run_ring_per_device(&devices[..n], algorithm, layouts, inputs, Duration::from_secs(60))?
+        }
+    })
+}
+
 /// Runs one ring step and compares with the oracle; returns (line, ok, per-rank times).
 fn step(
     ops: &CudaAttention,
     world: &World,
-    kind: TransportKind,
+    ranks: Ranks<'_>,
     algorithm: Algorithm,
     layouts: &RingLayouts,
     wanted: &[(usize, Span)],
     label: &str,
 ) -> Result<(String, bool, Vec<Option<PhaseTimes>>), Error> {
     let s = ops.stream().clone();
-    let inputs = world.inputs(&s, layouts)?;
-    let outputs = run_ring(ops, kind, algorithm, layouts, &inputs, Duration::from_secs(60))?;
+    let outputs = run_on(ops, world, ranks, algorithm, layouts, None)?;
     let Heads { n_heads, head_dim, .. } = world.heads;
     let mut outs = Vec::new();
     let mut lses = Vec::new();
-    for o in &outputs {
-        outs.push(o.partial.out.download(&s)?.into_iter().map(f64::from).collect::<Vec<f64>>());
-        lses.push(o.partial.lse.download(&s)?.into_iter().map(f64::from).collect::<Vec<f64>>());
+    for (r, o) in outputs.iter().enumerate() {
+        let rs = match ranks {
+            Ranks::Gpus(devices) => devices[r].stream().clone(),
+            Ranks::OneGpu(_) => s.clone(),
+        };
+        outs.push(o.partial.out.download(&rs)?.into_iter().map(f64::from).collect::<Vec<f64>>());
+        lses.push(o.partial.lse.download(&rs)?.into_iter().map(f64::from).collect::<Vec<f64>>());
     }
     let outs_r: Vec<&[f64]> = outs.iter().map(Vec::as_slice).collect();
     let lses_r: Vec<&[f64]> = lses.iter().map(Vec::as_slice).collect();
@@ -137,6 +195,19 @@ fn step(
     Ok((line, ok, outputs.iter().map(|o| o.times).collect()))
 }
 
+/// GPUs visible to this process.
+fn device_count() -> usize {
+    if !cp_attention::cuda::driver_available() {
+        return 0;
+    }
+    cudarc::driver::CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+}
+
+/// `CudaAttention` on GPUs 0..n.
+fn devices(n: usize) -> Result<Vec<CudaAttention>, Error> {
+    (0..n).map(|d| CudaAttention::new(d).map_err(Error::from)).collect()
+}
+
 fn check(ops: &CudaAttention) -> Result<bool, Error> {
     let heads = Heads { n_heads: 8, n_kv_heads: 2, head_dim: 128 };
     let mut rng = Rng(0x5eed ^ std::process::id() as u64);
@@ -145,9 +216,15 @@ fn check(ops: &CudaAttention) -> Result<bool, Error> {
         println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
         all_ok &= ok;
     };
-    let mut cases: Vec<(usize, TransportKind)> = (1..=8).map(|n| (n, TransportKind::SameGpu)).collect();
-    cases.push((1, TransportKind::Nccl));
-    for (n, kind) in cases {
+    let gpus = device_count();
+    let multi = if gpus > 1 { devices(gpus)? } else { Vec::new() };
+    let mut cases: Vec<(usize, Ranks<'_>, String)> =
+        (1..=8).map(|n| (n, Ranks::OneGpu(TransportKind::SameGpu), "SameGpu".to_string())).collect();
+    cases.push((1, Ranks::OneGpu(TransportKind::Nccl), "Nccl".into()));
+    for n in 2..=gpus {
+        cases.push((n, Ranks::Gpus(&multi), format!("NCCL {n} GPUs")));
+    }
+    for (n, ranks, kind) in cases {
         // Turn 1 (cached): 300 and 77 tokens; turn 2: 203 and 61 new tokens; then 2 decodes.
         let lens = [300 + 203 + 2, 77 + 61 + 2];
         let world = World::new(heads, &lens, &mut rng);
@@ -156,15 +233,15 @@ fn check(ops: &CudaAttention) -> Result<bool, Error> {
         cache.commit_turn(&first)?;
         let turn = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: 203 }, NewTokens { seq: 1, count: 61 }])?;
         for algorithm in [Algorithm::PassKv, Algorithm::PassQ] {
-            let label = format!("N={n} {kind:?} {algorithm} partial prefill");
-            let (line, ok, _) = step(ops, &world, kind, algorithm, turn.layouts(), &turn.new_spans(), &label)?;
+            let label = format!("N={n} {kind} {algorithm} partial prefill");
+            let (line, ok, _) = step(ops, &world, ranks, algorithm, turn.layouts(), &turn.new_spans(), &label)?;
             report(line, ok);
         }
         cache.commit_turn(&turn)?;
         for it in 0..2 {
             let plan = DecodePlan::new(&cache, &[0, 1], it)?;
-            let label = format!("N={n} {kind:?} pass-Q decode iteration {it}");
-            let (line, ok, _) = step(ops, &world, kind, Algorithm::PassQ, plan.layouts(), &plan.new_spans(), &label)?;
+            let label = format!("N={n} {kind} pass-Q decode iteration {it}");
+            let (line, ok, _) = step(ops, &world, ranks, Algorithm::PassQ, plan.layouts(), &plan.new_spans(), &label)?;
             report(line, ok);
             cache.commit_decode(&plan)?;
         }
@@ -172,10 +249,51 @@ fn check(ops: &CudaAttention) -> Result<bool, Error> {
     Ok(all_ok)
 }
 
+/// Fault injection for the failure test: this process exits abruptly (`abort`: no unwinding,
+/// no communicator teardown, as in a crash) when it is about to start ring shift `die_at`.
+struct DieAtShift<T> {
+    inner: T,
+    die_at: usize,
+    shifts: usize,
+}
+
+impl<T: RingTransport<GpuTensor>> RingTransport<GpuTensor> for DieAtShift<T> {
+    type Error = T::Error;
+
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+
+    fn world_size(&self) -> usize {
+        self.inner.world_size()
+    }
+
+    fn start_shift(&mut self, msg: &[GpuTensor]) -> Result<(), T::Error> {
+        self.shifts += 1;
+        if self.shifts == self.die_at {
+            eprintln!("  rank {}: dying at ring shift {} (fault injection)", self.rank(), self.shifts);
+            std::process::abort();
+        }
+        self.inner.start_shift(msg)
+    }
+
+    fn finish_shift(&mut self) -> Result<Vec<GpuTensor>, T::Error> {
+        self.inner.finish_shift()
+    }
+
+    fn all_to_all(&mut self, msgs: Vec<Vec<GpuTensor>>) -> Result<Vec<Vec<GpuTensor>>, T::Error> {
+        self.inner.all_to_all(msgs)
+    }
+}
+
 /// One process per GPU (torchrun's environment): rendezvous for the NCCL id, then this rank's
 /// share of a pass-KV and a pass-Q partial-prefill turn, its rows checked against the oracle.
-fn nccl_process() -> Result<bool, Error> {
+/// `--die-at-shift K` makes this process crash at its K-th ring shift (the others must then end
+/// with an error within `--timeout-s`, default 60).
+fn nccl_process(args: &[String]) -> Result<bool, Error> {
     use cp_nccl::{NcclTransport, Rendezvous};
+    let die_at = arg(args, "--die-at-shift", 0);
+    let timeout = Duration::from_secs(arg(args, "--timeout-s", 60) as u64);
     let rdv = Rendezvous::from_env(Duration::from_secs(120))?;
     let id: [u8; 128] = rdv
         .share(|| NcclTransport::unique_id().map(|id| id.to_vec()).unwrap_or_default())?
@@ -192,7 +310,8 @@ fn nccl_process() -> Result<bool, Error> {
     let turn = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: 203 }, NewTokens { seq: 1, count: 61 }])?;
     let layouts = turn.layouts();
     let inputs = world.inputs(ops.stream(), layouts)?.swap_remove(rank);
-    let mut transport = NcclTransport::init_rank(ops.stream().clone(), rank, n, id, Duration::from_secs(60))?;
+    let nccl = NcclTransport::init_rank(ops.stream().clone(), rank, n, id, timeout)?;
+    let mut transport = DieAtShift { inner: nccl, die_at, shifts: 0 };
     let mut ok = true;
     for algorithm in [Algorithm::PassKv, Algorithm::PassQ] {
         let local = cp_ring::Local { q: &inputs.q, k: &inputs.k, v: &inputs.v };
@@ -232,13 +351,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Per-rank median phase times of `algorithm` on `world_size` ranks of the GPU, one sequence of
-/// `t` new tokens over `p` cached.
+/// Per-rank median phase times of `algorithm` on `world_size` ranks (`ranks`: one GPU or one
+/// GPU each), one sequence of `t` new tokens over `p` cached.
 #[allow(clippy::too_many_arguments)]
 fn timed_ring(
     ops: &CudaAttention,
     world: &World,
     world_size: usize,
+    ranks: Ranks<'_>,
     t: usize,
     p: usize,
     algorithm: Algorithm,
@@ -251,10 +371,16 @@ fn timed_ring(
         cache.commit_turn(&first)?;
     }
     let turn = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: t }])?;
-    let inputs = world.inputs(ops.stream(), turn.layouts())?;
+    let inputs = match ranks {
+        Ranks::OneGpu(_) => world.inputs(ops.stream(), turn.layouts())?,
+        Ranks::Gpus(devices) => {
+            let streams: Vec<_> = devices[..world_size].iter().map(|d| d.stream().clone()).collect();
+            world.inputs_on(&streams, turn.layouts())?
+        }
+    };
     let mut samples: Vec<Vec<PhaseTimes>> = Vec::new();
     for i in 0..warmup + reps {
-        let out = run_ring(ops, TransportKind::SameGpu, algorithm, turn.layouts(), &inputs, Duration::from_secs(120))?;
+        let out = run_on(ops, world, ranks, algorithm, turn.layouts(), Some(&inputs))?;
         eprint!("\r  {algorithm} on {world_size} rank(s): run {}/{}   ", i + 1, warmup + reps);
         if i >= warmup {
             samples.push(out.iter().map(|o| o.times.unwrap_or_default()).collect());
@@ -319,7 +445,17 @@ fn bench(ops: &CudaAttention, args: &[String]) -> Result<Vec<String>, Error> {
         "  T={t} new tokens over P={p} cached, NH={} NKV={} DH={} bf16, {warmup} warm-up + {reps} timed runs (median)",
         heads.n_heads, heads.n_kv_heads, heads.head_dim
     );
-    let single = timed_ring(ops, &world, 1, t, p, Algorithm::PassKv, warmup, reps)?;
+    let single =
+        timed_ring(ops, &world, 1, Ranks::OneGpu(TransportKind::SameGpu), t, p, Algorithm::PassKv, warmup, reps)?;
+    // N GPUs over NCCL where this machine has them, else N ranks sharing GPU 0.
+    let gpus = device_count();
+    let multi = if n > 1 && gpus >= n { devices(n)? } else { Vec::new() };
+    let (ranks, where_) = if multi.is_empty() {
+        (Ranks::OneGpu(TransportKind::SameGpu), format!("{n} ranks sharing GPU 0 ({gpus} GPU(s) visible)"))
+    } else {
+        (Ranks::Gpus(&multi), format!("{n} GPUs over NCCL"))
+    };
+    println!("  ring: {where_}");
     let baseline_ms = single[0].total_ms;
     // This machine's measured rates feed the heuristic and the cost model (Table 3's count).
     let d = (heads.n_heads * heads.head_dim) as f64;
@@ -352,13 +488,14 @@ fn bench(ops: &CudaAttention, args: &[String]) -> Result<Vec<String>, Error> {
         other => return Err(format!("--algorithm {other}: expected pass-kv, pass-q, auto or all").into()),
     };
     for algorithm in algorithms {
-        let per_rank = timed_ring(ops, &world, n, t, p, algorithm, warmup, reps)?;
+        let per_rank = timed_ring(ops, &world, n, ranks, t, p, algorithm, warmup, reps)?;
         let total = per_rank.iter().map(|x| x.total_ms).fold(0.0, f64::max);
         let model = if algorithm == Algorithm::PassKv { predicted.pass_kv } else { predicted.pass_q };
         println!(
-            "  {algorithm} on {n} ranks sharing the GPU: slowest rank {total:.3} ms ({:.2}x the single-GPU time); \
+            "  {algorithm} on {where_}: slowest rank {total:.3} ms ({:.2}x the single-GPU time, parallel efficiency {:.1}%); \
              predicted for {n} GPUs of this rate: {:.3} ms (step compute {:.3} ms, step comm {:.3} ms, all-to-all {:.3} ms)",
             total / baseline_ms,
+            100.0 * baseline_ms / (n as f64 * total),
             model.total_s * 1e3,
             model.step_compute_s * 1e3,
             model.step_comm_s * 1e3,
@@ -371,7 +508,8 @@ fn bench(ops: &CudaAttention, args: &[String]) -> Result<Vec<String>, Error> {
                 x.compute_ms, x.wait_ms, x.all_to_all_ms, x.merge_ms, idle
             );
             rows.push(format!(
-                "{{\"world_size\":{n},\"algorithm\":\"{algorithm}\",\"rank\":{r},\"t\":{t},\"p\":{p},\"compute_ms\":{:.4},\"wait_ms\":{:.4},\"all_to_all_ms\":{:.4},\"merge_ms\":{:.4},\"total_ms\":{:.4},\"single_gpu_ms\":{baseline_ms:.4},\"predicted_ms\":{:.4},\"heuristic\":\"{}\"}}",
+                "{{\"world_size\":{n},\"gpus\":{},\"algorithm\":\"{algorithm}\",\"rank\":{r},\"t\":{t},\"p\":{p},\"compute_ms\":{:.4},\"wait_ms\":{:.4},\"all_to_all_ms\":{:.4},\"merge_ms\":{:.4},\"total_ms\":{:.4},\"single_gpu_ms\":{baseline_ms:.4},\"predicted_ms\":{:.4},\"heuristic\":\"{}\"}}",
+                multi.len().max(1),
                 x.compute_ms,
                 x.wait_ms,
                 x.all_to_all_ms,
@@ -390,7 +528,7 @@ fn main() -> ExitCode {
     let mode = args.first().cloned().unwrap_or_else(|| "check".into());
     let run = || -> Result<bool, Error> {
         if mode == "nccl-process" {
-            return nccl_process();
+            return nccl_process(&args);
         }
         let ops = CudaAttention::new(0)?;
         let mut ok = true;
