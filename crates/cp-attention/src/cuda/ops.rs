@@ -91,6 +91,9 @@ pub struct DecodeArgs {
     split_len: usize,
 }
 
+/// Decode arguments are prepared per kernel and pair of (query, key) layouts.
+type DecodeKey = (DecodeKernel, Layout, Layout);
+
 /// The compiled module's functions by name.
 struct Kernels {
     functions: HashMap<String, CudaFunction>,
@@ -161,7 +164,7 @@ pub struct CudaAttention {
     pub prefill: PrefillKernel,
     /// The split-KV decode kernel.
     pub decode_kernel: DecodeKernel,
-    decode_args: Arc<Mutex<HashMap<(DecodeKernel, Layout, Layout), Arc<DecodeArgs>>>>,
+    decode_args: Arc<Mutex<HashMap<DecodeKey, Arc<DecodeArgs>>>>,
 }
 
 impl std::fmt::Debug for CudaAttention {
