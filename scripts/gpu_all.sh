@@ -40,8 +40,11 @@ gpus=$(nvidia-smi -L | wc -l)
     timeout 60 $ring bench --world-size 4 --seq-len 16384 --algorithm auto --json "$res/ring-n4-16k-auto.json" 2>&1
     if [ "$gpus" -ge 2 ]; then
         timeout 120 $ring bench --world-size 2 --seq-len 131072 --algorithm pass-kv --iters 3 --json "$res/ring-n2-128k.json" 2>&1
+        timeout 120 $ring bench --world-size 2 --seq-len 262144 --algorithm pass-kv --iters 2 --json "$res/ring-n2-256k.json" 2>&1
         echo "== 3. PyTorch context parallel, 2 GPUs"
-        (cd scripts && timeout 150 torchrun --nproc-per-node 2 torch_cp_bench.py --seq-len 16384 --json "$res/torch-cp-n2-16k.json" 2>&1 | tail -30)
+        for t in 16384 131072; do
+            (cd scripts && timeout 150 torchrun --nproc-per-node 2 torch_cp_bench.py --seq-len $t --iters 3 --json "$res/torch-cp-n2-$t.json" 2>&1 | grep -v "^W1\|OMP_NUM\|\*\*\*" | tail -8)
+        done
     fi
     echo "== done $(date -u)"
 } 2>&1 | tee "$res/all.log"
