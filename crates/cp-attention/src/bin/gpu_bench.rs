@@ -284,9 +284,12 @@ fn selftest(ops: &CudaAttention) -> Result<bool> {
         }
     }
     let (ds, d_o) = (discrepancy(&s_got, &s_want), discrepancy(&o_got, &o_want));
-    let ok = ds.within(1e-5) && d_o.within(1e-5);
+    // The products of bf16 values are exact in f32, but the tensor cores' f32 accumulation is not
+    // IEEE round-to-nearest at every step: up to 1.6e-5 was seen for O on an H100 (sums of 128
+    // terms with cancellation). A layout or descriptor mistake gives errors of order 1.
+    let ok = ds.within(1e-4) && d_o.within(1e-4);
     println!(
-        "  {} wgmma S = Q K^T rel L2 {:.2e}, O = P V rel L2 {:.2e} (tol 1e-5; f32 accumulation of exact bf16 products)",
+        "  {} wgmma S = Q K^T rel L2 {:.2e}, O = P V rel L2 {:.2e} (tol 1e-4; exact bf16 products, tensor-core f32 sums)",
         if ok { "[ok]    " } else { "[FAILED]" },
         ds.rel_l2,
         d_o.rel_l2

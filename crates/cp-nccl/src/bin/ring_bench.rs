@@ -537,7 +537,7 @@ fn main() -> ExitCode {
             ok &= check(&ops)?;
         }
         if mode == "bench" || mode == "all" {
-            println!("== GPU ring bench (same-GPU transport)");
+            println!("== GPU ring bench");
             let rows = bench(&ops, &args)?;
             if let Some(path) = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)) {
                 std::fs::write(path, format!("[{}]\n", rows.join(",\n")))?;
