@@ -1,7 +1,8 @@
 //! `cargo xtask bench --world-size N`: the ring against a single rank, with the compute /
-//! communication breakdown and a correctness check. On a machine with an NVIDIA GPU it builds
-//! and runs `cp-ring-bench` (ranks share the GPU; NCCL with one rank); without one it runs the
-//! very same ring algorithms on CPU ranks (threads of this process) and says so.
+//! communication breakdown and a correctness check. On a machine with NVIDIA GPUs it builds and
+//! runs `cp-ring-bench`: N GPUs over NCCL (a thread per GPU) when there are N, else N ranks
+//! sharing GPU 0; without a GPU it runs the very same ring algorithms on CPU ranks (threads of
+//! this process) and says so.
 
 use std::path::PathBuf;
 use std::process::Command;
