@@ -187,14 +187,14 @@ impl NcclTransport {
         NcclTransport::init_rank(compute, 0, 1, NcclTransport::unique_id()?, timeout)
     }
 
-    fn alloc_like(&self, t: &GpuTensor) -> Result<GpuTensor> {
-        let buf = GpuTensor::alloc_buffer(&self.stream, t.dtype(), t.shape())?;
-        Ok(GpuTensor::from_buffer(buf, t.dtype(), t.shape().to_vec())?)
-    }
-
-    /// Posts sends and receives `(peer, tensor)` as one NCCL group on the communication
-    /// stream, after the compute stream's current work; returns the completion event.
-    fn exchange(&mut self, sends: &[(usize, &GpuTensor)], recvs: &mut [(usize, GpuTensor)]) -> Result<CudaEvent> {
+    /// Posts sends `(peer, tensor)` and receives `(peer, like)` (into fresh tensors of the
+    /// dtype and shape of `like`) as one NCCL group on the communication stream, after the
+    /// compute stream's current work; returns the received tensors and the completion event.
+    fn exchange(
+        &mut self,
+        sends: &[(usize, &GpuTensor)],
+        recvs: &[(usize, &GpuTensor)],
+    ) -> Result<(Vec<GpuTensor>, CudaEvent)> {
         let rank = self.rank;
         if self.comm.0.is_null() {
             return Err(GpuRingError::Message { rank, op: "exchange", reason: "the communicator was aborted".into() });
@@ -208,11 +208,10 @@ impl NcclTransport {
             send_ptrs.push((*peer, ptr, t.elem_count() * t.dtype().size()));
             guards.push(g);
         }
-        let mut recv_bufs: Vec<_> = recvs.iter_mut().map(|(peer, t)| (*peer, t)).collect();
         let mut recv_ptrs = Vec::new();
-        // The receive buffers were allocated by this transport and are written only here.
+        // The receive buffers are allocated here and written only by this group.
         let mut owned: Vec<cudarc::driver::CudaSlice<u8>> = Vec::new();
-        for (peer, t) in recv_bufs.iter_mut() {
+        for (peer, t) in recvs {
             let bytes = t.elem_count() * t.dtype().size();
             let mut buf = GpuTensor::alloc_buffer(&self.stream, t.dtype(), t.shape())?;
             {
@@ -246,10 +245,12 @@ impl NcclTransport {
         let who = format!("peer rank(s) {peers:?}");
         self.comm.settle(rank, "ncclGroupEnd", Instant::now() + self.timeout, &who)?;
         drop(guards);
-        for ((_, t), buf) in recvs.iter_mut().zip(owned) {
-            *t = GpuTensor::from_buffer(buf, t.dtype(), t.shape().to_vec())?;
-        }
-        self.stream.record_event(None).map_err(cuda(rank, "cuEventRecord"))
+        let received = recvs
+            .iter()
+            .zip(owned)
+            .map(|((_, t), buf)| Ok(GpuTensor::from_buffer(buf, t.dtype(), t.shape().to_vec())?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((received, self.stream.record_event(None).map_err(cuda(rank, "cuEventRecord"))?))
     }
 
     /// An error NCCL has noticed on the communicator in the background (a peer's connection
@@ -327,9 +328,10 @@ impl RingTransport<GpuTensor> for NcclTransport {
         }
         let (next, prev) = ((self.rank + 1) % self.world_size, (self.rank + self.world_size - 1) % self.world_size);
         let sends: Vec<(usize, &GpuTensor)> = msg.iter().map(|t| (next, t)).collect();
-        let mut recvs = msg.iter().map(|t| Ok((prev, self.alloc_like(t)?))).collect::<Result<Vec<_>>>()?;
-        let done = self.exchange(&sends, &mut recvs)?;
-        self.pending = Some((recvs.into_iter().map(|(_, t)| t).collect(), done, msg.to_vec()));
+        // Ring messages are equal-sized: what arrives has the shapes of what leaves.
+        let recvs: Vec<(usize, &GpuTensor)> = msg.iter().map(|t| (prev, t)).collect();
+        let (received, done) = self.exchange(&sends, &recvs)?;
+        self.pending = Some((received, done, msg.to_vec()));
         Ok(())
     }
 
@@ -361,15 +363,15 @@ impl RingTransport<GpuTensor> for NcclTransport {
                 sends.push((peer, t));
             }
             for t in &template {
-                recvs.push((peer, self.alloc_like(t)?));
+                recvs.push((peer, t));
             }
         }
-        let done = self.exchange(&sends, &mut recvs)?;
+        let (received, done) = self.exchange(&sends, &recvs)?;
         self.wait(&done, "all_to_all", (self.rank + 1) % self.world_size)?;
         let per = template.len();
         let mut out: Vec<Vec<GpuTensor>> = (0..self.world_size).map(|_| Vec::with_capacity(per)).collect();
-        for (peer, t) in recvs {
-            out[peer].push(t);
+        for ((peer, _), t) in recvs.iter().zip(received) {
+            out[*peer].push(t);
         }
         Ok(out)
     }
