@@ -418,6 +418,50 @@ fn copy_bandwidth(ops: &CudaAttention) -> Result<f64, Error> {
     Ok(bytes as f64 / (median(times) / 1e3))
 }
 
+/// Bandwidth of one NCCL ring shift over `devices` (bytes each rank sends per second; the
+/// slowest rank's median of 5 shifts of 256 MiB after 2 warm-ups).
+fn nccl_bandwidth(devices: &[CudaAttention]) -> Result<f64, Error> {
+    use cp_nccl::NcclTransport;
+    let n = devices.len();
+    let bytes = 256usize << 20;
+    let id = NcclTransport::unique_id()?;
+    let per_rank: Vec<Result<f64, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(rank, d)| {
+                scope.spawn(move || -> Result<f64, String> {
+                    let run = || -> Result<f64, Error> {
+                        let s = d.stream().clone();
+                        s.context().bind_to_thread()?;
+                        let msg = GpuTensor::from_buffer(s.alloc_zeros::<u8>(bytes)?, GpuDType::Bf16, vec![bytes / 2])?;
+                        let mut ring = NcclTransport::init_rank(s.clone(), rank, n, id, Duration::from_secs(60))?;
+                        let mut times = Vec::new();
+                        for i in 0..7 {
+                            d.synchronize()?;
+                            let started = std::time::Instant::now();
+                            ring.start_shift(std::slice::from_ref(&msg))?;
+                            ring.finish_shift()?;
+                            d.synchronize()?;
+                            if i >= 2 {
+                                times.push(started.elapsed().as_secs_f64());
+                            }
+                        }
+                        Ok(bytes as f64 / median(times))
+                    };
+                    run().map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| Err(cp_sim::panic_message(&*p)))).collect()
+    });
+    let mut slowest = f64::INFINITY;
+    for (rank, r) in per_rank.into_iter().enumerate() {
+        slowest = slowest.min(r.map_err(|e| format!("NCCL bandwidth, rank {rank}: {e}"))?);
+    }
+    Ok(slowest)
+}
+
 fn bench(ops: &CudaAttention, args: &[String]) -> Result<Vec<String>, Error> {
     use cp_heuristic::{Compute, Hardware, Inputs, Link, Mode, ModelShape, Rule, Workload, choose, cost_model};
     let n = arg(args, "--world-size", 4);
@@ -460,9 +504,15 @@ fn bench(ops: &CudaAttention, args: &[String]) -> Result<Vec<String>, Error> {
     // This machine's measured rates feed the heuristic and the cost model (Table 3's count).
     let d = (heads.n_heads * heads.head_dim) as f64;
     let rate = 4.0 * t as f64 * (t + p) as f64 * d / (baseline_ms / 1e3);
-    let bw = copy_bandwidth(ops)?;
+    // The link the heuristic and the cost model see: NCCL's ring shift between the GPUs, or a
+    // device-to-device copy for ranks that share one GPU.
+    let (bw, link) = if multi.is_empty() {
+        (copy_bandwidth(ops)?, "device copy")
+    } else {
+        (nccl_bandwidth(&multi)?, "NCCL ring shift")
+    };
     println!(
-        "  single GPU (ring of 1): {baseline_ms:.3} ms ({:.0} TFLOP/s, Table 3 count); device copy {:.0} GB/s",
+        "  single GPU (ring of 1): {baseline_ms:.3} ms ({:.0} TFLOP/s, Table 3 count); link: {link} {:.0} GB/s",
         rate / 1e12,
         bw / 1e9
     );
