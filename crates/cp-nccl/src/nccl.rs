@@ -68,28 +68,39 @@ fn nonblocking_config(version: i32) -> sys::ncclConfig_t {
 }
 
 impl RawComm {
+    /// NCCL's view of the communicator: `Ok(true)` while work is still being set up in the
+    /// background (non-blocking mode), `Ok(false)` when that is done, `Err` with what failed.
+    fn pending(&self) -> std::result::Result<bool, String> {
+        if self.0.is_null() {
+            return Err("the communicator was aborted".into());
+        }
+        let mut state = sys::ncclResult_t::ncclInProgress;
+        // SAFETY: the communicator is live (not aborted); NCCL writes one result code.
+        let queried = unsafe { sys::ncclCommGetAsyncError(self.0, &mut state) };
+        match (queried, state) {
+            (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclSuccess) => Ok(false),
+            (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclInProgress) => Ok(true),
+            (sys::ncclResult_t::ncclSuccess, failed) => Err(format!("NCCL reports {failed:?}")),
+            (query_failed, _) => Err(format!("ncclCommGetAsyncError: {query_failed:?}")),
+        }
+    }
+
     /// Waits (at most until `deadline`) for the communicator's pending work on the host side
     /// (its initialisation, a group's connection set-up and launch) to finish. On an error or
     /// past the deadline the communicator is aborted, so no thread stays blocked on a peer.
     fn settle(&mut self, rank: usize, op: &'static str, deadline: Instant, peer: &str) -> Result<()> {
+        if self.0.is_null() {
+            return Err(GpuRingError::Message { rank, op, reason: "the communicator was aborted".into() });
+        }
         loop {
-            if self.0.is_null() {
-                return Err(GpuRingError::Message { rank, op, reason: "the communicator was aborted".into() });
-            }
-            let mut state = sys::ncclResult_t::ncclInProgress;
-            // SAFETY: the communicator is live; NCCL writes one result code.
-            let queried = unsafe { sys::ncclCommGetAsyncError(self.0, &mut state) };
-            let failure = match (queried, state) {
-                (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclSuccess) => return Ok(()),
-                (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclInProgress) if Instant::now() < deadline => {
+            let failure = match self.pending() {
+                Ok(false) => return Ok(()),
+                Ok(true) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_micros(50));
                     continue;
                 }
-                (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclInProgress) => {
-                    format!("not done by the deadline; {peer} unreachable")
-                }
-                (sys::ncclResult_t::ncclSuccess, failed) => format!("NCCL reports {failed:?} ({peer})"),
-                (query_failed, _) => format!("ncclCommGetAsyncError: {query_failed:?}"),
+                Ok(true) => format!("not done by the deadline; {peer} unreachable"),
+                Err(e) => format!("{e} ({peer})"),
             };
             self.abort();
             return Err(GpuRingError::Message { rank, op, reason: format!("{failure}; communicator aborted") });
@@ -253,24 +264,6 @@ impl NcclTransport {
         Ok((received, self.stream.record_event(None).map_err(cuda(rank, "cuEventRecord"))?))
     }
 
-    /// An error NCCL has noticed on the communicator in the background (a peer's connection
-    /// closed, a remote failure), if any.
-    fn async_error(&self) -> Option<String> {
-        if self.comm.0.is_null() {
-            return None;
-        }
-        let mut state = sys::ncclResult_t::ncclSuccess;
-        // SAFETY: the communicator is live (not aborted); NCCL writes one result code.
-        let queried = unsafe { sys::ncclCommGetAsyncError(self.comm.0, &mut state) };
-        match (queried, state) {
-            (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclSuccess | sys::ncclResult_t::ncclInProgress) => {
-                None
-            }
-            (sys::ncclResult_t::ncclSuccess, failed) => Some(format!("{failed:?}")),
-            (query_failed, _) => Some(format!("ncclCommGetAsyncError: {query_failed:?}")),
-        }
-    }
-
     /// Waits for `done` at most the timeout, watching NCCL's background error state; on a
     /// timeout or an error aborts the communicator (so NCCL kernels of this rank stop) and
     /// reports the peer.
@@ -280,13 +273,13 @@ impl NcclTransport {
         while !done.is_complete() {
             polls += 1;
             if polls.is_multiple_of(50)
-                && let Some(code) = self.async_error()
+                && let Err(failure) = self.comm.pending()
             {
                 self.comm.abort();
                 return Err(GpuRingError::Message {
                     rank: self.rank,
                     op,
-                    reason: format!("NCCL reports {code} while waiting on peer rank {peer}; communicator aborted"),
+                    reason: format!("{failure} while waiting on peer rank {peer}; communicator aborted"),
                 });
             }
             if started.elapsed() > self.timeout {
