@@ -123,30 +123,25 @@ enum Ranks<'a> {
     Gpus(&'a [CudaAttention]),
 }
 
-/// Runs `algorithm` on `ranks` with inputs laid out by `layouts`.
+impl Ranks<'_> {
+    /// The stream of each of `n` ranks: where its inputs are uploaded and its outputs read.
+    fn streams(&self, ops: &CudaAttention, n: usize) -> Vec<std::sync::Arc<cudarc::driver::CudaStream>> {
+        match self {
+            Ranks::OneGpu(_) => vec![ops.stream().clone(); n],
+            Ranks::Gpus(devices) => devices[..n].iter().map(|d| d.stream().clone()).collect(),
+        }
+    }
+}
+
+/// Runs `algorithm` on `ranks` with `inputs` laid out by `layouts`.
 fn run_on(
     ops: &CudaAttention,
-    world: &World,
     ranks: Ranks<'_>,
     algorithm: Algorithm,
     layouts: &RingLayouts,
-    inputs: Option<&[RankInputs]>,
+    inputs: &[RankInputs],
 ) -> Result<Vec<cp_nccl::RankOutput>, Error> {
     let n = layouts.world_size();
-    let owned;
-    let inputs = match inputs {
-        Some(i) => i,
-        None => {
-            owned = match ranks {
-                Ranks::OneGpu(_) => world.inputs(ops.stream(), layouts)?,
-                Ranks::Gpus(devices) => {
-                    let streams: Vec<_> = devices[..n].iter().map(|d| d.stream().clone()).collect();
-                    world.inputs_on(&streams, layouts)?
-                }
-            };
-            &owned
-        }
-    };
     Ok(match ranks {
         Ranks::OneGpu(kind) => run_ring(ops, kind, algorithm, layouts, inputs, Duration::from_secs(60))?,
         Ranks::Gpus(devices) => {
@@ -165,18 +160,15 @@ fn step(
     wanted: &[(usize, Span)],
     label: &str,
 ) -> Result<(String, bool, Vec<Option<PhaseTimes>>), Error> {
-    let s = ops.stream().clone();
-    let outputs = run_on(ops, world, ranks, algorithm, layouts, None)?;
+    let streams = ranks.streams(ops, layouts.world_size());
+    let inputs = world.inputs_on(&streams, layouts)?;
+    let outputs = run_on(ops, ranks, algorithm, layouts, &inputs)?;
     let Heads { n_heads, head_dim, .. } = world.heads;
     let mut outs = Vec::new();
     let mut lses = Vec::new();
-    for (r, o) in outputs.iter().enumerate() {
-        let rs = match ranks {
-            Ranks::Gpus(devices) => devices[r].stream().clone(),
-            Ranks::OneGpu(_) => s.clone(),
-        };
-        outs.push(o.partial.out.download(&rs)?.into_iter().map(f64::from).collect::<Vec<f64>>());
-        lses.push(o.partial.lse.download(&rs)?.into_iter().map(f64::from).collect::<Vec<f64>>());
+    for (o, rs) in outputs.iter().zip(&streams) {
+        outs.push(o.partial.out.download(rs)?.into_iter().map(f64::from).collect::<Vec<f64>>());
+        lses.push(o.partial.lse.download(rs)?.into_iter().map(f64::from).collect::<Vec<f64>>());
     }
     let outs_r: Vec<&[f64]> = outs.iter().map(Vec::as_slice).collect();
     let lses_r: Vec<&[f64]> = lses.iter().map(Vec::as_slice).collect();
@@ -371,16 +363,10 @@ fn timed_ring(
         cache.commit_turn(&first)?;
     }
     let turn = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: t }])?;
-    let inputs = match ranks {
-        Ranks::OneGpu(_) => world.inputs(ops.stream(), turn.layouts())?,
-        Ranks::Gpus(devices) => {
-            let streams: Vec<_> = devices[..world_size].iter().map(|d| d.stream().clone()).collect();
-            world.inputs_on(&streams, turn.layouts())?
-        }
-    };
+    let inputs = world.inputs_on(&ranks.streams(ops, world_size), turn.layouts())?;
     let mut samples: Vec<Vec<PhaseTimes>> = Vec::new();
     for i in 0..warmup + reps {
-        let out = run_on(ops, world, ranks, algorithm, turn.layouts(), Some(&inputs))?;
+        let out = run_on(ops, ranks, algorithm, turn.layouts(), &inputs)?;
         eprint!("\r  {algorithm} on {world_size} rank(s): run {}/{}   ", i + 1, warmup + reps);
         if i >= warmup {
             samples.push(out.iter().map(|o| o.times.unwrap_or_default()).collect());
