@@ -82,6 +82,14 @@ DEVI int4 combine(int4 a, int4 b) {
     return make_int4(a.x == b.x ? a.x : -2, min(a.y, b.y), max(a.z, b.z), a.w | b.w);
 }
 
+// Summary of `count` consecutive 64-row tile summaries from `first` (which exists); those at or
+// past `n_t64`, beyond the last row, count as absent (padding).
+DEVI int4 tiles_summary(const int4* __restrict__ tiles, int n_t64, int first, int count) {
+    int4 s = tiles[first];
+    for (int i = 1; i < count; i++) s = combine(s, first + i < n_t64 ? tiles[first + i] : make_int4(-1, 0, 0, 1));
+    return s;
+}
+
 // First key tile at or after `j` that some query of summary `qt` can see (`n_tiles` if none).
 // A key tile is K64 consecutive 64-row summaries. The warp checks 32 tiles per step (a ballot),
 // so skipping another sequence's tiles in a packed batch costs a few steps, not one dependent
@@ -92,11 +100,7 @@ DEVI int next_visible_tile(int4 qt, const int4* __restrict__ k_tiles, int n_t64,
     for (int base = j; base < n_tiles; base += 32) {
         const int t = base + lane;
         bool visible = false;
-        if (t < n_tiles) {
-            int4 kt = k_tiles[K64 * t];
-            if (K64 == 2) kt = combine(kt, 2 * t + 1 < n_t64 ? k_tiles[2 * t + 1] : make_int4(-1, 0, 0, 1));
-            visible = classify(qt, kt) != 0;
-        }
+        if (t < n_tiles) visible = classify(qt, tiles_summary(k_tiles, n_t64, K64 * t, K64)) != 0;
         const unsigned found = __ballot_sync(0xffffffff, visible);
         if (found) return base + __ffs(found) - 1;
     }
@@ -122,11 +126,7 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int h = blockIdx.y, kvh = h / (nh / nkv), m0 = blockIdx.x * BM;
     const int n_ktiles = (tk + BN - 1) / BN;
-    int4 qt = q_tiles[blockIdx.x * (BM / 64)];
-    for (int i = 1; i < BM / 64; i++) {
-        int t = blockIdx.x * (BM / 64) + i;
-        qt = combine(qt, t * 64 < tq ? q_tiles[t] : make_int4(-1, 0, 0, 1));
-    }
+    const int4 qt = tiles_summary(q_tiles, (tq + 63) / 64, blockIdx.x * (BM / 64), BM / 64);
 
     auto next_visible = [&](int j) { return next_visible_tile<1>(qt, k_tiles, n_ktiles, j, n_ktiles); };
     auto load_kv = [&](int j, int buf) {
@@ -489,9 +489,8 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
     // the query heads of a KV head run side by side and share its K/V tiles in L2.
     const int h = blockIdx.x, kvh = h / (nh / nkv), qb = gridDim.y - 1 - blockIdx.y, m0 = qb * BM;
     const int n_ktiles = (tk + BN - 1) / BN, n_t64 = (tk + 63) / 64;
-    const int4 none = make_int4(-1, 0, 0, 1);
-    const int4 qt = combine(q_tiles[2 * qb], 2 * qb + 1 < (tq + 63) / 64 ? q_tiles[2 * qb + 1] : none);
-    auto ktile = [&](int j) { return combine(k_tiles[2 * j], 2 * j + 1 < n_t64 ? k_tiles[2 * j + 1] : none); };
+    const int4 qt = tiles_summary(q_tiles, (tq + 63) / 64, 2 * qb, 2);
+    auto ktile = [&](int j) { return tiles_summary(k_tiles, n_t64, 2 * j, 2); };
     auto next_visible = [&](int j) { return next_visible_tile<2>(qt, k_tiles, n_t64, j, n_ktiles); };
     auto load_kv = [&](int j, int s) {
         const int n0 = j * BN;
