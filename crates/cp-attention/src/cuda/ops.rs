@@ -364,17 +364,18 @@ impl CudaAttention {
             let (tq_i, tk_i, nh_i, nkv_i) = (tq as i32, tk as i32, nh as i32, nkv as i32);
             let scale = self.scale_log2(d);
             let blocks = tq.div_ceil(rows_per_block);
-            if blocks > 65_535 {
+            // The wgmma kernel takes (heads, query blocks); the mma.sync ones the transpose.
+            let (x, y) = if self.prefill == PrefillKernel::Wgmma { (nh, blocks) } else { (blocks, nh) };
+            if y > 65_535 || x > i32::MAX as usize {
                 return Err(AttentionError::Unsupported(format!(
-                    "{tq} query rows in one launch (at most {} for this kernel)",
-                    65_535 * rows_per_block
+                    "a grid of {x} x {y} blocks for {tq} query rows and {nh} heads (CUDA allows 2^31-1 x 65535)"
                 )));
             }
-            let blocks = blocks as u32;
-            // The wgmma kernel takes (heads, query blocks); the mma.sync ones the transpose.
-            let grid_dim =
-                if self.prefill == PrefillKernel::Wgmma { (nh as u32, blocks, 1) } else { (blocks, nh as u32, 1) };
-            let cfg = LaunchConfig { grid_dim, block_dim: (threads as u32, 1, 1), shared_mem_bytes: smem as u32 };
+            let cfg = LaunchConfig {
+                grid_dim: (x as u32, y as u32, 1),
+                block_dim: (threads as u32, 1, 1),
+                shared_mem_bytes: smem as u32,
+            };
             let mut b = self.stream.launch_builder(f);
             b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&mut out).arg(&mut lse);
             b.arg(&ql.seq).arg(&ql.pos).arg(&kl.seq).arg(&kl.pos).arg(&ql.tiles).arg(&kl.tiles);
