@@ -60,11 +60,13 @@ mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod error;
+mod inputs;
 pub mod reference;
 
 pub use cp_ring::Partial;
 pub use cpu::{CpuAttention, compute_dtype, finish, merge, merge_all, to_f64_vec};
 pub use error::AttentionError;
+pub use inputs::{hashed_row_bf16, hashed_value};
 
 /// Result type of this crate.
 pub type Result<T, E = AttentionError> = std::result::Result<T, E>;

@@ -15,7 +15,7 @@ pub enum GpuRingError {
     Nccl { rank: usize, op: &'static str, code: String },
     /// The host-side exchange failed (a peer gone, a timeout).
     #[error(transparent)]
-    Exchange(#[from] cp_sim::TransportError),
+    Exchange(#[from] cp_ring::TransportError),
     /// Messages whose shapes differ between ranks (ring messages must be equal-sized).
     #[error("rank {rank}: {op}: {reason}")]
     Message { rank: usize, op: &'static str, reason: String },

@@ -7,7 +7,7 @@
 //!   sender's communication stream after an event from its compute stream, and the receiver's
 //!   compute stream waits on the copy's event: the copy overlaps the attention of the current
 //!   block. Host-side plumbing (who sends what to whom, peer-gone and timeout errors) is
-//!   `cp_sim::ChannelTransport`.
+//!   `cp_ring::ChannelTransport`.
 //! - [`NcclTransport`]: the same on NCCL, grouped `ncclSend`/`ncclRecv` on a communication
 //!   stream, the all-to-all from grouped send/recv. Our own thin communicator over
 //!   `cudarc::nccl::result`, so that dropping it aborts the communicator without ever panicking.

@@ -151,7 +151,7 @@ fn join_ranks(handles: Vec<std::thread::ScopedJoinHandle<'_, Result<RankOutput>>
         .into_iter()
         .enumerate()
         .map(|(rank, h)| {
-            h.join().unwrap_or_else(|p| Err(GpuRingError::RankPanicked { rank, message: cp_sim::panic_message(&*p) }))
+            h.join().unwrap_or_else(|p| Err(GpuRingError::RankPanicked { rank, message: cp_ring::panic_message(&*p) }))
         })
         .collect()
 }

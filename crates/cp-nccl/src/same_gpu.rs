@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cp_attention::cuda::GpuTensor;
 use cp_ring::RingTransport;
-use cp_sim::{ChannelTransport, channel_ring};
+use cp_ring::{ChannelTransport, channel_ring};
 use cudarc::driver::{CudaEvent, CudaStream};
 
 use crate::error::cuda;

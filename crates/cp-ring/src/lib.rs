@@ -16,6 +16,11 @@
 //! Which rows of a block hold which token, and so the causal masks, come from the plan's
 //! [`RingLayouts`] (see `cp-shard`), known to every rank; only tensors travel.
 //!
+//! Below the algorithms, std-only pieces every backend shares: [`ChannelTransport`], the
+//! in-process transport over channels (the CPU simulation's ring, and the host side of the
+//! same-GPU transport), and [`RankPool`], persistent rank threads that own a rank's state (its
+//! device and transport, built once) and run jobs on every rank.
+//!
 //! The algorithms:
 //!
 //! - [`pass_kv`] (Algorithm 2): queries stay, key/value blocks travel. Full or partial prefill,
@@ -26,11 +31,15 @@
 //!   layout — the same function is the batched ring pass-Q decode of Algorithm 4.
 
 mod algorithms;
+mod channel;
 mod error;
+mod pool;
 mod traits;
 
 pub use algorithms::{Algorithm, Local, pass_kv, pass_q, run};
+pub use channel::{ChannelTransport, TransportError, channel_ring};
 pub use error::{BoxError, RingError};
+pub use pool::{PoolError, RankPool, panic_message};
 pub use traits::{AttentionOps, Partial, Phase, Probe, RingTransport};
 
 pub use cp_shard::{Layout, RingLayouts};

@@ -28,13 +28,12 @@ mod error;
 mod probe;
 mod session;
 mod spmd;
-mod transport;
 
 pub use error::SimError;
 pub use probe::{CpuPhaseTimes, CpuProbe};
 pub use session::{Session, SimConfig, StepKind, StepReport, Tolerance};
-pub use spmd::{panic_message, run_ranks};
-pub use transport::{ChannelTransport, TransportError, channel_ring};
+pub use cp_ring::{ChannelTransport, TransportError, channel_ring, panic_message};
+pub use spmd::run_ranks;
 
 /// Result type of this crate.
 pub type Result<T, E = SimError> = std::result::Result<T, E>;

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use cp_ring::panic_message;
+
 use crate::{ChannelTransport, Result, SimError, channel_ring};
 
 /// Runs `body(transport)` on `world_size` threads, one per rank, each with its end of a fresh
@@ -26,13 +28,4 @@ where
             })
             .collect()
     })
-}
-
-/// The message of a panic payload (`panic!` with a literal or a formatted string).
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic payload".into())
 }

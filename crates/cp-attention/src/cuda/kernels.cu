@@ -57,6 +57,54 @@ DEVI void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> DEVI void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 DEVI u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 
+// Keys whose V holds a non-finite value in a tile where some (query, key) pairs are masked. A
+// masked pair has P = 0, but 0 x NaN = NaN, so such a value would reach through P V queries that
+// must not see its key (padding rows, future positions, other sequences, unused cache slots).
+// The prefill kernels zero those values in shared memory and keep, per sequence, the smallest
+// position of such a key: a query of that sequence at or after it sees one, and gets NaN at the
+// end, as exact attention would give it. Past 8 sequences every real query of the block gets NaN
+// (loud, never silently finite).
+#define BAD_SLOTS 8
+struct BadKeys { int seq[BAD_SLOTS]; int pos[BAD_SLOTS]; int overflow; };
+DEVI void bad_keys_init(BadKeys& b) {
+    if (threadIdx.x < BAD_SLOTS) { b.seq[threadIdx.x] = -1; b.pos[threadIdx.x] = 0x7fffffff; }
+    if (threadIdx.x == 0) b.overflow = 0;
+}
+DEVI void bad_keys_add(BadKeys& b, int seq, int pos) {
+    if (seq < 0) return;  // padding: no query sees it
+    for (int i = 0; i < BAD_SLOTS; i++) {
+        const int old = atomicCAS(&b.seq[i], -1, seq);
+        if (old == -1 || old == seq) { atomicMin(&b.pos[i], pos); return; }
+    }
+    atomicOr(&b.overflow, 1);
+}
+// Whether the query (seq, pos) sees one of the recorded keys.
+DEVI bool bad_keys_seen(const BadKeys& b, int seq, int pos) {
+    if (seq < 0) return false;
+    if (b.overflow) return true;
+    bool seen = false;
+    for (int i = 0; i < BAD_SLOTS; i++) seen |= b.seq[i] == seq && b.pos[i] <= pos;
+    return seen;
+}
+// Zeroes the non-finite 16-bit values (exponent all ones) of the 16-byte chunk at shared address
+// `a`, part of key row `key`, and records the key.
+template <bool BF16> DEVI void scrub16(u32 a, int key, const int* __restrict__ k_seq, const int* __restrict__ k_pos,
+                                       BadKeys& bad) {
+    const u32 e = BF16 ? 0x7f80u : 0x7c00u;
+    u32 w[4];
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "r"(a));
+    bool bad_chunk = false;
+    #pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const bool lo = (w[i] & e) == e, hi = ((w[i] >> 16) & e) == e;
+        bad_chunk |= lo || hi;
+        w[i] &= (lo ? 0xffff0000u : 0xffffffffu) & (hi ? 0x0000ffffu : 0xffffffffu);
+    }
+    if (!bad_chunk) return;
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(a), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3]) : "memory");
+    bad_keys_add(bad, k_seq[key], k_pos[key]);
+}
+
 // Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows][D] tile of 16-bit
 // values: the chunk index is xor-ed with the row (mod 8) so that ldmatrix's eight row reads of
 // one column land in eight different bank groups.
@@ -116,7 +164,7 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
                           void* __restrict__ out, float* __restrict__ lse, const int* __restrict__ q_seq,
                           const int* __restrict__ q_pos, const int* __restrict__ k_seq, const int* __restrict__ k_pos,
                           const int4* __restrict__ q_tiles, const int4* __restrict__ k_tiles, int tq, int tk, int nh,
-                          int nkv, float scale_log2) {
+                          int nkv, float scale_log2, int split_tiles) {
     constexpr int BM = 16 * NW * MT, BN = 64, CH = D / 8;  // CH: 16-byte chunks per row
     extern __shared__ __align__(128) unsigned char smem[];
     u16* sq = (u16*)smem;
@@ -127,8 +175,14 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
     const int h = blockIdx.y, kvh = h / (nh / nkv), m0 = blockIdx.x * BM;
     const int n_ktiles = (tk + BN - 1) / BN;
     const int4 qt = tiles_summary(q_tiles, (tq + 63) / 64, blockIdx.x * (BM / 64), BM / 64);
+    // Split-KV (grid z): this block takes key tiles [j_lo, j_hi) and writes partial z.
+    const int j_lo = blockIdx.z * split_tiles, j_hi = min(n_ktiles, j_lo + split_tiles);
+    out = (char*)out + (size_t)blockIdx.z * tq * nh * D * (OUT_F32 ? 4 : 2);
+    lse += (size_t)blockIdx.z * tq * nh;
+    __shared__ BadKeys bad;
+    bad_keys_init(bad);
 
-    auto next_visible = [&](int j) { return next_visible_tile<1>(qt, k_tiles, n_ktiles, j, n_ktiles); };
+    auto next_visible = [&](int j) { return next_visible_tile<1>(qt, k_tiles, n_ktiles, j, j_hi); };
     auto load_kv = [&](int j, int buf) {
         const int n0 = j * BN;
         for (int c = tid; c < BN * CH; c += NW * 32) {
@@ -146,8 +200,8 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
         bool ok = row < tq;
         cp_async16(smem_addr(sq) + swz<D>(r, ch), q + ((size_t)(ok ? row : 0) * nh + h) * D + ch * 8, ok);
     }
-    int j = next_visible(0);
-    if (j < n_ktiles) load_kv(j, 0);
+    int j = next_visible(j_lo);
+    if (j < j_hi) load_kv(j, 0);
     cp_async_commit();
 
     // This thread's rows: in m-tile mt, r0 + 16*mt and r0 + 16*mt + 8, r0 = warp*16*MT + lane/4.
@@ -171,14 +225,19 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
 
     int buf = 0;
     bool first = true;
-    while (j < n_ktiles) {
+    while (j < j_hi) {
         int kind = classify(qt, k_tiles[j]);
         if (kind == 1 && (j + 1) * BN > tk) kind = 2;  // a short last tile: mask its missing rows
         const int jn = next_visible(j + 1);
-        if (jn < n_ktiles) load_kv(jn, buf ^ 1);
+        if (jn < j_hi) load_kv(jn, buf ^ 1);
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
+        if (kind == 2) {  // block-uniform: masked pairs here, so no non-finite V may stay
+            for (int c = tid; c < BN * CH; c += NW * 32)
+                scrub16<BF16>(smem_addr(sv + buf * BN * D) + swz<D>(c / CH, c % CH), j * BN + c / CH, k_seq, k_pos, bad);
+            __syncthreads();
+        }
         if (MT == 1 && first) {
             for (int kk = 0; kk < D / 16; kk++) {
                 int row = warp * 16 + (lane & 15), ch = kk * 2 + (lane >> 4);
@@ -293,6 +352,7 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
         j = jn;
     }
     cp_async_wait<0>();
+    __syncthreads();  // `bad` complete (and initialised where no tile was visible)
 
     // Epilogue: normalise, write O and LSE (natural log). Rows that saw nothing: 0 and -inf.
     #pragma unroll
@@ -304,6 +364,7 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
             l += __shfl_xor_sync(0xffffffff, l, 2);
             int row = m0 + r0 + 16 * mt + 8 * i;
             float inv = l > 0.f ? 1.f / l : 0.f;
+            if (bad_keys_seen(bad, my_seq[mt][i], my_pos[mt][i])) inv = __int_as_float(0x7fc00000);
             if (row < tq) {
                 size_t base = ((size_t)row * nh + h) * D;
                 #pragma unroll
@@ -322,9 +383,9 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
     extern "C" __global__ void __launch_bounds__(NW * 32) NAME(                                                   \
         const u16* q, const u16* k, const u16* v, void* out, float* lse, const int* q_seq, const int* q_pos,     \
         const int* k_seq, const int* k_pos, const int4* q_tiles, const int4* k_tiles, int tq, int tk, int nh,    \
-        int nkv, float scale_log2) {                                                                              \
+        int nkv, float scale_log2, int split_tiles) {                                                             \
         flash_fwd<D, BF16, OUT_F32, NW, MT>(q, k, v, out, lse, q_seq, q_pos, k_seq, k_pos, q_tiles, k_tiles, tq, \
-                                            tk, nh, nkv, scale_log2);                                             \
+                                            tk, nh, nkv, scale_log2, split_tiles);                                \
     }
 #define FLASH_WARPS(D, T, BF16)                                          \
     FLASH_ENTRY(flash_fwd_d##D##_##T##_f32_w8, D, BF16, true, 8, 1)      \
@@ -473,7 +534,7 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
                              void* __restrict__ out, float* __restrict__ lse, const int* __restrict__ q_seq,
                              const int* __restrict__ q_pos, const int* __restrict__ k_seq, const int* __restrict__ k_pos,
                              const int4* __restrict__ q_tiles, const int4* __restrict__ k_tiles, int tq, int tk, int nh,
-                             int nkv, float scale_log2) {
+                             int nkv, float scale_log2, int split_tiles) {
 #if CP_WGMMA
     constexpr int BM = 128, BN = 128, CH = D / 8, NT = 256;
     constexpr u32 Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
@@ -490,8 +551,23 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
     const int h = blockIdx.x, kvh = h / (nh / nkv), qb = gridDim.y - 1 - blockIdx.y, m0 = qb * BM;
     const int n_ktiles = (tk + BN - 1) / BN, n_t64 = (tk + 63) / 64;
     const int4 qt = tiles_summary(q_tiles, (tq + 63) / 64, 2 * qb, 2);
+    // Split-KV (grid z): this block takes key tiles [j_lo, j_hi) and writes partial z.
+    const int j_lo = blockIdx.z * split_tiles, j_hi = min(n_ktiles, j_lo + split_tiles);
+    out = (char*)out + (size_t)blockIdx.z * tq * nh * D * (OUT_F32 ? 4 : 2);
+    lse += (size_t)blockIdx.z * tq * nh;
+    __shared__ BadKeys bad;
+    bad_keys_init(bad);
     auto ktile = [&](int j) { return tiles_summary(k_tiles, n_t64, 2 * j, 2); };
-    auto next_visible = [&](int j) { return next_visible_tile<2>(qt, k_tiles, n_t64, j, n_ktiles); };
+    auto next_visible = [&](int j) { return next_visible_tile<2>(qt, k_tiles, n_t64, j, j_hi); };
+    // A tile with masked pairs must hold no non-finite V (see BadKeys); block-uniform.
+    auto scrub = [&](int j, int st) {
+        if (classify(qt, ktile(j)) != 2) return;
+        #pragma unroll 1
+        for (int i = 0; i < BN * CH / NT; i++) {
+            const int c = tid + i * NT, r = c / CH, ch = c % CH;
+            scrub16<BF16>(sv(st) + sw128(BN, r, ch), j * BN + r, k_seq, k_pos, bad);
+        }
+    };
     auto load_kv = [&](int j, int s) {
         const int n0 = j * BN;
         #pragma unroll
@@ -570,12 +646,12 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
         }
     };
 
-    int j = next_visible(0);
-    if (j < n_ktiles) {  // the same for every thread of the block
+    int j = next_visible(j_lo);
+    if (j < j_hi) {  // the same for every thread of the block
         load_kv(j, 0);
         cp_async_commit();
         int jn = next_visible(j + 1);
-        if (jn < n_ktiles) load_kv(jn, 1);
+        if (jn < j_hi) load_kv(jn, 1);
         cp_async_commit();
         cp_async_wait<1>();
         fence_proxy_async();
@@ -585,6 +661,7 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
         wg_fence();
         wg_qk<D, BN, BF16>(s, q_base, BM, sk(0));
         wg_commit();
+        scrub(j, 0);  // V of stage 0 is read by the first P V, after the next barrier
         wg_wait<0>();
         pin<BN / 2>(s);
         softmax(j, corr, rsum);
@@ -593,19 +670,20 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
         wg_pack<BN, BF16>(p, s);
 
         int cs = 0;  // stage of tile j; tile jn is in the next stage, the third is free
-        while (jn < n_ktiles) {
+        while (jn < j_hi) {
             const int ns = cs == 2 ? 0 : cs + 1, fs = ns == 2 ? 0 : ns + 1;
             const int after = next_visible(jn + 1);
             cp_async_wait<0>();  // tile jn has landed (this thread's copies)
             fence_proxy_async();
             __syncthreads();  // everyone's copies landed; everyone is done with the free stage
-            if (after < n_ktiles) load_kv(after, fs);
+            if (after < j_hi) load_kv(after, fs);
             cp_async_commit();
             wg_fence();
             wg_qk<D, BN, BF16>(s, q_base, BM, sk(ns));
             wg_commit();
             wg_pv<D, BN, BF16>(o, p, sv(cs));
             wg_commit();
+            scrub(jn, ns);  // no product in flight reads V of stage ns; its P V comes after a barrier
             wg_wait<1>();  // S of tile jn is ready; P V of tile j may still run
             pin<BN / 2>(s);
             softmax(jn, corr, rsum);
@@ -630,6 +708,8 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
             j = jn;
             jn = after;
         }
+        fence_proxy_async();  // the last scrub's writes, before the last P V reads them
+        __syncthreads();
         wg_fence();
         wg_pv<D, BN, BF16>(o, p, sv(cs));
         wg_commit();
@@ -637,6 +717,7 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
         pin<D / 2>(o);
     }
     cp_async_wait<0>();
+    __syncthreads();  // `bad` complete (and initialised where no tile was visible)
 
     // Epilogue: normalise, write O and LSE (natural log). Rows that saw nothing: 0 and -inf.
     #pragma unroll
@@ -645,7 +726,8 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
         l += __shfl_xor_sync(0xffffffff, l, 1);
         l += __shfl_xor_sync(0xffffffff, l, 2);
         const int row = m0 + r0 + 8 * i;
-        const float inv = l > 0.f ? 1.f / l : 0.f;
+        float inv = l > 0.f ? 1.f / l : 0.f;
+        if (bad_keys_seen(bad, my_seq[i], my_pos[i])) inv = __int_as_float(0x7fc00000);
         if (row < tq) {
             const size_t obase = ((size_t)row * nh + h) * D;
             #pragma unroll
@@ -667,9 +749,9 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
     extern "C" __global__ void __launch_bounds__(256, 1) NAME(                                                    \
         const u16* q, const u16* k, const u16* v, void* out, float* lse, const int* q_seq, const int* q_pos,     \
         const int* k_seq, const int* k_pos, const int4* q_tiles, const int4* k_tiles, int tq, int tk, int nh,    \
-        int nkv, float scale_log2) {                                                                              \
+        int nkv, float scale_log2, int split_tiles) {                                                             \
         flash_fwd_wg<D, BF16, OUT_F32>(q, k, v, out, lse, q_seq, q_pos, k_seq, k_pos, q_tiles, k_tiles, tq, tk,   \
-                                       nh, nkv, scale_log2);                                                      \
+                                       nh, nkv, scale_log2, split_tiles);                                         \
     }
 FLASH_WG_ENTRY(flash_fwd_d64_bf16_f32_wg, 64, true, true)
 FLASH_WG_ENTRY(flash_fwd_d64_bf16_b16_wg, 64, true, false)
@@ -755,10 +837,12 @@ DEVI void merge_fold(float* __restrict__ acc_out, const float* __restrict__ acc_
         u16 hs[4] = {(u16)(t.x & 0xffff), (u16)(t.x >> 16), (u16)(t.y & 0xffff), (u16)(t.y >> 16)};
         for (int e = 0; e < 4; e++) b[e] = PART_KIND == 1 ? bf16_to_f32(hs[e]) : f16_to_f32(hs[e]);
     }
-    a.x = (a.x * wa + b[0] * wb) * inv;
-    a.y = (a.y * wa + b[1] * wb) * inv;
-    a.z = (a.z * wa + b[2] * wb) * inv;
-    a.w = (a.w * wa + b[3] * wb) * inv;
+    // A side of weight 0 (LSE -inf: it saw no key) contributes nothing, whatever its output
+    // holds (0 x NaN would be NaN); a NaN weight still propagates.
+    a.x = ((wa != 0.f ? a.x * wa : 0.f) + (wb != 0.f ? b[0] * wb : 0.f)) * inv;
+    a.y = ((wa != 0.f ? a.y * wa : 0.f) + (wb != 0.f ? b[1] * wb : 0.f)) * inv;
+    a.z = ((wa != 0.f ? a.z * wa : 0.f) + (wb != 0.f ? b[2] * wb : 0.f)) * inv;
+    a.w = ((wa != 0.f ? a.w * wa : 0.f) + (wb != 0.f ? b[3] * wb : 0.f)) * inv;
     *(float4*)(acc_out + row * d + c) = a;
     if (c == 0) new_lse[row] = den > 0.f ? ms + __logf(den) : NEG_INF;
 }
@@ -803,7 +887,8 @@ DEVI void merge_n(const Parts& p, const float* strided_out, const float* strided
         for (int i = 0; i < 8; i++) {
             float w = __expf(l[i] - ms);
             den += w;
-            acc[0] += w * t[i].x; acc[1] += w * t[i].y; acc[2] += w * t[i].z; acc[3] += w * t[i].w;
+            // A part of weight 0 (LSE -inf) contributes nothing, whatever its output holds.
+            if (w != 0.f) { acc[0] += w * t[i].x; acc[1] += w * t[i].y; acc[2] += w * t[i].z; acc[3] += w * t[i].w; }
         }
         mx = gm;
     }
@@ -821,6 +906,14 @@ extern "C" __global__ void merge_all_f16(Parts p, int n, void* o, float* ol, lon
 extern "C" __global__ void merge_strided_f32(const float* po, const float* pl, int n, void* o, float* ol, long rows, int d) {
     Parts none;
     merge_n<0>(none, po, pl, n, o, ol, rows, d);
+}
+extern "C" __global__ void merge_strided_bf16(const float* po, const float* pl, int n, void* o, float* ol, long rows, int d) {
+    Parts none;
+    merge_n<1>(none, po, pl, n, o, ol, rows, d);
+}
+extern "C" __global__ void merge_strided_f16(const float* po, const float* pl, int n, void* o, float* ol, long rows, int d) {
+    Parts none;
+    merge_n<2>(none, po, pl, n, o, ol, rows, d);
 }
 
 // Split-KV decode (flash-decoding): one query row per block column, keys of its sequence in
@@ -973,7 +1066,9 @@ DEVI void decode_mma(const u16* __restrict__ q, const u16* __restrict__ k, const
         #pragma unroll
         for (int idx = lane; idx < KC * CH; idx += 32) {
             const int r = idx / CH, ch = idx % CH, row = key0 + r;
-            const bool ok = row < end;
+            // A key the query must not see is not loaded (zeros): whatever its V holds cannot
+            // reach the query through P V (0 x NaN).
+            const bool ok = row < end && k_pos[row] <= qp;
             const size_t off = ((size_t)(ok ? row : start) * nkv + kvh) * D + ch * 8;
             cp_async16(ks + swz<D>(r, ch), k + off, ok);
             cp_async16(vs + swz<D>(r, ch), v + off, ok);
@@ -1113,3 +1208,32 @@ DECODE_MMA_ENTRY(decode_mma_d128_bf16, 128, true)
 DECODE_MMA_ENTRY(decode_mma_d128_f16, 128, false)
 DECODE_MMA_ENTRY(decode_mma_d64_bf16, 64, true)
 DECODE_MMA_ENTRY(decode_mma_d64_f16, 64, false)
+
+// ---------------------------------------------------------------------------------------------
+// Inputs drawn on the device: element `col` of the row of token (seq, pos) is a uniform value in
+// [-2, 2) (24 random bits, exact in f32) from a counter-based hash of (seed, seq, pos, col), so
+// every rank, layout and run draws the same value for the same token, and the host can recompute
+// any of them (`cp_attention::hashed_value`). Padding rows get `pad_bits`.
+// ---------------------------------------------------------------------------------------------
+DEVI u64 mix64(u64 z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+template <bool BF16>
+DEVI void fill_rows(u16* __restrict__ out, const int* __restrict__ seq, const int* __restrict__ pos, long rows, int width,
+                    u64 seed, u32 pad_bits) {
+    const long n = rows * width;
+    for (long idx = (long)blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += (long)gridDim.x * blockDim.x) {
+        const long row = idx / width;
+        const int col = (int)(idx % width);
+        const int sq = seq[row];
+        if (sq < 0) { out[idx] = (u16)pad_bits; continue; }
+        const u64 h = mix64(mix64(seed ^ mix64(((u64)(u32)sq << 32) | (u32)pos[row])) + (u64)col);
+        const float x = (float)(h >> 40) * (4.0f / 16777216.0f) - 2.0f;
+        out[idx] = to16<BF16>(x);
+    }
+}
+extern "C" __global__ void fill_rows_bf16(u16* o, const int* s, const int* p, long rows, int width, u64 seed, u32 pad) { fill_rows<true>(o, s, p, rows, width, seed, pad); }
+extern "C" __global__ void fill_rows_f16(u16* o, const int* s, const int* p, long rows, int width, u64 seed, u32 pad) { fill_rows<false>(o, s, p, rows, width, seed, pad); }

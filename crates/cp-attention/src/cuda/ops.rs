@@ -127,7 +127,9 @@ impl Kernels {
             big.push(("wg_selftest".into(), flash_wg_smem(128)));
         }
         names.extend(["merge_fold_f32", "merge_fold_bf16", "merge_fold_f16"].map(String::from));
-        names.extend(["merge_all_f32", "merge_all_bf16", "merge_all_f16", "merge_strided_f32"].map(String::from));
+        names.extend(["merge_all_f32", "merge_all_bf16", "merge_all_f16"].map(String::from));
+        names.extend(["merge_strided_f32", "merge_strided_bf16", "merge_strided_f16"].map(String::from));
+        names.extend(["fill_rows_bf16", "fill_rows_f16"].map(String::from));
         let mut functions = HashMap::new();
         for name in names {
             let f = module.load_function(&name).map_err(cuda_err("cuModuleGetFunction"))?;
@@ -164,6 +166,9 @@ pub struct CudaAttention {
     pub prefill: PrefillKernel,
     /// The split-KV decode kernel.
     pub decode_kernel: DecodeKernel,
+    /// Whether a prefill launch that under-fills the GPU splits its key range ([`kv_splits`]);
+    /// on by default.
+    pub split_kv: bool,
     decode_args: Arc<Mutex<HashMap<DecodeKey, Arc<DecodeArgs>>>>,
 }
 
@@ -214,6 +219,7 @@ impl CudaAttention {
             partial_dtype: GpuDType::F32,
             prefill: if wgmma { PrefillKernel::Wgmma } else { PrefillKernel::Mma { warps: 4, m_tiles: 2 } },
             decode_kernel: DecodeKernel::TensorCore,
+            split_kv: true,
             decode_args: Arc::default(),
         })
     }
@@ -229,6 +235,7 @@ impl CudaAttention {
             partial_dtype: self.partial_dtype,
             prefill: self.prefill,
             decode_kernel: self.decode_kernel,
+            split_kv: self.split_kv,
             decode_args: self.decode_args.clone(),
         }
     }
@@ -357,37 +364,109 @@ impl CudaAttention {
                 (format!("{prefix}_{suffix}"), 16 * warps * m_tiles, 32 * warps, flash_smem(d, warps, m_tiles))
             }
         };
-        let f = self.kernels.get(&name)?;
+        let blocks = tq.div_ceil(rows_per_block);
+        let key_tile = if self.prefill == PrefillKernel::Wgmma { 128 } else { super::layout::TILE };
+        let key_tiles = tk.div_ceil(key_tile);
+        let splits = if self.split_kv { kv_splits(blocks * nh, key_tiles, self.sm_count) } else { 1 };
         let mut out = GpuTensor::alloc(&self.stream, out_dtype, &[tq, nh, d])?;
         let mut lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &[tq, nh])?;
-        if tq > 0 {
-            let (tq_i, tk_i, nh_i, nkv_i) = (tq as i32, tk as i32, nh as i32, nkv as i32);
-            let scale = self.scale_log2(d);
-            let blocks = tq.div_ceil(rows_per_block);
-            // The wgmma kernel takes (heads, query blocks); the mma.sync ones the transpose.
-            let (x, y) = if self.prefill == PrefillKernel::Wgmma { (nh, blocks) } else { (blocks, nh) };
-            if y > 65_535 || x > i32::MAX as usize {
-                return Err(AttentionError::Unsupported(format!(
-                    "a grid of {x} x {y} blocks for {tq} query rows and {nh} heads (CUDA allows 2^31-1 x 65535)"
-                )));
-            }
-            let cfg = LaunchConfig {
-                grid_dim: (x as u32, y as u32, 1),
-                block_dim: (threads as u32, 1, 1),
-                shared_mem_bytes: smem as u32,
-            };
+        if tq == 0 {
+            return Ok(Partial {
+                out: GpuTensor::from_parts(out, out_dtype, vec![tq, nh, d]),
+                lse: GpuTensor::from_parts(lse, GpuDType::F32, vec![tq, nh]),
+            });
+        }
+        // The wgmma kernel takes (heads, query blocks, splits); the mma.sync ones (query blocks,
+        // heads, splits).
+        let (x, y) = if self.prefill == PrefillKernel::Wgmma { (nh, blocks) } else { (blocks, nh) };
+        if y > 65_535 || x > i32::MAX as usize {
+            return Err(AttentionError::Unsupported(format!(
+                "a grid of {x} x {y} blocks for {tq} query rows and {nh} heads (CUDA allows 2^31-1 x 65535)"
+            )));
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (x as u32, y as u32, splits as u32),
+            block_dim: (threads as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        let (tq_i, tk_i, nh_i, nkv_i) = (tq as i32, tk as i32, nh as i32, nkv as i32);
+        let split_tiles = key_tiles.div_ceil(splits).max(1) as i32;
+        let scale = self.scale_log2(d);
+        let launch = |name: &str, out: &mut CudaSlice<u8>, lse: &mut CudaSlice<u8>| -> Result<()> {
+            let f = self.kernels.get(name)?;
             let mut b = self.stream.launch_builder(f);
-            b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&mut out).arg(&mut lse);
+            b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(out).arg(lse);
             b.arg(&ql.seq).arg(&ql.pos).arg(&kl.seq).arg(&kl.pos).arg(&ql.tiles).arg(&kl.tiles);
-            b.arg(&tq_i).arg(&tk_i).arg(&nh_i).arg(&nkv_i).arg(&scale);
-            // SAFETY: argument types and order match the kernel; buffers hold the shapes checked
-            // above; the grid covers every query row and the dynamic shared memory is set.
+            b.arg(&tq_i).arg(&tk_i).arg(&nh_i).arg(&nkv_i).arg(&scale).arg(&split_tiles);
+            // SAFETY: argument types and order match the kernel; `out` and `lse` hold one
+            // [tq, nh, d] / [tq, nh] partial per split (grid z); the grid covers every query
+            // row and key tile, and the dynamic shared memory is set.
             unsafe { b.launch(cfg) }.map_err(cuda_err("launch flash_fwd"))?;
+            Ok(())
+        };
+        if splits == 1 {
+            launch(&name, &mut out, &mut lse)?;
+        } else {
+            // Flash-decoding for prefill: each split writes an f32 partial over its key tiles,
+            // and one strided N-way merge combines them into the output dtype.
+            let f32_name = name.replacen("_b16_", "_f32_", 1);
+            let mut part_out = GpuTensor::alloc(&self.stream, GpuDType::F32, &[splits, tq, nh, d])?;
+            let mut part_lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &[splits, tq, nh])?;
+            launch(&f32_name, &mut part_out, &mut part_lse)?;
+            let f = self.kernels.get(&format!("merge_strided_{}", out_dtype.tag()))?;
+            let (n, rows_l, d_i) = (splits as i32, (tq * nh) as i64, d as i32);
+            let mut b = self.stream.launch_builder(f);
+            b.arg(&part_out).arg(&part_lse).arg(&n).arg(&mut out).arg(&mut lse).arg(&rows_l).arg(&d_i);
+            // SAFETY: `splits` contiguous partials of `tq * nh` rows of `d` f32 and their LSEs;
+            // `out` holds `tq * nh * d` elements of `out_dtype`, `lse` `tq * nh` f32.
+            unsafe { b.launch(elementwise(tq * nh * d / 4)) }.map_err(cuda_err("launch merge_strided"))?;
         }
         Ok(Partial {
             out: GpuTensor::from_parts(out, out_dtype, vec![tq, nh, d]),
             lse: GpuTensor::from_parts(lse, GpuDType::F32, vec![tq, nh]),
         })
+    }
+
+    /// A tensor `[rows, heads, head_dim]` for the rows of `layout`, drawn on the device: element
+    /// `c` of the row of token `(seq, pos)` is [`crate::hashed_value`]`(seed, seq, pos, c)`
+    /// rounded to `dtype`, the same on every rank and in every layout; padding rows hold `pad`
+    /// (NaN, say, to check that padding never reaches a result).
+    pub fn random_rows(
+        &self,
+        layout: &Layout,
+        heads: usize,
+        head_dim: usize,
+        dtype: GpuDType,
+        seed: u64,
+        pad: f32,
+    ) -> Result<GpuTensor> {
+        let name = match dtype {
+            GpuDType::Bf16 => "fill_rows_bf16",
+            GpuDType::F16 => "fill_rows_f16",
+            GpuDType::F32 => return Err(AttentionError::Unsupported("random_rows draws bf16 or f16".into())),
+        };
+        let dl = self.device_layout(layout)?;
+        let width = heads.checked_mul(head_dim).filter(|&w| w > 0 && w <= i32::MAX as usize).ok_or_else(|| {
+            AttentionError::Unsupported(format!("row width {heads} heads x {head_dim} (must be 1..2^31)"))
+        })?;
+        let mut t = GpuTensor::alloc(&self.stream, dtype, &[layout.len(), heads, head_dim])?;
+        let pad_bits = u32::from(match dtype {
+            GpuDType::Bf16 => half::bf16::from_f32(pad).to_bits(),
+            _ => half::f16::from_f32(pad).to_bits(),
+        });
+        let (rows_l, width_i) = (layout.len() as i64, width as i32);
+        let f = self.kernels.get(name)?;
+        let cfg = LaunchConfig {
+            grid_dim: ((layout.len() * width).div_ceil(256).clamp(1, 8 * 1024) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut t).arg(&dl.seq).arg(&dl.pos).arg(&rows_l).arg(&width_i).arg(&seed).arg(&pad_bits);
+        // SAFETY: `t` holds rows x width 16-bit values; `dl` has one (seq, pos) per row (a
+        // padding entry for an empty layout, which the kernel does not read).
+        unsafe { b.launch(cfg) }.map_err(cuda_err("launch fill_rows"))?;
+        Ok(GpuTensor::from_parts(t, dtype, vec![layout.len(), heads, head_dim]))
     }
 
     /// Prepares the decode kernel's arguments for a pair of layouts: each query row's key
@@ -641,6 +720,21 @@ impl CudaAttention {
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(cuda_err("cuStreamSynchronize"))
     }
+}
+
+/// How many splits of the key range a prefill launch of `blocks` thread blocks (query blocks x
+/// heads) over `key_tiles` key tiles takes (flash-decoding for prefill). With one block per
+/// multiprocessor, a launch takes `ceil(blocks * s / sm_count)` waves of `key_tiles / s + 2`
+/// tile times each (the 2: a split's pipeline prologue and epilogue); the count `s` (at most 16)
+/// that minimises this is taken. A grid that fills the GPU by itself is not split: a short query
+/// block over a long key range — partial prefill at a low miss rate, pass-Q's travelling
+/// queries — is what this is for.
+pub fn kv_splits(blocks: usize, key_tiles: usize, sm_count: usize) -> usize {
+    if blocks == 0 || sm_count == 0 || blocks >= sm_count || key_tiles < 8 {
+        return 1;
+    }
+    let cost = |s: usize| (blocks * s).div_ceil(sm_count) as f64 * (key_tiles as f64 / s as f64 + 2.0);
+    (2..=16.min(key_tiles / 4)).fold(1, |best, s| if cost(s) < cost(best) { s } else { best })
 }
 
 /// Query rows up to which a partial attention takes the split-KV decode kernel.

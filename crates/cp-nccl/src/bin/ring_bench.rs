@@ -439,7 +439,7 @@ fn nccl_bandwidth(devices: &[CudaAttention]) -> Result<f64, Error> {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| Err(cp_sim::panic_message(&*p)))).collect()
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| Err(cp_ring::panic_message(&*p)))).collect()
     });
     let mut slowest = f64::INFINITY;
     for (rank, r) in per_rank.into_iter().enumerate() {

@@ -3,7 +3,7 @@
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
-use cp_ring::RingTransport;
+use crate::RingTransport;
 
 /// Why an exchange failed on one rank.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
