@@ -63,6 +63,18 @@ impl CpuAttention {
             let lse = Tensor::full(f64::NEG_INFINITY, (dims.q_rows, dims.n_heads), q.device())?.to_dtype(cd)?;
             return Ok(Partial { out, lse });
         }
+        // A masked key has P = 0, but 0 x NaN = NaN: a non-finite V row would reach, through
+        // P V, queries that must not see it (padding, future positions, other sequences,
+        // unused cache slots). Such values are zeroed, and the queries that do see a bad row
+        // get NaN below, as exact attention gives them. `bad` is [NKV, Tk]: 1 where the row of
+        // that head holds a non-finite value.
+        let finite = v.abs()?.lt(f64::INFINITY)?;
+        let (v, bad) = if finite.min_all()?.to_scalar::<u8>()? == 0 {
+            let bad = finite.min_keepdim(D::Minus1)?.squeeze(D::Minus1)?.eq(0u8)?.to_dtype(cd)?;
+            (finite.where_cond(&v, &v.zeros_like()?)?, Some(bad))
+        } else {
+            (v, None)
+        };
         let q_tokens: Vec<Option<Token>> = q_layout.rows().collect();
         let kv_tokens: Vec<Option<Token>> = kv_layout.rows().collect();
 
@@ -70,12 +82,15 @@ impl CpuAttention {
         let mut lses = Vec::new();
         for start in (0..dims.q_rows).step_by(Q_ROWS_PER_BLOCK) {
             let rows = Q_ROWS_PER_BLOCK.min(dims.q_rows - start);
-            let mask = mask(&q_tokens[start..start + rows], &kv_tokens, cd)?;
+            let visible = visibility(&q_tokens[start..start + rows], &kv_tokens)?;
             // [Tq, NH, DH] -> [NH, Tq, DH] -> [NKV, g * Tq, DH]: heads h = kvh * g + j.
             let qb = q.narrow(0, start, rows)?.to_dtype(cd)?.transpose(0, 1)?.contiguous()?;
             let qb = qb.reshape((dims.n_kv_heads, group * rows, dims.head_dim))?;
             let scores = (qb.matmul(&k_t)? * scale)?.reshape((dims.n_kv_heads, group, rows, dims.kv_rows))?;
-            let scores = scores.broadcast_add(&mask)?;
+            // Masked scores are replaced, not added to: a NaN or infinite score of a masked
+            // pair (a NaN key, or a huge one overflowing q.k) must not survive the mask.
+            let neg_inf = Tensor::full(f64::NEG_INFINITY, scores.shape(), q.device())?.to_dtype(cd)?;
+            let scores = visible.broadcast_as(scores.shape())?.where_cond(&scores, &neg_inf)?;
             let max = scores.max_keepdim(D::Minus1)?;
             // A row with no visible key has max = -inf; use 0 so exp gives 0, not NaN.
             let max = finite_or_zero(&max)?;
@@ -84,7 +99,14 @@ impl CpuAttention {
             let safe_sum = sum.gt(0.0)?.where_cond(&sum, &sum.ones_like()?)?;
             let p = p.reshape((dims.n_kv_heads, group * rows, dims.kv_rows))?;
             let out = p.matmul(&v)?.reshape((dims.n_kv_heads, group, rows, dims.head_dim))?;
-            let out = out.broadcast_div(&safe_sum)?;
+            let mut out = out.broadcast_div(&safe_sum)?;
+            if let Some(bad) = &bad {
+                // [NKV, 1, Tq, Tk] x [NKV, 1, Tk, 1]: how many bad rows each query sees.
+                let seen = visible.to_dtype(cd)?.unsqueeze(0)?.broadcast_matmul(&bad.unsqueeze(1)?.unsqueeze(3)?)?;
+                let poisoned = seen.gt(0.0)?.broadcast_as(out.shape())?;
+                let nan = Tensor::full(f64::NAN, out.shape(), q.device())?.to_dtype(cd)?;
+                out = poisoned.where_cond(&nan, &out)?;
+            }
             let lse = (max + sum.log()?)?;
             // Back to [Tq, NH, DH] and [Tq, NH].
             outs.push(out.reshape((dims.n_heads, rows, dims.head_dim))?.transpose(0, 1)?.contiguous()?);
@@ -127,9 +149,13 @@ pub fn merge_all(parts: &[Partial<Tensor>]) -> Result<Partial<Tensor>> {
     let mut denom = max.zeros_like()?;
     let mut num = first.out.zeros_like()?;
     for p in parts {
-        let w = (&p.lse - &max)?.exp()?;
-        num = (num + p.out.broadcast_mul(&w.unsqueeze(D::Minus1)?)?)?;
-        denom = (denom + w)?;
+        let w = (&p.lse - &max)?.exp()?.unsqueeze(D::Minus1)?;
+        // A part of weight 0 (LSE -inf: it saw no key) adds nothing, whatever its output holds
+        // (0 x NaN would be NaN); a NaN weight still propagates.
+        let term = p.out.broadcast_mul(&w)?;
+        let term = w.ne(0.0)?.broadcast_as(term.shape())?.where_cond(&term, &term.zeros_like()?)?;
+        num = (num + term)?;
+        denom = (denom + w.squeeze(D::Minus1)?)?;
     }
     let safe = denom.gt(0.0)?.where_cond(&denom, &denom.ones_like()?)?;
     let out = num.broadcast_div(&safe.unsqueeze(D::Minus1)?)?;
@@ -204,6 +230,13 @@ fn check_inputs(q: &Tensor, q_layout: &Layout, k: &Tensor, v: &Tensor, kv_layout
     if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
         return Err(AttentionError::Heads { n_heads, n_kv_heads });
     }
+    if head_dim == 0 {
+        return Err(AttentionError::Shape {
+            what: "q",
+            expected: "[Tq, NH, DH] with DH > 0".into(),
+            actual: q.dims().to_vec(),
+        });
+    }
     for (what, t) in [("q", q), ("k", k), ("v", v)] {
         compute_dtype(t.dtype())?;
         if t.dtype() != q.dtype() {
@@ -218,11 +251,9 @@ fn check_inputs(q: &Tensor, q_layout: &Layout, k: &Tensor, v: &Tensor, kv_layout
     Ok(Dims { q_rows, kv_rows, n_heads, n_kv_heads, head_dim })
 }
 
-/// The additive mask `[Tq, Tk]`: 0 where the key is visible, `-inf` elsewhere.
-fn mask(q_tokens: &[Option<Token>], kv_tokens: &[Option<Token>], dtype: DType) -> Result<Tensor> {
-    let values: Vec<f64> = q_tokens
-        .iter()
-        .flat_map(|&q| kv_tokens.iter().map(move |&k| if visible(q, k) { 0.0 } else { f64::NEG_INFINITY }))
-        .collect();
-    Ok(Tensor::from_vec(values, (q_tokens.len(), kv_tokens.len()), &candle_core::Device::Cpu)?.to_dtype(dtype)?)
+/// The visibility `[Tq, Tk]` (u8): 1 where the query sees the key.
+fn visibility(q_tokens: &[Option<Token>], kv_tokens: &[Option<Token>]) -> Result<Tensor> {
+    let values: Vec<u8> =
+        q_tokens.iter().flat_map(|&q| kv_tokens.iter().map(move |&k| u8::from(visible(q, k)))).collect();
+    Ok(Tensor::from_vec(values, (q_tokens.len(), kv_tokens.len()), &candle_core::Device::Cpu)?)
 }

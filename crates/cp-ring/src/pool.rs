@@ -72,7 +72,10 @@ impl<E> PoolError<E> {
     /// Every rank's result if all succeeded, else the error that started the failure: the
     /// first whose `is_echo` is false (a rank's own failure rather than its report that a peer
     /// went away), else the first.
-    pub fn all_ok<R>(results: Vec<Result<R, PoolError<E>>>, is_echo: impl Fn(&E) -> bool) -> Result<Vec<R>, PoolError<E>> {
+    pub fn all_ok<R>(
+        results: Vec<Result<R, PoolError<E>>>,
+        is_echo: impl Fn(&E) -> bool,
+    ) -> Result<Vec<R>, PoolError<E>> {
         if results.iter().all(Result::is_ok) {
             return Ok(results.into_iter().filter_map(Result::ok).collect());
         }
@@ -111,7 +114,11 @@ impl<S: 'static> RankPool<S> {
 
     /// As [`RankPool::new`], with `is_echo` telling a peer's report of another rank's failure
     /// from a failure of its own (see [`PoolError::all_ok`]).
-    pub fn new_filtered<E, F>(world_size: usize, init: F, is_echo: impl Fn(&E) -> bool) -> Result<RankPool<S>, PoolError<E>>
+    pub fn new_filtered<E, F>(
+        world_size: usize,
+        init: F,
+        is_echo: impl Fn(&E) -> bool,
+    ) -> Result<RankPool<S>, PoolError<E>>
     where
         E: Send + 'static,
         F: Fn(usize) -> Result<S, E> + Send + Sync + 'static,
@@ -265,7 +272,8 @@ mod tests {
     #[test]
     fn a_panicking_job_poisons_only_its_rank() {
         let pool = RankPool::new(3, |_| Ok::<_, Failed>(0u32)).unwrap();
-        let results = pool.run(|rank, _: &mut u32| if rank == 2 { panic!("boom on {rank}") } else { Ok::<_, Failed>(rank) });
+        let results =
+            pool.run(|rank, _: &mut u32| if rank == 2 { panic!("boom on {rank}") } else { Ok::<_, Failed>(rank) });
         assert!(results[0].is_ok() && results[1].is_ok());
         match &results[2] {
             Err(PoolError::Panicked { rank: 2, message }) => assert!(message.contains("boom on 2")),

@@ -29,10 +29,10 @@ mod probe;
 mod session;
 mod spmd;
 
+pub use cp_ring::{ChannelTransport, TransportError, channel_ring, panic_message};
 pub use error::SimError;
 pub use probe::{CpuPhaseTimes, CpuProbe};
 pub use session::{Session, SimConfig, StepKind, StepReport, Tolerance};
-pub use cp_ring::{ChannelTransport, TransportError, channel_ring, panic_message};
 pub use spmd::run_ranks;
 
 /// Result type of this crate.

@@ -1,0 +1,172 @@
+//! Garbage a query must not see never reaches it: NaN, ±inf and huge finite values in key or
+//! value rows that are masked for a query — padding rows, future positions, another sequence's
+//! rows, unused cache slots — leave that query's output and LSE equal to the f64 oracle's, which
+//! never looks at them. Garbage a query does see gives NaN exactly where the oracle gives NaN.
+//! The merges ignore the output of a partial whose LSE is `-inf`, whatever it holds.
+
+use candle_core::{DType, Device, Tensor};
+use cp_attention::reference::{self, Heads, discrepancy};
+use cp_attention::{CpuAttention, Partial, merge, merge_all, to_f64_vec};
+use cp_shard::{Layout, Span, Token};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const HEADS: Heads = Heads { n_heads: 4, n_kv_heads: 2, head_dim: 8 };
+
+/// Which tensor a planted value goes into.
+#[derive(Clone, Copy, Debug)]
+enum Which {
+    Q,
+    K,
+    V,
+}
+
+/// Values of `[rows, heads, dim]`, with `plants` (tensor, row, value) written over whole rows.
+fn values(rng: &mut StdRng, rows: usize, heads: usize, which: Which, plants: &[(Which, usize, f64)]) -> Vec<f64> {
+    let w = heads * HEADS.head_dim;
+    let mut v: Vec<f64> = (0..rows * w).map(|_| rng.random_range(-2.0..2.0)).collect();
+    for &(t, row, x) in plants {
+        if std::mem::discriminant(&t) == std::mem::discriminant(&which) {
+            v[row * w..(row + 1) * w].iter_mut().for_each(|e| *e = x);
+        }
+    }
+    v
+}
+
+fn layout(runs: &[(Option<usize>, usize, usize)]) -> Layout {
+    let mut l = Layout::new();
+    for &(seq, start, len) in runs {
+        match seq {
+            Some(s) => l.push_tokens(s, Span::new(start, len)),
+            None => l.push_padding(len),
+        }
+    }
+    l
+}
+
+/// Compares NaN-aware: an element NaN on one side must be NaN on the other; the rest by
+/// relative L2 within `tol`. Returns the number of NaN elements expected.
+fn compare(got: &[f64], want: &[f64], tol: f64, what: &str) -> usize {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let mut nan = 0;
+    let (mut g, mut w) = (Vec::new(), Vec::new());
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        assert_eq!(a.is_nan(), b.is_nan(), "{what}: element {i}: got {a}, oracle {b}");
+        if b.is_nan() {
+            nan += 1;
+        } else {
+            g.push(a);
+            w.push(b);
+        }
+    }
+    let d = discrepancy(&g, &w);
+    assert!(d.within(tol), "{what}: {d:?}");
+    nan
+}
+
+/// Runs one case on the CPU path in `dtype` and checks it against the oracle; returns how many
+/// output elements the oracle says are NaN.
+fn run_case(
+    name: &str,
+    dtype: DType,
+    q_runs: &[(Option<usize>, usize, usize)],
+    kv_runs: &[(Option<usize>, usize, usize)],
+    plants: &[(Which, usize, f64)],
+) -> usize {
+    let mut rng = StdRng::seed_from_u64(name.len() as u64 * 977 + dtype.size_in_bytes() as u64);
+    let (ql, kl) = (layout(q_runs), layout(kv_runs));
+    let q = values(&mut rng, ql.len(), HEADS.n_heads, Which::Q, plants);
+    let k = values(&mut rng, kl.len(), HEADS.n_kv_heads, Which::K, plants);
+    let v = values(&mut rng, kl.len(), HEADS.n_kv_heads, Which::V, plants);
+    let t = |x: &[f64], rows: usize, heads: usize| {
+        Tensor::from_vec(x.to_vec(), (rows, heads, HEADS.head_dim), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    };
+    let (qt, kt, vt) =
+        (t(&q, ql.len(), HEADS.n_heads), t(&k, kl.len(), HEADS.n_kv_heads), t(&v, kl.len(), HEADS.n_kv_heads));
+    let got = CpuAttention::default().partial(&qt, &ql, &kt, &vt, &kl).unwrap();
+    // The oracle sees the values as rounded to the dtype (3e38 is inf in f16, finite in bf16).
+    let f = |x: &Tensor| to_f64_vec(x).unwrap();
+    let q_tokens: Vec<Option<Token>> = ql.rows().collect();
+    let kv_tokens: Vec<Option<Token>> = kl.rows().collect();
+    let scale = 1.0 / (HEADS.head_dim as f64).sqrt();
+    let (want_out, want_lse) = reference::attention(&f(&qt), &q_tokens, &f(&kt), &f(&vt), &kv_tokens, HEADS, scale);
+    let tol = if dtype == DType::F64 { 1e-12 } else { 2e-5 };
+    let nan = compare(&f(&got.out), &want_out, tol, &format!("{name} {dtype:?} out"));
+    compare(&f(&got.lse), &want_lse, tol, &format!("{name} {dtype:?} lse"));
+    nan
+}
+
+const GARBAGE: [f64; 4] = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 3e38];
+
+#[test]
+fn garbage_in_padding_rows_never_reaches_a_result() {
+    for dtype in [DType::F64, DType::F32, DType::BF16] {
+        for g in GARBAGE {
+            // K/V padding (rows 30..40) and Q padding (rows 20..25) hold garbage.
+            let plants: Vec<(Which, usize, f64)> = (30..40)
+                .flat_map(|r| [(Which::K, r, g), (Which::V, r, g)])
+                .chain((20..25).map(|r| (Which::Q, r, g)))
+                .collect();
+            let nan = run_case(
+                "padding",
+                dtype,
+                &[(Some(0), 10, 20), (None, 0, 5)],
+                &[(Some(0), 0, 30), (None, 0, 10)],
+                &plants,
+            );
+            assert_eq!(nan, 0, "{dtype:?} {g}: padding leaked");
+        }
+    }
+}
+
+#[test]
+fn garbage_at_future_positions_and_in_other_sequences_never_reaches_a_result() {
+    for dtype in [DType::F64, DType::F32, DType::BF16] {
+        for g in GARBAGE {
+            // Queries 0..20 of sequence 0; keys: sequence 1 (rows 0..16, all garbage), then
+            // sequence 0 positions 0..40 (rows 16..56); positions 25 and 33 are in the future.
+            let plants = [
+                (Which::K, 3, g),
+                (Which::V, 7, g),
+                (Which::K, 16 + 25, g),
+                (Which::V, 16 + 25, g),
+                (Which::V, 16 + 33, g),
+            ];
+            let nan =
+                run_case("future+other", dtype, &[(Some(0), 0, 20)], &[(Some(1), 0, 16), (Some(0), 0, 40)], &plants);
+            assert_eq!(nan, 0, "{dtype:?} {g}: masked garbage leaked");
+        }
+    }
+}
+
+#[test]
+fn garbage_a_query_sees_gives_nan_exactly_where_exact_attention_does() {
+    for dtype in [DType::F64, DType::F32, DType::BF16] {
+        // V of position 12 is NaN: queries at positions 12.. see it (NaN), 0..12 do not.
+        let nan = run_case("visible", dtype, &[(Some(0), 0, 20)], &[(Some(0), 0, 20)], &[(Which::V, 12, f64::NAN)]);
+        assert_eq!(nan, 8 * HEADS.n_heads * HEADS.head_dim, "{dtype:?}: rows 12..20 are NaN, the rest exact");
+    }
+}
+
+#[test]
+fn merges_ignore_the_output_of_a_partial_that_saw_nothing() {
+    let dev = Device::Cpu;
+    let rows = 6;
+    let good = Partial {
+        out: Tensor::from_vec((0..rows * 4).map(|i| i as f32).collect::<Vec<_>>(), (rows, 1, 4), &dev).unwrap(),
+        lse: Tensor::from_vec(vec![0.5f32; rows], (rows, 1), &dev).unwrap(),
+    };
+    // Saw nothing (LSE -inf) but its output buffer holds garbage.
+    let empty = Partial {
+        out: Tensor::from_vec(vec![f32::NAN; rows * 4], (rows, 1, 4), &dev).unwrap(),
+        lse: Tensor::from_vec(vec![f32::NEG_INFINITY; rows], (rows, 1), &dev).unwrap(),
+    };
+    for merged in [
+        merge(&good, &empty).unwrap(),
+        merge(&empty, &good).unwrap(),
+        merge_all(&[empty.clone(), good.clone(), empty]).unwrap(),
+    ] {
+        assert_eq!(to_f64_vec(&merged.out).unwrap(), to_f64_vec(&good.out).unwrap());
+        assert_eq!(to_f64_vec(&merged.lse).unwrap(), to_f64_vec(&good.lse).unwrap());
+    }
+}
