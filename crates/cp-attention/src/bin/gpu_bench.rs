@@ -17,7 +17,9 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use cp_attention::cuda::{CudaAttention, DecodeKernel, DeviceLayout, GpuDType, GpuTensor, PrefillKernel, set_poison};
+use cp_attention::cuda::{
+    CudaAttention, DecodeKernel, DeviceLayout, GpuDType, GpuTensor, PrefillKernel, kv_splits, set_poison,
+};
 use cp_attention::reference::{self, Heads, discrepancy};
 use cp_attention::{AttentionError, Partial};
 use cp_shard::{Layout, PrefillShards, Span, Token};
@@ -25,6 +27,9 @@ use cudarc::driver::CudaStream;
 use cudarc::driver::sys::CUevent_flags;
 
 type Result<T> = std::result::Result<T, AttentionError>;
+
+/// Query rows up to which `CudaAttention::partial` may take the decode kernel.
+const DECODE_ROWS: usize = 16;
 
 /// A small deterministic generator (xorshift64*), so the binary needs no extra crate.
 struct Rng(u64);
@@ -70,6 +75,41 @@ struct Case {
     heads: Heads,
     q_layout: Layout,
     kv_layout: Layout,
+    /// Values written over whole rows before the run: (tensor 'q', 'k' or 'v', row, value).
+    plants: Vec<(char, usize, f32)>,
+}
+
+impl Case {
+    fn new(name: String, dtype: GpuDType, heads: Heads, q_layout: Layout, kv_layout: Layout) -> Case {
+        Case { name, dtype, heads, q_layout, kv_layout, plants: Vec::new() }
+    }
+}
+
+/// Writes `plants` for tensor `which` (rows of `width` values) into `values`.
+fn plant(values: &mut [f32], width: usize, which: char, plants: &[(char, usize, f32)]) {
+    for &(t, row, x) in plants {
+        if t == which {
+            values[row * width..(row + 1) * width].iter_mut().for_each(|e| *e = x);
+        }
+    }
+}
+
+/// NaN-aware comparison: an element must be NaN exactly where the oracle's is (garbage a query
+/// sees propagates; garbage it must not see never arrives); the rest by [`discrepancy`].
+fn compare(got: &[f64], want: &[f64]) -> (reference::Discrepancy, usize) {
+    let mut nan_mismatch = 0;
+    let (mut g, mut w) = (Vec::with_capacity(got.len()), Vec::with_capacity(want.len()));
+    for (&a, &b) in got.iter().zip(want) {
+        if b.is_nan() || a.is_nan() {
+            nan_mismatch += usize::from(a.is_nan() != b.is_nan());
+        } else {
+            g.push(a);
+            w.push(b);
+        }
+    }
+    let mut d = discrepancy(&g, &w);
+    d.non_finite_mismatches += nan_mismatch + got.len().abs_diff(want.len());
+    (d, want.iter().filter(|x| x.is_nan()).count())
 }
 
 /// Runs one case through `CudaAttention::partial` (decode or flash as it chooses) and the
@@ -78,11 +118,14 @@ fn check_case(ops: &CudaAttention, rng: &mut Rng, case: &Case) -> Result<(String
     let s = ops.stream();
     let Heads { n_heads, n_kv_heads, head_dim } = case.heads;
     let (tq, tk) = (case.q_layout.len(), case.kv_layout.len());
-    let (qv, kv, vv) = (
+    let (mut qv, mut kv, mut vv) = (
         rng.values(tq * n_heads * head_dim),
         rng.values(tk * n_kv_heads * head_dim),
         rng.values(tk * n_kv_heads * head_dim),
     );
+    plant(&mut qv, n_heads * head_dim, 'q', &case.plants);
+    plant(&mut kv, n_kv_heads * head_dim, 'k', &case.plants);
+    plant(&mut vv, n_kv_heads * head_dim, 'v', &case.plants);
     let q = GpuTensor::upload(s, &qv, &[tq, n_heads, head_dim], case.dtype)?;
     let k = GpuTensor::upload(s, &kv, &[tk, n_kv_heads, head_dim], case.dtype)?;
     let v = GpuTensor::upload(s, &vv, &[tk, n_kv_heads, head_dim], case.dtype)?;
@@ -101,8 +144,8 @@ fn check_case(ops: &CudaAttention, rng: &mut Rng, case: &Case) -> Result<(String
         case.heads,
         scale,
     );
-    let d_out = discrepancy(&out, &want_out);
-    let d_lse = discrepancy(&lse, &want_lse);
+    let (d_out, nan_rows) = compare(&out, &want_out);
+    let (d_lse, _) = compare(&lse, &want_lse);
     // P is rounded to the input dtype before the P.V product (as in FlashAttention-2): a
     // relative error of 2^-9 (bf16) or 2^-12 (f16) per weight; LSE comes from f32 scores of
     // exactly representable products.
@@ -110,9 +153,18 @@ fn check_case(ops: &CudaAttention, rng: &mut Rng, case: &Case) -> Result<(String
     let tol_lse = 1e-5;
     let masked = want_lse.iter().filter(|l| l.is_infinite()).count();
     let ok = d_out.within(tol_out) && d_lse.within(tol_lse);
+    let splits = if tq > DECODE_ROWS {
+        let rows_per_block = if ops.prefill == PrefillKernel::Wgmma { 128 } else { 64 };
+        let key_tile = if ops.prefill == PrefillKernel::Wgmma { 128 } else { 64 };
+        if ops.split_kv { kv_splits(tq.div_ceil(rows_per_block) * n_heads, tk.div_ceil(key_tile), ops.sm_count()) } else { 1 }
+    } else {
+        0
+    };
+    let nan_note = if nan_rows > 0 { format!(", {nan_rows} NaN elements expected") } else { String::new() };
+    let split_note = if splits > 1 { format!(" [{splits} KV splits]") } else { String::new() };
     Ok((
         format!(
-            "{:<44} Tq={tq:<5} Tk={tk:<5} out relL2 {:.2e} (tol {tol_out:.0e}) max {:.2e}, lse relL2 {:.2e}, {masked} masked row-heads, non-finite mismatches {}",
+            "{:<44}{split_note} Tq={tq:<5} Tk={tk:<5} out relL2 {:.2e} (tol {tol_out:.0e}) max {:.2e}, lse relL2 {:.2e}, {masked} masked row-heads{nan_note}, non-finite mismatches {}",
             case.name,
             d_out.rel_l2,
             d_out.max_abs,
@@ -134,8 +186,10 @@ fn check_merges(ops: &CudaAttention, rng: &mut Rng) -> Result<(String, bool)> {
         let lse: Vec<f32> = (0..rows * nh)
             .map(|i| if (i + p) % 5 == 0 || i % 7 == 0 { f32::NEG_INFINITY } else { (rng.next() * 10.0 - 5.0) as f32 })
             .collect();
+        // A part that saw nothing (LSE -inf) holds garbage in its output: the merges must
+        // ignore it (0 x NaN is NaN).
         let out: Vec<f32> =
-            out.iter().enumerate().map(|(i, &x)| if lse[i / d].is_infinite() { 0.0 } else { x }).collect();
+            out.iter().enumerate().map(|(i, &x)| if lse[i / d].is_infinite() { f32::NAN } else { x }).collect();
         parts.push(Partial {
             out: GpuTensor::upload(s, &out, &[rows, nh, d], GpuDType::F32)?,
             lse: GpuTensor::upload(s, &lse, &[rows, nh], GpuDType::F32)?,
@@ -167,6 +221,93 @@ fn check_merges(ops: &CudaAttention, rng: &mut Rng) -> Result<(String, bool)> {
     Ok((line, ok))
 }
 
+/// Masked garbage (issue: NaN, ±inf, huge values in rows a query must not see), split-KV
+/// launches over long key ranges, and visible garbage that must give NaN where the oracle does.
+fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str) {
+    let nan = f32::NAN;
+    // Padding K/V rows (200..256, the key tile shared with real rows) and Q padding rows.
+    let mut c = Case::new(
+        format!("NaN in K/V/Q padding rows, {tag}"),
+        dtype,
+        heads,
+        layout_of(&[(Some(0), 0, 200), (None, 0, 20)]),
+        layout_of(&[(Some(0), 0, 200), (None, 0, 56)]),
+    );
+    c.plants = (200..256).flat_map(|r| [('k', r, nan), ('v', r, nan)]).chain((200..220).map(|r| ('q', r, nan))).collect();
+    cases.push(c);
+    // Future rows inside a partly visible tile: queries 0..100, keys 0..256 with V row 110 NaN,
+    // K row 120 NaN, V row 130 +inf, K row 140 huge (inf in f16).
+    let mut c = Case::new(
+        format!("NaN/inf/3e38 at future positions, {tag}"),
+        dtype,
+        heads,
+        layout_of(&[(Some(0), 0, 100)]),
+        layout_of(&[(Some(0), 0, 256)]),
+    );
+    c.plants = vec![('v', 110, nan), ('k', 120, nan), ('v', 130, f32::INFINITY), ('k', 140, 3e38), ('v', 141, -3e38)];
+    cases.push(c);
+    // Another sequence's rows full of NaN, in the same tiles as visible keys.
+    let mut c = Case::new(
+        format!("NaN in another sequence's rows, {tag}"),
+        dtype,
+        heads,
+        layout_of(&[(Some(0), 50, 40), (Some(2), 0, 20)]),
+        layout_of(&[(Some(1), 0, 70), (Some(0), 0, 90), (Some(2), 0, 20)]),
+    );
+    c.plants = (0..70).flat_map(|r| [('k', r, nan), ('v', r, nan)]).collect();
+    cases.push(c);
+    // Visible garbage: V of position 60 is NaN; queries at 60.. must be NaN, 0..60 exact.
+    let mut c = Case::new(
+        format!("NaN in a visible V row propagates exactly, {tag}"),
+        dtype,
+        heads,
+        layout_of(&[(Some(0), 0, 150)]),
+        layout_of(&[(Some(0), 0, 150)]),
+    );
+    c.plants = vec![('v', 60, nan)];
+    cases.push(c);
+    // Decode (the split-KV decode kernel): a sequence's rows reach past its query (slots
+    // holding later positions) and padding follows, all NaN.
+    let mut c = Case::new(
+        format!("decode, NaN in future slots and padding, {tag}"),
+        dtype,
+        heads,
+        layout_of(&[(Some(0), 500, 1), (Some(1), 36, 1), (None, 0, 1)]),
+        layout_of(&[(Some(0), 0, 530), (Some(1), 0, 37), (None, 0, 9)]),
+    );
+    c.plants = (501..530).chain(567..576).flat_map(|r| [('k', r, nan), ('v', r, nan)]).chain([('q', 2, nan)]).collect();
+    cases.push(c);
+    // Short queries over a long cache: the key range is split (flash-decoding for prefill),
+    // with padding holding NaN and the other sequence's tiles skipped.
+    let mut c = Case::new(
+        format!("short queries, long cache (split KV), {tag}"),
+        dtype,
+        heads,
+        layout_of(&[(Some(0), 4000, 70), (None, 0, 6), (Some(1), 2990, 40)]),
+        layout_of(&[(Some(1), 0, 3030), (Some(0), 0, 4070), (None, 0, 40)]),
+    );
+    c.plants = (7100..7140).flat_map(|r| [('k', r, nan), ('v', r, nan)]).collect();
+    cases.push(c);
+}
+
+/// `CudaAttention::random_rows` against its host mirror, bit for bit, and NaN in padding rows.
+fn check_random_rows(ops: &CudaAttention) -> Result<(String, bool)> {
+    let layout = layout_of(&[(Some(3), 1000, 37), (None, 0, 5), (Some(0), 0, 20)]);
+    let (heads, dim, seed) = (3, 64, 0xfeed);
+    let t = ops.random_rows(&layout, heads, dim, GpuDType::Bf16, seed, f32::NAN)?;
+    let got = t.download(ops.stream())?;
+    let mut bad = 0;
+    for (row, tok) in layout.rows().enumerate() {
+        let want = match tok {
+            Some(tok) => cp_attention::hashed_row_bf16(seed, tok.seq as u32, tok.pos as u32, heads * dim),
+            None => vec![f32::NAN; heads * dim],
+        };
+        let have = &got[row * heads * dim..(row + 1) * heads * dim];
+        bad += have.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan())).count();
+    }
+    Ok((format!("random_rows (device) == hashed_value (host), bit for bit: {bad} mismatches"), bad == 0))
+}
+
 fn check(ops: &mut CudaAttention) -> Result<bool> {
     set_poison(true);
     let mut rng = Rng(0x9e3779b97f4a7c15 ^ std::process::id() as u64);
@@ -179,49 +320,46 @@ fn check(ops: &mut CudaAttention) -> Result<bool> {
                 // A rank's two chunks of a 301-token turn over 77 cached tokens, N=2 (padding rows).
                 let shards = PrefillShards::new(2, 77, 301).map_err(|e| AttentionError::Unsupported(e.to_string()))?;
                 let q_layout = shards.q_layout(0, 0).map_err(|e| AttentionError::Unsupported(e.to_string()))?;
-                cases.push(Case {
-                    name: format!("causal two chunks, cached prefix, {tag}"),
+                cases.push(Case::new(
+                    format!("causal two chunks, cached prefix, {tag}"),
                     dtype,
                     heads,
                     q_layout,
-                    kv_layout: layout_of(&[(Some(0), 0, 378)]),
-                });
+                    layout_of(&[(Some(0), 0, 378)]),
+                ));
                 // Two sequences, padding between; keys include another sequence (fully masked rows).
-                cases.push(Case {
-                    name: format!("varseq + padding + masked rows, {tag}"),
+                cases.push(Case::new(
+                    format!("varseq + padding + masked rows, {tag}"),
                     dtype,
                     heads,
-                    q_layout: layout_of(&[(Some(0), 100, 70), (None, 0, 5), (Some(1), 0, 30), (Some(2), 0, 9)]),
-                    kv_layout: layout_of(&[(Some(1), 0, 45), (Some(0), 0, 150), (None, 0, 11)]),
-                });
+                    layout_of(&[(Some(0), 100, 70), (None, 0, 5), (Some(1), 0, 30), (Some(2), 0, 9)]),
+                    layout_of(&[(Some(1), 0, 45), (Some(0), 0, 150), (None, 0, 11)]),
+                ));
                 // Off-diagonal ring step: every key before every query.
-                cases.push(Case {
-                    name: format!("off-diagonal block (no mask), {tag}"),
+                cases.push(Case::new(
+                    format!("off-diagonal block (no mask), {tag}"),
                     dtype,
                     heads,
-                    q_layout: layout_of(&[(Some(0), 300, 200)]),
-                    kv_layout: layout_of(&[(Some(0), 0, 260)]),
-                });
+                    layout_of(&[(Some(0), 300, 200)]),
+                    layout_of(&[(Some(0), 0, 260)]),
+                ));
                 // Several key tiles per query block, two sequences: the wgmma kernel's 3-stage
                 // ring turns over more than once and skips the other sequence's tiles.
                 if dtype == GpuDType::Bf16 && n_heads / n_kv_heads == 4 {
                     let two = layout_of(&[(Some(0), 0, 600), (Some(1), 0, 301)]);
-                    cases.push(Case {
-                        name: format!("causal 2 seqs x many tiles, {tag}"),
-                        dtype,
-                        heads,
-                        q_layout: two.clone(),
-                        kv_layout: two,
-                    });
+                    cases.push(Case::new(format!("causal 2 seqs x many tiles, {tag}"), dtype, heads, two.clone(), two));
+                }
+                if n_heads / n_kv_heads == 4 {
+                    garbage_cases(&mut cases, dtype, heads, &tag);
                 }
                 // Decode: one query per sequence, caches of different lengths, a padding row.
-                cases.push(Case {
-                    name: format!("decode B=3 + padding row, {tag}"),
+                cases.push(Case::new(
+                    format!("decode B=3 + padding row, {tag}"),
                     dtype,
                     heads,
-                    q_layout: layout_of(&[(Some(0), 1000, 1), (Some(1), 36, 1), (Some(2), 2098, 1), (None, 0, 1)]),
-                    kv_layout: layout_of(&[(Some(0), 0, 1001), (Some(1), 0, 37), (Some(2), 0, 2099), (None, 0, 3)]),
-                });
+                    layout_of(&[(Some(0), 1000, 1), (Some(1), 36, 1), (Some(2), 2098, 1), (None, 0, 1)]),
+                    layout_of(&[(Some(0), 0, 1001), (Some(1), 0, 37), (Some(2), 0, 2099), (None, 0, 3)]),
+                ));
             }
         }
     }
@@ -250,10 +388,21 @@ fn check(ops: &mut CudaAttention) -> Result<bool> {
         }
     }
     (ops.prefill, ops.decode_kernel) = (default_prefill, default_decode);
+    // The split cases once more without splitting: the same results either way.
+    ops.split_kv = false;
+    println!("  prefill kernel {}, split KV off:", ops.prefill);
+    for case in cases.iter().filter(|c| c.name.contains("split KV")) {
+        let (line, ok) = check_case(ops, &mut rng, case)?;
+        println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
+        all_ok &= ok;
+    }
+    ops.split_kv = true;
     let (line, ok) = check_merges(ops, &mut rng)?;
     println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
+    let (line, ok2) = check_random_rows(ops)?;
+    println!("  {} {line}", if ok2 { "[ok]    " } else { "[FAILED]" });
     set_poison(false);
-    Ok(all_ok && ok)
+    Ok(all_ok && ok && ok2)
 }
 
 /// The wgmma building blocks alone (sm_90a): S = Q K^T and O = bf16(S) V for one warpgroup,
@@ -372,6 +521,24 @@ fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<String>> {
         ops.prefill = default;
         let ms = time_ms(ops, reps, || ops.flash(&q, &dq, &k, &v, &dk, GpuDType::F32).map(|_| ()))?;
         record("off-diagonal block 16K x 16K (f32 O)", ms, flops / ms / 1e9, "TFLOP/s");
+    }
+    // Short queries over a long key range (a ring step of partial prefill at 1% miss on 4
+    // ranks: 320 query rows against 32000 keys, all visible), split KV on and off.
+    {
+        let (tq, tk) = (320usize, 32000usize);
+        let (ql, kl) = (layout_of(&[(Some(0), tk, tq)]), layout_of(&[(Some(0), 0, tk)]));
+        let (dq, dk) = (DeviceLayout::new(&s, &ql)?, DeviceLayout::new(&s, &kl)?);
+        let q = random_tensor(&s, &mut rng, &[tq, nh, d])?;
+        let k = random_tensor(&s, &mut rng, &[tk, nkv, d])?;
+        let v = random_tensor(&s, &mut rng, &[tk, nkv, d])?;
+        let flops = 4.0 * nh as f64 * tq as f64 * tk as f64 * d as f64;
+        for split in [true, false] {
+            ops.split_kv = split;
+            let ms = time_ms(ops, reps, || ops.flash(&q, &dq, &k, &v, &dk, GpuDType::F32).map(|_| ()))?;
+            let label = if split { "split KV" } else { "no split" };
+            record(&format!("short q 320 x 32000 keys ({label})"), ms, flops / ms / 1e9, "TFLOP/s");
+        }
+        ops.split_kv = true;
     }
     // Decode.
     let decodes: &[(usize, usize)] = if quick { &[(131072, 8)] } else { &[(131072, 8), (1 << 20, 1)] };

@@ -22,7 +22,7 @@ mod tensor;
 
 pub use compile::{SOURCE, compile, cubin, nvrtc_available};
 pub use layout::DeviceLayout;
-pub use ops::{CudaAttention, DecodeArgs, DecodeKernel, PrefillKernel};
+pub use ops::{CudaAttention, DecodeArgs, DecodeKernel, PrefillKernel, kv_splits};
 pub use tensor::{GpuDType, GpuTensor, set_poison};
 
 /// Whether the CUDA driver library can be loaded on this machine.
