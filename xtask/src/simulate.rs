@@ -37,7 +37,7 @@ pub enum Part {
     Partial,
     /// The pass-KV / pass-Q heuristic across miss rates.
     Heuristic,
-    /// Batched ring pass-Q decode (Algorithm 4) with round-robin placement.
+    /// Batched decode with round-robin placement: ring pass-Q (Algorithm 4) and gather-Q.
     Decode,
 }
 
@@ -179,7 +179,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     if let (true, Some(mut s)) = (parts.contains(&Part::Decode), session) {
-        println!("\n--- Decode: batched ring pass-Q (Alg. 4), round-robin placement ---");
+        println!("\n--- Decode: batched ring pass-Q (Alg. 4) and gather-Q, round-robin placement ---");
         let batch: Vec<usize> = (0..args.batch).collect();
         let cache = s.cache().clone();
         let before: Vec<Vec<usize>> = batch
@@ -187,8 +187,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|&seq| (0..args.world_size).map(|r| cache.seq_rank_len(seq, r)).collect::<Result<_, _>>())
             .collect::<Result<_, _>>()?;
         for _ in 0..args.decode_steps {
-            let report = s.decode(&batch)?;
-            tally.record(report.passed(), format!("{report}; cache per rank {:?}", report.cache_lens));
+            for report in s.decode_with(&batch, &[Algorithm::PassQ, Algorithm::GatherQ])? {
+                tally.record(report.passed(), format!("{report}; cache per rank {:?}", report.cache_lens));
+            }
         }
         for (seq, base) in batch.iter().zip(&before) {
             let grown: Vec<usize> = (0..args.world_size)

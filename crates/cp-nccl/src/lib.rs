@@ -14,9 +14,10 @@
 //! - [`Rendezvous`]: one process per GPU in torchrun's convention; rank 0 hands out the NCCL
 //!   unique id over TCP, with deadlines on every wait (`cp-rendezvous` checks a job's ranks can
 //!   meet).
-//! - [`run_ring`]: one thread per rank, each with its own streams, running a `cp-ring`
-//!   algorithm, with [`CudaProbe`] timing each phase on the GPU (compute, exposed wait,
-//!   all-to-all, merge).
+//! - [`GpuRing`]: a ring built once — a thread per rank owning its device, streams and end of
+//!   the ring (NCCL communicators connected to every peer up front, transfers waited for on the
+//!   GPU) — that runs `cp-ring` algorithms or any per-rank job many times, with [`CudaProbe`]
+//!   timing each phase on the GPU (compute, exposed wait, all-to-all, merge).
 
 mod error;
 mod nccl;
@@ -26,10 +27,10 @@ mod runner;
 mod same_gpu;
 
 pub use error::GpuRingError;
-pub use nccl::{NcclTransport, nccl_available};
+pub use nccl::{NcclTransport, WaitMode, nccl_available};
 pub use probe::{CudaProbe, PhaseTimes};
 pub use rendezvous::{Rendezvous, RendezvousError};
-pub use runner::{RankInputs, RankOutput, TransportKind, run_ring, run_ring_per_device};
+pub use runner::{GpuRank, GpuRing, Placement, RankInputs, RankOutput, RankTransport};
 pub use same_gpu::SameGpuTransport;
 
 /// Result type of this crate.

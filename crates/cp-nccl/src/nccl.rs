@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cp_attention::cuda::GpuTensor;
+use cp_attention::cuda::{GpuDType, GpuTensor};
 use cp_ring::RingTransport;
 use cudarc::driver::{CudaEvent, CudaStream, DevicePtr, DevicePtrMut};
 use cudarc::nccl::{result as nccl, sys};
@@ -114,13 +114,32 @@ impl Drop for RawComm {
     }
 }
 
+/// How a rank waits for its transfers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitMode {
+    /// The host waits for each transfer (at most the timeout) before `finish_shift` or
+    /// `all_to_all` returns: every call returns with its transfer done.
+    Host,
+    /// The compute stream waits for each transfer on the GPU, and the host runs ahead,
+    /// enqueueing the next steps at once: no host wake-up between a transfer and the kernel
+    /// after it. Each call checks NCCL's error state and the age of what is in flight;
+    /// [`NcclTransport::drain`] waits (at most the timeout) for everything in flight and must
+    /// be called before the results are read.
+    Device,
+}
+
 /// One rank's end of an NCCL ring.
 ///
 /// Shifts post `ncclSend` to `rank + 1` and `ncclRecv` from `rank - 1` in one group on the
-/// communication stream, after an event from the compute stream; `finish_shift` waits for the
-/// transfer (at most the timeout, then aborts the communicator so that no peer hangs) and makes
-/// the compute stream wait on it. Ring messages are equal-sized, so receive buffers take the
-/// shapes of what this rank sends.
+/// communication stream, after an event from the compute stream; `finish_shift` makes the
+/// compute stream wait for the transfer — with the host waiting too ([`WaitMode::Host`], the
+/// default) or not ([`WaitMode::Device`]). A wait longer than the timeout aborts the
+/// communicator, so that no peer hangs. Ring messages are equal-sized, so receive buffers take
+/// the shapes of what this rank sends.
+///
+/// NCCL connects a pair of ranks on their first transfer, which takes milliseconds per peer;
+/// [`NcclTransport::connect_all`] does it for every peer up front, so that a ring's first
+/// all-to-all does not pay it.
 pub struct NcclTransport {
     comm: RawComm,
     rank: usize,
@@ -129,6 +148,10 @@ pub struct NcclTransport {
     stream: Arc<CudaStream>,
     pending: Option<(Vec<GpuTensor>, CudaEvent, Vec<GpuTensor>)>,
     timeout: Duration,
+    mode: WaitMode,
+    /// Transfers the compute stream waits on but the host has not seen complete (device mode):
+    /// completion event, operation, peer, when it was enqueued.
+    inflight: Vec<(CudaEvent, &'static str, usize, Instant)>,
 }
 
 impl std::fmt::Debug for NcclTransport {
@@ -190,7 +213,98 @@ impl NcclTransport {
         let mut comm = RawComm(raw);
         started.result().map_err(nccl_err(rank, "ncclCommInitRankConfig"))?;
         comm.settle(rank, "ncclCommInitRankConfig", Instant::now() + timeout, "some rank never joined: a peer")?;
-        Ok(NcclTransport { comm, rank, world_size, compute, stream, pending: None, timeout })
+        Ok(NcclTransport {
+            comm,
+            rank,
+            world_size,
+            compute,
+            stream,
+            pending: None,
+            timeout,
+            mode: WaitMode::Host,
+            inflight: Vec::new(),
+        })
+    }
+
+    /// Sets how this rank waits for its transfers (see [`WaitMode`]); waits for what is in
+    /// flight first.
+    pub fn set_wait_mode(&mut self, mode: WaitMode) -> Result<()> {
+        self.drain()?;
+        self.mode = mode;
+        Ok(())
+    }
+
+    /// How this rank waits for its transfers.
+    pub fn wait_mode(&self) -> WaitMode {
+        self.mode
+    }
+
+    /// Connects this rank to every peer in both directions now (NCCL connects a pair on its
+    /// first transfer): one exchange of a few bytes with every rank, waited for. Every rank
+    /// must call it.
+    pub fn connect_all(&mut self) -> Result<()> {
+        let s = self.stream.clone();
+        let tiny = GpuTensor::from_buffer(
+            s.alloc_zeros::<u8>(16).map_err(cuda(self.rank, "cuMemAlloc"))?,
+            GpuDType::Bf16,
+            vec![8],
+        )?;
+        let peers: Vec<(usize, &GpuTensor)> =
+            (0..self.world_size).filter(|&p| p != self.rank).map(|p| (p, &tiny)).collect();
+        if peers.is_empty() {
+            return Ok(());
+        }
+        let (_, done) = self.exchange(&peers, &peers)?;
+        self.host_wait(&done, "connect_all", (self.rank + 1) % self.world_size)
+    }
+
+    /// Waits (at most the timeout, then aborting the communicator) until every transfer in
+    /// flight has completed. A no-op in host mode, where nothing stays in flight.
+    pub fn drain(&mut self) -> Result<()> {
+        while !self.inflight.is_empty() {
+            let (done, op, peer, _) = self.inflight.remove(0);
+            self.host_wait(&done, op, peer)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the compute stream wait for `done`; in host mode the host waits too, in device
+    /// mode the transfer joins those in flight, which are checked (NCCL's error state, and
+    /// nothing in flight for longer than the timeout) without blocking.
+    fn arrive(&mut self, done: CudaEvent, op: &'static str, peer: usize) -> Result<()> {
+        match self.mode {
+            WaitMode::Host => {
+                self.host_wait(&done, op, peer)?;
+                self.compute.wait(&done).map_err(cuda(self.rank, "cuStreamWaitEvent"))
+            }
+            WaitMode::Device => {
+                self.compute.wait(&done).map_err(cuda(self.rank, "cuStreamWaitEvent"))?;
+                self.inflight.retain(|(e, ..)| !e.is_complete());
+                self.inflight.push((done, op, peer, Instant::now()));
+                if let Err(failure) = self.comm.pending() {
+                    self.comm.abort();
+                    return Err(self.failed(op, format!("{failure} (peer rank {peer}); communicator aborted")));
+                }
+                if let Some((_, op, peer, since)) = self.inflight.first()
+                    && since.elapsed() > self.timeout
+                {
+                    let (op, peer) = (*op, *peer);
+                    self.comm.abort();
+                    return Err(self.failed(
+                        op,
+                        format!(
+                            "a transfer still in flight after {:?}; peer rank {peer} unreachable; communicator aborted",
+                            self.timeout
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn failed(&self, op: &'static str, reason: String) -> GpuRingError {
+        GpuRingError::Message { rank: self.rank, op, reason }
     }
 
     /// A communicator of one rank (what a one-GPU machine can run).
@@ -264,10 +378,10 @@ impl NcclTransport {
         Ok((received, self.stream.record_event(None).map_err(cuda(rank, "cuEventRecord"))?))
     }
 
-    /// Waits for `done` at most the timeout, watching NCCL's background error state; on a
-    /// timeout or an error aborts the communicator (so NCCL kernels of this rank stop) and
+    /// The host waits for `done` at most the timeout, watching NCCL's background error state;
+    /// on a timeout or an error aborts the communicator (so NCCL kernels of this rank stop) and
     /// reports the peer.
-    fn wait(&mut self, done: &CudaEvent, op: &'static str, peer: usize) -> Result<()> {
+    fn host_wait(&mut self, done: &CudaEvent, op: &'static str, peer: usize) -> Result<()> {
         let started = Instant::now();
         let mut polls = 0u32;
         while !done.is_complete() {
@@ -296,7 +410,7 @@ impl NcclTransport {
             }
             std::thread::sleep(Duration::from_micros(20));
         }
-        self.compute.wait(done).map_err(cuda(self.rank, "cuStreamWaitEvent"))
+        Ok(())
     }
 }
 
@@ -335,7 +449,7 @@ impl RingTransport<GpuTensor> for NcclTransport {
             reason: "no shift started".into(),
         })?;
         let prev = (self.rank + self.world_size - 1) % self.world_size;
-        self.wait(&done, "finish_shift", prev)?;
+        self.arrive(done, "finish_shift", prev)?;
         Ok(bufs)
     }
 
@@ -360,7 +474,7 @@ impl RingTransport<GpuTensor> for NcclTransport {
             }
         }
         let (received, done) = self.exchange(&sends, &recvs)?;
-        self.wait(&done, "all_to_all", (self.rank + 1) % self.world_size)?;
+        self.arrive(done, "all_to_all", (self.rank + 1) % self.world_size)?;
         let per = template.len();
         let mut out: Vec<Vec<GpuTensor>> = (0..self.world_size).map(|_| Vec::with_capacity(per)).collect();
         for ((peer, _), t) in recvs.iter().zip(received) {

@@ -1,22 +1,16 @@
-//! Running a `cp-ring` algorithm on GPU ranks: one thread per rank, each with its own streams.
+//! A ring of GPU ranks built once and run many times: one thread per rank, each owning its
+//! device handle, streams and end of the ring (an NCCL communicator, connected to every peer,
+//! or a same-GPU transport).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cp_attention::Partial;
 use cp_attention::cuda::{CudaAttention, GpuTensor};
-use cp_ring::{Algorithm, Local, RingError, RingLayouts, RingTransport, run};
+use cp_ring::{Algorithm, Local, PoolError, RankPool, RingError, RingLayouts, RingTransport, run};
 
 use crate::error::cuda;
-use crate::{CudaProbe, GpuRingError, NcclTransport, PhaseTimes, Result, SameGpuTransport};
-
-/// Which transport joins the ranks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransportKind {
-    /// All ranks on the GPU of `ops`, device-to-device copies.
-    SameGpu,
-    /// NCCL; on one GPU only a world of one rank (NCCL refuses two ranks on one device).
-    Nccl,
-}
+use crate::{CudaProbe, GpuRingError, NcclTransport, PhaseTimes, Result, SameGpuTransport, WaitMode};
 
 /// A rank's own tensors (see `cp_ring::Local`).
 #[derive(Clone, Debug)]
@@ -38,136 +32,222 @@ pub struct RankOutput {
     pub times: Option<PhaseTimes>,
 }
 
-/// Runs `algorithm` on `layouts.world_size()` ranks, each on a fresh compute stream of the
-/// GPU of `ops`, over `kind`. Returns each rank's output, or the error that started a failure.
-pub fn run_ring(
-    ops: &CudaAttention,
-    kind: TransportKind,
-    algorithm: Algorithm,
-    layouts: &RingLayouts,
-    inputs: &[RankInputs],
-    timeout: Duration,
-) -> Result<Vec<RankOutput>> {
-    let n = layouts.world_size();
-    if inputs.len() != n {
-        return Err(GpuRingError::Message {
-            rank: 0,
-            op: "run_ring",
-            reason: format!("{} inputs for {n} ranks", inputs.len()),
-        });
-    }
-    let ctx = ops.stream().context().clone();
-    // Inputs were written on `ops`'s stream; make them visible before other streams read.
-    ops.synchronize()?;
-    let streams = (0..n).map(|r| ctx.new_stream().map_err(cuda(r, "cuStreamCreate"))).collect::<Result<Vec<_>>>()?;
-    let transports: Vec<Box<dyn RingTransport<GpuTensor, Error = GpuRingError> + Send>> = match kind {
-        TransportKind::SameGpu => SameGpuTransport::ring(streams.clone(), timeout)?
-            .into_iter()
-            .map(|t| Box::new(t) as Box<dyn RingTransport<GpuTensor, Error = GpuRingError> + Send>)
-            .collect(),
-        TransportKind::Nccl if n == 1 => {
-            return run_ring_per_device(std::slice::from_ref(ops), algorithm, layouts, inputs, timeout);
+/// A rank's end of the ring: NCCL (one GPU per rank) or the same-GPU transport.
+#[derive(Debug)]
+pub enum RankTransport {
+    /// One GPU per rank over NCCL.
+    Nccl(NcclTransport),
+    /// Ranks sharing one GPU.
+    SameGpu(SameGpuTransport),
+}
+
+impl RankTransport {
+    /// Waits (bounded by the transport's timeout) for every transfer still in flight.
+    pub fn drain(&mut self) -> Result<()> {
+        match self {
+            RankTransport::Nccl(t) => t.drain(),
+            RankTransport::SameGpu(_) => Ok(()),
         }
-        TransportKind::Nccl => {
+    }
+}
+
+impl RingTransport<GpuTensor> for RankTransport {
+    type Error = GpuRingError;
+
+    fn rank(&self) -> usize {
+        match self {
+            RankTransport::Nccl(t) => t.rank(),
+            RankTransport::SameGpu(t) => t.rank(),
+        }
+    }
+
+    fn world_size(&self) -> usize {
+        match self {
+            RankTransport::Nccl(t) => t.world_size(),
+            RankTransport::SameGpu(t) => t.world_size(),
+        }
+    }
+
+    fn start_shift(&mut self, msg: &[GpuTensor]) -> Result<()> {
+        match self {
+            RankTransport::Nccl(t) => t.start_shift(msg),
+            RankTransport::SameGpu(t) => t.start_shift(msg),
+        }
+    }
+
+    fn finish_shift(&mut self) -> Result<Vec<GpuTensor>> {
+        match self {
+            RankTransport::Nccl(t) => t.finish_shift(),
+            RankTransport::SameGpu(t) => t.finish_shift(),
+        }
+    }
+
+    fn all_to_all(&mut self, msgs: Vec<Vec<GpuTensor>>) -> Result<Vec<Vec<GpuTensor>>> {
+        match self {
+            RankTransport::Nccl(t) => t.all_to_all(msgs),
+            RankTransport::SameGpu(t) => t.all_to_all(msgs),
+        }
+    }
+}
+
+/// One rank of a [`GpuRing`], as a job sees it.
+#[derive(Debug)]
+pub struct GpuRank {
+    /// This rank.
+    pub rank: usize,
+    /// Its kernels, on its compute stream.
+    pub ops: CudaAttention,
+    /// Its end of the ring.
+    pub transport: RankTransport,
+}
+
+impl GpuRank {
+    /// Runs `algorithm` on this rank's `inputs` laid out by `layouts`, timing its phases, and
+    /// waits for the result (transfers drained, stream synchronised).
+    pub fn run_algorithm(
+        &mut self,
+        algorithm: Algorithm,
+        layouts: &RingLayouts,
+        inputs: &RankInputs,
+    ) -> Result<RankOutput> {
+        let mut probe = CudaProbe::new(self.ops.stream().clone());
+        let local = Local { q: &inputs.q, k: &inputs.k, v: &inputs.v };
+        let partial = run(algorithm, &self.ops, &mut self.transport, layouts, local, &mut probe);
+        // Whatever happened, nothing may stay in flight on a stream this rank reuses.
+        let drained = self.transport.drain();
+        let partial = partial?;
+        drained?;
+        self.ops.synchronize()?;
+        Ok(RankOutput { partial, times: probe.times() })
+    }
+}
+
+/// Where a ring's ranks run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Rank `r` on GPU `devices[r]`, over NCCL.
+    Gpus(Vec<usize>),
+    /// `world_size` ranks sharing GPU `device` (one compute and one copy stream each).
+    SameGpu { device: usize, world_size: usize },
+}
+
+/// A ring of GPU ranks, built once: each rank a thread owning its device handle, its streams
+/// and its end of the ring. Over NCCL every communicator is created together and connected to
+/// every peer at construction (NCCL would otherwise connect a pair on its first transfer,
+/// inside the first all-to-all), and transfers are waited for on the GPU ([`WaitMode::Device`]).
+#[derive(Debug)]
+pub struct GpuRing {
+    pool: RankPool<GpuRank>,
+    placement: Placement,
+}
+
+fn pool_error(e: PoolError<GpuRingError>) -> GpuRingError {
+    match e {
+        PoolError::Rank { source, .. } => source,
+        PoolError::Panicked { rank, message } => GpuRingError::RankPanicked { rank, message },
+        PoolError::Unusable { rank, reason } => GpuRingError::Message { rank, op: "rank pool", reason: reason.into() },
+        PoolError::Empty => GpuRingError::Message { rank: 0, op: "rank pool", reason: "no ranks".into() },
+        // `PoolError` is non-exhaustive.
+        other => GpuRingError::Message { rank: 0, op: "rank pool", reason: other.to_string() },
+    }
+}
+
+/// A peer's report that another rank went away (not a root cause).
+fn is_echo(e: &GpuRingError) -> bool {
+    matches!(e, GpuRingError::Ring(RingError::Transport { .. }) | GpuRingError::Exchange(_))
+}
+
+impl GpuRing {
+    /// Builds the ring. `timeout` bounds every wait on a peer (a rank that dies or never
+    /// answers ends the others with an error within about that time).
+    pub fn new(placement: Placement, timeout: Duration) -> Result<GpuRing> {
+        let pool = match &placement {
+            Placement::Gpus(devices) => {
+                let n = devices.len();
+                let id = NcclTransport::unique_id()?;
+                let devices = devices.clone();
+                RankPool::new_filtered(
+                    n,
+                    move |rank| {
+                        let ops = CudaAttention::new(devices[rank])?;
+                        ops.stream().context().bind_to_thread().map_err(cuda(rank, "cuCtxSetCurrent"))?;
+                        let mut nccl = NcclTransport::init_rank(ops.stream().clone(), rank, n, id, timeout)?;
+                        nccl.connect_all()?;
+                        nccl.set_wait_mode(WaitMode::Device)?;
+                        Ok(GpuRank { rank, ops, transport: RankTransport::Nccl(nccl) })
+                    },
+                    is_echo,
+                )
+            }
+            &Placement::SameGpu { device, world_size } => {
+                let base = CudaAttention::new(device)?;
+                let ctx = base.stream().context().clone();
+                let streams = (0..world_size)
+                    .map(|r| ctx.new_stream().map_err(cuda(r, "cuStreamCreate")))
+                    .collect::<Result<Vec<_>>>()?;
+                let ends: Vec<Option<SameGpuTransport>> =
+                    SameGpuTransport::ring(streams.clone(), timeout)?.into_iter().map(Some).collect();
+                let ends = Arc::new(Mutex::new(ends));
+                RankPool::new_filtered(
+                    world_size,
+                    move |rank| {
+                        let ops = base.with_stream(streams[rank].clone());
+                        ops.stream().context().bind_to_thread().map_err(cuda(rank, "cuCtxSetCurrent"))?;
+                        let end = ends.lock().unwrap_or_else(|p| p.into_inner())[rank].take();
+                        let end = end.ok_or(GpuRingError::Message {
+                            rank,
+                            op: "GpuRing::new",
+                            reason: "this rank's transport was already taken".into(),
+                        })?;
+                        Ok(GpuRank { rank, ops, transport: RankTransport::SameGpu(end) })
+                    },
+                    is_echo,
+                )
+            }
+        }
+        .map_err(pool_error)?;
+        Ok(GpuRing { pool, placement })
+    }
+
+    /// Number of ranks.
+    pub fn world_size(&self) -> usize {
+        self.pool.world_size()
+    }
+
+    /// Where the ranks run.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// Runs `job` on every rank (concurrently, each on its own thread with its device bound)
+    /// and returns the results in rank order, or the error that started a failure.
+    pub fn run<R, F>(&self, job: F) -> Result<Vec<R>>
+    where
+        R: Send + 'static,
+        F: Fn(&mut GpuRank) -> Result<R> + Send + Sync + 'static,
+    {
+        PoolError::all_ok(self.pool.run(move |_, rank: &mut GpuRank| job(rank)), is_echo).map_err(pool_error)
+    }
+
+    /// Runs `algorithm` on every rank, rank `r` on `inputs[r]` (tensors on its device).
+    pub fn run_algorithm(
+        &self,
+        algorithm: Algorithm,
+        layouts: Arc<RingLayouts>,
+        inputs: Arc<Vec<RankInputs>>,
+    ) -> Result<Vec<RankOutput>> {
+        let n = self.world_size();
+        if inputs.len() != n || layouts.world_size() != n {
             return Err(GpuRingError::Message {
                 rank: 0,
-                op: "run_ring",
+                op: "GpuRing::run_algorithm",
                 reason: format!(
-                    "NCCL needs one GPU per rank; {n} ranks on one GPU need the same-GPU transport (or run_ring_per_device)"
+                    "{} inputs and layouts of {} ranks for a ring of {n}",
+                    inputs.len(),
+                    layouts.world_size()
                 ),
             });
         }
-    };
-    let results: Vec<Result<RankOutput>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = transports
-            .into_iter()
-            .zip(&streams)
-            .zip(inputs)
-            .map(|((mut transport, stream), input)| {
-                let rank_ops = ops.with_stream(stream.clone());
-                scope.spawn(move || -> Result<RankOutput> {
-                    ctx_bind(&rank_ops)?;
-                    let mut probe = CudaProbe::new(stream.clone());
-                    let local = Local { q: &input.q, k: &input.k, v: &input.v };
-                    let partial = run(algorithm, &rank_ops, &mut transport, layouts, local, &mut probe)?;
-                    rank_ops.synchronize()?;
-                    Ok(RankOutput { partial, times: probe.times() })
-                })
-            })
-            .collect();
-        join_ranks(handles)
-    });
-    first_root_cause(results)
-}
-
-/// Runs `algorithm` over NCCL with one GPU per rank, driven by this process: a thread per GPU,
-/// each owning its communicator. `ops[r]` is rank `r`'s device (`CudaAttention::new(r)`), and
-/// `inputs[r]` must live on it. All communicators are created together (NCCL requires every
-/// rank to join), then each thread runs its rank.
-pub fn run_ring_per_device(
-    ops: &[CudaAttention],
-    algorithm: Algorithm,
-    layouts: &RingLayouts,
-    inputs: &[RankInputs],
-    timeout: Duration,
-) -> Result<Vec<RankOutput>> {
-    let n = layouts.world_size();
-    if ops.len() != n || inputs.len() != n {
-        return Err(GpuRingError::Message {
-            rank: 0,
-            op: "run_ring_per_device",
-            reason: format!("{} devices and {} inputs for {n} ranks", ops.len(), inputs.len()),
-        });
+        self.run(move |rank| rank.run_algorithm(algorithm, &layouts, &inputs[rank.rank]))
     }
-    let id = NcclTransport::unique_id()?;
-    let results: Vec<Result<RankOutput>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = ops
-            .iter()
-            .zip(inputs)
-            .enumerate()
-            .map(|(rank, (rank_ops, input))| {
-                scope.spawn(move || -> Result<RankOutput> {
-                    ctx_bind(rank_ops)?;
-                    rank_ops.synchronize()?;
-                    let stream = rank_ops.stream().clone();
-                    let mut transport = NcclTransport::init_rank(stream.clone(), rank, n, id, timeout)?;
-                    let mut probe = CudaProbe::new(stream);
-                    let local = Local { q: &input.q, k: &input.k, v: &input.v };
-                    let partial = run(algorithm, rank_ops, &mut transport, layouts, local, &mut probe)?;
-                    rank_ops.synchronize()?;
-                    Ok(RankOutput { partial, times: probe.times() })
-                })
-            })
-            .collect();
-        join_ranks(handles)
-    });
-    first_root_cause(results)
-}
-
-/// Joins the rank threads in rank order; a panicking rank becomes [`GpuRingError::RankPanicked`]
-/// with its message.
-fn join_ranks(handles: Vec<std::thread::ScopedJoinHandle<'_, Result<RankOutput>>>) -> Vec<Result<RankOutput>> {
-    handles
-        .into_iter()
-        .enumerate()
-        .map(|(rank, h)| {
-            h.join().unwrap_or_else(|p| Err(GpuRingError::RankPanicked { rank, message: cp_ring::panic_message(&*p) }))
-        })
-        .collect()
-}
-
-/// All ranks' outputs, or the error that started the failure (a rank's own failure rather than
-/// a peer's report that it went away).
-fn first_root_cause(results: Vec<Result<RankOutput>>) -> Result<Vec<RankOutput>> {
-    if results.iter().any(|r| r.is_err()) {
-        let mut errors: Vec<GpuRingError> = results.into_iter().filter_map(|r| r.err()).collect();
-        let echo = |e: &GpuRingError| matches!(e, GpuRingError::Ring(RingError::Transport { .. }));
-        let at = errors.iter().position(|e| !echo(e)).unwrap_or(0);
-        return Err(errors.swap_remove(at));
-    }
-    Ok(results.into_iter().filter_map(|r| r.ok()).collect())
-}
-
-fn ctx_bind(ops: &CudaAttention) -> Result<()> {
-    ops.stream().context().bind_to_thread().map_err(cuda(0, "cuCtxSetCurrent"))
 }

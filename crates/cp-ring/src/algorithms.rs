@@ -31,6 +31,14 @@ pub enum Algorithm {
     PassKv,
     /// [`pass_q`] (also the decode algorithm).
     PassQ,
+    /// [`gather_q`]: pass-Q with the `N - 1` ring shifts replaced by one all-to-all of the
+    /// queries (for decode, where the latency of each step counts and the messages are tiny).
+    GatherQ,
+}
+
+impl Algorithm {
+    /// Every algorithm.
+    pub const ALL: [Algorithm; 3] = [Algorithm::PassKv, Algorithm::PassQ, Algorithm::GatherQ];
 }
 
 impl std::fmt::Display for Algorithm {
@@ -38,6 +46,7 @@ impl std::fmt::Display for Algorithm {
         f.write_str(match self {
             Algorithm::PassKv => "pass-KV",
             Algorithm::PassQ => "pass-Q",
+            Algorithm::GatherQ => "gather-Q",
         })
     }
 }
@@ -58,6 +67,7 @@ where
     match algorithm {
         Algorithm::PassKv => pass_kv(ops, comm, layouts, local, probe),
         Algorithm::PassQ => pass_q(ops, comm, layouts, local, probe),
+        Algorithm::GatherQ => gather_q(ops, comm, layouts, local, probe),
     }
 }
 
@@ -126,28 +136,90 @@ where
         partials[src] = Some(part);
         Ok(())
     })?;
-
     // Every source rank was visited exactly once above.
-    let outgoing: Vec<Vec<A::Tensor>> =
-        partials.into_iter().map(|p| p.map(|p| vec![p.out, p.lse]).unwrap_or_default()).collect();
-    probe.enter(Phase::AllToAll, n);
-    let incoming = comm.all_to_all(outgoing).map_err(|e| ctx.transport(n, "all_to_all(partials)", e))?;
-    probe.exit(Phase::AllToAll, n);
-    if incoming.len() != n {
-        return Err(RingError::Message { rank, step: n, op: "all_to_all", expected: n, actual: incoming.len() });
+    ctx.return_partials(ops, comm, partials, probe)
+}
+
+/// Pass-Q with the queries gathered by one all-to-all instead of `N - 1` ring shifts, on this
+/// rank (batched decode above all: the messages are a few kilobytes, and each ring shift would
+/// add a transfer's latency to the step).
+///
+/// Every rank sends its query block to every rank; each computes the partial attention of all
+/// `N` blocks against its own keys and values; the same all-to-all as [`pass_q`] returns each
+/// partial to the owner of its queries, which merges them. Same results as [`pass_q`]: only how
+/// the queries travel differs.
+pub fn gather_q<A, C>(
+    ops: &A,
+    comm: &mut C,
+    layouts: &RingLayouts,
+    local: Local<'_, A::Tensor>,
+    probe: &mut impl Probe,
+) -> Result<Partial<A::Tensor>>
+where
+    A: AttentionOps,
+    C: RingTransport<A::Tensor>,
+{
+    let Local { q, k, v } = local;
+    let ctx = Ctx::new(ops, comm, layouts, local)?;
+    let (rank, n) = (ctx.rank, ctx.n);
+    probe.enter(Phase::Wait, 0);
+    let blocks = comm
+        .all_to_all((0..n).map(|_| vec![q.clone()]).collect())
+        .map_err(|e| ctx.transport(0, "all_to_all(queries)", e))?;
+    probe.exit(Phase::Wait, 0);
+    if blocks.len() != n {
+        return Err(RingError::Message { rank, step: 0, op: "all_to_all(queries)", expected: n, actual: blocks.len() });
     }
-    let mut mine = Vec::with_capacity(n);
-    for msg in incoming {
-        ctx.check_parts(n, "all_to_all(partials)", 2, msg.len())?;
-        let mut parts = msg.into_iter();
-        if let (Some(out), Some(lse)) = (parts.next(), parts.next()) {
-            mine.push(Partial { out, lse });
+    let mut partials: Vec<Option<Partial<A::Tensor>>> = (0..n).map(|_| None).collect();
+    probe.enter(Phase::Compute, 0);
+    for (src, block) in blocks.iter().enumerate() {
+        ctx.check_parts(0, "all_to_all(queries)", 1, block.len())?;
+        let part = ops
+            .partial(&block[0], &layouts.q[src], k, v, &layouts.kv[rank])
+            .map_err(|e| ctx.compute(0, "partial attention", e))?;
+        partials[src] = Some(part);
+    }
+    probe.exit(Phase::Compute, 0);
+    ctx.return_partials(ops, comm, partials, probe)
+}
+
+impl Ctx {
+    /// Pass-Q's end: one all-to-all returns every partial (`partials[src]`: this rank's keys
+    /// against the queries of rank `src`) to the rank that owns its queries, which merges the
+    /// `N` partials of its own queries.
+    fn return_partials<A, C>(
+        &self,
+        ops: &A,
+        comm: &mut C,
+        partials: Vec<Option<Partial<A::Tensor>>>,
+        probe: &mut impl Probe,
+    ) -> Result<Partial<A::Tensor>>
+    where
+        A: AttentionOps,
+        C: RingTransport<A::Tensor>,
+    {
+        let (ctx, rank, n) = (self, self.rank, self.n);
+        let outgoing: Vec<Vec<A::Tensor>> =
+            partials.into_iter().map(|p| p.map(|p| vec![p.out, p.lse]).unwrap_or_default()).collect();
+        probe.enter(Phase::AllToAll, n);
+        let incoming = comm.all_to_all(outgoing).map_err(|e| ctx.transport(n, "all_to_all(partials)", e))?;
+        probe.exit(Phase::AllToAll, n);
+        if incoming.len() != n {
+            return Err(RingError::Message { rank, step: n, op: "all_to_all", expected: n, actual: incoming.len() });
         }
+        let mut mine = Vec::with_capacity(n);
+        for msg in incoming {
+            ctx.check_parts(n, "all_to_all(partials)", 2, msg.len())?;
+            let mut parts = msg.into_iter();
+            if let (Some(out), Some(lse)) = (parts.next(), parts.next()) {
+                mine.push(Partial { out, lse });
+            }
+        }
+        probe.enter(Phase::Merge, n);
+        let merged = ops.merge_all(mine).map_err(|e| ctx.compute(n, "merge_all", e))?;
+        probe.exit(Phase::Merge, n);
+        Ok(merged)
     }
-    probe.enter(Phase::Merge, n);
-    let merged = ops.merge_all(mine).map_err(|e| ctx.compute(n, "merge_all", e))?;
-    probe.exit(Phase::Merge, n);
-    Ok(merged)
 }
 
 /// Error labels of a rotation: start, finish, and the shift as a whole.

@@ -29,6 +29,8 @@
 //!   the owners of the queries with one all-to-all and are merged there. With the layouts of a
 //!   [`cp_shard::DecodePlan`] — one query per sequence, tagged by its batch id through the
 //!   layout — the same function is the batched ring pass-Q decode of Algorithm 4.
+//! - [`gather_q`]: pass-Q with the queries gathered by one all-to-all instead of `N - 1` ring
+//!   shifts: two collectives per step in all, for decode, where each step's latency counts.
 
 mod algorithms;
 mod channel;
@@ -36,7 +38,7 @@ mod error;
 mod pool;
 mod traits;
 
-pub use algorithms::{Algorithm, Local, pass_kv, pass_q, run};
+pub use algorithms::{Algorithm, Local, gather_q, pass_kv, pass_q, run};
 pub use channel::{ChannelTransport, TransportError, channel_ring};
 pub use error::{BoxError, RingError};
 pub use pool::{PoolError, RankPool, panic_message};

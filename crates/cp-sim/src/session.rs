@@ -232,14 +232,28 @@ impl Session {
     /// Runs one decode iteration (batched ring pass-Q, Algorithm 4) for the sequences `seqs`,
     /// checks it, and commits the new tokens, placed round-robin.
     pub fn decode(&mut self, seqs: &[usize]) -> Result<StepReport> {
+        let mut reports = self.decode_with(seqs, &[Algorithm::PassQ])?;
+        Ok(reports.remove(0))
+    }
+
+    /// Runs one decode iteration for the sequences `seqs` with each of `algorithms` (pass-Q,
+    /// Algorithm 4, or gather-Q) on the same fresh inputs, checks each, and commits the new
+    /// tokens, placed round-robin.
+    pub fn decode_with(&mut self, seqs: &[usize], algorithms: &[Algorithm]) -> Result<Vec<StepReport>> {
+        if algorithms.is_empty() {
+            return Err(SimError::Config("decode_with: no algorithm given".into()));
+        }
         let plan = DecodePlan::new(&self.cache, seqs, self.decode_iteration)?;
         let kind = StepKind::Decode { iteration: self.decode_iteration, batch: seqs.len() };
         let q_new = self.draw_new_tokens(&plan.new_spans());
-        let mut report = self.run_step(plan.layouts(), &q_new, &plan.new_spans(), Algorithm::PassQ, kind)?;
+        let mut reports = algorithms
+            .iter()
+            .map(|&a| self.run_step(plan.layouts(), &q_new, &plan.new_spans(), a, kind))
+            .collect::<Result<Vec<_>>>()?;
         self.cache.commit_decode(&plan)?;
         self.decode_iteration += 1;
-        self.fill_cache_lens(std::slice::from_mut(&mut report))?;
-        Ok(report)
+        self.fill_cache_lens(&mut reports)?;
+        Ok(reports)
     }
 
     fn fill_cache_lens(&self, reports: &mut [StepReport]) -> Result<()> {

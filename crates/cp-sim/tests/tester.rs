@@ -1,5 +1,6 @@
 //! One test body, many configurations: every algorithm x world sizes 1..8 x dtypes x
-//! full/partial prefill x GQA ratios x lengths not divisible by 2N, plus decode. Each failure
+//! full/partial prefill x GQA ratios x lengths not divisible by 2N, plus decode (pass-Q and
+//! gather-Q). Each failure
 //! is labelled with its configuration, and all failures are listed together.
 
 use std::time::Duration;
@@ -19,16 +20,17 @@ fn run_session(cfg: SimConfig) -> Result<Vec<StepReport>, String> {
     let n = cfg.world_size;
     let mut session = Session::new(cfg, 2).map_err(|e| e.to_string())?;
     let mut reports = Vec::new();
-    let algorithms = [Algorithm::PassKv, Algorithm::PassQ];
+    let algorithms = Algorithm::ALL;
     // 2N*3 + 1 and N + 2 tokens: neither is a multiple of 2N (for N > 1 in the second case).
     let first = [NewTokens { seq: 0, count: 6 * n + 1 }, NewTokens { seq: 1, count: n + 2 }];
     reports.extend(session.prefill(&first, &algorithms).map_err(|e| e.to_string())?);
     let second = [NewTokens { seq: 1, count: 2 * n + 3 }, NewTokens { seq: 0, count: 5 }];
     reports.extend(session.prefill(&second, &algorithms).map_err(|e| e.to_string())?);
+    let decoders = [Algorithm::PassQ, Algorithm::GatherQ];
     for _ in 0..3 {
-        reports.push(session.decode(&[0, 1]).map_err(|e| e.to_string())?);
+        reports.extend(session.decode_with(&[0, 1], &decoders).map_err(|e| e.to_string())?);
     }
-    reports.push(session.decode(&[1]).map_err(|e| e.to_string())?);
+    reports.extend(session.decode_with(&[1], &decoders).map_err(|e| e.to_string())?);
     Ok(reports)
 }
 
@@ -56,5 +58,6 @@ fn every_algorithm_world_size_dtype_and_head_ratio() {
         }
     }
     assert!(failures.is_empty(), "{} of {checked} steps failed:\n{}", failures.len(), failures.join("\n"));
-    assert_eq!(checked, 8 * 3 * 3 * 8);
+    // Per configuration: 3 algorithms x 2 prefills + 2 decoders x 4 decode steps.
+    assert_eq!(checked, 8 * 3 * 3 * (3 * 2 + 2 * 4));
 }

@@ -156,7 +156,11 @@ fn check_case(ops: &CudaAttention, rng: &mut Rng, case: &Case) -> Result<(String
     let splits = if tq > DECODE_ROWS {
         let rows_per_block = if ops.prefill == PrefillKernel::Wgmma { 128 } else { 64 };
         let key_tile = if ops.prefill == PrefillKernel::Wgmma { 128 } else { 64 };
-        if ops.split_kv { kv_splits(tq.div_ceil(rows_per_block) * n_heads, tk.div_ceil(key_tile), ops.sm_count()) } else { 1 }
+        if ops.split_kv {
+            kv_splits(tq.div_ceil(rows_per_block) * n_heads, tk.div_ceil(key_tile), ops.sm_count())
+        } else {
+            1
+        }
     } else {
         0
     };
@@ -233,7 +237,8 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
         layout_of(&[(Some(0), 0, 200), (None, 0, 20)]),
         layout_of(&[(Some(0), 0, 200), (None, 0, 56)]),
     );
-    c.plants = (200..256).flat_map(|r| [('k', r, nan), ('v', r, nan)]).chain((200..220).map(|r| ('q', r, nan))).collect();
+    c.plants =
+        (200..256).flat_map(|r| [('k', r, nan), ('v', r, nan)]).chain((200..220).map(|r| ('q', r, nan))).collect();
     cases.push(c);
     // Future rows inside a partly visible tile: queries 0..100, keys 0..256 with V row 110 NaN,
     // K row 120 NaN, V row 130 +inf, K row 140 huge (inf in f16).
@@ -303,7 +308,8 @@ fn check_random_rows(ops: &CudaAttention) -> Result<(String, bool)> {
             None => vec![f32::NAN; heads * dim],
         };
         let have = &got[row * heads * dim..(row + 1) * heads * dim];
-        bad += have.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan())).count();
+        bad +=
+            have.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan())).count();
     }
     Ok((format!("random_rows (device) == hashed_value (host), bit for bit: {bad} mismatches"), bad == 0))
 }
