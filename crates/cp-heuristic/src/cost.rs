@@ -32,6 +32,22 @@ pub struct CostModel {
     pub pass_kv: ModeCost,
     /// Ring pass-Q with its all-to-all (Algorithm 3).
     pub pass_q: ModeCost,
+    /// The same attention on one rank: `4 T (T+P) D / C` (no ring, no message).
+    pub single_s: f64,
+}
+
+impl CostModel {
+    /// The faster ring's predicted total.
+    pub fn best_ring_s(&self) -> f64 {
+        self.pass_kv.total_s.min(self.pass_q.total_s)
+    }
+
+    /// Whether the faster ring is predicted to beat one rank doing all the work: not so for a
+    /// short prompt, where each ring step's fixed cost (the link's latency) outweighs its
+    /// share of the compute.
+    pub fn cp_wins(&self) -> bool {
+        self.best_ring_s() < self.single_s
+    }
 }
 
 /// Predicts per-step and total times of pass-KV and pass-Q.
@@ -40,7 +56,9 @@ pub struct CostModel {
 /// sends `2 ((T+P)/N) D e NKV/NH` bytes, pass-Q sends `(T/N) D e` bytes; pass-Q's all-to-all
 /// moves `(N - 1) (T/N) (D + 1) e` bytes (Appendix C's term, per rank). Transfers of step
 /// `j + 1` overlap the compute of step `j`, so a ring of `N` steps takes
-/// `(N - 1) max(compute, comm) + compute`. The model uses Table 3's count without a causal
+/// `(N - 1) max(compute, comm) + compute`. Every message also pays the link's fixed latency
+/// (zero unless measured), which is what makes a short prompt cheaper on one rank
+/// ([`CostModel::cp_wins`]). The model uses Table 3's count without a causal
 /// discount, as the paper's thresholds do; `step_flops_causal` is there to compare with
 /// measured causal work.
 pub fn cost_model(inputs: &Inputs) -> Result<CostModel> {
@@ -56,8 +74,9 @@ pub fn cost_model(inputs: &Inputs) -> Result<CostModel> {
     let step_flops = 4.0 * (t / n) * ((t + p) / n) * d;
     let step_flops_causal = 4.0 * d * (t * p + t * t / 2.0) / (n * n);
     let step_compute_s = step_flops / c;
+    let latency = inputs.hardware.link.latency_s;
     let mode = |message_bytes: f64, all_to_all_s: f64| {
-        let step_comm_s = message_bytes / bw;
+        let step_comm_s = latency + message_bytes / bw;
         let ring_steps = n - 1.0;
         ModeCost {
             message_bytes,
@@ -70,6 +89,13 @@ pub fn cost_model(inputs: &Inputs) -> Result<CostModel> {
     };
     let kv_bytes = 2.0 * ((t + p) / n) * d * e * inputs.model.kv_ratio();
     let q_bytes = (t / n) * d * e;
-    let all_to_all_s = (n - 1.0) * (t / n) * (d + 1.0) * e / bw;
-    Ok(CostModel { step_flops, step_flops_causal, pass_kv: mode(kv_bytes, 0.0), pass_q: mode(q_bytes, all_to_all_s) })
+    let all_to_all_s = if n > 1.0 { latency + (n - 1.0) * (t / n) * (d + 1.0) * e / bw } else { 0.0 };
+    let single_s = 4.0 * t * (t + p) * d / c;
+    Ok(CostModel {
+        step_flops,
+        step_flops_causal,
+        pass_kv: mode(kv_bytes, 0.0),
+        pass_q: mode(q_bytes, all_to_all_s),
+        single_s,
+    })
 }

@@ -139,6 +139,14 @@ impl fmt::Display for Decision {
             self.inputs.world_size,
             self.reason()
         )?;
+        if !self.cost.cp_wins() {
+            writeln!(
+                f,
+                "  CP cannot win here: the faster ring is predicted at {:.3} ms, one rank doing all the work at {:.3} ms",
+                self.cost.best_ring_s() * 1e3,
+                self.cost.single_s * 1e3
+            )?;
+        }
         for (mode, cost) in [(Mode::PassKv, &self.cost.pass_kv), (Mode::PassQ, &self.cost.pass_q)] {
             writeln!(
                 f,

@@ -95,19 +95,34 @@ pub struct Link {
     pub bandwidth: f64,
     /// Where the figure comes from.
     pub source: &'static str,
+    /// Fixed cost of one message (a ring shift or an all-to-all), seconds: the time of a tiny
+    /// transfer, what a short ring step cannot hide. 0 in the presets (the paper's model has
+    /// none); [`Link::with_latency`] sets a measured one.
+    pub latency_s: f64,
 }
 
 impl Link {
     /// NVLink 4 inside an H100 SXM node: 450 GB/s per direction (vendor datasheet, 900 GB/s total).
-    pub const NVLINK4: Link =
-        Link { name: "nvlink4", bandwidth: 450e9, source: "NVIDIA H100 SXM datasheet: 900 GB/s bidirectional" };
+    pub const NVLINK4: Link = Link {
+        name: "nvlink4",
+        bandwidth: 450e9,
+        source: "NVIDIA H100 SXM datasheet: 900 GB/s bidirectional",
+        latency_s: 0.0,
+    };
     /// 400 Gb/s RDMA (InfiniBand NDR or RoCE) between nodes: 50 GB/s.
-    pub const RDMA_400G: Link = Link { name: "rdma-400g", bandwidth: 50e9, source: "400 Gb/s line rate" };
+    pub const RDMA_400G: Link =
+        Link { name: "rdma-400g", bandwidth: 50e9, source: "400 Gb/s line rate", latency_s: 0.0 };
     /// 100 Gb/s TCP between nodes: 12.5 GB/s.
-    pub const TCP_100G: Link = Link { name: "tcp-100g", bandwidth: 12.5e9, source: "100 Gb/s line rate" };
+    pub const TCP_100G: Link =
+        Link { name: "tcp-100g", bandwidth: 12.5e9, source: "100 Gb/s line rate", latency_s: 0.0 };
     /// A user-measured bandwidth.
     pub const fn custom(bandwidth: f64) -> Link {
-        Link { name: "custom", bandwidth, source: "given by the user" }
+        Link { name: "custom", bandwidth, source: "given by the user", latency_s: 0.0 }
+    }
+
+    /// The same link with a fixed cost of `latency_s` seconds per message.
+    pub const fn with_latency(self, latency_s: f64) -> Link {
+        Link { latency_s, ..self }
     }
 }
 
@@ -137,6 +152,10 @@ impl Hardware {
             if !(value.is_finite() && value > 0.0) {
                 return Err(HeuristicError::NotPositive { what, value });
             }
+        }
+        let latency = self.link.latency_s;
+        if !(latency.is_finite() && latency >= 0.0) {
+            return Err(HeuristicError::NotPositive { what: "link latency (>= 0)", value: latency });
         }
         Ok(())
     }

@@ -226,3 +226,30 @@ fn costs_grow_with_tokens_and_thresholds_are_consistent() {
         Ok(())
     });
 }
+
+#[test]
+fn a_short_prompt_is_cheaper_on_one_rank_once_messages_cost_latency() {
+    // Llama3-8B attention on 4 ranks at 400 TFLOP/s over a 200 GB/s link with 30 us a message.
+    let inputs = |t: usize, latency: f64| Inputs {
+        model: ModelShape::LLAMA3_8B,
+        hardware: Hardware { compute: Compute::custom(400e12), link: Link::custom(200e9).with_latency(latency) },
+        world_size: 4,
+        workload: Workload { new_tokens: t, cached_tokens: 0 },
+    };
+    // One rank: 4 T^2 D / C. T = 512: 4 * 512^2 * 4096 / 400e12 = 10.7 us.
+    let tiny = cost_model(&inputs(512, 30e-6)).unwrap();
+    assert!(close(tiny.single_s, 4.0 * 512.0 * 512.0 * 4096.0 / 400e12));
+    // Three ring steps of at least 30 us each: the ring cannot win.
+    assert!(!tiny.cp_wins(), "ring {} s vs one rank {} s", tiny.best_ring_s(), tiny.single_s);
+    let text = choose(Rule::Alg5, &inputs(512, 30e-6)).unwrap().to_string();
+    assert!(text.contains("CP cannot win here"), "{text}");
+    // Without latency the paper's model always splits the work N ways.
+    assert!(cost_model(&inputs(512, 0.0)).unwrap().cp_wins());
+    // A long prompt wins with the same latency.
+    let long = cost_model(&inputs(65_536, 30e-6)).unwrap();
+    assert!(long.cp_wins() && long.best_ring_s() < long.single_s / 3.0);
+    // A negative or NaN latency is refused.
+    for bad in [-1e-6, f64::NAN] {
+        assert!(matches!(cost_model(&inputs(512, bad)), Err(HeuristicError::NotPositive { .. })));
+    }
+}
