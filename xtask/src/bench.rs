@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use cp_heuristic::{Compute, Hardware, Inputs, Link, Mode, ModelShape, Rule, Workload, choose, cost_model};
+use cp_heuristic::{Compute, Hardware, Inputs, Link, ModelShape, Rule, Workload, choose, cost_model};
 use cp_ring::Algorithm;
 use cp_shard::NewTokens;
 use cp_sim::{Session, SimConfig, StepReport};
@@ -68,8 +68,19 @@ fn gpu_present() -> bool {
     Command::new("nvidia-smi").arg("-L").output().map(|o| o.status.success() && !o.stdout.is_empty()).unwrap_or(false)
 }
 
+/// The workspace's root (where this xtask was built from), whatever the current directory.
+fn workspace_root() -> PathBuf {
+    let xtask = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().map_or(xtask.clone(), PathBuf::from)
+}
+
+/// `$CARGO_TARGET_DIR`, else the workspace's `target/`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
 fn out_dir() -> anyhow::Result<PathBuf> {
-    let dir = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("cp-bench");
+    let dir = target_dir().join("cp-bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
@@ -97,13 +108,14 @@ fn gpu(args: &Args) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     println!("GPU found: building cp-ring-bench (release)...");
     let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "cp-nccl", "--bin", "cp-ring-bench"])
+        .args(["build", "--release", "-p", "cp-bench", "--bin", "cp-ring-bench"])
+        .current_dir(workspace_root())
         .status()
         .context("running cargo build")?;
     if !status.success() {
         bail!("building cp-ring-bench failed");
     }
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let bin = target_dir().join("release/cp-ring-bench");
     let json = out_dir()?.join("gpu-bench.json");
     let t = args.seq_len.unwrap_or(16384);
     let algorithm = match args.algorithm {
@@ -112,8 +124,12 @@ fn gpu(args: &Args) -> anyhow::Result<()> {
         Which::Auto => "auto",
         Which::All => "all",
     };
-    let status = Command::new(PathBuf::from(target).join("release/cp-ring-bench"))
-        .args(["all", "--world-size", &args.world_size.to_string(), "--seq-len", &t.to_string()])
+    let status = Command::new(&bin).arg("check").status().context("running cp-ring-bench check")?;
+    if !status.success() {
+        bail!("cp-ring-bench check failed ({status})");
+    }
+    let status = Command::new(&bin)
+        .args(["bench", "--world-size", &args.world_size.to_string(), "--seq-len", &t.to_string()])
         .args(["--cached", &args.cached.to_string(), "--iters", &args.iters.to_string()])
         .args(["--warmup", &args.warmup.to_string(), "--algorithm", algorithm])
         .args(["--heads", &args.gpu_heads.0.to_string(), "--kv-heads", &args.gpu_heads.1.to_string()])
@@ -221,7 +237,7 @@ fn cpu(args: &Args) -> anyhow::Result<()> {
         Which::Auto => {
             let decision = choose(Rule::Alg5, &inputs)?;
             println!("auto: {decision}");
-            vec![if decision.mode == Mode::PassKv { Algorithm::PassKv } else { Algorithm::PassQ }]
+            vec![Algorithm::from(decision.mode)]
         }
     };
     let predicted = cost_model(&inputs)?;

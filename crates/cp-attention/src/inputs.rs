@@ -35,9 +35,9 @@ mod tests {
     fn values_are_pinned_bounded_and_spread() {
         // Pinned (computed independently, in Python): the device kernel `fill_rows` computes the
         // same function, so a change here must change it too.
-        assert_eq!(hashed_value(0, 0, 0, 0), -1.445_162_534_713_745_1);
-        assert_eq!(hashed_value(7, 1, 123, 5), -0.804_901_838_302_612_3);
-        assert_eq!(hashed_value(42, 3, 1_000_000, 4095), 1.265_523_195_266_723_6);
+        assert_eq!(f64::from(hashed_value(0, 0, 0, 0)), -1.445_162_534_713_745_1);
+        assert_eq!(f64::from(hashed_value(7, 1, 123, 5)), -0.804_901_838_302_612_3);
+        assert_eq!(f64::from(hashed_value(42, 3, 1_000_000, 4095)), 1.265_523_195_266_723_6);
         let v: Vec<f32> = (0..4096).map(|c| hashed_value(7, 1, 123, c)).collect();
         assert!(v.iter().all(|x| (-2.0..2.0).contains(x)));
         let mean = v.iter().sum::<f32>() / v.len() as f32;

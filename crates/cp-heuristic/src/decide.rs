@@ -22,6 +22,16 @@ impl fmt::Display for Mode {
     }
 }
 
+impl From<Mode> for cp_ring::Algorithm {
+    /// The ring algorithm that runs a mode.
+    fn from(mode: Mode) -> cp_ring::Algorithm {
+        match mode {
+            Mode::PassKv => cp_ring::Algorithm::PassKv,
+            Mode::PassQ => cp_ring::Algorithm::PassQ,
+        }
+    }
+}
+
 /// Which rule decides.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Rule {

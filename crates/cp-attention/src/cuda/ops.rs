@@ -277,6 +277,14 @@ impl CudaAttention {
         Ok(uploaded)
     }
 
+    /// Forgets every uploaded layout and prepared decode argument (shared with the other
+    /// streams' clones): the next launch of each layout uploads it again, as a new layout
+    /// would (a benchmark of steps whose layouts all differ, say).
+    pub fn forget_layouts(&self) {
+        self.layouts.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.decode_args.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     fn check(
         &self,
         q: &GpuTensor,

@@ -1,0 +1,120 @@
+//! The ring on GPU ranks against the f64 oracle: every algorithm, partial prefill of a batch of
+//! two sequences over a cache, and decode iterations, on every placement this machine has.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cp_attention::reference::{Heads, discrepancy};
+use cp_nccl::{GpuRing, Placement};
+use cp_ring::Algorithm;
+use cp_shard::{CacheMap, DecodePlan, NewTokens, RingLayouts, Span, TurnPlan, gather_rows};
+
+use crate::workload;
+
+/// Tolerances (relative L2) of a ring's outputs against the oracle: bf16 inputs, P rounded to
+/// bf16 before P V, f32 partials and merges.
+pub const TOL_OUT: f64 = 1e-2;
+/// LSE comes from f32 scores of exactly representable products.
+pub const TOL_LSE: f64 = 1e-5;
+
+/// One checked step.
+#[derive(Debug)]
+pub struct CheckLine {
+    /// What ran.
+    pub label: String,
+    /// Within tolerance, no non-finite mismatch.
+    pub ok: bool,
+    /// The report line.
+    pub line: String,
+}
+
+/// Runs `algorithm` on `ring` over `layouts` with drawn inputs and checks the `wanted` rows.
+pub fn check_step(
+    ring: &GpuRing,
+    heads: Heads,
+    seed: u64,
+    algorithm: Algorithm,
+    layouts: &Arc<RingLayouts>,
+    wanted: &[(usize, Span)],
+    label: String,
+) -> anyhow::Result<CheckLine> {
+    let l = layouts.clone();
+    let per_rank = ring.run(move |rank| {
+        let inputs = workload::draw(&rank.ops, rank.rank, &l, heads, seed)?;
+        let out = rank.run_algorithm(algorithm, &l, &inputs)?;
+        let s = rank.ops.stream().clone();
+        Ok((out.partial.out.download(&s)?, out.partial.lse.download(&s)?))
+    })?;
+    let f64s = |v: &Vec<f32>| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+    let outs: Vec<Vec<f64>> = per_rank.iter().map(|(o, _)| f64s(o)).collect();
+    let lses: Vec<Vec<f64>> = per_rank.iter().map(|(_, l)| f64s(l)).collect();
+    let outs_r: Vec<&[f64]> = outs.iter().map(Vec::as_slice).collect();
+    let lses_r: Vec<&[f64]> = lses.iter().map(Vec::as_slice).collect();
+    let got_out = gather_rows(&layouts.q, &outs_r, heads.n_heads * heads.head_dim, wanted)?.concat();
+    let got_lse = gather_rows(&layouts.q, &lses_r, heads.n_heads, wanted)?.concat();
+    let (want_out, want_lse) = workload::oracle(heads, seed, wanted);
+    let (d_out, d_lse) = (discrepancy(&got_out, &want_out), discrepancy(&got_lse, &want_lse));
+    let ok = d_out.within(TOL_OUT) && d_lse.within(TOL_LSE);
+    let line = format!(
+        "{label:<52} out relL2 {:.2e} (tol {TOL_OUT:.0e}), lse relL2 {:.2e}, non-finite mismatches {}",
+        d_out.rel_l2,
+        d_lse.rel_l2,
+        d_out.non_finite_mismatches + d_lse.non_finite_mismatches
+    );
+    Ok(CheckLine { label, ok, line })
+}
+
+/// A partial-prefill turn of two sequences (300 and 77 cached; 203 and 61 new: lengths that
+/// are no multiple of 2N), every algorithm; then two decode iterations with pass-Q and gather-Q.
+/// Padding rows hold NaN throughout.
+pub fn check_ring(ring: &GpuRing, name: &str, seed: u64) -> anyhow::Result<Vec<CheckLine>> {
+    let heads = Heads { n_heads: 8, n_kv_heads: 2, head_dim: 128 };
+    let n = ring.world_size();
+    let mut lines = Vec::new();
+    let mut cache = CacheMap::new(n, 2)?;
+    let first = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: 300 }, NewTokens { seq: 1, count: 77 }])?;
+    cache.commit_turn(&first)?;
+    let turn = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: 203 }, NewTokens { seq: 1, count: 61 }])?;
+    let layouts = Arc::new(turn.layouts().clone());
+    for algorithm in Algorithm::ALL {
+        let label = format!("N={n} {name} {algorithm} partial prefill");
+        lines.push(check_step(ring, heads, seed, algorithm, &layouts, &turn.new_spans(), label)?);
+    }
+    cache.commit_turn(&turn)?;
+    for it in 0..2 {
+        let plan = DecodePlan::new(&cache, &[0, 1], it)?;
+        let layouts = Arc::new(plan.layouts().clone());
+        for algorithm in [Algorithm::PassQ, Algorithm::GatherQ] {
+            let label = format!("N={n} {name} {algorithm} decode iteration {it}");
+            lines.push(check_step(ring, heads, seed, algorithm, &layouts, &plan.new_spans(), label)?);
+        }
+        cache.commit_decode(&plan)?;
+    }
+    Ok(lines)
+}
+
+/// The placements to check on a machine with `gpus` GPUs: 1..=8 ranks on GPU 0 (same-GPU
+/// transport), NCCL with one rank, and NCCL with one GPU per rank for 2..=gpus ranks.
+pub fn placements(gpus: usize) -> Vec<(Placement, String)> {
+    let mut all: Vec<(Placement, String)> =
+        (1..=8).map(|n| (Placement::SameGpu { device: 0, world_size: n }, "same-GPU".to_string())).collect();
+    all.push((Placement::Gpus(vec![0]), "NCCL".into()));
+    for n in 2..=gpus {
+        all.push((Placement::Gpus((0..n).collect()), format!("NCCL {n} GPUs")));
+    }
+    all
+}
+
+/// Checks every placement; prints each line; returns whether all passed.
+pub fn check_all(gpus: usize, timeout: Duration) -> anyhow::Result<bool> {
+    let seed = 0x5eed ^ u64::from(std::process::id());
+    let mut all_ok = true;
+    for (placement, name) in placements(gpus) {
+        let ring = GpuRing::new(placement, timeout)?;
+        for line in check_ring(&ring, &name, seed)? {
+            println!("  {} {}", if line.ok { "[ok]    " } else { "[FAILED]" }, line.line);
+            all_ok &= line.ok;
+        }
+    }
+    Ok(all_ok)
+}

@@ -1,0 +1,220 @@
+//! Decode latency: one attention layer's step for a batch of sequences with long caches, on one
+//! GPU (the decode kernel alone) and on rings of N GPUs (pass-Q, Algorithm 4, and gather-Q),
+//! many steps, medians and tails, with a breakdown per phase.
+//!
+//! Two modes. `steady` repeats one decode step (its layouts uploaded once): the attention
+//! layer's latency with everything a step needs already on the device, which is what a
+//! captured graph would replay. `growing` runs successive steps — the round-robin placement
+//! moving, caches growing by a token — with every layout uploaded inside the step (the cache
+//! of uploaded layouts is emptied after the inputs are drawn), which is what today's host path
+//! costs a server that builds new layouts every token.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cp_attention::reference::Heads;
+use cp_nccl::{GpuRing, PhaseTimes, RankInputs};
+use cp_ring::{Algorithm, AttentionOps, RingLayouts};
+use cudarc::driver::sys::CUevent_flags;
+use serde::Serialize;
+
+use crate::stats::{Summary, median};
+use crate::workload;
+
+/// One configuration's latency.
+#[derive(Clone, Debug, Serialize)]
+pub struct DecodeRow {
+    /// Tokens cached per sequence.
+    pub context: usize,
+    /// Sequences decoded together.
+    pub batch: usize,
+    /// GPUs (1: the decode kernel alone).
+    pub world_size: usize,
+    /// `decode kernel` for one GPU, else the ring algorithm.
+    pub algorithm: String,
+    /// `steady` or `growing` (see the module).
+    pub mode: String,
+    /// GPU time of a step (slowest rank), microseconds.
+    pub gpu_us: Summary,
+    /// Host wall time of a step (launch to every rank synchronised), microseconds.
+    pub wall_us: Summary,
+    /// Slowest rank's medians per phase, microseconds: attention.
+    pub compute_us: f64,
+    /// Query shifts (pass-Q) or the query all-to-all (gather-Q) not hidden.
+    pub q_transfer_us: f64,
+    /// The partials' all-to-all.
+    pub all_to_all_us: f64,
+    /// The final merge.
+    pub merge_us: f64,
+}
+
+fn summary_us(ms: &[f64]) -> Summary {
+    Summary::of(&ms.iter().map(|x| x * 1e3).collect::<Vec<_>>())
+}
+
+/// The decode kernel alone on one GPU (`single`: a one-rank ring), `warmup + iters` steps.
+pub fn single(
+    ring: &GpuRing,
+    heads: Heads,
+    context: usize,
+    batch: usize,
+    warmup: usize,
+    iters: usize,
+) -> anyhow::Result<DecodeRow> {
+    let (_, plan) = workload::decode_plan(1, batch, context, 0)?;
+    let layouts = Arc::new(plan.layouts().clone());
+    let inputs = workload::draw_all(ring, &layouts, heads, 11)?;
+    let times = ring.run(move |rank| {
+        let cuda = |e: cudarc::driver::DriverError| cp_nccl::GpuRingError::Cuda {
+            rank: 0,
+            op: "event",
+            code: format!("{e:?}"),
+        };
+        let s = rank.ops.stream().clone();
+        let x = &inputs[0];
+        let mut out = Vec::new();
+        for i in 0..warmup + iters {
+            let started = Instant::now();
+            let e0 = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda)?;
+            rank.ops.partial(&x.q, &layouts.q[0], &x.k, &x.v, &layouts.kv[0])?;
+            let e1 = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda)?;
+            rank.ops.synchronize()?;
+            let wall = started.elapsed().as_secs_f64() * 1e3;
+            if i >= warmup {
+                out.push((f64::from(e0.elapsed_ms(&e1).map_err(cuda)?), wall));
+            }
+        }
+        Ok(out)
+    })?;
+    let (gpu, wall): (Vec<f64>, Vec<f64>) = times[0].iter().copied().unzip();
+    let gpu_us = summary_us(&gpu);
+    Ok(DecodeRow {
+        context,
+        batch,
+        world_size: 1,
+        algorithm: "decode kernel".into(),
+        mode: "steady".into(),
+        wall_us: summary_us(&wall),
+        compute_us: gpu_us.p50,
+        q_transfer_us: 0.0,
+        all_to_all_us: 0.0,
+        merge_us: 0.0,
+        gpu_us,
+    })
+}
+
+/// One step on every rank; (slowest rank's phase times, host wall ms).
+fn step(
+    ring: &GpuRing,
+    algorithm: Algorithm,
+    layouts: &Arc<RingLayouts>,
+    inputs: &Arc<Vec<RankInputs>>,
+) -> anyhow::Result<(PhaseTimes, f64)> {
+    let started = Instant::now();
+    let out = ring.run_algorithm(algorithm, layouts.clone(), inputs.clone())?;
+    let wall = started.elapsed().as_secs_f64() * 1e3;
+    let slowest = out
+        .iter()
+        .map(|o| o.times.unwrap_or_default())
+        .fold(PhaseTimes::default(), |a, b| if b.total_ms > a.total_ms { b } else { a });
+    Ok((slowest, wall))
+}
+
+fn row(
+    context: usize,
+    batch: usize,
+    n: usize,
+    algorithm: Algorithm,
+    mode: &str,
+    steps: &[(PhaseTimes, f64)],
+) -> DecodeRow {
+    let col = |f: fn(&PhaseTimes) -> f64| steps.iter().map(|(t, _)| f(t)).collect::<Vec<f64>>();
+    DecodeRow {
+        context,
+        batch,
+        world_size: n,
+        algorithm: algorithm.to_string(),
+        mode: mode.into(),
+        gpu_us: summary_us(&col(|t| t.total_ms)),
+        wall_us: summary_us(&steps.iter().map(|s| s.1).collect::<Vec<_>>()),
+        compute_us: median(&col(|t| t.compute_ms)) * 1e3,
+        q_transfer_us: median(&col(|t| t.wait_ms)) * 1e3,
+        all_to_all_us: median(&col(|t| t.all_to_all_ms)) * 1e3,
+        merge_us: median(&col(|t| t.merge_ms)) * 1e3,
+    }
+}
+
+/// `algorithm` on `ring`, one step repeated `warmup + iters` times.
+pub fn steady(
+    ring: &GpuRing,
+    heads: Heads,
+    algorithm: Algorithm,
+    context: usize,
+    batch: usize,
+    warmup: usize,
+    iters: usize,
+) -> anyhow::Result<DecodeRow> {
+    let n = ring.world_size();
+    let (_, plan) = workload::decode_plan(n, batch, context, 0)?;
+    let layouts = Arc::new(plan.layouts().clone());
+    let inputs = workload::draw_all(ring, &layouts, heads, 11)?;
+    let mut steps = Vec::new();
+    for i in 0..warmup + iters {
+        let s = step(ring, algorithm, &layouts, &inputs)?;
+        if i >= warmup {
+            steps.push(s);
+        }
+    }
+    Ok(row(context, batch, n, algorithm, "steady", &steps))
+}
+
+/// `algorithm` on `ring`, `iters` successive steps (placement moving, caches growing), each
+/// step's layouts uploaded inside it.
+pub fn growing(
+    ring: &GpuRing,
+    heads: Heads,
+    algorithm: Algorithm,
+    context: usize,
+    batch: usize,
+    iters: usize,
+) -> anyhow::Result<DecodeRow> {
+    let n = ring.world_size();
+    let (mut cache, _) = workload::decode_plan(n, batch, context, 0)?;
+    let seqs: Vec<usize> = (0..batch).collect();
+    let mut steps = Vec::new();
+    for it in 0..iters {
+        let plan = cp_shard::DecodePlan::new(&cache, &seqs, it)?;
+        let layouts = Arc::new(plan.layouts().clone());
+        let inputs = workload::draw_all(ring, &layouts, heads, 11)?;
+        ring.run(|rank| {
+            rank.ops.forget_layouts();
+            Ok(())
+        })?;
+        steps.push(step(ring, algorithm, &layouts, &inputs)?);
+        cache.commit_decode(&plan)?;
+    }
+    Ok(row(context, batch, n, algorithm, "growing", &steps))
+}
+
+/// Prints one row.
+pub fn print(r: &DecodeRow, single: Option<&DecodeRow>) {
+    let vs = single.map_or(String::new(), |s| {
+        format!(" | vs one GPU: GPU {:.2}x, wall {:.2}x", s.gpu_us.p50 / r.gpu_us.p50, s.wall_us.p50 / r.wall_us.p50)
+    });
+    println!(
+        "  ctx {:>7} B={:<3} N={} {:<13} {:<7}: GPU p50 {:>8.1} us p99 {:>8.1} | wall p50 {:>8.1} p99 {:>8.1} | attn {:>7.1} q {:>6.1} a2a {:>6.1} merge {:>5.1}{vs}",
+        r.context,
+        r.batch,
+        r.world_size,
+        r.algorithm,
+        r.mode,
+        r.gpu_us.p50,
+        r.gpu_us.p99,
+        r.wall_us.p50,
+        r.wall_us.p99,
+        r.compute_us,
+        r.q_transfer_us,
+        r.all_to_all_us,
+        r.merge_us
+    );
+}

@@ -1,0 +1,166 @@
+//! The paper's Table 4 on this machine: P + T fixed, the miss rate swept; pass-KV and pass-Q
+//! timed at each point, beside the cost model's predictions and the heuristic's choice; the
+//! empirical rule fitted to the measured winners.
+
+use cp_heuristic::{EmpiricalRule, Mode, Observation, Workload};
+use serde::Serialize;
+
+use crate::prefill::{self, Rings, Which};
+
+/// The miss rates of Table 4, in percent.
+pub const TABLE4_MISS_RATES: [f64; 8] = [1.0, 2.5, 3.25, 5.0, 10.0, 20.0, 50.0, 100.0];
+
+/// One miss rate.
+#[derive(Clone, Debug, Serialize)]
+pub struct SweepPoint {
+    /// Miss rate, percent.
+    pub miss_rate_pct: f64,
+    /// New tokens.
+    pub t: usize,
+    /// Cached tokens.
+    pub p: usize,
+    /// One GPU, ms.
+    pub single_ms: f64,
+    /// Pass-KV's slowest rank, ms.
+    pub pass_kv_ms: f64,
+    /// Pass-Q's slowest rank, ms.
+    pub pass_q_ms: f64,
+    /// Pass-Q's all-to-all on its slowest rank, ms.
+    pub pass_q_all_to_all_ms: f64,
+    /// Predicted pass-KV, ms.
+    pub predicted_pass_kv_ms: f64,
+    /// Predicted pass-Q, ms.
+    pub predicted_pass_q_ms: f64,
+    /// Algorithm 5's choice (what `auto` runs).
+    pub heuristic: String,
+    /// The faster of the two measured.
+    pub winner: String,
+    /// What `auto` ran, ms (the chosen algorithm's measured time: the same run).
+    pub auto_ms: f64,
+    /// `auto`'s parallel efficiency.
+    pub auto_efficiency: f64,
+    /// `auto` over the winner (1.0 when it chose the winner).
+    pub auto_over_winner: f64,
+    /// Whether the cost model predicts the ring beats one GPU.
+    pub cp_predicted_to_win: bool,
+}
+
+/// The whole sweep.
+#[derive(Clone, Debug, Serialize)]
+pub struct SweepReport {
+    /// Ranks.
+    pub world_size: usize,
+    /// P + T.
+    pub total: usize,
+    /// The points, by miss rate.
+    pub points: Vec<SweepPoint>,
+    /// The empirical rule fitted to this sweep's winners (a, b, c), if both algorithms won
+    /// somewhere.
+    pub fitted: Option<[f64; 3]>,
+    /// The paper's published coefficients.
+    pub published: [f64; 3],
+    /// Points where the fitted rule picks the measured winner.
+    pub fitted_agrees: usize,
+    /// Points where the published rule picks the measured winner.
+    pub published_agrees: usize,
+}
+
+/// Runs the sweep of `total` tokens at each of `miss_rates` (percent).
+pub fn sweep(
+    rings: &Rings<'_>,
+    total: usize,
+    miss_rates: &[f64],
+    warmup: usize,
+    iters: usize,
+) -> anyhow::Result<SweepReport> {
+    let n = rings.ring.world_size();
+    let mut points = Vec::new();
+    let mut observations = Vec::new();
+    for &pct in miss_rates {
+        if !(pct > 0.0 && pct <= 100.0) {
+            anyhow::bail!("miss rate {pct}%: must be in (0, 100]");
+        }
+        let w = Workload::from_miss_rate(total, pct / 100.0);
+        let (t, p) = (w.new_tokens, w.cached_tokens);
+        eprintln!("  sweep: miss rate {pct}% (T={t}, P={p}) on {n} ranks...");
+        let (report, decision) = prefill::bench(rings, t, p, Which::All, warmup, iters)?;
+        let kv = report.run(cp_ring::Algorithm::PassKv).ok_or_else(|| anyhow::anyhow!("pass-KV did not run"))?;
+        let q = report.run(cp_ring::Algorithm::PassQ).ok_or_else(|| anyhow::anyhow!("pass-Q did not run"))?;
+        let winner = if kv.slowest_ms <= q.slowest_ms { Mode::PassKv } else { Mode::PassQ };
+        let auto_ms = if decision.mode == Mode::PassKv { kv.slowest_ms } else { q.slowest_ms };
+        let best = kv.slowest_ms.min(q.slowest_ms);
+        observations.push(Observation { new_tokens: t, cached_tokens: p, winner });
+        points.push(SweepPoint {
+            miss_rate_pct: pct,
+            t,
+            p,
+            single_ms: report.single_ms,
+            pass_kv_ms: kv.slowest_ms,
+            pass_q_ms: q.slowest_ms,
+            pass_q_all_to_all_ms: q.per_rank.iter().map(|r| r.all_to_all_ms).fold(0.0, f64::max),
+            predicted_pass_kv_ms: kv.predicted_ms,
+            predicted_pass_q_ms: q.predicted_ms,
+            heuristic: decision.mode.to_string(),
+            winner: winner.to_string(),
+            auto_ms,
+            auto_efficiency: report.single_ms / (n as f64 * auto_ms),
+            auto_over_winner: auto_ms / best,
+            cp_predicted_to_win: report.cp_predicted_to_win,
+        });
+    }
+    let fitted = EmpiricalRule::fit(&observations).ok();
+    let agrees = |rule: &EmpiricalRule| {
+        observations.iter().filter(|o| rule.mode(o.new_tokens, o.cached_tokens) == o.winner).count()
+    };
+    let published = EmpiricalRule::published();
+    Ok(SweepReport {
+        world_size: n,
+        total,
+        fitted_agrees: fitted.as_ref().map_or(0, agrees),
+        published_agrees: agrees(&published),
+        fitted: fitted.map(|r| [r.a, r.b, r.c]),
+        published: [published.a, published.b, published.c],
+        points,
+    })
+}
+
+/// Prints the sweep as a table.
+pub fn print(report: &SweepReport) {
+    println!(
+        "  P+T={} on {} ranks: miss%  T  | one GPU | pass-KV (eff) | pass-Q (eff, a2a) | predicted KV / Q | heuristic | winner | auto eff",
+        report.total, report.world_size
+    );
+    for p in &report.points {
+        let eff = |ms: f64| 100.0 * p.single_ms / (report.world_size as f64 * ms);
+        println!(
+            "  {:>6}% {:>6} | {:>8.3} | {:>8.3} ({:>5.1}%) | {:>8.3} ({:>5.1}%, {:.3}) | {:>7.3} / {:>7.3} | {:>8} | {:>7} | {:>5.1}%{}",
+            p.miss_rate_pct,
+            p.t,
+            p.single_ms,
+            p.pass_kv_ms,
+            eff(p.pass_kv_ms),
+            p.pass_q_ms,
+            eff(p.pass_q_ms),
+            p.pass_q_all_to_all_ms,
+            p.predicted_pass_kv_ms,
+            p.predicted_pass_q_ms,
+            p.heuristic,
+            p.winner,
+            100.0 * p.auto_efficiency,
+            if p.auto_over_winner > 1.05 { format!(" ({:.2}x the winner)", p.auto_over_winner) } else { String::new() }
+        );
+    }
+    match report.fitted {
+        Some([a, b, c]) => println!(
+            "  empirical rule fitted here: a={a:.3} b={b:.3} c={c:.3} (agrees at {}/{} points); published a={:.3} b={:.3} c={:.3} (agrees at {}/{})",
+            report.fitted_agrees,
+            report.points.len(),
+            report.published[0],
+            report.published[1],
+            report.published[2],
+            report.published_agrees,
+            report.points.len()
+        ),
+        None => println!("  empirical rule: no fit (one algorithm won everywhere)"),
+    }
+}
