@@ -1,52 +1,75 @@
 #!/usr/bin/env bash
-# Everything GPU in one device call, from the repository root, with the release binaries
-# built here (cargo build --release -p cp-attention --features cuda --bin cp-gpu-bench;
-# cargo build --release -p cp-nccl --bin cp-ring-bench) in $CP_BIN_DIR (default
-# ./target/release):
-#   scripts/gpu_all.sh OUT_DIR [kernels|ring|all]
-# 1. kernels: wgmma self-test, check against the f64 oracle, timings beside PyTorch SDPA
-#    (scripts/gpu_kernels.sh);
-# 2. the ring: check on every transport (NCCL with one GPU per rank where there are several);
-#    the rank-failure test (scripts/nccl_failure.sh) with 2+ GPUs; benches (auto included);
-# 3. with 2+ GPUs, PyTorch's context-parallel attention on the same shapes (scripts/torch_cp_bench.py).
-# Each step has its own time limit; each part stays under 10 minutes (one device call each).
-# Results go to OUT_DIR/res-PART.tgz (everything) and OUT_DIR/summary-PART.log.
+# Everything GPU, in parts that each fit one device call (10 minutes), from the repository root,
+# with the release binaries built here and carried (stripped):
+#   cargo build --release -p cp-attention --features cuda --bin cp-gpu-bench
+#   cargo build --release -p cp-bench --bin cp-ring-bench
+#   scripts/gpu_all.sh OUT_DIR PART...
+# Binaries are taken from $CP_BIN_DIR (default ./target/release); compiled kernels are cached in
+# $CP_KERNEL_CACHE (default /tmp/cp-kernel-cache; carry a cache built by the same NVRTC to skip
+# compiling there). Parts:
+#   kernels  wgmma self-test, kernel check against the f64 oracle, kernel timings beside
+#            PyTorch SDPA (flash and cuDNN) in the same call       (scripts/gpu_kernels.sh)
+#   check    the ring check: every algorithm, 1..8 ranks on GPU 0, NCCL on every GPU
+#   links    the ring's link and all-to-all anchors, ours and NCCL's through PyTorch
+#   prefill  full prefill at 4K, 16K and 128K on every GPU, pass-KV and pass-Q
+#   sweep    the Table 4 miss-rate sweep on every GPU
+#   decode   per-token decode latency on 1, 2 and 4 GPUs
+#   torch    PyTorch context_parallel at 16K and 128K, flash and cuDNN backends
+#   failure  a rank crashing mid-run under NCCL must end its peer in bounded time
+# Each step has its own time limit. Logs and JSON go to OUT_DIR; a summary is printed last.
 set -uo pipefail
-out=${1:?usage: scripts/gpu_all.sh OUT_DIR [kernels|ring|all]}
-part=${2:-all}
-export CP_BIN_DIR=${CP_BIN_DIR:-./target/release} CP_KERNEL_CACHE=/tmp/cp-kernel-cache PYTHONUNBUFFERED=1
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-res=$(mktemp -d)
+out=${1:?usage: scripts/gpu_all.sh OUT_DIR PART...}
+shift
+mkdir -p "$out"
+export CP_BIN_DIR=${CP_BIN_DIR:-./target/release} CP_KERNEL_CACHE=${CP_KERNEL_CACHE:-/tmp/cp-kernel-cache}
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 ring=$CP_BIN_DIR/cp-ring-bench
 gpus=$(nvidia-smi -L | wc -l)
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_')
+status=0
+step() { # step NAME SECONDS CMD...: runs CMD with a time limit, logging to OUT/NAME.log
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name ($(date -u +%T))"
+    timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 0 ] || { echo "!! $name exited $rc"; status=1; }
+}
 {
-    echo "== $(date -u) $gpus GPU(s)"; nvidia-smi -L; cat /proc/driver/nvidia/version 2>/dev/null | head -1
-    ls -l /usr/lib/x86_64-linux-gnu/libnccl.so* 2>/dev/null
-    if [ "$part" != ring ]; then
-        echo "== 1. kernels"
-        scripts/gpu_kernels.sh "$res/kernels"
-        echo "== 2. ring check"
-        timeout 200 $ring check 2>&1
-        if [ "$gpus" -ge 2 ]; then
-            echo "== 2b. a rank dies mid-run under NCCL"
-            scripts/nccl_failure.sh "$res/failure"
-        fi
-    fi
-    [ "$part" = kernels ] && exit 0
-    echo "== 2c. ring benches"
-    n=$(( gpus >= 2 ? 2 : 4 ))
-    timeout 120 $ring bench --world-size $n --seq-len 16384 --algorithm all --json "$res/ring-n$n-16k.json" 2>&1
-    timeout 60 $ring bench --world-size $n --seq-len 2048 --cached 30000 --algorithm auto --json "$res/ring-n$n-partial-auto.json" 2>&1
-    timeout 60 $ring bench --world-size 4 --seq-len 16384 --algorithm auto --json "$res/ring-n4-16k-auto.json" 2>&1
-    if [ "$gpus" -ge 2 ]; then
-        timeout 120 $ring bench --world-size 2 --seq-len 131072 --algorithm pass-kv --iters 3 --json "$res/ring-n2-128k.json" 2>&1
-        timeout 120 $ring bench --world-size 2 --seq-len 262144 --algorithm pass-kv --iters 2 --json "$res/ring-n2-256k.json" 2>&1
-        echo "== 3. PyTorch context parallel, 2 GPUs"
-        for t in 16384 131072; do
-            (cd scripts && timeout 150 torchrun --nproc-per-node 2 torch_cp_bench.py --seq-len $t --iters 3 --json "$res/torch-cp-n2-$t.json" 2>&1 | grep -v "^W1\|OMP_NUM\|\*\*\*" | tail -8)
-        done
-    fi
+    echo "== $(date -u) $gpus GPU(s): $card"
+    nvidia-smi -L
+    [ "$gpus" -gt 1 ] && nvidia-smi topo -m | head -$((gpus + 1))
+    for part in "$@"; do
+        case $part in
+        kernels) step kernels 420 scripts/gpu_kernels.sh "$out/kernels" ;;
+        check) step ring-check 240 "$ring" check ;;
+        links)
+            step links 120 "$ring" links --world-size "$gpus" --sizes 262144,1048576,4194304,16777216 --json "$out/links-n$gpus.json"
+            [ -f .devtools/nccl_anchor.py ] && step nccl-anchor 120 torchrun --nproc-per-node "$gpus" .devtools/nccl_anchor.py
+            ;;
+        prefill)
+            for t in 4096 16384 131072; do
+                step "prefill-n$gpus-$t" 150 "$ring" bench --world-size "$gpus" --seq-len $t --algorithm all --warmup 2 --iters 5 --json "$out/prefill-n$gpus-$t.json"
+            done
+            ;;
+        sweep) step "sweep-n$gpus" 400 "$ring" sweep --world-size "$gpus" --warmup 1 --iters 3 --json "$out/sweep-n$gpus.json" ;;
+        decode)
+            step decode 480 "$ring" decode --world-sizes 2,4 --contexts 131072 --batches 1,8,64 --iters 200 --growing-iters 10 --json "$out/decode-128k.json"
+            step decode-1m 300 "$ring" decode --world-sizes 2,4 --contexts 1048576 --batches 1,8 --iters 100 --json "$out/decode-1m.json"
+            ;;
+        torch)
+            for backend in flash cudnn; do
+                for t in 16384 131072; do
+                    (cd scripts && step "torch-cp-$backend-$t" 200 torchrun --nproc-per-node "$gpus" torch_cp_bench.py --seq-len $t --iters 3 --backend $backend --json "$out/torch-cp-n$gpus-$backend-$t.json")
+                done
+            done
+            ;;
+        failure) [ "$gpus" -ge 2 ] && step failure 120 scripts/nccl_failure.sh "$out/failure" ;;
+        *) echo "unknown part $part"; status=1 ;;
+        esac
+    done
     echo "== done $(date -u)"
-} 2>&1 | tee "$res/all.log"
-grep -E "FAILED|rror|TFLOP|TB/s|efficiency|slowest|heuristic|PASS|FAIL|exit codes|rank [0-9]|wgmma|==" "$res/all.log" > "$out/summary-$part.log"
-tar czf "$out/res-$part.tgz" -C "$res" .
+} 2>&1 | tee "$out/all.log"
+echo "== summary"
+grep -hE "FAILED|rror|TFLOP/s|TB/s|efficiency|slowest|heuristic|cannot win|all-to-all|ring shift|GPU p50|sweep|empirical|miss|exited|exit codes|wgmma|^  +[0-9.]+% " "$out/all.log" | grep -v "\[ok\]" | tail -150
+exit $status

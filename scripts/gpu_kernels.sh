@@ -8,7 +8,7 @@ set -uo pipefail
 out=${1:?usage: scripts/gpu_kernels.sh OUT_DIR [--quick]}
 quick=${2:-}
 mkdir -p "$out"
-export CP_KERNEL_CACHE=/tmp/cp-kernel-cache PYTHONUNBUFFERED=1
+export CP_KERNEL_CACHE=${CP_KERNEL_CACHE:-/tmp/cp-kernel-cache} PYTHONUNBUFFERED=1
 bin=${CP_BIN_DIR:-./target/release}/cp-gpu-bench
 status=0
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$out/gpu.txt"
@@ -21,9 +21,11 @@ echo "== ours"
 timeout 150 $bin bench --json "$out/ours.json" $quick 2>&1 | tee "$out/bench.log" || status=1
 echo "== PyTorch SDPA"
 timeout 150 python3 scripts/sdpa_bench.py --json "$out/sdpa.json" $quick 2>&1 | tee "$out/sdpa.log" || status=1
-echo "== ncu: what limits the prefill kernel (T=16K, one launch)"
-timeout 120 ncu --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis \
-    -k regex:flash_fwd --launch-count 1 $bin profile 2>&1 | grep -vE "^==PROF==|^ +-+$" | tee "$out/ncu.txt" | tail -60
+if [ -n "${CP_NCU:-}" ]; then
+    echo "== ncu: what limits the prefill kernel (T=16K, one launch)"
+    timeout 120 ncu --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis \
+        -k regex:flash_fwd --launch-count 1 $bin profile 2>&1 | grep -vE "^==PROF==|^ +-+$" | tee "$out/ncu.txt" | tail -60
+fi
 echo "== ours vs SDPA on the same inputs"
 timeout 60 $bin dump /tmp/cp-dump && timeout 60 python3 scripts/compare_sdpa.py /tmp/cp-dump/prefill_t4096.safetensors 2>&1 | tee "$out/compare.log" || status=1
 exit $status

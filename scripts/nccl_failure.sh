@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on a machine with two or more GPUs, from the repository root, with the release binary
-# carried (cargo build --release -p cp-nccl --bin cp-ring-bench):
+# carried (cargo build --release -p cp-bench --bin cp-ring-bench):
 #   scripts/nccl_failure.sh OUT_DIR
 # 1. Two processes, one per GPU, in torchrun's convention: both check their rows (success path).
 # 2. The same job with rank 1 crashing (abort) at its first ring shift: rank 0 must end with an
@@ -9,7 +9,7 @@ set -uo pipefail
 out=${1:?usage: scripts/nccl_failure.sh OUT_DIR}
 mkdir -p "$out"
 bin=${CP_BIN_DIR:-./target/release}/cp-ring-bench
-export CP_KERNEL_CACHE=/tmp/cp-kernel-cache MASTER_ADDR=127.0.0.1 WORLD_SIZE=2 NCCL_NVLS_ENABLE=0
+export CP_KERNEL_CACHE=${CP_KERNEL_CACHE:-/tmp/cp-kernel-cache} MASTER_ADDR=127.0.0.1 WORLD_SIZE=2 NCCL_NVLS_ENABLE=0
 status=0
 
 echo "== two processes, one GPU each"

@@ -79,6 +79,16 @@ def main():
         ms = median_ms(lambda: sdpa(q, k, v, False, be), reps)
         record(f"sdpa-{name} off-diagonal block 16K x 16K", ms, 4 * NH * t * t * D / ms / 1e9, "TFLOP/s")
     del q, k, v
+    # Short queries over a long key range (a ring step of partial prefill at 1% miss on 4
+    # ranks): 320 queries after 32000 keys, all visible.
+    tq, tk = 320, 32000
+    q = torch.randn(1, NH, tq, D, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(1, NKV, tk, D, device=dev, dtype=torch.bfloat16)
+    v = torch.randn(1, NKV, tk, D, device=dev, dtype=torch.bfloat16)
+    for name, be in backends:
+        ms = median_ms(lambda: sdpa(q, k, v, False, be), reps)
+        record(f"sdpa-{name} short q 320 x 32000 keys", ms, 4 * NH * tq * tk * D / ms / 1e9, "TFLOP/s")
+    del q, k, v
     decodes = [(131072, 8)] if args.quick else [(131072, 8), (1 << 20, 1)]
     for length, b in decodes:
         q = torch.randn(b, NH, 1, D, device=dev, dtype=torch.bfloat16)
