@@ -5,7 +5,7 @@
 use cp_heuristic::{EmpiricalRule, Mode, Observation, Workload};
 use serde::Serialize;
 
-use crate::prefill::{self, Rings, Which};
+use crate::prefill::{self, RankTimes, Rings, Which};
 
 /// The miss rates of Table 4, in percent.
 pub const TABLE4_MISS_RATES: [f64; 8] = [1.0, 2.5, 3.25, 5.0, 10.0, 20.0, 50.0, 100.0];
@@ -43,6 +43,10 @@ pub struct SweepPoint {
     pub auto_over_winner: f64,
     /// Whether the cost model predicts the ring beats one GPU.
     pub cp_predicted_to_win: bool,
+    /// Pass-KV's slowest rank, by phase.
+    pub pass_kv_slowest: RankTimes,
+    /// Pass-Q's slowest rank, by phase.
+    pub pass_q_slowest: RankTimes,
 }
 
 /// The whole sweep.
@@ -106,6 +110,8 @@ pub fn sweep(
             auto_efficiency: report.single_ms / (n as f64 * auto_ms),
             auto_over_winner: auto_ms / best,
             cp_predicted_to_win: report.cp_predicted_to_win,
+            pass_kv_slowest: slowest(&kv.per_rank),
+            pass_q_slowest: slowest(&q.per_rank),
         });
     }
     let fitted = EmpiricalRule::fit(&observations).ok();
@@ -122,6 +128,10 @@ pub fn sweep(
         published: [published.a, published.b, published.c],
         points,
     })
+}
+
+fn slowest(ranks: &[RankTimes]) -> RankTimes {
+    ranks.iter().copied().fold(RankTimes::default(), |a, b| if b.total_ms > a.total_ms { b } else { a })
 }
 
 /// Prints the sweep as a table.
@@ -149,6 +159,11 @@ pub fn print(report: &SweepReport) {
             100.0 * p.auto_efficiency,
             if p.auto_over_winner > 1.05 { format!(" ({:.2}x the winner)", p.auto_over_winner) } else { String::new() }
         );
+    }
+    println!("  slowest rank by phase (ms): compute / exposed comm / all-to-all / merge");
+    for p in &report.points {
+        let f = |r: &RankTimes| format!("{:.3} / {:.3} / {:.3} / {:.3}", r.compute_ms, r.wait_ms, r.all_to_all_ms, r.merge_ms);
+        println!("  {:>6}%: pass-KV {} | pass-Q {}", p.miss_rate_pct, f(&p.pass_kv_slowest), f(&p.pass_q_slowest));
     }
     match report.fitted {
         Some([a, b, c]) => println!(

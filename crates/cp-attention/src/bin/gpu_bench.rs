@@ -528,6 +528,28 @@ fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<String>> {
         let ms = time_ms(ops, reps, || ops.flash(&q, &dq, &k, &v, &dk, GpuDType::F32).map(|_| ()))?;
         record("off-diagonal block 16K x 16K (f32 O)", ms, flops / ms / 1e9, "TFLOP/s");
     }
+    // Host time to issue one prefill launch (no synchronisation between launches): the fixed
+    // cost a short ring step pays on the host.
+    {
+        let t = 256usize;
+        let layout = layout_of(&[(Some(0), 0, t)]);
+        let dl = DeviceLayout::new(&s, &layout)?;
+        let q = random_tensor(&s, &mut rng, &[t, nh, d])?;
+        let k = random_tensor(&s, &mut rng, &[t, nkv, d])?;
+        let v = random_tensor(&s, &mut rng, &[t, nkv, d])?;
+        ops.flash(&q, &dl, &k, &v, &dl, GpuDType::F32)?;
+        ops.synchronize()?;
+        let n = 200;
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            ops.flash(&q, &dl, &k, &v, &dl, GpuDType::F32)?;
+        }
+        let host_us = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+        ops.synchronize()?;
+        let gpu_ms = time_ms(ops, reps, || ops.flash(&q, &dl, &k, &v, &dl, GpuDType::F32).map(|_| ()))?;
+        println!("  host time to issue one prefill launch: {host_us:.1} us (GPU time of that launch {:.1} us)", gpu_ms * 1e3);
+        record("host issue time per prefill launch (T=256)", host_us / 1e3, gpu_ms * 1e3, "us GPU");
+    }
     // Short queries over a long key range (a ring step of partial prefill at 1% miss on 4
     // ranks: 320 query rows against 32000 keys, all visible), split KV on and off.
     {

@@ -64,6 +64,31 @@ pub enum DecodeKernel {
     Simt,
 }
 
+/// Makes the device's default memory pool keep what is freed instead of returning it to the
+/// driver at every synchronisation (its default release threshold is 0). Tensors are allocated
+/// stream-ordered from that pool on every call (outputs, receive buffers, split partials); with
+/// the default, each step after a synchronisation maps fresh physical memory, which costs
+/// milliseconds for the hundred-megabyte buffers of a ring step.
+fn keep_freed_memory(ctx: &Arc<CudaContext>) -> Result<()> {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: writes one pool handle for a valid device of a live context.
+    unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }
+        .result()
+        .map_err(cuda_err("cuDeviceGetDefaultMemPool"))?;
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: the release threshold attribute takes a pointer to a u64, read during the call.
+    unsafe {
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+    }
+    .result()
+    .map_err(cuda_err("cuMemPoolSetAttribute(release threshold)"))
+}
+
 /// One thread per four elements (the merge kernels), 256 threads a block.
 fn elementwise(threads: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
@@ -209,6 +234,7 @@ impl CudaAttention {
         let wgmma = (major, minor) == (9, 0);
         let arch = if wgmma { "sm_90a".to_string() } else { format!("sm_{major}{minor}") };
         let kernels = Arc::new(Kernels::load(&ctx, &arch, wgmma)?);
+        keep_freed_memory(&ctx)?;
         let stream = ctx.new_stream().map_err(cuda_err("cuStreamCreate"))?;
         Ok(CudaAttention {
             stream,
