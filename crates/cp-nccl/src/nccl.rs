@@ -11,6 +11,17 @@ use cudarc::nccl::{result as nccl, sys};
 use crate::error::cuda;
 use crate::{GpuRingError, Result};
 
+/// The communication stream of a rank: the device's highest priority. The attention kernel
+/// keeps every multiprocessor busy for a whole ring step (one block each); as its blocks retire,
+/// the block scheduler must prefer the transfer's blocks, or the transfer starts only with the
+/// kernel's last wave and shows as exposed communication.
+pub(crate) fn comm_stream(compute: &Arc<CudaStream>) -> std::result::Result<Arc<CudaStream>, cudarc::driver::DriverError> {
+    let ctx = compute.context();
+    ctx.bind_to_thread()?;
+    let (_least, greatest) = cudarc::driver::result::stream::get_priority_range()?;
+    ctx.new_stream_with_priority(greatest)
+}
+
 /// Whether the NCCL library can be loaded (checked first: cudarc's loader panics otherwise).
 pub fn nccl_available() -> bool {
     // SAFETY: only tries to open the library by its candidate names.
@@ -208,8 +219,8 @@ impl NcclTransport {
                 hint: "install NCCL 2.18 or newer (libnccl.so.2)",
             });
         }
-        let stream = compute.context().new_stream().map_err(cuda(rank, "cuStreamCreate(comm)"))?;
         compute.context().bind_to_thread().map_err(cuda(rank, "cuCtxSetCurrent"))?;
+        let stream = comm_stream(&compute).map_err(cuda(rank, "cuStreamCreateWithPriority(comm)"))?;
         let id = sys::ncclUniqueId { internal: id.map(|b| b as std::ffi::c_char) };
         let (n, r) = (world_size as i32, rank as i32);
         let mut version = 0;

@@ -49,7 +49,7 @@ impl SameGpuTransport {
             .zip(inner)
             .enumerate()
             .map(|(rank, (compute, inner))| {
-                let comm = compute.context().new_stream().map_err(cuda(rank, "cuStreamCreate(comm)"))?;
+                let comm = crate::nccl::comm_stream(&compute).map_err(cuda(rank, "cuStreamCreateWithPriority(comm)"))?;
                 Ok(SameGpuTransport { rank, compute, comm, inner })
             })
             .collect()

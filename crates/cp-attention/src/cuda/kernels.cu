@@ -112,13 +112,16 @@ template <int D> DEVI u32 swz(int row, int chunk) { return (u32)(row * D * 2 + (
 
 // Tile summary: x = sequence id of every real row (-1: no real row, -2: several sequences),
 // y = min position, z = max position over real rows, w = 1 if the tile holds padding rows.
-// Returns 0 (nothing visible), 1 (everything visible, no mask needed) or 2 (mask per element).
+// Returns 0 (nothing visible), 1 (every real query sees every key: no mask needed) or 2 (mask
+// per element). Padding *query* rows do not force a mask: whatever they compute stays in their
+// own rows (softmax and P V are row-wise) and the epilogue writes them as rows that saw nothing.
+// Padding *key* rows do: real queries must not see them.
 DEVI int classify(int4 q, int4 k) {
     if (q.x == -1 || k.x == -1) return 0;
     if (k.y > q.z) return 0;
     if (q.x >= 0 && k.x >= 0) {
         if (q.x != k.x) return 0;
-        if (k.z <= q.y && q.w == 0 && k.w == 0) return 1;
+        if (k.z <= q.y && k.w == 0) return 1;
     }
     return 2;
 }
@@ -363,6 +366,8 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
             l += __shfl_xor_sync(0xffffffff, l, 1);
             l += __shfl_xor_sync(0xffffffff, l, 2);
             int row = m0 + r0 + 16 * mt + 8 * i;
+            // A padding query row saw nothing, whatever its (possibly garbage) scores gave.
+            const bool pad = my_seq[mt][i] < 0;
             float inv = l > 0.f ? 1.f / l : 0.f;
             if (bad_keys_seen(bad, my_seq[mt][i], my_pos[mt][i])) inv = __int_as_float(0x7fc00000);
             if (row < tq) {
@@ -370,11 +375,11 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
                 #pragma unroll
                 for (int a = 0; a < D / 8; a++) {
                     int col = a * 8 + 2 * t4;
-                    float x0 = o[mt][a][2 * i] * inv, x1 = o[mt][a][2 * i + 1] * inv;
+                    float x0 = pad ? 0.f : o[mt][a][2 * i] * inv, x1 = pad ? 0.f : o[mt][a][2 * i + 1] * inv;
                     if (OUT_F32) *(float2*)((float*)out + base + col) = make_float2(x0, x1);
                     else *(u32*)((u16*)out + base + col) = pack2<BF16>(x0, x1);
                 }
-                if (t4 == 0) lse[(size_t)row * nh + h] = l > 0.f ? (m_run[mt][i] + log2f(l)) * LN2 : NEG_INF;
+                if (t4 == 0) lse[(size_t)row * nh + h] = l > 0.f && !pad ? (m_run[mt][i] + log2f(l)) * LN2 : NEG_INF;
             }
         }
 }
@@ -726,6 +731,8 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
         l += __shfl_xor_sync(0xffffffff, l, 1);
         l += __shfl_xor_sync(0xffffffff, l, 2);
         const int row = m0 + r0 + 8 * i;
+        // A padding query row saw nothing, whatever its (possibly garbage) scores gave.
+        const bool pad = my_seq[i] < 0;
         float inv = l > 0.f ? 1.f / l : 0.f;
         if (bad_keys_seen(bad, my_seq[i], my_pos[i])) inv = __int_as_float(0x7fc00000);
         if (row < tq) {
@@ -733,11 +740,11 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
             #pragma unroll
             for (int a = 0; a < D / 8; a++) {
                 const int col = a * 8 + 2 * t4;
-                const float x0 = o[4 * a + 2 * i] * inv, x1 = o[4 * a + 2 * i + 1] * inv;
+                const float x0 = pad ? 0.f : o[4 * a + 2 * i] * inv, x1 = pad ? 0.f : o[4 * a + 2 * i + 1] * inv;
                 if (OUT_F32) *(float2*)((float*)out + obase + col) = make_float2(x0, x1);
                 else *(u32*)((u16*)out + obase + col) = pack2<BF16>(x0, x1);
             }
-            if (t4 == 0) lse[(size_t)row * nh + h] = l > 0.f ? (m_run[i] + log2f(l)) * LN2 : NEG_INF;
+            if (t4 == 0) lse[(size_t)row * nh + h] = l > 0.f && !pad ? (m_run[i] + log2f(l)) * LN2 : NEG_INF;
         }
     }
 #else
