@@ -54,8 +54,9 @@ step() { # step NAME SECONDS CMD...: runs CMD with a time limit, logging to OUT/
             ;;
         sweep) step "sweep-n$gpus" 400 "$ring" sweep --world-size "$gpus" --warmup 1 --iters 3 --json "$out/sweep-n$gpus.json" ;;
         decode)
-            step decode 480 "$ring" decode --world-sizes 2,4 --contexts 131072 --batches 1,8,64 --iters 200 --growing-iters 10 --json "$out/decode-128k.json"
+            step decode-128k 300 "$ring" decode --world-sizes 2,4 --contexts 131072 --batches 1,8,64 --iters 200 --json "$out/decode-128k.json"
             step decode-1m 300 "$ring" decode --world-sizes 2,4 --contexts 1048576 --batches 1,8 --iters 100 --json "$out/decode-1m.json"
+            step decode-growing 200 "$ring" decode --world-sizes 2,4 --contexts 131072 --batches 1,8 --iters 20 --growing-iters 10 --json "$out/decode-growing.json"
             ;;
         torch)
             for backend in flash cudnn; do

@@ -235,7 +235,7 @@ fn cpu(args: &Args) -> anyhow::Result<()> {
         Which::PassQ => vec![Algorithm::PassQ],
         Which::All => vec![Algorithm::PassKv, Algorithm::PassQ],
         Which::Auto => {
-            let decision = choose(Rule::Alg5, &inputs)?;
+            let decision = choose(Rule::Auto, &inputs)?;
             println!("auto: {decision}");
             vec![Algorithm::from(decision.mode)]
         }

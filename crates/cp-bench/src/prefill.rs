@@ -116,7 +116,7 @@ pub struct PrefillReport {
     pub link_gb_per_s: f64,
     /// Fixed cost of a message, microseconds.
     pub link_latency_us: f64,
-    /// Algorithm 5's choice with these rates.
+    /// `auto`'s choice with these rates (Algorithm 5; gather-KV for short prompts).
     pub heuristic: String,
     /// Whether the cost model predicts the ring beats one GPU.
     pub cp_predicted_to_win: bool,
@@ -157,9 +157,12 @@ pub enum Which {
     PassQ,
     /// Gather-Q.
     GatherQ,
-    /// What Algorithm 5 chooses with this machine's measured rates.
+    /// Gather-KV.
+    GatherKv,
+    /// What `auto` (Algorithm 5, gather-KV for short prompts) chooses with this machine's
+    /// measured rates.
     Auto,
-    /// Pass-KV and pass-Q.
+    /// Pass-KV, pass-Q and gather-KV.
     All,
 }
 
@@ -170,8 +173,9 @@ impl Which {
             Which::PassKv => vec![Algorithm::PassKv],
             Which::PassQ => vec![Algorithm::PassQ],
             Which::GatherQ => vec![Algorithm::GatherQ],
+            Which::GatherKv => vec![Algorithm::GatherKv],
             Which::Auto => vec![Algorithm::from(decision.mode)],
-            Which::All => vec![Algorithm::PassKv, Algorithm::PassQ],
+            Which::All => vec![Algorithm::PassKv, Algorithm::PassQ, Algorithm::GatherKv],
         }
     }
 }
@@ -182,6 +186,7 @@ fn predicted_ms(cost: &CostModel, algorithm: Algorithm) -> f64 {
         Algorithm::PassKv => cost.pass_kv.total_s * 1e3,
         // Gather-Q moves the same bytes as pass-Q, without the overlap: an upper bound.
         Algorithm::PassQ | Algorithm::GatherQ => cost.pass_q.total_s * 1e3,
+        Algorithm::GatherKv => cost.gather_kv.total_s * 1e3,
     }
 }
 
@@ -205,7 +210,7 @@ pub fn bench(
     let d = (rings.heads.n_heads * rings.heads.head_dim) as f64;
     let rate = 4.0 * t as f64 * (t + p) as f64 * d / (single_ms / 1e3);
     let link = Link::custom(rings.link_bytes_per_s).with_latency(rings.link_latency_s);
-    let decision = choose(Rule::Alg5, &inputs(rings.heads, rate, link, n, t, p))?;
+    let decision = choose(Rule::Auto, &inputs(rings.heads, rate, link, n, t, p))?;
     let layouts = Arc::new(workload::turn(n, t, p)?.layouts().clone());
     let ring_inputs = workload::draw_all(rings.ring, &layouts, rings.heads, seed)?;
     let mut runs = Vec::new();
@@ -244,7 +249,7 @@ pub fn print(report: &PrefillReport, decision: &Decision, where_: &str) {
         "  T={} over P={}: one GPU {:.3} ms ({:.0} TFLOP/s, Table 3 count); link {:.0} GB/s, {:.1} us a message",
         report.t, report.p, report.single_ms, report.rate_tflops, report.link_gb_per_s, report.link_latency_us
     );
-    print!("  heuristic (Algorithm 5, this machine's rates): {decision}");
+    print!("  auto (this machine's rates): {decision}");
     for run in &report.runs {
         println!(
             "  {} on {where_}: slowest rank {:.3} ms ({:.2}x one GPU, parallel efficiency {:.1}%), host wall {:.3} ms; predicted {:.3} ms",

@@ -27,13 +27,17 @@ pub struct SweepPoint {
     pub pass_q_ms: f64,
     /// Pass-Q's all-to-all on its slowest rank, ms.
     pub pass_q_all_to_all_ms: f64,
+    /// Gather-KV's slowest rank, ms.
+    pub gather_kv_ms: f64,
+    /// Predicted gather-KV, ms.
+    pub predicted_gather_kv_ms: f64,
     /// Predicted pass-KV, ms.
     pub predicted_pass_kv_ms: f64,
     /// Predicted pass-Q, ms.
     pub predicted_pass_q_ms: f64,
-    /// Algorithm 5's choice (what `auto` runs).
+    /// What `auto` runs (Algorithm 5; gather-KV where the cost model says short prompt).
     pub heuristic: String,
-    /// The faster of the two measured.
+    /// The fastest of the three measured.
     pub winner: String,
     /// What `auto` ran, ms (the chosen algorithm's measured time: the same run).
     pub auto_ms: f64,
@@ -58,8 +62,8 @@ pub struct SweepReport {
     pub total: usize,
     /// The points, by miss rate.
     pub points: Vec<SweepPoint>,
-    /// The empirical rule fitted to this sweep's winners (a, b, c), if both algorithms won
-    /// somewhere.
+    /// The empirical rule fitted to this sweep's pass-KV / pass-Q winners (a, b, c), if each
+    /// won somewhere.
     pub fitted: Option<[f64; 3]>,
     /// The paper's published coefficients.
     pub published: [f64; 3],
@@ -90,10 +94,14 @@ pub fn sweep(
         let (report, decision) = prefill::bench(rings, t, p, Which::All, warmup, iters)?;
         let kv = report.run(cp_ring::Algorithm::PassKv).ok_or_else(|| anyhow::anyhow!("pass-KV did not run"))?;
         let q = report.run(cp_ring::Algorithm::PassQ).ok_or_else(|| anyhow::anyhow!("pass-Q did not run"))?;
-        let winner = if kv.slowest_ms <= q.slowest_ms { Mode::PassKv } else { Mode::PassQ };
-        let auto_ms = if decision.mode == Mode::PassKv { kv.slowest_ms } else { q.slowest_ms };
-        let best = kv.slowest_ms.min(q.slowest_ms);
-        observations.push(Observation { new_tokens: t, cached_tokens: p, winner });
+        let g = report.run(cp_ring::Algorithm::GatherKv).ok_or_else(|| anyhow::anyhow!("gather-KV did not run"))?;
+        // Table 4's question (and the empirical rule's): pass-KV or pass-Q.
+        let ring_winner = if kv.slowest_ms <= q.slowest_ms { Mode::PassKv } else { Mode::PassQ };
+        observations.push(Observation { new_tokens: t, cached_tokens: p, winner: ring_winner });
+        let timed = [(Mode::PassKv, kv.slowest_ms), (Mode::PassQ, q.slowest_ms), (Mode::GatherKv, g.slowest_ms)];
+        let (winner, best) =
+            timed.into_iter().fold((Mode::PassKv, f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
+        let auto_ms = timed.iter().find(|(m, _)| *m == decision.mode).map_or(f64::NAN, |x| x.1);
         points.push(SweepPoint {
             miss_rate_pct: pct,
             t,
@@ -102,6 +110,8 @@ pub fn sweep(
             pass_kv_ms: kv.slowest_ms,
             pass_q_ms: q.slowest_ms,
             pass_q_all_to_all_ms: q.per_rank.iter().map(|r| r.all_to_all_ms).fold(0.0, f64::max),
+            gather_kv_ms: g.slowest_ms,
+            predicted_gather_kv_ms: g.predicted_ms,
             predicted_pass_kv_ms: kv.predicted_ms,
             predicted_pass_q_ms: q.predicted_ms,
             heuristic: decision.mode.to_string(),
@@ -137,13 +147,13 @@ fn slowest(ranks: &[RankTimes]) -> RankTimes {
 /// Prints the sweep as a table.
 pub fn print(report: &SweepReport) {
     println!(
-        "  P+T={} on {} ranks: miss%  T  | one GPU | pass-KV (eff) | pass-Q (eff, a2a) | predicted KV / Q | heuristic | winner | auto eff",
+        "  P+T={} on {} ranks: miss%  T  | one GPU | pass-KV (eff) | pass-Q (eff, a2a) | gather-KV (eff) | predicted KV / Q / gKV | auto | winner | auto eff",
         report.total, report.world_size
     );
     for p in &report.points {
         let eff = |ms: f64| 100.0 * p.single_ms / (report.world_size as f64 * ms);
         println!(
-            "  {:>6}% {:>6} | {:>8.3} | {:>8.3} ({:>5.1}%) | {:>8.3} ({:>5.1}%, {:.3}) | {:>7.3} / {:>7.3} | {:>8} | {:>7} | {:>5.1}%{}",
+            "  {:>6}% {:>6} | {:>8.3} | {:>8.3} ({:>5.1}%) | {:>8.3} ({:>5.1}%, {:.3}) | {:>8.3} ({:>5.1}%) | {:>7.3} / {:>7.3} / {:>7.3} | {:>9} | {:>9} | {:>5.1}%{}",
             p.miss_rate_pct,
             p.t,
             p.single_ms,
@@ -152,8 +162,11 @@ pub fn print(report: &SweepReport) {
             p.pass_q_ms,
             eff(p.pass_q_ms),
             p.pass_q_all_to_all_ms,
+            p.gather_kv_ms,
+            eff(p.gather_kv_ms),
             p.predicted_pass_kv_ms,
             p.predicted_pass_q_ms,
+            p.predicted_gather_kv_ms,
             p.heuristic,
             p.winner,
             100.0 * p.auto_efficiency,
@@ -162,7 +175,9 @@ pub fn print(report: &SweepReport) {
     }
     println!("  slowest rank by phase (ms): compute / exposed comm / all-to-all / merge");
     for p in &report.points {
-        let f = |r: &RankTimes| format!("{:.3} / {:.3} / {:.3} / {:.3}", r.compute_ms, r.wait_ms, r.all_to_all_ms, r.merge_ms);
+        let f = |r: &RankTimes| {
+            format!("{:.3} / {:.3} / {:.3} / {:.3}", r.compute_ms, r.wait_ms, r.all_to_all_ms, r.merge_ms)
+        };
         println!("  {:>6}%: pass-KV {} | pass-Q {}", p.miss_rate_pct, f(&p.pass_kv_slowest), f(&p.pass_q_slowest));
     }
     match report.fitted {

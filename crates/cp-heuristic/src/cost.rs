@@ -32,14 +32,17 @@ pub struct CostModel {
     pub pass_kv: ModeCost,
     /// Ring pass-Q with its all-to-all (Algorithm 3).
     pub pass_q: ModeCost,
+    /// Gather-KV: one all-to-all of every rank's keys and values, then the `N` steps' compute
+    /// back to back (no overlap; `all_to_all_s` is the gather).
+    pub gather_kv: ModeCost,
     /// The same attention on one rank: `4 T (T+P) D / C` (no ring, no message).
     pub single_s: f64,
 }
 
 impl CostModel {
-    /// The faster ring's predicted total.
+    /// The fastest ring algorithm's predicted total.
     pub fn best_ring_s(&self) -> f64 {
-        self.pass_kv.total_s.min(self.pass_q.total_s)
+        self.pass_kv.total_s.min(self.pass_q.total_s).min(self.gather_kv.total_s)
     }
 
     /// Whether the faster ring is predicted to beat one rank doing all the work: not so for a
@@ -91,11 +94,21 @@ pub fn cost_model(inputs: &Inputs) -> Result<CostModel> {
     let q_bytes = (t / n) * d * e;
     let all_to_all_s = if n > 1.0 { latency + (n - 1.0) * (t / n) * (d + 1.0) * e / bw } else { 0.0 };
     let single_s = 4.0 * t * (t + p) * d / c;
+    let gather_s = if n > 1.0 { latency + (n - 1.0) * kv_bytes / bw } else { 0.0 };
+    let gather_kv = ModeCost {
+        message_bytes: kv_bytes,
+        step_compute_s,
+        step_comm_s: 0.0,
+        step_exposed_s: 0.0,
+        all_to_all_s: gather_s,
+        total_s: gather_s + n * step_compute_s,
+    };
     Ok(CostModel {
         step_flops,
         step_flops_causal,
         pass_kv: mode(kv_bytes, 0.0),
         pass_q: mode(q_bytes, all_to_all_s),
+        gather_kv,
         single_s,
     })
 }

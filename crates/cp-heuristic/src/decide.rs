@@ -11,6 +11,10 @@ pub enum Mode {
     PassKv,
     /// Ring pass-Q (Algorithm 3): keys and values stay, queries travel, then an all-to-all.
     PassQ,
+    /// Gather-KV: every rank's keys and values gathered by one all-to-all, no ring shifts
+    /// (short prompts, where a shift's fixed latency outweighs its compute). Chosen only by
+    /// [`Rule::Auto`].
+    GatherKv,
 }
 
 impl fmt::Display for Mode {
@@ -18,6 +22,7 @@ impl fmt::Display for Mode {
         f.write_str(match self {
             Mode::PassKv => "pass-KV",
             Mode::PassQ => "pass-Q",
+            Mode::GatherKv => "gather-KV",
         })
     }
 }
@@ -28,6 +33,7 @@ impl From<Mode> for cp_ring::Algorithm {
         match mode {
             Mode::PassKv => cp_ring::Algorithm::PassKv,
             Mode::PassQ => cp_ring::Algorithm::PassQ,
+            Mode::GatherKv => cp_ring::Algorithm::GatherKv,
         }
     }
 }
@@ -42,6 +48,9 @@ pub enum Rule {
     Alg5,
     /// The empirical rule `h(T, P) > 0` of Appendix D, with the given coefficients.
     Empirical(EmpiricalRule),
+    /// Algorithm 5, except that gather-KV is taken where the cost model (with the link's
+    /// latency) predicts it faster than Algorithm 5's choice: short prompts.
+    Auto,
 }
 
 impl fmt::Display for Rule {
@@ -49,6 +58,7 @@ impl fmt::Display for Rule {
         match self {
             Rule::Alg1 => f.write_str("Algorithm 1"),
             Rule::Alg5 => f.write_str("Algorithm 5"),
+            Rule::Auto => f.write_str("Algorithm 5 + gather-KV for short prompts"),
             Rule::Empirical(r) => write!(f, "empirical rule (a={:.3}, b={:.3}, c={:.3})", r.a, r.b, r.c),
         }
     }
@@ -118,7 +128,14 @@ impl Decision {
                 let h = self.empirical_h.unwrap_or(f64::NAN);
                 format!("h(T,P) = {h:.3} {} 0", if h > 0.0 { ">" } else { "<=" })
             }
-            Rule::Alg1 | Rule::Alg5 => {
+            Rule::Auto if self.mode == Mode::GatherKv => format!(
+                "gather-KV predicted at {:.3} ms, below pass-KV {:.3} ms and pass-Q {:.3} ms: each ring shift's latency \
+                 outweighs its compute",
+                self.cost.gather_kv.total_s * 1e3,
+                self.cost.pass_kv.total_s * 1e3,
+                self.cost.pass_q.total_s * 1e3
+            ),
+            Rule::Alg1 | Rule::Alg5 | Rule::Auto => {
                 let miss_limit =
                     if self.rule == Rule::Alg1 { th.q_smaller_max_miss_rate } else { th.alg5_min_miss_rate };
                 if kv_hidden {
@@ -157,7 +174,11 @@ impl fmt::Display for Decision {
                 self.cost.single_s * 1e3
             )?;
         }
-        for (mode, cost) in [(Mode::PassKv, &self.cost.pass_kv), (Mode::PassQ, &self.cost.pass_q)] {
+        for (mode, cost) in [
+            (Mode::PassKv, &self.cost.pass_kv),
+            (Mode::PassQ, &self.cost.pass_q),
+            (Mode::GatherKv, &self.cost.gather_kv),
+        ] {
             writeln!(
                 f,
                 "  {mode:>7}: step compute {:.3} ms, step comm {:.3} ms (exposed {:.3} ms), all-to-all {:.3} ms, total {:.3} ms",
@@ -181,13 +202,19 @@ pub fn choose(rule: Rule, inputs: &Inputs) -> Result<Decision> {
     let mut empirical_h = None;
     let kv = match rule {
         Rule::Alg1 => kv_hidden || thresholds.miss_rate >= thresholds.q_smaller_max_miss_rate,
-        Rule::Alg5 => kv_hidden || thresholds.miss_rate >= thresholds.alg5_min_miss_rate,
+        Rule::Alg5 | Rule::Auto => kv_hidden || thresholds.miss_rate >= thresholds.alg5_min_miss_rate,
         Rule::Empirical(r) => {
             let h = r.h(inputs.workload.new_tokens, inputs.workload.cached_tokens);
             empirical_h = Some(h);
             h > 0.0
         }
     };
-    let mode = if kv { Mode::PassKv } else { Mode::PassQ };
+    let mut mode = if kv { Mode::PassKv } else { Mode::PassQ };
+    if rule == Rule::Auto {
+        let chosen = if kv { cost.pass_kv.total_s } else { cost.pass_q.total_s };
+        if cost.gather_kv.total_s < chosen {
+            mode = Mode::GatherKv;
+        }
+    }
     Ok(Decision { mode, rule, inputs: *inputs, thresholds, empirical_h, cost })
 }

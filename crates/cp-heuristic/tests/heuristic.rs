@@ -253,3 +253,28 @@ fn a_short_prompt_is_cheaper_on_one_rank_once_messages_cost_latency() {
         assert!(matches!(cost_model(&inputs(512, bad)), Err(HeuristicError::NotPositive { .. })));
     }
 }
+
+#[test]
+fn auto_takes_gather_kv_for_a_short_prompt_and_algorithm_5_otherwise() {
+    let inputs = |t: usize, p: usize| Inputs {
+        model: ModelShape::LLAMA3_8B,
+        hardware: Hardware { compute: Compute::custom(400e12), link: Link::custom(250e9).with_latency(100e-6) },
+        world_size: 4,
+        workload: Workload { new_tokens: t, cached_tokens: p },
+    };
+    // T = 4096 on 4 ranks: three shifts of 100 us each against steps of ~27 us compute; one
+    // gather pays the latency once.
+    let short = choose(Rule::Auto, &inputs(4096, 0)).unwrap();
+    assert_eq!(short.mode, Mode::GatherKv, "{short}");
+    assert!(short.cost.gather_kv.total_s < short.cost.pass_kv.total_s.min(short.cost.pass_q.total_s));
+    assert!(short.to_string().contains("gather-KV predicted"), "{short}");
+    assert_eq!(cp_ring::Algorithm::from(short.mode), cp_ring::Algorithm::GatherKv);
+    // A long prompt: Algorithm 5's choice stands.
+    for (t, p) in [(131_072, 0), (1280, 126_720), (12_800, 115_200)] {
+        let auto = choose(Rule::Auto, &inputs(t, p)).unwrap();
+        let alg5 = choose(Rule::Alg5, &inputs(t, p)).unwrap();
+        assert_eq!(auto.mode, alg5.mode, "T={t} P={p}: {auto}");
+    }
+    // Algorithm 5 itself never picks gather-KV.
+    assert_ne!(choose(Rule::Alg5, &inputs(4096, 0)).unwrap().mode, Mode::GatherKv);
+}

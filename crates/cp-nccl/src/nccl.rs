@@ -15,7 +15,9 @@ use crate::{GpuRingError, Result};
 /// keeps every multiprocessor busy for a whole ring step (one block each); as its blocks retire,
 /// the block scheduler must prefer the transfer's blocks, or the transfer starts only with the
 /// kernel's last wave and shows as exposed communication.
-pub(crate) fn comm_stream(compute: &Arc<CudaStream>) -> std::result::Result<Arc<CudaStream>, cudarc::driver::DriverError> {
+pub(crate) fn comm_stream(
+    compute: &Arc<CudaStream>,
+) -> std::result::Result<Arc<CudaStream>, cudarc::driver::DriverError> {
     let ctx = compute.context();
     ctx.bind_to_thread()?;
     let (_least, greatest) = cudarc::driver::result::stream::get_priority_range()?;

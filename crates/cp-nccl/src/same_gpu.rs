@@ -49,7 +49,8 @@ impl SameGpuTransport {
             .zip(inner)
             .enumerate()
             .map(|(rank, (compute, inner))| {
-                let comm = crate::nccl::comm_stream(&compute).map_err(cuda(rank, "cuStreamCreateWithPriority(comm)"))?;
+                let comm =
+                    crate::nccl::comm_stream(&compute).map_err(cuda(rank, "cuStreamCreateWithPriority(comm)"))?;
                 Ok(SameGpuTransport { rank, compute, comm, inner })
             })
             .collect()

@@ -34,11 +34,14 @@ pub enum Algorithm {
     /// [`gather_q`]: pass-Q with the `N - 1` ring shifts replaced by one all-to-all of the
     /// queries (for decode, where the latency of each step counts and the messages are tiny).
     GatherQ,
+    /// [`gather_kv`]: pass-KV with the `N - 1` ring shifts replaced by one all-to-all of the
+    /// keys and values (for short prompts, where a shift's latency outweighs its compute).
+    GatherKv,
 }
 
 impl Algorithm {
     /// Every algorithm.
-    pub const ALL: [Algorithm; 3] = [Algorithm::PassKv, Algorithm::PassQ, Algorithm::GatherQ];
+    pub const ALL: [Algorithm; 4] = [Algorithm::PassKv, Algorithm::PassQ, Algorithm::GatherQ, Algorithm::GatherKv];
 }
 
 impl std::fmt::Display for Algorithm {
@@ -47,6 +50,7 @@ impl std::fmt::Display for Algorithm {
             Algorithm::PassKv => "pass-KV",
             Algorithm::PassQ => "pass-Q",
             Algorithm::GatherQ => "gather-Q",
+            Algorithm::GatherKv => "gather-KV",
         })
     }
 }
@@ -68,6 +72,7 @@ where
         Algorithm::PassKv => pass_kv(ops, comm, layouts, local, probe),
         Algorithm::PassQ => pass_q(ops, comm, layouts, local, probe),
         Algorithm::GatherQ => gather_q(ops, comm, layouts, local, probe),
+        Algorithm::GatherKv => gather_kv(ops, comm, layouts, local, probe),
     }
 }
 
@@ -181,6 +186,57 @@ where
     }
     probe.exit(Phase::Compute, 0);
     ctx.return_partials(ops, comm, partials, probe)
+}
+
+/// Pass-KV with the keys and values gathered by one all-to-all instead of `N - 1` ring shifts,
+/// on this rank (short prompts: every shift costs a transfer's latency, which a short step's
+/// compute cannot hide; one collective pays it once).
+///
+/// Every rank sends its key/value block to every rank; each then computes the partial
+/// attention of its queries against all `N` blocks and merges them. Same results as
+/// [`pass_kv`]; it holds all `N` blocks at once, so it is for prompts whose keys fit `N` times.
+pub fn gather_kv<A, C>(
+    ops: &A,
+    comm: &mut C,
+    layouts: &RingLayouts,
+    local: Local<'_, A::Tensor>,
+    probe: &mut impl Probe,
+) -> Result<Partial<A::Tensor>>
+where
+    A: AttentionOps,
+    C: RingTransport<A::Tensor>,
+{
+    let Local { q, k, v } = local;
+    let ctx = Ctx::new(ops, comm, layouts, local)?;
+    let (rank, n) = (ctx.rank, ctx.n);
+    probe.enter(Phase::Wait, 0);
+    let blocks = comm
+        .all_to_all((0..n).map(|_| vec![k.clone(), v.clone()]).collect())
+        .map_err(|e| ctx.transport(0, "all_to_all(keys, values)", e))?;
+    probe.exit(Phase::Wait, 0);
+    if blocks.len() != n {
+        return Err(RingError::Message {
+            rank,
+            step: 0,
+            op: "all_to_all(keys, values)",
+            expected: n,
+            actual: blocks.len(),
+        });
+    }
+    let mut parts = Vec::with_capacity(n);
+    probe.enter(Phase::Compute, 0);
+    for (src, block) in blocks.iter().enumerate() {
+        ctx.check_parts(0, "all_to_all(keys, values)", 2, block.len())?;
+        let part = ops
+            .partial(q, &layouts.q[rank], &block[0], &block[1], &layouts.kv[src])
+            .map_err(|e| ctx.compute(0, "partial attention", e))?;
+        parts.push(part);
+    }
+    probe.exit(Phase::Compute, 0);
+    probe.enter(Phase::Merge, n);
+    let merged = ops.merge_all(parts).map_err(|e| ctx.compute(n, "merge_all", e))?;
+    probe.exit(Phase::Merge, n);
+    Ok(merged)
 }
 
 impl Ctx {

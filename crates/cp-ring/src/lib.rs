@@ -31,6 +31,8 @@
 //!   layout — the same function is the batched ring pass-Q decode of Algorithm 4.
 //! - [`gather_q`]: pass-Q with the queries gathered by one all-to-all instead of `N - 1` ring
 //!   shifts: two collectives per step in all, for decode, where each step's latency counts.
+//! - [`gather_kv`]: pass-KV with the keys and values gathered by one all-to-all: for short
+//!   prompts, where each ring shift's latency outweighs the compute it would hide.
 
 mod algorithms;
 mod channel;
@@ -38,7 +40,7 @@ mod error;
 mod pool;
 mod traits;
 
-pub use algorithms::{Algorithm, Local, gather_q, pass_kv, pass_q, run};
+pub use algorithms::{Algorithm, Local, gather_kv, gather_q, pass_kv, pass_q, run};
 pub use channel::{ChannelTransport, TransportError, channel_ring};
 pub use error::{BoxError, RingError};
 pub use pool::{PoolError, RankPool, panic_message};

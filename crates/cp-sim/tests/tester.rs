@@ -58,6 +58,6 @@ fn every_algorithm_world_size_dtype_and_head_ratio() {
         }
     }
     assert!(failures.is_empty(), "{} of {checked} steps failed:\n{}", failures.len(), failures.join("\n"));
-    // Per configuration: 3 algorithms x 2 prefills + 2 decoders x 4 decode steps.
-    assert_eq!(checked, 8 * 3 * 3 * (3 * 2 + 2 * 4));
+    // Per configuration: every algorithm x 2 prefills + 2 decoders x 4 decode steps.
+    assert_eq!(checked, 8 * 3 * 3 * (Algorithm::ALL.len() * 2 + 2 * 4));
 }

@@ -547,7 +547,10 @@ fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<String>> {
         let host_us = started.elapsed().as_secs_f64() * 1e6 / n as f64;
         ops.synchronize()?;
         let gpu_ms = time_ms(ops, reps, || ops.flash(&q, &dl, &k, &v, &dl, GpuDType::F32).map(|_| ()))?;
-        println!("  host time to issue one prefill launch: {host_us:.1} us (GPU time of that launch {:.1} us)", gpu_ms * 1e3);
+        println!(
+            "  host time to issue one prefill launch: {host_us:.1} us (GPU time of that launch {:.1} us)",
+            gpu_ms * 1e3
+        );
         record("host issue time per prefill launch (T=256)", host_us / 1e3, gpu_ms * 1e3, "us GPU");
     }
     // Short queries over a long key range (a ring step of partial prefill at 1% miss on 4
