@@ -16,6 +16,7 @@
 #   decode   per-token decode latency on 1, 2 and 4 GPUs
 #   torch    PyTorch context_parallel at 16K and 128K, flash and cuDNN backends
 #   failure  a rank crashing mid-run under NCCL must end its peer in bounded time
+# The multi-GPU parts use $CP_TRANSPORT between GPUs: nccl (default) or peer (direct copies).
 # Each step has its own time limit. Logs and JSON go to OUT_DIR; a summary is printed last.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_all.sh OUT_DIR PART...}
@@ -24,6 +25,7 @@ mkdir -p "$out"
 export CP_BIN_DIR=${CP_BIN_DIR:-./target/release} CP_KERNEL_CACHE=${CP_KERNEL_CACHE:-/tmp/cp-kernel-cache}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 ring=$CP_BIN_DIR/cp-ring-bench
+tr=${CP_TRANSPORT:-nccl}
 gpus=$(nvidia-smi -L | wc -l)
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_')
 status=0
@@ -44,19 +46,21 @@ step() { # step NAME SECONDS CMD...: runs CMD with a time limit, logging to OUT/
         kernels) step kernels 420 scripts/gpu_kernels.sh "$out/kernels" ;;
         check) step ring-check 240 "$ring" check ;;
         links)
-            step links 120 "$ring" links --world-size "$gpus" --sizes 262144,1048576,4194304,16777216 --json "$out/links-n$gpus.json"
+            step "links-$tr" 120 "$ring" links --world-size "$gpus" --transport "$tr" --sizes 262144,1048576,4194304,16777216 --json "$out/links-n$gpus-$tr.json"
             [ -f .devtools/nccl_anchor.py ] && step nccl-anchor 120 torchrun --nproc-per-node "$gpus" .devtools/nccl_anchor.py
             ;;
         prefill)
             for t in 4096 16384 131072; do
-                step "prefill-n$gpus-$t" 150 "$ring" bench --world-size "$gpus" --seq-len $t --algorithm all --warmup 2 --iters 5 --json "$out/prefill-n$gpus-$t.json"
+                step "prefill-n$gpus-$t-$tr" 150 "$ring" bench --world-size "$gpus" --transport "$tr" --seq-len $t --algorithm all --warmup 2 --iters 5 --json "$out/prefill-n$gpus-$t-$tr.json"
             done
             ;;
-        sweep) step "sweep-n$gpus" 400 "$ring" sweep --world-size "$gpus" --warmup 1 --iters 3 --json "$out/sweep-n$gpus.json" ;;
+        sweep) step "sweep-n$gpus-$tr" 400 "$ring" sweep --world-size "$gpus" --transport "$tr" --warmup 1 --iters 3 --json "$out/sweep-n$gpus-$tr.json" ;;
         decode)
-            step decode-128k 300 "$ring" decode --world-sizes 2,4 --contexts 131072 --batches 1,8,64 --iters 200 --json "$out/decode-128k.json"
-            step decode-1m 300 "$ring" decode --world-sizes 2,4 --contexts 1048576 --batches 1,8 --iters 100 --json "$out/decode-1m.json"
-            step decode-growing 200 "$ring" decode --world-sizes 2,4 --contexts 131072 --batches 1,8 --iters 20 --growing-iters 10 --json "$out/decode-growing.json"
+            step "decode-128k-$tr" 300 "$ring" decode --transport "$tr" --world-sizes 2,4 --contexts 131072 --batches 1,8,64 --iters 200 --json "$out/decode-128k-$tr.json"
+            step "decode-1m-$tr" 300 "$ring" decode --transport "$tr" --world-sizes 2,4 --contexts 1048576 --batches 1,8 --iters 100 --json "$out/decode-1m-$tr.json"
+            ;;
+        decode-growing)
+            step "decode-growing-$tr" 200 "$ring" decode --transport "$tr" --world-sizes 2,4 --contexts 131072 --batches 1,8 --iters 20 --growing-iters 10 --json "$out/decode-growing-$tr.json"
             ;;
         torch)
             for backend in flash cudnn; do

@@ -93,14 +93,15 @@ pub fn check_ring(ring: &GpuRing, name: &str, seed: u64) -> anyhow::Result<Vec<C
     Ok(lines)
 }
 
-/// The placements to check on a machine with `gpus` GPUs: 1..=8 ranks on GPU 0 (same-GPU
-/// transport), NCCL with one rank, and NCCL with one GPU per rank for 2..=gpus ranks.
+/// The placements to check on a machine with `gpus` GPUs: 1..=8 ranks on GPU 0 (direct copies),
+/// NCCL with one rank, and one GPU per rank for 2..=gpus ranks over NCCL and over peer copies.
 pub fn placements(gpus: usize) -> Vec<(Placement, String)> {
     let mut all: Vec<(Placement, String)> =
         (1..=8).map(|n| (Placement::SameGpu { device: 0, world_size: n }, "same-GPU".to_string())).collect();
     all.push((Placement::Gpus(vec![0]), "NCCL".into()));
     for n in 2..=gpus {
         all.push((Placement::Gpus((0..n).collect()), format!("NCCL {n} GPUs")));
+        all.push((Placement::Peer((0..n).collect()), format!("peer {n} GPUs")));
     }
     all
 }

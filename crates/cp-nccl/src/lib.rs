@@ -2,11 +2,12 @@
 //!
 //! The algorithms live in `cp-ring`, once; this crate provides what they need on GPUs:
 //!
-//! - [`SameGpuTransport`]: several ranks on one GPU (what a one-GPU machine can verify), each
-//!   with a compute stream and a communication stream. A ring shift copies the block on the
-//!   sender's communication stream after an event from its compute stream, and the receiver's
-//!   compute stream waits on the copy's event: the copy overlaps the attention of the current
-//!   block. Host-side plumbing (who sends what to whom, peer-gone and timeout errors) is
+//! - [`PeerTransport`]: ranks of one process joined by direct device copies — several ranks on
+//!   one GPU (what a one-GPU machine can verify), or one GPU per rank with NVLink peer access.
+//!   A sender offers its block with an event; the receiver copies it on its own high-priority
+//!   copy stream after that event, and its compute stream waits on the copy: the copy overlaps
+//!   the attention of the current block, and costs microseconds where an NCCL send/recv costs
+//!   about 100. Host-side plumbing (who sends what to whom, peer-gone and timeout errors) is
 //!   `cp_ring::ChannelTransport`.
 //! - [`NcclTransport`]: the same on NCCL, grouped `ncclSend`/`ncclRecv` on a communication
 //!   stream, the all-to-all from grouped send/recv. Our own thin communicator over
@@ -21,17 +22,17 @@
 
 mod error;
 mod nccl;
+mod peer;
 mod probe;
 mod rendezvous;
 mod runner;
-mod same_gpu;
 
 pub use error::GpuRingError;
 pub use nccl::{NcclTransport, WaitMode, nccl_available};
+pub use peer::{PeerTransport, enable_peer_access};
 pub use probe::{CudaProbe, PhaseTimes};
 pub use rendezvous::{Rendezvous, RendezvousError};
 pub use runner::{GpuRank, GpuRing, Placement, RankInputs, RankOutput, RankTransport};
-pub use same_gpu::SameGpuTransport;
 
 /// Result type of this crate.
 pub type Result<T, E = GpuRingError> = std::result::Result<T, E>;

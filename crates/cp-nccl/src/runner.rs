@@ -10,7 +10,7 @@ use cp_attention::cuda::{CudaAttention, GpuTensor};
 use cp_ring::{Algorithm, Local, PoolError, RankPool, RingError, RingLayouts, RingTransport, run};
 
 use crate::error::cuda;
-use crate::{CudaProbe, GpuRingError, NcclTransport, PhaseTimes, Result, SameGpuTransport, WaitMode};
+use crate::{CudaProbe, GpuRingError, NcclTransport, PeerTransport, PhaseTimes, Result, WaitMode};
 
 /// A rank's own tensors (see `cp_ring::Local`).
 #[derive(Clone, Debug)]
@@ -32,13 +32,13 @@ pub struct RankOutput {
     pub times: Option<PhaseTimes>,
 }
 
-/// A rank's end of the ring: NCCL (one GPU per rank) or the same-GPU transport.
+/// A rank's end of the ring: NCCL, or direct device copies within this process.
 #[derive(Debug)]
 pub enum RankTransport {
     /// One GPU per rank over NCCL.
     Nccl(NcclTransport),
-    /// Ranks sharing one GPU.
-    SameGpu(SameGpuTransport),
+    /// Direct device copies: ranks sharing one GPU, or one GPU each with peer access.
+    Peer(PeerTransport),
 }
 
 impl RankTransport {
@@ -46,7 +46,7 @@ impl RankTransport {
     pub fn drain(&mut self) -> Result<()> {
         match self {
             RankTransport::Nccl(t) => t.drain(),
-            RankTransport::SameGpu(_) => Ok(()),
+            RankTransport::Peer(t) => t.drain(),
         }
     }
 }
@@ -57,35 +57,35 @@ impl RingTransport<GpuTensor> for RankTransport {
     fn rank(&self) -> usize {
         match self {
             RankTransport::Nccl(t) => t.rank(),
-            RankTransport::SameGpu(t) => t.rank(),
+            RankTransport::Peer(t) => t.rank(),
         }
     }
 
     fn world_size(&self) -> usize {
         match self {
             RankTransport::Nccl(t) => t.world_size(),
-            RankTransport::SameGpu(t) => t.world_size(),
+            RankTransport::Peer(t) => t.world_size(),
         }
     }
 
     fn start_shift(&mut self, msg: &[GpuTensor]) -> Result<()> {
         match self {
             RankTransport::Nccl(t) => t.start_shift(msg),
-            RankTransport::SameGpu(t) => t.start_shift(msg),
+            RankTransport::Peer(t) => t.start_shift(msg),
         }
     }
 
     fn finish_shift(&mut self) -> Result<Vec<GpuTensor>> {
         match self {
             RankTransport::Nccl(t) => t.finish_shift(),
-            RankTransport::SameGpu(t) => t.finish_shift(),
+            RankTransport::Peer(t) => t.finish_shift(),
         }
     }
 
     fn all_to_all(&mut self, msgs: Vec<Vec<GpuTensor>>) -> Result<Vec<Vec<GpuTensor>>> {
         match self {
             RankTransport::Nccl(t) => t.all_to_all(msgs),
-            RankTransport::SameGpu(t) => t.all_to_all(msgs),
+            RankTransport::Peer(t) => t.all_to_all(msgs),
         }
     }
 }
@@ -122,11 +122,13 @@ impl GpuRank {
     }
 }
 
-/// Where a ring's ranks run.
+/// Where a ring's ranks run, and how they talk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Placement {
     /// Rank `r` on GPU `devices[r]`, over NCCL.
     Gpus(Vec<usize>),
+    /// Rank `r` on GPU `devices[r]`, direct peer copies (NVLink) within this process.
+    Peer(Vec<usize>),
     /// `world_size` ranks sharing GPU `device` (one compute and one copy stream each).
     SameGpu { device: usize, world_size: usize },
 }
@@ -135,6 +137,8 @@ pub enum Placement {
 /// and its end of the ring. Over NCCL every communicator is created together and connected to
 /// every peer at construction (NCCL would otherwise connect a pair on its first transfer,
 /// inside the first all-to-all), and transfers are waited for on the GPU ([`WaitMode::Device`]).
+/// With [`Placement::Peer`] or [`Placement::SameGpu`] the ranks copy directly
+/// ([`PeerTransport`]).
 #[derive(Debug)]
 pub struct GpuRing {
     pool: RankPool<GpuRank>,
@@ -179,27 +183,43 @@ impl GpuRing {
                     is_echo,
                 )
             }
-            &Placement::SameGpu { device, world_size } => {
-                let base = CudaAttention::new(device)?;
-                let ctx = base.stream().context().clone();
-                let streams = (0..world_size)
-                    .map(|r| ctx.new_stream().map_err(cuda(r, "cuStreamCreate")))
-                    .collect::<Result<Vec<_>>>()?;
-                let ends: Vec<Option<SameGpuTransport>> =
-                    SameGpuTransport::ring(streams.clone(), timeout)?.into_iter().map(Some).collect();
-                let ends = Arc::new(Mutex::new(ends));
+            Placement::SameGpu { .. } | Placement::Peer(_) => {
+                // Every rank's device and compute stream first (the transports join them),
+                // then each rank thread takes its own.
+                let ops: Vec<CudaAttention> = match &placement {
+                    &Placement::SameGpu { device, world_size } => {
+                        let base = CudaAttention::new(device)?;
+                        let ctx = base.stream().context().clone();
+                        (0..world_size)
+                            .map(|r| Ok(base.with_stream(ctx.new_stream().map_err(cuda(r, "cuStreamCreate"))?)))
+                            .collect::<Result<_>>()?
+                    }
+                    Placement::Peer(devices) => {
+                        let ops = devices
+                            .iter()
+                            .map(|&d| CudaAttention::new(d))
+                            .collect::<std::result::Result<Vec<_>, _>>()?;
+                        let contexts: Vec<_> = ops.iter().map(|o| o.stream().context().clone()).collect();
+                        crate::enable_peer_access(&contexts)?;
+                        ops
+                    }
+                    Placement::Gpus(_) => unreachable!("handled above"),
+                };
+                let world_size = ops.len();
+                let ends = PeerTransport::ring(ops.iter().map(|o| o.stream().clone()).collect(), timeout)?;
+                let parts: Vec<Option<(CudaAttention, PeerTransport)>> = ops.into_iter().zip(ends).map(Some).collect();
+                let parts = Arc::new(Mutex::new(parts));
                 RankPool::new_filtered(
                     world_size,
                     move |rank| {
-                        let ops = base.with_stream(streams[rank].clone());
-                        ops.stream().context().bind_to_thread().map_err(cuda(rank, "cuCtxSetCurrent"))?;
-                        let end = ends.lock().unwrap_or_else(|p| p.into_inner())[rank].take();
-                        let end = end.ok_or(GpuRingError::Message {
+                        let part = parts.lock().unwrap_or_else(|p| p.into_inner())[rank].take();
+                        let (ops, end) = part.ok_or(GpuRingError::Message {
                             rank,
                             op: "GpuRing::new",
-                            reason: "this rank's transport was already taken".into(),
+                            reason: "this rank's device and transport were already taken".into(),
                         })?;
-                        Ok(GpuRank { rank, ops, transport: RankTransport::SameGpu(end) })
+                        ops.stream().context().bind_to_thread().map_err(cuda(rank, "cuCtxSetCurrent"))?;
+                        Ok(GpuRank { rank, ops, transport: RankTransport::Peer(end) })
                     },
                     is_echo,
                 )

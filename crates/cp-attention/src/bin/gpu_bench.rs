@@ -28,7 +28,8 @@ use cudarc::driver::sys::CUevent_flags;
 
 type Result<T> = std::result::Result<T, AttentionError>;
 
-/// Query rows up to which `CudaAttention::partial` may take the decode kernel.
+/// Query rows up to which `CudaAttention::partial` takes the decode kernel in these checks
+/// (larger ones here hold several rows of one sequence).
 const DECODE_ROWS: usize = 16;
 
 /// A small deterministic generator (xorshift64*), so the binary needs no extra crate.
@@ -440,11 +441,12 @@ fn selftest(ops: &CudaAttention) -> Result<bool> {
     }
     let (ds, d_o) = (discrepancy(&s_got, &s_want), discrepancy(&o_got, &o_want));
     // The products of bf16 values are exact in f32, but the tensor cores' f32 accumulation is not
-    // IEEE round-to-nearest at every step: up to 1.6e-5 was seen for O on an H100 (sums of 128
-    // terms with cancellation). A layout or descriptor mistake gives errors of order 1.
-    let ok = ds.within(1e-4) && d_o.within(1e-4);
+    // IEEE round-to-nearest at every step: up to 1.6e-5 was seen for O on an H100 and 2.1e-4 on
+    // an H200 (sums of 128 terms with cancellation, on one draw of inputs). A layout or
+    // descriptor mistake gives errors of order 1.
+    let ok = ds.within(1e-3) && d_o.within(1e-3);
     println!(
-        "  {} wgmma S = Q K^T rel L2 {:.2e}, O = P V rel L2 {:.2e} (tol 1e-4; exact bf16 products, tensor-core f32 sums)",
+        "  {} wgmma S = Q K^T rel L2 {:.2e}, O = P V rel L2 {:.2e} (tol 1e-3; exact bf16 products, tensor-core f32 sums)",
         if ok { "[ok]    " } else { "[FAILED]" },
         ds.rel_l2,
         d_o.rel_l2

@@ -771,8 +771,26 @@ pub fn kv_splits(blocks: usize, key_tiles: usize, sm_count: usize) -> usize {
     (2..=16.min(key_tiles / 4)).fold(1, |best, s| if cost(s) < cost(best) { s } else { best })
 }
 
-/// Query rows up to which a partial attention takes the split-KV decode kernel.
+/// Query rows up to which a partial attention takes the split-KV decode kernel whatever the
+/// rows hold.
 const DECODE_MAX_ROWS: usize = 16;
+
+/// Query rows up to which a batch of one query per sequence (a decode step) takes it.
+const DECODE_MAX_BATCH: usize = 4096;
+
+/// Whether the split-KV decode kernel suits these query rows: a few rows, or one row per
+/// sequence (a decode batch). The decode kernel reads each row's keys once per row, so many rows
+/// of one sequence (a prefill chunk) go to the prefill kernel, which reads them once per block.
+fn decode_shaped(q_layout: &Layout) -> bool {
+    if q_layout.len() <= DECODE_MAX_ROWS {
+        return true;
+    }
+    if q_layout.len() > DECODE_MAX_BATCH {
+        return false;
+    }
+    let mut seen = std::collections::HashSet::new();
+    q_layout.rows().flatten().all(|t| seen.insert(t.seq))
+}
 
 impl AttentionOps for CudaAttention {
     type Tensor = GpuTensor;
@@ -790,7 +808,7 @@ impl AttentionOps for CudaAttention {
         v: &GpuTensor,
         kv_layout: &Layout,
     ) -> Result<Partial<GpuTensor>> {
-        if q_layout.len() <= DECODE_MAX_ROWS
+        if decode_shaped(q_layout)
             && let Some(p) = self.decode(q, q_layout, k, v, kv_layout)?
         {
             return Ok(p);

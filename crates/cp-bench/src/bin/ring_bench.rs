@@ -40,6 +40,15 @@ fn head_dim(s: &str) -> Result<u32, String> {
     }
 }
 
+/// How the GPUs of a ring talk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    /// NCCL send/recv.
+    Nccl,
+    /// Direct peer copies within this process (NVLink).
+    Peer,
+}
+
 #[derive(clap::Args, Clone, Copy)]
 struct Timing {
     /// Untimed runs first.
@@ -76,6 +85,9 @@ enum Mode {
         shape: Shape,
         #[command(flatten)]
         timing: Timing,
+        /// How the GPUs talk.
+        #[arg(long, value_enum, default_value_t = Transport::Nccl)]
+        transport: Transport,
         /// Write the report here as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -93,6 +105,9 @@ enum Mode {
         miss_rates: Vec<f64>,
         #[command(flatten)]
         timing: Timing,
+        /// How the GPUs talk.
+        #[arg(long, value_enum, default_value_t = Transport::Nccl)]
+        transport: Transport,
         /// Write the report here as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -114,6 +129,9 @@ enum Mode {
         /// Growing-mode steps (0: none).
         #[arg(long, default_value_t = 0)]
         growing_iters: usize,
+        /// How the GPUs talk.
+        #[arg(long, value_enum, default_value_t = Transport::Nccl)]
+        transport: Transport,
         /// Write the rows here as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -126,6 +144,9 @@ enum Mode {
         /// All-to-all sizes, bytes per peer.
         #[arg(long, value_delimiter = ',', default_value = "1048576,16777216,67108864")]
         sizes: Vec<usize>,
+        /// How the GPUs talk.
+        #[arg(long, value_enum, default_value_t = Transport::Nccl)]
+        transport: Transport,
         /// Write the report here as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -154,10 +175,28 @@ fn heads(shape: Shape) -> anyhow::Result<Heads> {
     Ok(Heads { n_heads: h, n_kv_heads: kv, head_dim: d })
 }
 
-/// The ring of `n` ranks: N GPUs over NCCL where there are N, else N ranks sharing GPU 0.
-fn ring_of(n: usize, gpus: usize) -> anyhow::Result<(GpuRing, String)> {
+/// One GPU per rank for `n` ranks over `transport`.
+fn gpus_placement(n: usize, transport: Transport) -> Placement {
+    match transport {
+        Transport::Nccl => Placement::Gpus((0..n).collect()),
+        Transport::Peer => Placement::Peer((0..n).collect()),
+    }
+}
+
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Nccl => "NCCL",
+        Transport::Peer => "peer copies",
+    }
+}
+
+/// The ring of `n` ranks: N GPUs (over `transport`) where there are N, else N ranks sharing GPU 0.
+fn ring_of(n: usize, gpus: usize, transport: Transport) -> anyhow::Result<(GpuRing, String)> {
     if n > 1 && gpus >= n {
-        Ok((GpuRing::new(Placement::Gpus((0..n).collect()), TIMEOUT)?, format!("{n} GPUs over NCCL")))
+        Ok((
+            GpuRing::new(gpus_placement(n, transport), TIMEOUT)?,
+            format!("{n} GPUs over {}", transport_name(transport)),
+        ))
     } else {
         let placement = Placement::SameGpu { device: 0, world_size: n };
         Ok((
@@ -187,9 +226,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             println!("== GPU ring check against the f64 oracle ({gpus} GPU(s))");
             check::check_all(gpus, Duration::from_secs(timeout_s))
         }
-        Mode::Bench { world_size, seq_len, cached, algorithm, shape, timing, json } => {
+        Mode::Bench { world_size, seq_len, cached, algorithm, shape, timing, transport, json } => {
             let h = heads(shape)?;
-            let (ring, where_) = ring_of(world_size, gpus)?;
+            let (ring, where_) = ring_of(world_size, gpus, transport)?;
             let single = GpuRing::new(Placement::SameGpu { device: 0, world_size: 1 }, TIMEOUT)?;
             println!(
                 "== GPU ring bench: {where_}; NH={} NKV={} DH={} bf16, {} warm-up + {} timed runs (medians)",
@@ -204,20 +243,21 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
-        Mode::Sweep { world_size, total, miss_rates, timing, json } => {
+        Mode::Sweep { world_size, total, miss_rates, timing, transport, json } => {
             if gpus < world_size {
                 anyhow::bail!(
                     "--world-size {world_size}: the sweep runs one GPU per rank and {gpus} GPU(s) are visible"
                 );
             }
             let miss_rates = if miss_rates.is_empty() { sweep::TABLE4_MISS_RATES.to_vec() } else { miss_rates };
-            let ring = GpuRing::new(Placement::Gpus((0..world_size).collect()), TIMEOUT)?;
+            let ring = GpuRing::new(gpus_placement(world_size, transport), TIMEOUT)?;
             let single = GpuRing::new(Placement::SameGpu { device: 0, world_size: 1 }, TIMEOUT)?;
             let (link_bytes_per_s, link_latency_s) = link_of(&ring)?;
             let rings =
                 Rings { single: &single, ring: &ring, link_bytes_per_s, link_latency_s, heads: workload_heads() };
             println!(
-                "== Table 4 sweep on {world_size} GPUs: link {:.0} GB/s, {:.1} us a message",
+                "== Table 4 sweep on {world_size} GPUs over {}: link {:.0} GB/s, {:.1} us a message",
+                transport_name(transport),
                 rings.link_bytes_per_s / 1e9,
                 rings.link_latency_s * 1e6
             );
@@ -228,7 +268,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
-        Mode::Decode { world_sizes, contexts, batches, iters, growing_iters, json } => {
+        Mode::Decode { world_sizes, contexts, batches, iters, growing_iters, transport, json } => {
             let h = workload_heads();
             let warmup = (iters / 10).max(2);
             let single = GpuRing::new(Placement::SameGpu { device: 0, world_size: 1 }, TIMEOUT)?;
@@ -238,7 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                     println!("  N={n}: skipped ({gpus} GPU(s) visible; ring sizes from 2)");
                     continue;
                 }
-                rings.push(GpuRing::new(Placement::Gpus((0..n).collect()), TIMEOUT)?);
+                rings.push(GpuRing::new(gpus_placement(n, transport), TIMEOUT)?);
             }
             println!(
                 "== decode latency: NH={} NKV={} DH={} bf16, {iters} steps after {warmup} warm-up (steady), {growing_iters} growing",
@@ -269,14 +309,15 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
-        Mode::Links { world_size, sizes, json } => {
+        Mode::Links { world_size, sizes, transport, json } => {
             if gpus < world_size {
                 anyhow::bail!("--world-size {world_size}: {gpus} GPU(s) visible");
             }
-            let ring = GpuRing::new(Placement::Gpus((0..world_size).collect()), TIMEOUT)?;
+            let ring = GpuRing::new(gpus_placement(world_size, transport), TIMEOUT)?;
             let report = links::measure(&ring, &sizes)?;
             println!(
-                "== links on {world_size} GPUs: ring shift {:.0} GB/s (256 MiB), {:.1} us (8 KiB)",
+                "== links on {world_size} GPUs over {}: ring shift {:.0} GB/s (256 MiB), {:.1} us (8 KiB)",
+                transport_name(transport),
                 report.shift_bytes_per_s / 1e9,
                 report.shift_latency_us
             );
