@@ -189,6 +189,13 @@ impl AttentionOps for CpuAttention {
     fn merge_all(&self, parts: Vec<Partial<Tensor>>) -> Result<Partial<Tensor>> {
         merge_all(&parts)
     }
+
+    fn concat(&self, parts: &[Tensor]) -> Result<Tensor> {
+        if parts.is_empty() {
+            return Err(AttentionError::NothingToMerge);
+        }
+        Ok(Tensor::cat(parts, 0)?)
+    }
 }
 
 /// `-inf` entries (rows that see no key) replaced by 0, so that subtracting them in an

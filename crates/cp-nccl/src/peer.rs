@@ -90,9 +90,7 @@ pub fn enable_peer_access(contexts: &[Arc<CudaContext>]) -> Result<()> {
                 flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
             };
             // SAFETY: one valid access descriptor, read during the call.
-            unsafe { sys::cuMemPoolSetAccess(pool, &access, 1) }
-                .result()
-                .map_err(cuda(r, "cuMemPoolSetAccess"))?;
+            unsafe { sys::cuMemPoolSetAccess(pool, &access, 1) }.result().map_err(cuda(r, "cuMemPoolSetAccess"))?;
         }
     }
     Ok(())

@@ -192,9 +192,10 @@ where
 /// on this rank (short prompts: every shift costs a transfer's latency, which a short step's
 /// compute cannot hide; one collective pays it once).
 ///
-/// Every rank sends its key/value block to every rank; each then computes the partial
-/// attention of its queries against all `N` blocks and merges them. Same results as
-/// [`pass_kv`]; it holds all `N` blocks at once, so it is for prompts whose keys fit `N` times.
+/// Every rank sends its key/value block to every rank; each lays the `N` blocks end to end and
+/// computes the attention of its queries against them in one call. Same results as
+/// [`pass_kv`]; it holds all `N` blocks at once (twice, while concatenating), so it is for
+/// prompts whose keys fit `N` times over.
 pub fn gather_kv<A, C>(
     ops: &A,
     comm: &mut C,
@@ -223,20 +224,21 @@ where
             actual: blocks.len(),
         });
     }
-    let mut parts = Vec::with_capacity(n);
-    probe.enter(Phase::Compute, 0);
-    for (src, block) in blocks.iter().enumerate() {
+    for block in &blocks {
         ctx.check_parts(0, "all_to_all(keys, values)", 2, block.len())?;
-        let part = ops
-            .partial(q, &layouts.q[rank], &block[0], &block[1], &layouts.kv[src])
-            .map_err(|e| ctx.compute(0, "partial attention", e))?;
-        parts.push(part);
     }
+    // One attention over every block, laid end to end: one launch, no merge.
+    probe.enter(Phase::Compute, 0);
+    let ks: Vec<A::Tensor> = blocks.iter().map(|b| b[0].clone()).collect();
+    let vs: Vec<A::Tensor> = blocks.iter().map(|b| b[1].clone()).collect();
+    let k_all = ops.concat(&ks).map_err(|e| ctx.compute(0, "concat(keys)", e))?;
+    let v_all = ops.concat(&vs).map_err(|e| ctx.compute(0, "concat(values)", e))?;
+    let kv_all = cp_shard::Layout::concat(&layouts.kv);
+    let out = ops
+        .partial(q, &layouts.q[rank], &k_all, &v_all, &kv_all)
+        .map_err(|e| ctx.compute(0, "partial attention", e))?;
     probe.exit(Phase::Compute, 0);
-    probe.enter(Phase::Merge, n);
-    let merged = ops.merge_all(parts).map_err(|e| ctx.compute(n, "merge_all", e))?;
-    probe.exit(Phase::Merge, n);
-    Ok(merged)
+    Ok(out)
 }
 
 impl Ctx {

@@ -44,6 +44,9 @@ pub trait AttentionOps {
 
     /// Merges partials of the same queries over disjoint key blocks (N-way form of Eq. 4).
     fn merge_all(&self, parts: Vec<Partial<Self::Tensor>>) -> Result<Partial<Self::Tensor>, Self::Error>;
+
+    /// The rows of `parts` one after the other (tensors of equal trailing shape and dtype).
+    fn concat(&self, parts: &[Self::Tensor]) -> Result<Self::Tensor, Self::Error>;
 }
 
 /// Exchanging messages (lists of tensors) with the other ranks of the ring.

@@ -68,6 +68,15 @@ impl AttentionOps for ToyOps {
         Ok(Partial { out: ToyOps::union(&acc.out, &next.out)?, lse: acc.lse })
     }
 
+    fn concat(&self, parts: &[Toy]) -> Result<Toy, ToyError> {
+        let mut rows = Vec::new();
+        for p in parts {
+            let Toy::Rows(r) = p else { return Err(ToyError("concat of non-row tensors".into())) };
+            rows.extend(r.iter().copied());
+        }
+        Ok(Toy::Rows(rows))
+    }
+
     fn merge_all(&self, parts: Vec<Partial<Toy>>) -> Result<Partial<Toy>, ToyError> {
         let mut it = parts.into_iter();
         let first = it.next().ok_or_else(|| ToyError("nothing to merge".into()))?;

@@ -93,6 +93,20 @@ impl Layout {
         Layout::default()
     }
 
+    /// The rows of `parts` one after the other (the layout of their tensors concatenated).
+    pub fn concat<'a>(parts: impl IntoIterator<Item = &'a Layout>) -> Layout {
+        let mut out = Layout::new();
+        for part in parts {
+            for run in part.runs() {
+                match *run {
+                    Run::Tokens { seq, span } => out.push_tokens(seq, span),
+                    Run::Padding { len } => out.push_padding(len),
+                }
+            }
+        }
+        out
+    }
+
     /// Appends the rows of `span` of sequence `seq`.
     pub fn push_tokens(&mut self, seq: usize, span: Span) {
         if span.is_empty() {

@@ -760,15 +760,40 @@ impl CudaAttention {
 /// heads) over `key_tiles` key tiles takes (flash-decoding for prefill). With one block per
 /// multiprocessor, a launch takes `ceil(blocks * s / sm_count)` waves of `key_tiles / s + 2`
 /// tile times each (the 2: a split's pipeline prologue and epilogue); the count `s` (at most 16)
-/// that minimises this is taken. A grid that fills the GPU by itself is not split: a short query
-/// block over a long key range — partial prefill at a low miss rate, pass-Q's travelling
-/// queries — is what this is for.
+/// that minimises this is taken. It matters for a short query block over a long key range —
+/// partial prefill at a low miss rate, pass-Q's travelling queries — which would leave
+/// multiprocessors idle, and for a grid whose last wave is nearly empty (2.2 waves run as 3).
+/// Causal launches, whose blocks see different numbers of tiles, are rarely split: their long
+/// key ranges come with many query blocks.
 pub fn kv_splits(blocks: usize, key_tiles: usize, sm_count: usize) -> usize {
-    if blocks == 0 || sm_count == 0 || blocks >= sm_count || key_tiles < 8 {
+    if blocks == 0 || sm_count == 0 || key_tiles < 8 {
         return 1;
     }
     let cost = |s: usize| (blocks * s).div_ceil(sm_count) as f64 * (key_tiles as f64 / s as f64 + 2.0);
-    (2..=16.min(key_tiles / 4)).fold(1, |best, s| if cost(s) < cost(best) { s } else { best })
+    let best = (2..=16.min(key_tiles / 4)).fold(1, |best, s| if cost(s) < cost(best) { s } else { best });
+    // Splitting writes and merges f32 partials: only for a gain the model is sure of.
+    if cost(best) < 0.95 * cost(1) { best } else { 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kv_splits;
+
+    #[test]
+    fn splits_fill_idle_multiprocessors_and_ragged_waves_only() {
+        // 320 query rows x 32 heads (96 blocks) over 250 key tiles on 132 SMs: split.
+        assert!(kv_splits(96, 250, 132) > 1);
+        // 2.2 waves over a long key range: split to fill the last wave.
+        assert!(kv_splits(288, 250, 132) > 1);
+        // Many waves (a long causal prefill): not split.
+        assert_eq!(kv_splits(8192, 256, 132), 1);
+        assert_eq!(kv_splits(1024, 32, 132), 1);
+        // Too few key tiles to split, and degenerate inputs.
+        assert_eq!(kv_splits(4, 7, 132), 1);
+        assert_eq!(kv_splits(0, 100, 132), 1);
+        assert_eq!(kv_splits(10, 100, 0), 1);
+        assert!(kv_splits(1, 1 << 20, 132) <= 16);
+    }
 }
 
 /// Query rows up to which a partial attention takes the split-KV decode kernel whatever the
@@ -824,5 +849,36 @@ impl AttentionOps for CudaAttention {
 
     fn merge_all(&self, parts: Vec<Partial<GpuTensor>>) -> Result<Partial<GpuTensor>> {
         self.merge_many(&parts, GpuDType::F32)
+    }
+
+    fn concat(&self, parts: &[GpuTensor]) -> Result<GpuTensor> {
+        let first = parts.first().ok_or(AttentionError::NothingToMerge)?;
+        let tail = first.shape().get(1..).unwrap_or(&[]).to_vec();
+        let mut rows = 0;
+        for p in parts {
+            if p.dtype() != first.dtype() || p.shape().get(1..).unwrap_or(&[]) != tail.as_slice() {
+                return Err(AttentionError::Shape {
+                    what: "tensor to concatenate",
+                    expected: format!("[_, {tail:?}] {:?}", first.dtype()),
+                    actual: p.shape().to_vec(),
+                });
+            }
+            rows += p.shape().first().copied().unwrap_or(0);
+        }
+        let mut shape = vec![rows];
+        shape.extend(&tail);
+        let mut out = GpuTensor::alloc(&self.stream, first.dtype(), &shape)?;
+        let mut at = 0;
+        for p in parts {
+            let bytes = p.elem_count() * p.dtype().size();
+            if bytes > 0 {
+                let mut dst = out.slice_mut(at..at + bytes);
+                self.stream
+                    .memcpy_dtod(&p.slice().slice(0..bytes), &mut dst)
+                    .map_err(cuda_err("cuMemcpyDtoDAsync(concat)"))?;
+            }
+            at += bytes;
+        }
+        Ok(GpuTensor::from_parts(out, first.dtype(), shape))
     }
 }
