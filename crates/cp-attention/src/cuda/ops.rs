@@ -775,27 +775,6 @@ pub fn kv_splits(blocks: usize, key_tiles: usize, sm_count: usize) -> usize {
     if cost(best) < 0.95 * cost(1) { best } else { 1 }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::kv_splits;
-
-    #[test]
-    fn splits_fill_idle_multiprocessors_and_ragged_waves_only() {
-        // 320 query rows x 32 heads (96 blocks) over 250 key tiles on 132 SMs: split.
-        assert!(kv_splits(96, 250, 132) > 1);
-        // 2.2 waves over a long key range: split to fill the last wave.
-        assert!(kv_splits(288, 250, 132) > 1);
-        // Many waves (a long causal prefill): not split.
-        assert_eq!(kv_splits(8192, 256, 132), 1);
-        assert_eq!(kv_splits(1024, 32, 132), 1);
-        // Too few key tiles to split, and degenerate inputs.
-        assert_eq!(kv_splits(4, 7, 132), 1);
-        assert_eq!(kv_splits(0, 100, 132), 1);
-        assert_eq!(kv_splits(10, 100, 0), 1);
-        assert!(kv_splits(1, 1 << 20, 132) <= 16);
-    }
-}
-
 /// Query rows up to which a partial attention takes the split-KV decode kernel whatever the
 /// rows hold.
 const DECODE_MAX_ROWS: usize = 16;
@@ -880,5 +859,26 @@ impl AttentionOps for CudaAttention {
             at += bytes;
         }
         Ok(GpuTensor::from_parts(out, first.dtype(), shape))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kv_splits;
+
+    #[test]
+    fn splits_fill_idle_multiprocessors_and_ragged_waves_only() {
+        // 320 query rows x 32 heads (96 blocks) over 250 key tiles on 132 SMs: split.
+        assert!(kv_splits(96, 250, 132) > 1);
+        // 2.2 waves over a long key range: split to fill the last wave.
+        assert!(kv_splits(288, 250, 132) > 1);
+        // Many waves (a long causal prefill): not split.
+        assert_eq!(kv_splits(8192, 256, 132), 1);
+        assert_eq!(kv_splits(1024, 32, 132), 1);
+        // Too few key tiles to split, and degenerate inputs.
+        assert_eq!(kv_splits(4, 7, 132), 1);
+        assert_eq!(kv_splits(0, 100, 132), 1);
+        assert_eq!(kv_splits(10, 100, 0), 1);
+        assert!(kv_splits(1, 1 << 20, 132) <= 16);
     }
 }
