@@ -5,8 +5,10 @@
 //! - `soak`: the property tests with many more cases than `cargo test` runs.
 //! - `bench`: the ring against one rank with the compute/communication breakdown, on the GPU
 //!   if there is one, else on CPU ranks.
+//! - `plot`: the JSON results under `docs/` as SVG charts.
 
 mod bench;
+mod plot;
 mod simulate;
 mod soak;
 
@@ -27,6 +29,8 @@ enum Command {
     Soak(soak::Args),
     /// Time the ring against one rank, with the compute/communication breakdown (GPU if present).
     Bench(bench::Args),
+    /// Draw the JSON results under docs/ as SVG charts.
+    Plot(plot::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +38,7 @@ fn main() -> std::process::ExitCode {
         Command::Simulate(args) => simulate::run(args),
         Command::Soak(args) => soak::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Plot(args) => plot::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
