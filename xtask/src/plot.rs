@@ -188,7 +188,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut written: Vec<String> = Vec::new();
     for (file, label, out) in [
         ("sweep-n4-peer-final.json", "H200, peer copies", "sweep-efficiency-peer.svg"),
-        ("sweep-n4-nccl-C.json", "H200, NCCL", "sweep-efficiency-nccl.svg"),
+        ("sweep-n4-nccl-final.json", "H200, NCCL", "sweep-efficiency-nccl.svg"),
     ] {
         let path = dir.join(file);
         if path.exists() {
