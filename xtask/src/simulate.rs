@@ -285,7 +285,7 @@ fn heuristic(tally: &mut Tally) -> anyhow::Result<()> {
         "miss rate", "T", "P", "Alg. 1", "Alg. 5", "empirical h"
     );
     for miss in [0.01, 0.025, 0.05, 0.10, 0.15, 0.20, 0.50, 1.0] {
-        let w = Workload::from_miss_rate(128_000, miss);
+        let w = Workload::from_miss_rate(128_000, miss)?;
         let alg1 = choose(Rule::Alg1, &inputs(w))?;
         let alg5 = choose(Rule::Alg5, &inputs(w))?;
         let h = published.h(w.new_tokens, w.cached_tokens);

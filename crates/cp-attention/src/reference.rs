@@ -8,6 +8,8 @@
 
 use cp_shard::Token;
 
+use crate::{AttentionError, Result};
+
 /// Shape of an attention problem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Heads {
@@ -22,7 +24,9 @@ pub struct Heads {
 /// Attention of `q` (`[q_tokens.len(), NH, DH]`, row-major) against `k`, `v`
 /// (`[kv_tokens.len(), NKV, DH]`): a query sees a key of the same sequence at the same or an
 /// earlier position; padding rows (`None`) see and are seen by nothing. Returns `(out, lse)` with shapes
-/// `[Tq, NH, DH]` and `[Tq, NH]`; rows that see nothing get zeros and `-inf`.
+/// `[Tq, NH, DH]` and `[Tq, NH]`; rows that see nothing get zeros and `-inf`. Slices whose
+/// lengths do not match the token lists and the head shape, or a head shape that is not one,
+/// are errors.
 pub fn attention(
     q: &[f64],
     q_tokens: &[Option<Token>],
@@ -31,8 +35,28 @@ pub fn attention(
     kv_tokens: &[Option<Token>],
     heads: Heads,
     scale: f64,
-) -> (Vec<f64>, Vec<f64>) {
+) -> Result<(Vec<f64>, Vec<f64>)> {
     let Heads { n_heads, n_kv_heads, head_dim } = heads;
+    if n_kv_heads == 0 || n_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
+        return Err(AttentionError::Heads { n_heads, n_kv_heads });
+    }
+    if head_dim == 0 {
+        return Err(AttentionError::Shape { what: "head_dim", expected: "at least 1".into(), actual: vec![0] });
+    }
+    let want = |rows: usize, h: usize| rows.checked_mul(h).and_then(|x| x.checked_mul(head_dim));
+    for (what, got, rows, h) in [
+        ("q", q.len(), q_tokens.len(), n_heads),
+        ("k", k.len(), kv_tokens.len(), n_kv_heads),
+        ("v", v.len(), kv_tokens.len(), n_kv_heads),
+    ] {
+        if want(rows, h) != Some(got) {
+            return Err(AttentionError::Shape {
+                what,
+                expected: format!("{rows} rows x {h} heads x {head_dim} = {:?} values", want(rows, h)),
+                actual: vec![got],
+            });
+        }
+    }
     let group = n_heads / n_kv_heads;
     let mut out = vec![0.0; q_tokens.len() * n_heads * head_dim];
     let mut lse = vec![f64::NEG_INFINITY; q_tokens.len() * n_heads];
@@ -72,7 +96,7 @@ pub fn attention(
             lse[i * n_heads + h] = max + denom.ln();
         }
     }
-    (out, lse)
+    Ok((out, lse))
 }
 
 /// How far `actual` is from `expected`.

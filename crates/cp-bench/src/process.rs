@@ -86,7 +86,7 @@ pub fn run(die_at: usize, timeout: Duration) -> anyhow::Result<bool> {
                 wanted.push((t.seq, Span::new(t.pos, 1)));
             }
         }
-        let (want, _) = workload::oracle(heads, 77, &wanted);
+        let (want, _) = workload::oracle(heads, 77, &wanted)?;
         let d = discrepancy(&got, &want);
         let pass = d.within(crate::check::TOL_OUT);
         ok &= pass;

@@ -88,7 +88,7 @@ pub fn sweep(
         if !(pct > 0.0 && pct <= 100.0) {
             anyhow::bail!("miss rate {pct}%: must be in (0, 100]");
         }
-        let w = Workload::from_miss_rate(total, pct / 100.0);
+        let w = Workload::from_miss_rate(total, pct / 100.0)?;
         let (t, p) = (w.new_tokens, w.cached_tokens);
         eprintln!("  sweep: miss rate {pct}% (T={t}, P={p}) on {n} ranks...");
         let (report, decision) = prefill::bench(rings, t, p, Which::All, warmup, iters)?;

@@ -58,7 +58,7 @@ pub fn draw_all(
 
 /// Plain causal attention of the `wanted` query positions over each sequence's prefix, in f64,
 /// on the values [`draw`] gives (bf16-rounded).
-pub fn oracle(heads: Heads, seed: u64, wanted: &[(usize, Span)]) -> (Vec<f64>, Vec<f64>) {
+pub fn oracle(heads: Heads, seed: u64, wanted: &[(usize, Span)]) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let [sq, sk, sv] = seeds(seed);
     let Heads { n_heads, n_kv_heads, head_dim } = heads;
     let rows = |s: u64, seq: usize, span: std::ops::Range<usize>, width: usize| -> Vec<f64> {
@@ -71,11 +71,11 @@ pub fn oracle(heads: Heads, seed: u64, wanted: &[(usize, Span)]) -> (Vec<f64>, V
         let v = rows(sv, seq, 0..span.end(), n_kv_heads * head_dim);
         let qt: Vec<_> = (span.start..span.end()).map(|pos| Some(Token { seq, pos })).collect();
         let kt: Vec<_> = (0..span.end()).map(|pos| Some(Token { seq, pos })).collect();
-        let (o, l) = reference::attention(&q, &qt, &k, &v, &kt, heads, 1.0 / (head_dim as f64).sqrt());
+        let (o, l) = reference::attention(&q, &qt, &k, &v, &kt, heads, 1.0 / (head_dim as f64).sqrt())?;
         out.extend(o);
         lse.extend(l);
     }
-    (out, lse)
+    Ok((out, lse))
 }
 
 /// The plan of one sequence's turn of `t` new tokens over `p` cached ones on `n` ranks.

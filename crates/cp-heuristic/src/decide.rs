@@ -204,6 +204,13 @@ pub fn choose(rule: Rule, inputs: &Inputs) -> Result<Decision> {
         Rule::Alg1 => kv_hidden || thresholds.miss_rate >= thresholds.q_smaller_max_miss_rate,
         Rule::Alg5 | Rule::Auto => kv_hidden || thresholds.miss_rate >= thresholds.alg5_min_miss_rate,
         Rule::Empirical(r) => {
+            for (what, value) in
+                [("empirical coefficient a", r.a), ("empirical coefficient b", r.b), ("empirical coefficient c", r.c)]
+            {
+                if !value.is_finite() {
+                    return Err(crate::HeuristicError::OutOfRange { what, range: "finite", value });
+                }
+            }
             let h = r.h(inputs.workload.new_tokens, inputs.workload.cached_tokens);
             empirical_h = Some(h);
             h > 0.0

@@ -13,6 +13,10 @@ pub enum HeuristicError {
     /// A rate or size that must be positive and finite is not.
     #[error("{what} must be positive and finite, got {value}")]
     NotPositive { what: &'static str, value: f64 },
+    /// A value outside the range it must lie in (a miss rate outside `(0, 1]`, a NaN
+    /// coefficient).
+    #[error("{what} must be {range}, got {value}")]
+    OutOfRange { what: &'static str, range: &'static str, value: f64 },
     /// Fitting the empirical rule failed.
     #[error("cannot fit the empirical rule: {reason}")]
     Fit { reason: String },

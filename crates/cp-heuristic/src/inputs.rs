@@ -171,15 +171,22 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// The workload with `total` tokens of context of which a fraction `miss_rate` is new.
-    pub fn from_miss_rate(total: usize, miss_rate: f64) -> Workload {
-        let new_tokens = ((total as f64 * miss_rate).round() as usize).clamp(1, total.max(1));
-        Workload { new_tokens, cached_tokens: total.saturating_sub(new_tokens) }
+    /// The workload with `total` tokens of context of which a fraction `miss_rate` is new (at
+    /// least one token). `total` must be at least 1 and `miss_rate` in `(0, 1]`.
+    pub fn from_miss_rate(total: usize, miss_rate: f64) -> Result<Workload> {
+        if total == 0 {
+            return Err(HeuristicError::Zero { what: "total tokens" });
+        }
+        if !(miss_rate > 0.0 && miss_rate <= 1.0) {
+            return Err(HeuristicError::OutOfRange { what: "miss rate", range: "in (0, 1]", value: miss_rate });
+        }
+        let new_tokens = ((total as f64 * miss_rate).round() as usize).clamp(1, total);
+        Ok(Workload { new_tokens, cached_tokens: total - new_tokens })
     }
 
-    /// `T / (T + P)`.
+    /// `T / (T + P)` (in floating point: no overflow at any size).
     pub fn miss_rate(&self) -> f64 {
-        self.new_tokens as f64 / (self.new_tokens + self.cached_tokens) as f64
+        self.new_tokens as f64 / (self.new_tokens as f64 + self.cached_tokens as f64)
     }
 }
 

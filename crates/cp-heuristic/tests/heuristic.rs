@@ -100,7 +100,7 @@ fn published_empirical_rule_disagrees_with_table_4() {
     // Table 4 (CP4, P + T = 128000): pass-KV wins at 10%, 20%, ..., 100% miss rate.
     let rule = EmpiricalRule::published();
     for miss in [0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0] {
-        let w = Workload::from_miss_rate(128_000, miss);
+        let w = Workload::from_miss_rate(128_000, miss).unwrap();
         let h = rule.h(w.new_tokens, w.cached_tokens);
         assert!(h < 0.0, "miss {miss}: h = {h}");
     }
@@ -122,7 +122,7 @@ fn fitted_rule_reproduces_table_4() {
     let obs: Vec<Observation> = table4
         .iter()
         .map(|&(miss, winner)| {
-            let w = Workload::from_miss_rate(128_000, miss);
+            let w = Workload::from_miss_rate(128_000, miss).unwrap();
             Observation { new_tokens: w.new_tokens, cached_tokens: w.cached_tokens, winner }
         })
         .collect();
@@ -139,7 +139,7 @@ fn fit_recovers_a_known_boundary() {
         let mut obs = Vec::new();
         for total in [8_000usize, 32_000, 128_000, 512_000] {
             for miss in [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0] {
-                let w = Workload::from_miss_rate(total, miss);
+                let w = Workload::from_miss_rate(total, miss).unwrap();
                 let h = truth.h(w.new_tokens, w.cached_tokens);
                 if h.abs() > 0.3 {
                     obs.push(Observation {

@@ -31,7 +31,7 @@ pub use error::GpuRingError;
 pub use nccl::{NcclTransport, WaitMode, nccl_available};
 pub use peer::{PeerTransport, enable_peer_access};
 pub use probe::{CudaProbe, PhaseTimes};
-pub use rendezvous::{Rendezvous, RendezvousError};
+pub use rendezvous::{MAX_WORLD_SIZE, Rendezvous, RendezvousError, timeout_from_env as rendezvous_timeout_from_env};
 pub use runner::{GpuRank, GpuRing, Placement, RankInputs, RankOutput, RankTransport};
 
 /// Result type of this crate.

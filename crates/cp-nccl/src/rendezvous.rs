@@ -5,11 +5,39 @@
 //! answers or dies, a duplicate rank or a mismatched world size ends every rank with an error
 //! that says which.
 
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const MAGIC: &str = "cp-rs-rendezvous 1";
+
+/// How long rank 0 waits for a connection's hello line. Connections are served concurrently,
+/// each with this deadline, so an idle or hostile connection to the port delays nobody.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest `WORLD_SIZE` accepted (rank 0 keeps a connection per rank).
+pub const MAX_WORLD_SIZE: usize = 1 << 16;
+
+/// The deadline of `cp-rendezvous` and `cp-ring-bench nccl-process` from
+/// `CP_RENDEZVOUS_TIMEOUT_MS` (milliseconds, at least 1), else `default`; a value that is not a
+/// positive integer is an error, not the default.
+pub fn timeout_from_env(default: Duration) -> Result<Duration> {
+    const VAR: &str = "CP_RENDEZVOUS_TIMEOUT_MS";
+    match std::env::var(VAR) {
+        Err(std::env::VarError::NotPresent) => Ok(default),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(RendezvousError::Env { var: VAR, reason: "is not valid Unicode".into() })
+        }
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+            _ => Err(RendezvousError::Env {
+                var: VAR,
+                reason: format!("{v:?} is not a positive number of milliseconds"),
+            }),
+        },
+    }
+}
 
 /// How long past the shared deadline a joining rank keeps listening for rank 0's verdict. Rank 0
 /// decides when a rendezvous has failed (and names the missing ranks); its process may have
@@ -86,6 +114,15 @@ impl Rendezvous {
         if self.world_size == 0 {
             return Err(RendezvousError::Env { var: "WORLD_SIZE", reason: "must be at least 1".into() });
         }
+        if self.world_size > MAX_WORLD_SIZE {
+            return Err(RendezvousError::Env {
+                var: "WORLD_SIZE",
+                reason: format!(
+                    "{} is more ranks than the rendezvous serves (at most {MAX_WORLD_SIZE})",
+                    self.world_size
+                ),
+            });
+        }
         if self.rank >= self.world_size {
             return Err(RendezvousError::Env {
                 var: "RANK",
@@ -112,6 +149,9 @@ impl Rendezvous {
         listener.set_nonblocking(true).map_err(self.io("set_nonblocking"))?;
         let mut joined: Vec<Option<TcpStream>> = (0..self.world_size).map(|_| None).collect();
         let mut waiting = self.world_size - 1;
+        // Each connection's hello is read on a thread of its own with its own deadline, so a
+        // connection that never speaks (an idle client, a port scanner) blocks nobody.
+        let (hellos, arrived) = mpsc::channel::<(TcpStream, std::io::Result<String>)>();
         while waiting > 0 {
             if started.elapsed() > self.timeout {
                 let missing: Vec<usize> = (1..self.world_size).filter(|&r| joined[r].is_none()).collect();
@@ -121,32 +161,42 @@ impl Rendezvous {
                 }
                 return Err(RendezvousError::Timeout { rank: 0, what: why, waited: started.elapsed() });
             }
-            let mut stream = match listener.accept() {
-                Ok((s, _)) => s,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(5));
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let left =
+                        self.timeout.saturating_sub(started.elapsed()).clamp(Duration::from_millis(1), HELLO_TIMEOUT);
+                    let tx = hellos.clone();
+                    std::thread::spawn(move || {
+                        let read = (|| {
+                            stream.set_nonblocking(false)?;
+                            stream.set_read_timeout(Some(left))?;
+                            let mut line = String::new();
+                            BufReader::new(&stream).take(4096).read_line(&mut line)?;
+                            Ok(line)
+                        })();
+                        let _ = tx.send((stream, read));
+                    });
                     continue;
                 }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) => return Err(self.io("accept")(e)),
-            };
-            stream.set_nonblocking(false).map_err(self.io("set_nonblocking"))?;
-            let left = self.timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
-            stream.set_read_timeout(Some(left)).map_err(self.io("set_read_timeout"))?;
-            let mut line = String::new();
-            if BufReader::new(&stream).read_line(&mut line).is_err() {
-                continue; // a silent or broken connection: not a rank; keep waiting
             }
-            match self.parse_hello(&line) {
-                Ok(r) if joined[r].is_none() => {
-                    joined[r] = Some(stream);
-                    waiting -= 1;
-                }
-                Ok(r) => {
-                    let _ = writeln!(stream, "ERR rank {r} already joined");
-                }
-                Err(reason) => {
-                    let _ = writeln!(stream, "ERR {reason}");
-                }
+            match arrived.recv_timeout(Duration::from_millis(5)) {
+                Ok((mut stream, Ok(line))) => match self.parse_hello(&line) {
+                    Ok(r) if joined[r].is_none() => {
+                        joined[r] = Some(stream);
+                        waiting -= 1;
+                    }
+                    Ok(r) => {
+                        let _ = writeln!(stream, "ERR rank {r} already joined");
+                    }
+                    Err(reason) => {
+                        let _ = writeln!(stream, "ERR {reason}");
+                    }
+                },
+                // A silent or broken connection: not a rank; keep waiting for the real ones. (The
+                // channel cannot disconnect: this loop holds a sender.)
+                Ok((_, Err(_))) | Err(_) => {}
             }
         }
         let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();

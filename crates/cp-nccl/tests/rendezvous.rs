@@ -137,3 +137,57 @@ fn a_world_of_one_needs_no_network() {
     };
     assert_eq!(r.share(|| vec![1, 2, 3]).unwrap(), vec![1, 2, 3]);
 }
+
+#[test]
+fn an_idle_connection_to_the_port_blocks_nobody() {
+    let port = free_port();
+    let rank0 = spawn(0, 2, port, 20_000);
+    // A client that connects and never speaks (and one that speaks garbage), before rank 1.
+    let idle = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let mut garbage = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut garbage, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let started = Instant::now();
+    let rank1 = spawn(1, 2, port, 20_000);
+    let outs: Vec<Output> = [rank0, rank1].into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    // Well under the idle connection's 5 s hello deadline: it was served beside the real rank.
+    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    let tokens: Vec<String> = outs
+        .iter()
+        .map(|o| {
+            let (out, err) = text(o);
+            assert!(o.status.success(), "a rank failed: {err}");
+            out
+        })
+        .collect();
+    assert_eq!(tokens[0], tokens[1]);
+    drop(idle);
+}
+
+#[test]
+fn absurd_or_malformed_settings_are_refused_by_name() {
+    let port = free_port();
+    let run = |world: &str, timeout: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cp-rendezvous"));
+        c.env("RANK", "0")
+            .env("WORLD_SIZE", world)
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string());
+        match timeout {
+            Some(t) => c.env("CP_RENDEZVOUS_TIMEOUT_MS", t),
+            None => c.env_remove("CP_RENDEZVOUS_TIMEOUT_MS"),
+        };
+        let o = c.output().unwrap();
+        (o.status.success(), text(&o).1)
+    };
+    let (ok, err) = run("18446744073709551615", Some("1000"));
+    assert!(!ok && err.contains("WORLD_SIZE") && err.contains("at most"), "{err}");
+    for bad in ["soon", "-5", "0", ""] {
+        let (ok, err) = run("2", Some(bad));
+        assert!(!ok && err.contains("CP_RENDEZVOUS_TIMEOUT_MS"), "{bad:?}: {err}");
+    }
+}

@@ -60,21 +60,42 @@ impl CacheMap {
     /// Tokens of all sequences cached on `rank`.
     pub fn rank_len(&self, rank: usize) -> Result<usize> {
         self.check_rank(rank)?;
-        Ok(self.seqs.iter().flat_map(|ranks| &ranks[rank]).map(|s| s.len).sum())
+        self.seqs
+            .iter()
+            .flat_map(|ranks| &ranks[rank])
+            .try_fold(0usize, |acc, s| acc.checked_add(s.len))
+            .ok_or(ShardError::Overflow { what: "tokens cached on one rank" })
+    }
+
+    /// A fingerprint of the placement as it is now: plans record it and a commit checks it, so
+    /// a plan made for another cache (even one with the same lengths) or made before a commit
+    /// is refused.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.world_size.hash(&mut h);
+        self.seqs.hash(&mut h);
+        h.finish()
     }
 
     /// Records a prefill turn's new tokens in the cache, once the turn has run.
     pub fn commit_turn(&mut self, plan: &crate::TurnPlan) -> Result<()> {
-        self.commit(plan.world_size(), plan.base_lens(), &plan.placements())
+        self.commit(plan.world_size(), plan.cache_fingerprint(), plan.base_lens(), &plan.placements())
     }
 
     /// Records a decode iteration's new tokens in the cache, once the iteration has run.
     pub fn commit_decode(&mut self, plan: &crate::DecodePlan) -> Result<()> {
-        self.commit(plan.world_size(), plan.base_lens(), &plan.placements())
+        self.commit(plan.world_size(), plan.cache_fingerprint(), plan.base_lens(), &plan.placements())
     }
 
     /// Checks that a plan was made for this cache as it is now, then appends its placements.
-    fn commit(&mut self, world_size: usize, base_lens: Vec<(usize, usize)>, placements: &[Placement]) -> Result<()> {
+    fn commit(
+        &mut self,
+        world_size: usize,
+        fingerprint: u64,
+        base_lens: Vec<(usize, usize)>,
+        placements: &[Placement],
+    ) -> Result<()> {
         if world_size != self.world_size {
             return Err(ShardError::PlanMismatch {
                 reason: format!("plan is for world size {world_size}, cache for {}", self.world_size),
@@ -89,6 +110,11 @@ impl CacheMap {
                     ),
                 });
             }
+        }
+        if fingerprint != self.fingerprint() {
+            return Err(ShardError::PlanMismatch {
+                reason: "plan was made for a cache with another placement or other sequences".into(),
+            });
         }
         for p in placements {
             let spans = &mut self.seqs[p.seq][p.rank];

@@ -13,6 +13,7 @@ use crate::{CacheMap, Layout, Result, RingLayouts, Span};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecodePlan {
     world_size: usize,
+    cache: u64,
     iteration: usize,
     /// `(seq, pos, rank)` in batch order.
     entries: Vec<(usize, usize, usize)>,
@@ -28,7 +29,13 @@ impl DecodePlan {
         let entries = seqs
             .iter()
             .enumerate()
-            .map(|(i, &seq)| Ok((seq, cache.seq_len(seq)?, (start_rank + i) % world_size)))
+            .map(|(i, &seq)| {
+                let pos = cache.seq_len(seq)?;
+                if pos == usize::MAX {
+                    return Err(crate::ShardError::Overflow { what: "position of the next token" });
+                }
+                Ok((seq, pos, (start_rank + i) % world_size))
+            })
             .collect::<Result<Vec<_>>>()?;
         let q_rows = seqs.len().div_ceil(world_size);
         let q = (0..world_size)
@@ -44,7 +51,7 @@ impl DecodePlan {
         let placements: Vec<Placement> =
             entries.iter().map(|&(seq, pos, rank)| Placement { seq, rank, span: Span::new(pos, 1) }).collect();
         let kv = cache.kv_layouts(seqs, &placements);
-        Ok(DecodePlan { world_size, iteration, entries, layouts: RingLayouts { q, kv } })
+        Ok(DecodePlan { world_size, cache: cache.fingerprint(), iteration, entries, layouts: RingLayouts { q, kv } })
     }
 
     /// Number of ranks.
@@ -80,6 +87,10 @@ impl DecodePlan {
     /// Each sequence and its full history including the new token.
     pub fn history_spans(&self) -> Vec<(usize, Span)> {
         self.entries.iter().map(|&(seq, pos, _)| (seq, Span::new(0, pos + 1))).collect()
+    }
+
+    pub(crate) fn cache_fingerprint(&self) -> u64 {
+        self.cache
     }
 
     pub(crate) fn base_lens(&self) -> Vec<(usize, usize)> {

@@ -18,9 +18,10 @@ impl Span {
         Span { start, len }
     }
 
-    /// One past the last position.
+    /// One past the last position (saturating at `usize::MAX`: a span is only ever built from
+    /// checked sizes by the plans, but its fields are public).
     pub const fn end(&self) -> usize {
-        self.start + self.len
+        self.start.saturating_add(self.len)
     }
 
     /// Whether `pos` lies in the span.

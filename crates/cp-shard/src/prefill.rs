@@ -31,6 +31,7 @@ impl PrefillShards {
         let n_chunks = world_size.checked_mul(2).ok_or(ShardError::Overflow { what: "2 * world_size" })?;
         offset.checked_add(new_tokens).ok_or(ShardError::Overflow { what: "offset + new_tokens" })?;
         let chunk_len = new_tokens.div_ceil(n_chunks);
+        chunk_len.checked_mul(2).ok_or(ShardError::Overflow { what: "2 * chunk length (rows per rank)" })?;
         Ok(PrefillShards { world_size, offset, new_tokens, chunk_len })
     }
 
@@ -64,10 +65,11 @@ impl PrefillShards {
         Span::new(self.offset, self.new_tokens)
     }
 
-    /// The real positions of chunk `chunk` (possibly short or empty at the end).
+    /// The real positions of chunk `chunk` (possibly short or empty at the end, and empty for
+    /// a chunk past the last).
     pub fn chunk(&self, chunk: usize) -> Span {
-        let start = (chunk * self.chunk_len).min(self.new_tokens);
-        let end = ((chunk + 1) * self.chunk_len).min(self.new_tokens);
+        let start = chunk.saturating_mul(self.chunk_len).min(self.new_tokens);
+        let end = chunk.saturating_add(1).saturating_mul(self.chunk_len).min(self.new_tokens);
         Span::new(self.offset + start, end - start)
     }
 

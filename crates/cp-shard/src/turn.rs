@@ -22,6 +22,7 @@ pub struct NewTokens {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TurnPlan {
     world_size: usize,
+    cache: u64,
     /// `(seq, shards)` in batch order; `shards.offset()` is the cached length.
     seqs: Vec<(usize, PrefillShards)>,
     layouts: RingLayouts,
@@ -55,7 +56,7 @@ impl TurnPlan {
         let placements = placements(&seqs)?;
         let order: Vec<usize> = seqs.iter().map(|(seq, _)| *seq).collect();
         let kv = cache.kv_layouts(&order, &placements);
-        Ok(TurnPlan { world_size, seqs, layouts: RingLayouts { q, kv } })
+        Ok(TurnPlan { world_size, cache: cache.fingerprint(), seqs, layouts: RingLayouts { q, kv } })
     }
 
     /// Number of ranks.
@@ -83,6 +84,10 @@ impl TurnPlan {
     /// the keys a reference attention must see.
     pub fn history_spans(&self) -> Vec<(usize, Span)> {
         self.seqs.iter().map(|(seq, shards)| (*seq, Span::new(0, shards.span().end()))).collect()
+    }
+
+    pub(crate) fn cache_fingerprint(&self) -> u64 {
+        self.cache
     }
 
     pub(crate) fn base_lens(&self) -> Vec<(usize, usize)> {

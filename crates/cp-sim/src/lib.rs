@@ -32,7 +32,7 @@ mod spmd;
 pub use cp_ring::{ChannelTransport, TransportError, channel_ring, panic_message};
 pub use error::SimError;
 pub use probe::{CpuPhaseTimes, CpuProbe};
-pub use session::{Session, SimConfig, StepKind, StepReport, Tolerance};
+pub use session::{Estimate, MAX_SIM_WORLD_SIZE, Session, SimConfig, StepKind, StepReport, Tolerance};
 pub use spmd::run_ranks;
 
 /// Result type of this crate.

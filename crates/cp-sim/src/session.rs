@@ -46,11 +46,102 @@ impl Default for SimConfig {
     }
 }
 
+/// The most ranks the simulator runs (each is a thread, and a ring step is `N^2` partial
+/// attentions).
+pub const MAX_SIM_WORLD_SIZE: usize = 256;
+
+/// The most work the naive f64 oracle may be asked for in one step (multiply-adds): minutes on
+/// one core.
+const MAX_ORACLE_WORK: u128 = 1 << 40;
+
+/// What one simulated step costs, estimated before anything is allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Estimate {
+    /// Bytes of host memory the step needs at its peak (history, per-rank tensors, scores).
+    pub bytes: u128,
+    /// Multiply-adds of the f64 oracle.
+    pub oracle_work: u128,
+}
+
+/// Host memory this process may use for a step: 80% of what the kernel reports available,
+/// or 8 GiB if it cannot be read.
+fn memory_budget() -> u128 {
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u128>().ok())
+    });
+    available.map_or(8 << 30, |kib| kib * 1024 * 8 / 10)
+}
+
 impl SimConfig {
+    /// Estimates a step adding `new[b]` tokens to sequences holding `cached[b]` (in batch
+    /// order), in checked arithmetic.
+    pub fn estimate(&self, cached: &[usize], new: &[usize]) -> Result<Estimate> {
+        let overflow = || SimError::Config("sizes overflow: the step is far too large to simulate".into());
+        let (nh, nkv, dh, n) =
+            (self.n_heads as u128, self.n_kv_heads as u128, self.head_dim as u128, self.world_size as u128);
+        let (mut hist, mut fresh, mut work, mut longest) = (0u128, 0u128, 0u128, 0u128);
+        for (&p, &t) in cached.iter().zip(new) {
+            let total = (p as u128).checked_add(t as u128).ok_or_else(overflow)?;
+            hist = hist.checked_add(total).ok_or_else(overflow)?;
+            fresh = fresh.checked_add(t as u128).ok_or_else(overflow)?;
+            longest = longest.max(total);
+            work = (t as u128)
+                .checked_mul(total)
+                .and_then(|x| x.checked_mul(nh * dh * 2))
+                .and_then(|x| x.checked_add(work))
+                .ok_or_else(overflow)?;
+        }
+        // f64 history of K and V, about four copies of it across the ranks' tensors and their
+        // conversions, the new queries and outputs, and each rank's score block of 256 rows.
+        let bytes = hist
+            .checked_mul(2 * nkv * dh * 8 * 5)
+            .and_then(|b| fresh.checked_mul(nh * dh * 8 * 6).and_then(|q| b.checked_add(q)))
+            .and_then(|b| {
+                longest.checked_mul(nh * 256 * 8 * 2).and_then(|s| s.checked_mul(n)).and_then(|s| b.checked_add(s))
+            })
+            .ok_or_else(overflow)?;
+        Ok(Estimate { bytes, oracle_work: work })
+    }
+
+    /// Refuses a step that would not fit in memory or would keep the oracle busy for hours,
+    /// naming the estimate.
+    pub fn check_size(&self, cached: &[usize], new: &[usize]) -> Result<Estimate> {
+        let e = self.estimate(cached, new)?;
+        let budget = memory_budget();
+        if e.bytes > budget {
+            return Err(SimError::Config(format!(
+                "this step needs about {:.1} GiB of host memory; {:.1} GiB are available to it: use fewer tokens, \
+                 sequences, heads or a smaller head dim",
+                e.bytes as f64 / (1u64 << 30) as f64,
+                budget as f64 / (1u64 << 30) as f64
+            )));
+        }
+        if e.oracle_work > MAX_ORACLE_WORK {
+            return Err(SimError::Config(format!(
+                "the f64 oracle of this step needs about {:.1e} multiply-adds (hours on one core; the limit is {:.1e}): \
+                 use fewer tokens or sequences",
+                e.oracle_work as f64, MAX_ORACLE_WORK as f64
+            )));
+        }
+        Ok(e)
+    }
+
     fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(SimError::Config(msg));
         if self.world_size == 0 {
             return bad("world size must be at least 1, got 0".into());
+        }
+        if self.world_size > MAX_SIM_WORLD_SIZE {
+            return bad(format!(
+                "world size {} is more ranks than the simulator runs (at most {MAX_SIM_WORLD_SIZE}: each is a thread, \
+                 and a step is N^2 partial attentions)",
+                self.world_size
+            ));
+        }
+        if self.timeout.is_zero() {
+            return bad("the timeout must be positive (a zero timeout fails every exchange at once)".into());
         }
         if self.n_heads == 0 || self.n_kv_heads == 0 || self.head_dim == 0 {
             return bad(format!(
@@ -215,7 +306,13 @@ impl Session {
     /// `algorithms` on the same fresh inputs, checks each against the oracle, then commits the
     /// new tokens to the cache.
     pub fn prefill(&mut self, new: &[NewTokens], algorithms: &[Algorithm]) -> Result<Vec<StepReport>> {
+        if algorithms.is_empty() {
+            return Err(SimError::Config("prefill: no algorithm given (the turn would be committed unchecked)".into()));
+        }
         let plan = TurnPlan::new(&self.cache, new)?;
+        let cached = new.iter().map(|n| self.cache.seq_len(n.seq)).collect::<Result<Vec<_>, _>>()?;
+        let counts: Vec<usize> = new.iter().map(|n| n.count).collect();
+        self.config.check_size(&cached, &counts)?;
         let cached_tokens = plan.shards().map(|(_, s)| s.offset()).sum();
         let kind =
             StepKind::Prefill { new_tokens: new.iter().map(|n| n.count).sum(), cached_tokens, sequences: new.len() };
@@ -244,6 +341,8 @@ impl Session {
             return Err(SimError::Config("decode_with: no algorithm given".into()));
         }
         let plan = DecodePlan::new(&self.cache, seqs, self.decode_iteration)?;
+        let cached = seqs.iter().map(|&s| self.cache.seq_len(s)).collect::<Result<Vec<_>, _>>()?;
+        self.config.check_size(&cached, &vec![1; seqs.len()])?;
         let kind = StepKind::Decode { iteration: self.decode_iteration, batch: seqs.len() };
         let q_new = self.draw_new_tokens(&plan.new_spans());
         let mut reports = algorithms
@@ -305,10 +404,9 @@ impl Session {
         };
         let hist_row =
             |hist: &Vec<Vec<f64>>, t: Token| Ok(hist[t.seq][t.pos * kv_width..(t.pos + 1) * kv_width].to_vec());
-        // Padding rows are poisoned with large values: a masking bug would show as a large error.
-        let mut poison_rng = StdRng::seed_from_u64(self.rng.random());
-        let mut poison =
-            |width: usize| (0..width).map(|_| 1e4 * poison_rng.random_range(-1.0..1.0)).collect::<Vec<f64>>();
+        // Padding rows hold NaN (as recycled or uninitialised memory may): anything of them that
+        // reached a result would show as a non-finite mismatch.
+        let poison = |width: usize| vec![f64::NAN; width];
         let q = scatter_rows(&layouts.q, q_width, q_row, |_, _| poison(q_width))?;
         let k = scatter_rows(&layouts.kv, kv_width, |t| hist_row(&self.k_hist, t), |_, _| poison(kv_width))?;
         let v = scatter_rows(&layouts.kv, kv_width, |t| hist_row(&self.v_hist, t), |_, _| poison(kv_width))?;
@@ -336,7 +434,7 @@ impl Session {
         let lses: Vec<&[f64]> = per_rank.iter().map(|(_, l, _)| l.as_slice()).collect();
         let got_out: Vec<f64> = gather_rows(&layouts.q, &outs, q_width, new_spans)?.concat();
         let got_lse: Vec<f64> = gather_rows(&layouts.q, &lses, c.n_heads, new_spans)?.concat();
-        let (want_out, want_lse) = self.oracle(q_new, new_spans);
+        let (want_out, want_lse) = self.oracle(q_new, new_spans)?;
         Ok(StepReport {
             kind,
             algorithm,
@@ -354,7 +452,7 @@ impl Session {
     }
 
     /// Plain attention of each sequence's new queries over its whole history, in f64.
-    fn oracle(&self, q_new: &[Vec<f64>], new_spans: &[(usize, Span)]) -> (Vec<f64>, Vec<f64>) {
+    fn oracle(&self, q_new: &[Vec<f64>], new_spans: &[(usize, Span)]) -> Result<(Vec<f64>, Vec<f64>)> {
         let c = self.config;
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         let kv_width = c.n_kv_heads * c.head_dim;
@@ -364,11 +462,11 @@ impl Session {
             let kv_tokens: Vec<_> = (0..span.end()).map(|pos| Some(Token { seq, pos })).collect();
             let k = &self.k_hist[seq][..span.end() * kv_width];
             let v = &self.v_hist[seq][..span.end() * kv_width];
-            let (o, l) = reference::attention(q, &q_tokens, k, v, &kv_tokens, c.heads(), scale);
+            let (o, l) = reference::attention(q, &q_tokens, k, v, &kv_tokens, c.heads(), scale)?;
             out.extend(o);
             lse.extend(l);
         }
-        (out, lse)
+        Ok((out, lse))
     }
 }
 

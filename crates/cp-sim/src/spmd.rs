@@ -15,6 +15,9 @@ where
     R: Send,
     F: Fn(ChannelTransport<T>) -> Result<R> + Sync,
 {
+    if world_size == 0 {
+        return vec![Err(SimError::Config("run_ranks: world size must be at least 1, got 0".into()))];
+    }
     let endpoints = channel_ring::<T>(world_size, timeout);
     std::thread::scope(|scope| {
         let handles: Vec<_> = endpoints.into_iter().map(|endpoint| scope.spawn(|| body(endpoint))).collect();

@@ -144,7 +144,7 @@ fn check_case(ops: &CudaAttention, rng: &mut Rng, case: &Case) -> Result<(String
         &kv_tokens,
         case.heads,
         scale,
-    );
+    )?;
     let (d_out, nan_rows) = compare(&out, &want_out);
     let (d_lse, _) = compare(&lse, &want_lse);
     // P is rounded to the input dtype before the P.V product (as in FlashAttention-2): a

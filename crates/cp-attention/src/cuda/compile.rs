@@ -55,10 +55,7 @@ fn key(arch: &str) -> String {
 /// A cache that cannot be written is not an error; compilation is.
 pub fn cubin(arch: &str) -> Result<Vec<u8>> {
     if !nvrtc_available() {
-        return Err(AttentionError::MissingLibrary {
-            library: "libnvrtc",
-            hint: "install the CUDA toolkit or the nvidia-cuda-nvrtc wheel and put its lib folder on LD_LIBRARY_PATH",
-        });
+        return Err(missing_nvrtc());
     }
     let path = cache_dir().join(format!("cp-attention-{arch}-{}.cubin", key(arch)));
     if let Ok(bytes) = std::fs::read(&path) {
@@ -74,8 +71,19 @@ pub fn cubin(arch: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Compiles the kernels with NVRTC, without the cache.
+/// The error for a machine without NVRTC.
+fn missing_nvrtc() -> AttentionError {
+    AttentionError::MissingLibrary {
+        library: "libnvrtc",
+        hint: "install the CUDA toolkit or the nvidia-cuda-nvrtc wheel and put its lib folder on LD_LIBRARY_PATH",
+    }
+}
+
+/// Compiles the kernels with NVRTC, without the cache. A missing NVRTC is an error.
 pub fn compile(arch: &str) -> Result<Vec<u8>> {
+    if !nvrtc_available() {
+        return Err(missing_nvrtc());
+    }
     let fail = |code: String, log: String| AttentionError::Compile { arch: arch.into(), code, log };
     let src = CString::new(SOURCE).map_err(|e| fail(e.to_string(), String::new()))?;
     let name = CString::new("cp_attention.cu").map_err(|e| fail(e.to_string(), String::new()))?;

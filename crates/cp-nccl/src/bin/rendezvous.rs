@@ -10,21 +10,22 @@ use std::time::{Duration, SystemTime};
 use cp_nccl::Rendezvous;
 
 fn main() -> ExitCode {
-    let timeout = std::env::var("CP_RENDEZVOUS_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(30_000);
-    let result = Rendezvous::from_env(Duration::from_millis(timeout)).and_then(|r| {
-        r.share(|| {
-            let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
-            let mut x = seed ^ u64::from(std::process::id());
-            (0..128)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        })
-    });
+    let result =
+        cp_nccl::rendezvous_timeout_from_env(Duration::from_secs(30)).and_then(Rendezvous::from_env).and_then(|r| {
+            r.share(|| {
+                let seed =
+                    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
+                let mut x = seed ^ u64::from(std::process::id());
+                (0..128)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect()
+            })
+        });
     match result {
         Ok(payload) => {
             println!("{}", payload.iter().map(|b| format!("{b:02x}")).collect::<String>());
