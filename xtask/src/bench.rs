@@ -92,6 +92,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.iters == 0 {
         bail!("--iters must be at least 1");
     }
+    if args.warmup == 0 {
+        bail!(
+            "--warmup must be at least 1: a cold first run includes one-time set-up and would be compared with warm ones"
+        );
+    }
+    if args.world_size > cp_sim::MAX_SIM_WORLD_SIZE {
+        bail!(
+            "--world-size {}: at most {} ranks (CPU ranks are threads; GPUs are fewer)",
+            args.world_size,
+            cp_sim::MAX_SIM_WORLD_SIZE
+        );
+    }
     if !args.cpu && gpu_present() {
         let mut args = args;
         args.gpu_heads = (args.heads.unwrap_or(32), args.kv_heads.unwrap_or(8), args.head_dim.unwrap_or(128));
@@ -167,6 +179,10 @@ fn cpu(args: &Args) -> anyhow::Result<()> {
         bail!("--heads ({heads}) must be a non-zero multiple of --kv-heads ({kv_heads}), --head-dim at least 1");
     }
     let p = args.cached;
+    if t == 0 {
+        bail!("--seq-len must be at least 1, got 0");
+    }
+    p.checked_add(t).ok_or_else(|| anyhow::anyhow!("--seq-len {t} plus --cached {p} overflows"))?;
     let config = SimConfig {
         world_size: 1,
         n_heads: heads,
@@ -180,6 +196,9 @@ fn cpu(args: &Args) -> anyhow::Result<()> {
         seed: 1,
         timeout: Duration::from_secs(600),
     };
+    // The whole step's size, before anything runs: the cached turn and the timed turn.
+    config.check_size(&[0], &[p.max(1)])?;
+    config.check_size(&[p], &[t])?;
     println!(
         "T = {t} new tokens over P = {p} cached; NH = {}, NKV = {}, DH = {}, {:?}; {} warm-up + {} timed runs",
         heads, kv_heads, head_dim, config.dtype, args.warmup, args.iters

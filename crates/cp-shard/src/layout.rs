@@ -113,12 +113,14 @@ impl Layout {
         if span.is_empty() {
             return;
         }
-        self.rows += span.len;
+        // Row counts saturate instead of overflowing: a layout that long describes no tensor
+        // that can exist, and whatever consumes it checks its rows against real buffers.
+        self.rows = self.rows.saturating_add(span.len);
         if let Some(Run::Tokens { seq: last_seq, span: last }) = self.runs.last_mut()
             && *last_seq == seq
             && last.end() == span.start
         {
-            last.len += span.len;
+            last.len = last.len.saturating_add(span.len);
             return;
         }
         self.runs.push(Run::Tokens { seq, span });
@@ -129,9 +131,9 @@ impl Layout {
         if len == 0 {
             return;
         }
-        self.rows += len;
+        self.rows = self.rows.saturating_add(len);
         if let Some(Run::Padding { len: last }) = self.runs.last_mut() {
-            *last += len;
+            *last = last.saturating_add(len);
             return;
         }
         self.runs.push(Run::Padding { len });
@@ -160,7 +162,7 @@ impl Layout {
                 Run::Tokens { span, .. } => span.len,
                 Run::Padding { .. } => 0,
             })
-            .sum()
+            .fold(0usize, usize::saturating_add)
     }
 
     /// The runs, in row order.
@@ -181,15 +183,15 @@ impl Layout {
 
     /// The token in row `row`, `None` for padding or a row past the end.
     pub fn token(&self, row: usize) -> Option<Token> {
-        let mut first = 0;
+        let mut first: usize = 0;
         for run in &self.runs {
-            if row < first + run.len() {
+            if row < first.saturating_add(run.len()) {
                 return match *run {
                     Run::Tokens { seq, span } => Some(Token { seq, pos: span.start + (row - first) }),
                     Run::Padding { .. } => None,
                 };
             }
-            first += run.len();
+            first = first.saturating_add(run.len());
         }
         None
     }
@@ -258,6 +260,15 @@ pub fn gather_rows<T: Copy + Default>(
     wanted: &[(usize, Span)],
 ) -> Result<Vec<Vec<T>>> {
     check_buffers(layouts, per_rank, width)?;
+    // No more rows can be gathered than the layouts hold: a larger request is an error, not an
+    // allocation that fails.
+    let held = layouts.iter().map(Layout::len).fold(0usize, usize::saturating_add);
+    let asked = wanted.iter().map(|(_, s)| s.len).fold(0usize, usize::saturating_add);
+    if asked > held {
+        return Err(ShardError::PlanMismatch {
+            reason: format!("{asked} rows asked for, the layouts hold {held} (some wanted positions are not there)"),
+        });
+    }
     let mut out: Vec<Vec<T>> = wanted.iter().map(|(_, s)| vec![T::default(); s.len * width]).collect();
     let mut seen: Vec<Vec<bool>> = wanted.iter().map(|(_, s)| vec![false; s.len]).collect();
     for (layout, buf) in layouts.iter().zip(per_rank) {

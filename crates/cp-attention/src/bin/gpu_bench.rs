@@ -686,11 +686,47 @@ fn dump(ops: &CudaAttention, dir: &str) -> Result<()> {
     Ok(())
 }
 
+const USAGE: &str = "usage: cp-gpu-bench [selftest|check|bench|all|profile|dump DIR] [--json PATH] [--quick]
+  selftest  the wgmma building blocks alone
+  check     every kernel against the f64 oracle (exit status 1 on a failure)
+  bench     kernel timings (--json PATH writes them; --quick: fewer sizes)
+  all       selftest, check and bench (the default)
+  profile   one prefill and one decode launch, for ncu
+  dump DIR  one prefill's inputs and outputs as safetensors (scripts/compare_sdpa.py)";
+
+/// The mode, `--json` and `--quick`; anything else is an error naming it.
+fn parse(args: &[String]) -> std::result::Result<(String, Option<String>, bool, Option<String>), String> {
+    let (mut mode, mut json, mut quick, mut dir) = (None, None, false, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--json" => json = Some(it.next().ok_or("--json needs a path")?.clone()),
+            "--quick" => quick = true,
+            m @ ("selftest" | "check" | "bench" | "all" | "profile") if mode.is_none() => mode = Some(m.to_string()),
+            "dump" if mode.is_none() => {
+                mode = Some("dump".into());
+                dir = it.next().cloned();
+            }
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    Ok((mode.unwrap_or_else(|| "all".into()), json, quick, dir))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mode = args.first().map(String::as_str).unwrap_or("all");
-    let json = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
-    let quick = args.iter().any(|a| a == "--quick");
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let (mode, json, quick, dump_dir) = match parse(&args) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let mode = mode.as_str();
     let run = || -> Result<bool> {
         let mut ops = CudaAttention::new(0)?;
         println!("device 0: {} SMs; kernels compiled by NVRTC (or loaded from the cache)", ops.sm_count());
@@ -728,7 +764,7 @@ fn main() -> ExitCode {
             ops.synchronize()?;
         }
         if mode == "dump" {
-            dump(&ops, args.get(1).map(String::as_str).unwrap_or("dump"))?;
+            dump(&ops, dump_dir.as_deref().unwrap_or("dump"))?;
         }
         Ok(ok)
     };
