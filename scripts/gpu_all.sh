@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything GPU, in parts that each fit one device call (10 minutes), from the repository root,
 # with the release binaries built here and carried (stripped):
-#   cargo build --release -p cp-attention --features cuda --bin cp-gpu-bench
+#   cargo build --release -p cp-bench --bin cp-gpu-bench
 #   cargo build --release -p cp-bench --bin cp-ring-bench
 #   scripts/gpu_all.sh OUT_DIR PART...
 # Binaries are taken from $CP_BIN_DIR (default ./target/release); compiled kernels are cached in

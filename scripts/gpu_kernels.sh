@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repository root, with the release binary carried:
-#   cargo build --release -p cp-attention --features cuda --bin cp-gpu-bench   (here)
+#   cargo build --release -p cp-bench --bin cp-gpu-bench   (here)
 #   scripts/gpu_kernels.sh OUT_DIR [--quick]                                    (there)
 # Checks the kernels against the f64 oracle, times them and PyTorch SDPA in the same call,
 # compares one output with SDPA, and records the kernels' register and shared-memory use.

@@ -54,27 +54,3 @@ fn no_gpu_is_a_clear_error() {
     assert!(matches!(err, AttentionError::MissingLibrary { library: "libcuda", .. }), "{err}");
     assert!(err.to_string().contains("no NVIDIA driver"), "{err}");
 }
-
-#[test]
-fn cp_gpu_bench_refuses_bad_arguments_and_says_when_there_is_no_gpu() {
-    let run = |args: &[&str]| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_cp-gpu-bench")).args(args).output().unwrap();
-        (o.status.code(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
-    };
-    for (args, phrase) in [
-        (&["bogus"][..], "unexpected argument \"bogus\""),
-        (&["bench", "--json"][..], "--json needs a path"),
-        (&["check", "extra"][..], "unexpected argument \"extra\""),
-    ] {
-        let (code, text) = run(args);
-        assert_eq!(code, Some(2), "{args:?}: {text}");
-        assert!(text.contains(phrase) && text.contains("usage:"), "{args:?}: {text}");
-    }
-    let (code, text) = run(&["--help"]);
-    assert_eq!(code, Some(0), "{text}");
-    if !driver_available() {
-        let (code, text) = run(&["check"]);
-        assert_eq!(code, Some(1), "{text}");
-        assert!(text.contains("no NVIDIA driver") && !text.contains("panicked"), "{text}");
-    }
-}

@@ -1,6 +1,7 @@
 //! Checks and benchmarks of the cp-rs ring on GPUs, behind the thin `cp-ring-bench` binary
 //! (and `cargo xtask bench` on a GPU machine). Not published.
 //!
+//! - [`kernels`]: every CUDA kernel against the f64 oracle, and their timings (`cp-gpu-bench`).
 //! - [`check`]: every algorithm on every placement this machine has (1..8 ranks on one GPU,
 //!   NCCL with one GPU per rank) against the f64 oracle, padding rows full of NaN.
 //! - [`prefill`]: a prefill workload on N ranks against one GPU, per-rank phase times, parallel
@@ -9,6 +10,7 @@
 //! - [`decode`]: per-token decode latency on 1, 2 and 4 GPUs, medians and tails.
 //! - [`links`]: the ring's link (shift bandwidth and latency) and all-to-all anchors.
 //! - [`process`]: one process per GPU, and the rank-failure test.
+//! - [`ring_cli`]: the command line of `cp-ring-bench`.
 //!
 //! Inputs are drawn on each rank's GPU from a hash of (seed, sequence, position, column)
 //! ([`workload`]), so set-up takes milliseconds at any length and the oracle needs no copy of
@@ -16,9 +18,11 @@
 
 pub mod check;
 pub mod decode;
+pub mod kernels;
 pub mod links;
 pub mod prefill;
 pub mod process;
+pub mod ring_cli;
 pub mod stats;
 pub mod sweep;
 pub mod workload;

@@ -45,3 +45,29 @@ fn bad_invocations_are_refused_by_name() {
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
     eprintln!("bad-input-cases: cp-ring-bench {}", CASES.len());
 }
+
+#[test]
+fn cp_gpu_bench_refuses_bad_arguments_and_says_when_there_is_no_gpu() {
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_cp-gpu-bench")).args(args).output().unwrap();
+        (o.status.code(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    };
+    for (args, phrase) in [
+        (&["bogus"][..], "unrecognized subcommand 'bogus'"),
+        (&["bench", "--json"][..], "a value is required"),
+        (&["check", "extra"][..], "unexpected argument 'extra'"),
+        (&["bench", "--fast"][..], "unexpected argument '--fast'"),
+    ] {
+        let (code, text) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {text}");
+        assert!(text.contains(phrase), "{args:?}: {text}");
+    }
+    let (code, text) = run(&["--help"]);
+    assert_eq!(code, Some(0), "{text}");
+    if cp_bench::device_count() == 0 && !cp_attention::cuda::driver_available() {
+        let (code, text) = run(&["check"]);
+        assert_eq!(code, Some(1), "{text}");
+        assert!(text.contains("no NVIDIA driver") && !text.contains("panicked"), "{text}");
+    }
+    eprintln!("bad-input-cases: cp-gpu-bench 5");
+}

@@ -1,20 +1,17 @@
-//! `cp-gpu-bench`: checks the CUDA kernels against the f64 oracle and times them.
+//! The CUDA kernels against the f64 oracle, and their timings (`cp-gpu-bench`).
 //!
-//! Built with `cargo build --release -p cp-attention --features cuda --bin cp-gpu-bench`; the
-//! binary runs on a GPU machine without cargo.
-//!
-//! - `cp-gpu-bench selftest`: the wgmma building blocks alone (two products of one warpgroup).
-//! - `cp-gpu-bench check`: prefill, decode and merges on fresh random inputs, poisoned outputs,
-//!   odd lengths, padding and fully masked rows, GQA 1/4/8, head dims 64 and 128, bf16 and f16;
-//!   each against the f64 oracle with a stated tolerance. Exit status 1 on any failure.
-//! - `cp-gpu-bench bench [--json PATH] [--quick]`: causal prefill (NH=32, NKV=8, DH=128, bf16)
-//!   at T = 4K (B=4), 16K, 64K, 128K; an off-diagonal (fully visible) block; decode with KV
-//!   length 128K (B=8) and 1M (B=1); merge bandwidth; device copy bandwidth as the ceiling.
-//!   Medians of CUDA-event timings after warm-up.
-//! - `cp-gpu-bench dump DIR`: writes one prefill's inputs and outputs as safetensors for
-//!   `scripts/compare_sdpa.py`.
+//! - [`selftest`]: the wgmma building blocks alone (two products of one warpgroup).
+//! - [`check`]: prefill, decode and merges on fresh random inputs, poisoned outputs, odd
+//!   lengths, padding and fully masked rows, masked and visible NaN/inf garbage, split key
+//!   ranges, GQA 1/4/8, head dims 64 and 128, bf16 and f16; each against the f64 oracle with a
+//!   stated tolerance.
+//! - [`bench`]: causal prefill (NH=32, NKV=8, DH=128, bf16) at T = 4K (B=4), 16K, 64K, 128K; an
+//!   off-diagonal block; a short query block over a long key range (split KV on and off); decode
+//!   with KV length 128K (B=8) and 1M (B=1); merge bandwidth; device copy as the ceiling; the
+//!   host cost of a launch. Medians of CUDA-event timings after warm-up.
+//! - [`dump`]: one prefill's inputs and outputs as safetensors for `scripts/compare_sdpa.py`.
+//! - [`profile`]: one prefill launch, for `ncu`.
 
-use std::process::ExitCode;
 use std::sync::Arc;
 
 use cp_attention::cuda::{
@@ -27,6 +24,19 @@ use cudarc::driver::CudaStream;
 use cudarc::driver::sys::CUevent_flags;
 
 type Result<T> = std::result::Result<T, AttentionError>;
+
+/// One timing of [`bench`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Timing {
+    /// What ran.
+    pub name: String,
+    /// Median milliseconds.
+    pub ms: f64,
+    /// The rate it implies, in `unit`.
+    pub rate: f64,
+    /// TFLOP/s, TB/s, ...
+    pub unit: String,
+}
 
 /// Query rows up to which `CudaAttention::partial` takes the decode kernel in these checks
 /// (larger ones here hold several rows of one sequence).
@@ -315,7 +325,7 @@ fn check_random_rows(ops: &CudaAttention) -> Result<(String, bool)> {
     Ok((format!("random_rows (device) == hashed_value (host), bit for bit: {bad} mismatches"), bad == 0))
 }
 
-fn check(ops: &mut CudaAttention) -> Result<bool> {
+pub fn check(ops: &mut CudaAttention) -> Result<bool> {
     set_poison(true);
     let mut rng = Rng(0x9e3779b97f4a7c15 ^ std::process::id() as u64);
     let mut cases = Vec::new();
@@ -414,7 +424,7 @@ fn check(ops: &mut CudaAttention) -> Result<bool> {
 
 /// The wgmma building blocks alone (sm_90a): S = Q K^T and O = bf16(S) V for one warpgroup,
 /// against f64 products on the host. Says which product is wrong if the prefill check fails.
-fn selftest(ops: &CudaAttention) -> Result<bool> {
+pub fn selftest(ops: &CudaAttention) -> Result<bool> {
     let s = ops.stream();
     let mut rng = Rng(0x5eed ^ std::process::id() as u64);
     let (qv, kv, vv) = (rng.values(64 * 128), rng.values(128 * 128), rng.values(128 * 128));
@@ -477,7 +487,7 @@ fn random_tensor(s: &Arc<CudaStream>, rng: &mut Rng, shape: &[usize]) -> Result<
     GpuTensor::upload(s, &rng.values(shape.iter().product()), shape, GpuDType::Bf16)
 }
 
-fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<String>> {
+pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
     let s = ops.stream().clone();
     let mut rng = Rng(42);
     let (nh, nkv, d) = (32usize, 8usize, 128usize);
@@ -485,7 +495,7 @@ fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<String>> {
     let reps = if quick { 5 } else { 20 };
     let mut record = |name: &str, ms: f64, rate: f64, unit: &str| {
         println!("  {name:<40} {ms:>9.3} ms  {rate:>8.1} {unit}");
-        rows.push(format!("{{\"name\":\"{name}\",\"ms\":{ms:.4},\"rate\":{rate:.2},\"unit\":\"{unit}\"}}"));
+        rows.push(Timing { name: name.to_string(), ms, rate, unit: unit.to_string() });
     };
 
     // Causal prefill, O written in bf16 like SDPA.
@@ -626,22 +636,17 @@ fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<String>> {
 
 /// Writes a minimal safetensors file: 8-byte header length, JSON header, raw data.
 fn write_safetensors(path: &std::path::Path, tensors: &[(&str, &str, &[usize], Vec<u8>)]) -> std::io::Result<()> {
-    let mut header = String::from("{");
+    let mut header = serde_json::Map::new();
     let mut offset = 0;
-    for (i, (name, dtype, shape, data)) in tensors.iter().enumerate() {
-        if i > 0 {
-            header.push(',');
-        }
-        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-        header += &format!(
-            "\"{name}\":{{\"dtype\":\"{dtype}\",\"shape\":[{}],\"data_offsets\":[{offset},{}]}}",
-            dims.join(","),
-            offset + data.len()
+    for (name, dtype, shape, data) in tensors {
+        header.insert(
+            (*name).to_string(),
+            serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()] }),
         );
         offset += data.len();
     }
-    header.push('}');
-    while header.len() % 8 != 0 {
+    let mut header = serde_json::Value::Object(header).to_string();
+    while !header.len().is_multiple_of(8) {
         header.push(' ');
     }
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
@@ -652,7 +657,7 @@ fn write_safetensors(path: &std::path::Path, tensors: &[(&str, &str, &[usize], V
     std::fs::write(path, bytes)
 }
 
-fn dump(ops: &CudaAttention, dir: &str) -> Result<()> {
+pub fn dump(ops: &CudaAttention, dir: &str) -> Result<()> {
     let s = ops.stream().clone();
     let mut rng = Rng(7);
     let (t, nh, nkv, d) = (4096usize, 32usize, 8usize, 128usize);
@@ -686,97 +691,15 @@ fn dump(ops: &CudaAttention, dir: &str) -> Result<()> {
     Ok(())
 }
 
-const USAGE: &str = "usage: cp-gpu-bench [selftest|check|bench|all|profile|dump DIR] [--json PATH] [--quick]
-  selftest  the wgmma building blocks alone
-  check     every kernel against the f64 oracle (exit status 1 on a failure)
-  bench     kernel timings (--json PATH writes them; --quick: fewer sizes)
-  all       selftest, check and bench (the default)
-  profile   one prefill and one decode launch, for ncu
-  dump DIR  one prefill's inputs and outputs as safetensors (scripts/compare_sdpa.py)";
-
-/// The mode, `--json` and `--quick`; anything else is an error naming it.
-fn parse(args: &[String]) -> std::result::Result<(String, Option<String>, bool, Option<String>), String> {
-    let (mut mode, mut json, mut quick, mut dir) = (None, None, false, None);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--json" => json = Some(it.next().ok_or("--json needs a path")?.clone()),
-            "--quick" => quick = true,
-            m @ ("selftest" | "check" | "bench" | "all" | "profile") if mode.is_none() => mode = Some(m.to_string()),
-            "dump" if mode.is_none() => {
-                mode = Some("dump".into());
-                dir = it.next().cloned();
-            }
-            other => return Err(format!("unexpected argument {other:?}")),
-        }
-    }
-    Ok((mode.unwrap_or_else(|| "all".into()), json, quick, dir))
-}
-
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    let (mode, json, quick, dump_dir) = match parse(&args) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            eprintln!("error: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    let mode = mode.as_str();
-    let run = || -> Result<bool> {
-        let mut ops = CudaAttention::new(0)?;
-        println!("device 0: {} SMs; kernels compiled by NVRTC (or loaded from the cache)", ops.sm_count());
-        let mut ok = true;
-        if mode == "selftest" || mode == "check" || mode == "all" {
-            println!("== wgmma building blocks");
-            match selftest(&ops) {
-                Ok(pass) => ok &= pass,
-                Err(AttentionError::Unsupported(why)) => println!("  skipped: {why}"),
-                Err(e) => return Err(e),
-            }
-        }
-        if mode == "check" || mode == "all" {
-            println!("== check against the f64 oracle (poisoned outputs)");
-            ok &= check(&mut ops)?;
-        }
-        if mode == "bench" || mode == "all" {
-            println!("== bench (median of CUDA-event timings)");
-            let rows = bench(&mut ops, quick)?;
-            if let Some(path) = &json {
-                std::fs::write(path, format!("[{}]\n", rows.join(",\n")))
-                    .map_err(|e| AttentionError::Unsupported(format!("writing {path}: {e}")))?;
-            }
-        }
-        if mode == "profile" {
-            // One causal prefill at T=16K and one decode, for `ncu`.
-            let s = ops.stream().clone();
-            let mut rng = Rng(1);
-            let t = 16384;
-            let l = DeviceLayout::new(&s, &layout_of(&[(Some(0), 0, t)]))?;
-            let q = random_tensor(&s, &mut rng, &[t, 32, 128])?;
-            let k = random_tensor(&s, &mut rng, &[t, 8, 128])?;
-            let v = random_tensor(&s, &mut rng, &[t, 8, 128])?;
-            ops.flash(&q, &l, &k, &v, &l, GpuDType::Bf16)?;
-            ops.synchronize()?;
-        }
-        if mode == "dump" {
-            dump(&ops, dump_dir.as_deref().unwrap_or("dump"))?;
-        }
-        Ok(ok)
-    };
-    match run() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("error: some checks FAILED");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+/// One causal prefill at T=16K, for `ncu`.
+pub fn profile(ops: &CudaAttention) -> Result<()> {
+    let s = ops.stream().clone();
+    let mut rng = Rng(1);
+    let t = 16384;
+    let l = DeviceLayout::new(&s, &layout_of(&[(Some(0), 0, t)]))?;
+    let q = random_tensor(&s, &mut rng, &[t, 32, 128])?;
+    let k = random_tensor(&s, &mut rng, &[t, 8, 128])?;
+    let v = random_tensor(&s, &mut rng, &[t, 8, 128])?;
+    ops.flash(&q, &l, &k, &v, &l, GpuDType::Bf16)?;
+    ops.synchronize()
 }

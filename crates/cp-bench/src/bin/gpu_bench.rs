@@ -1,0 +1,93 @@
+//! `cp-gpu-bench`: the CUDA kernels checked against the f64 oracle and timed (logic in
+//! `cp_bench::kernels`; `cp-gpu-bench --help` lists the modes).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cp_attention::AttentionError;
+use cp_attention::cuda::CudaAttention;
+use cp_bench::{kernels, write_json};
+
+#[derive(Parser)]
+#[command(name = "cp-gpu-bench", about = "The cp-rs CUDA kernels: checked against the f64 oracle, and timed")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// The wgmma building blocks alone (two products of one warpgroup; sm_90a).
+    Selftest,
+    /// Every kernel against the f64 oracle (exit status 1 on a failure).
+    Check,
+    /// Kernel timings.
+    Bench {
+        /// Fewer sizes and repetitions.
+        #[arg(long)]
+        quick: bool,
+        /// Write the timings here as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// The self-test, the check and the timings (the default).
+    All,
+    /// One prefill launch, for ncu.
+    Profile,
+    /// One prefill's inputs and outputs as safetensors (for scripts/compare_sdpa.py).
+    Dump {
+        /// Where to write them.
+        #[arg(default_value = "dump")]
+        dir: String,
+    },
+}
+
+fn run(mode: Mode) -> anyhow::Result<bool> {
+    let mut ops = CudaAttention::new(0)?;
+    println!("device 0: {} SMs; kernels compiled by NVRTC (or loaded from the cache)", ops.sm_count());
+    let mut ok = true;
+    if matches!(mode, Mode::Selftest | Mode::Check | Mode::All) {
+        println!("== wgmma building blocks");
+        match kernels::selftest(&ops) {
+            Ok(pass) => ok &= pass,
+            Err(AttentionError::Unsupported(why)) => println!("  skipped: {why}"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if matches!(mode, Mode::Check | Mode::All) {
+        println!("== check against the f64 oracle (poisoned outputs)");
+        ok &= kernels::check(&mut ops)?;
+    }
+    let (quick, json) = match &mode {
+        Mode::Bench { quick, json } => (*quick, json.clone()),
+        _ => (false, None),
+    };
+    if matches!(mode, Mode::Bench { .. } | Mode::All) {
+        println!("== bench (median of CUDA-event timings)");
+        let rows = kernels::bench(&mut ops, quick)?;
+        if let Some(path) = json {
+            write_json(&path, &rows)?;
+        }
+    }
+    match mode {
+        Mode::Profile => kernels::profile(&ops)?,
+        Mode::Dump { dir } => kernels::dump(&ops, &dir)?,
+        _ => {}
+    }
+    Ok(ok)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().mode.unwrap_or(Mode::All)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("error: some checks FAILED");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

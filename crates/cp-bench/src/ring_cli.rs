@@ -1,0 +1,337 @@
+//! The command line of `cp-ring-bench`: modes and flags (clap), each mode's set-up and report.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::prefill::{Rings, Which};
+use crate::{check, decode, device_count, links, prefill, process, sweep, write_json};
+use clap::builder::RangedU64ValueParser;
+use clap::{Parser, Subcommand};
+use cp_attention::reference::Heads;
+use cp_nccl::{GpuRing, Placement};
+use cp_ring::Algorithm;
+
+/// `cp-ring-bench`.
+#[derive(Parser, Debug)]
+#[command(name = "cp-ring-bench", about = "The cp-rs ring on GPU ranks: checked against the f64 oracle, and timed")]
+pub struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(clap::Args, Clone, Copy, Debug)]
+struct Shape {
+    /// Query heads.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    heads: u32,
+    /// Key/value heads (divides --heads).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    kv_heads: u32,
+    /// Head dimension (the kernels take 64 or 128).
+    #[arg(long, default_value_t = 128, value_parser = head_dim)]
+    head_dim: u32,
+}
+
+fn head_dim(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(d @ (64 | 128)) => Ok(d),
+        _ => Err(format!("{s:?}: the kernels take head dim 64 or 128")),
+    }
+}
+
+/// How the GPUs of a ring talk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    /// NCCL send/recv.
+    Nccl,
+    /// Direct peer copies within this process (NVLink).
+    Peer,
+}
+
+#[derive(clap::Args, Clone, Copy, Debug)]
+struct Timing {
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed runs (medians reported).
+    #[arg(long, default_value_t = 5, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    iters: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Every algorithm on 1..8 ranks of GPU 0 and over NCCL on every GPU, against the f64 oracle.
+    Check {
+        /// Bound on every wait on a peer, seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+    },
+    /// A prefill on N ranks against one GPU: phase times, efficiency, the heuristic's view.
+    Bench {
+        /// Ranks: N GPUs over NCCL where there are N, else N ranks sharing GPU 0 (said so).
+        #[arg(long, default_value_t = 4, value_parser = RangedU64ValueParser::<usize>::new().range(1..=64))]
+        world_size: usize,
+        /// New tokens T.
+        #[arg(long, default_value_t = 16384, value_parser = RangedU64ValueParser::<usize>::new().range(1..=(1 << 24)))]
+        seq_len: usize,
+        /// Cached tokens P.
+        #[arg(long, default_value_t = 0, value_parser = RangedU64ValueParser::<usize>::new().range(0..=(1 << 24)))]
+        cached: usize,
+        /// Which algorithms.
+        #[arg(long, value_enum, default_value_t = Which::All)]
+        algorithm: Which,
+        #[command(flatten)]
+        shape: Shape,
+        #[command(flatten)]
+        timing: Timing,
+        /// How the GPUs talk.
+        #[arg(long, value_enum, default_value_t = Transport::Nccl)]
+        transport: Transport,
+        /// Write the report here as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// The paper's Table 4: P + T fixed, miss rates swept, pass-KV and pass-Q and `auto`.
+    Sweep {
+        /// Ranks (GPUs over NCCL where there are that many).
+        #[arg(long, default_value_t = 4, value_parser = RangedU64ValueParser::<usize>::new().range(2..=64))]
+        world_size: usize,
+        /// P + T.
+        #[arg(long, default_value_t = 128_000, value_parser = RangedU64ValueParser::<usize>::new().range(64..=(1 << 24)))]
+        total: usize,
+        /// Miss rates in percent (default: Table 4's).
+        #[arg(long, value_delimiter = ',')]
+        miss_rates: Vec<f64>,
+        #[command(flatten)]
+        timing: Timing,
+        /// How the GPUs talk.
+        #[arg(long, value_enum, default_value_t = Transport::Nccl)]
+        transport: Transport,
+        /// Write the report here as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Per-token decode latency on one GPU and on rings of GPUs.
+    Decode {
+        /// Ring sizes besides the single GPU (each needs that many GPUs).
+        #[arg(long, value_delimiter = ',', default_value = "2,4")]
+        world_sizes: Vec<usize>,
+        /// Tokens cached per sequence.
+        #[arg(long, value_delimiter = ',', default_value = "131072,1048576")]
+        contexts: Vec<usize>,
+        /// Batch sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        batches: Vec<usize>,
+        /// Steady-mode steps timed (after 10% as warm-up).
+        #[arg(long, default_value_t = 200)]
+        iters: usize,
+        /// Growing-mode steps (0: none).
+        #[arg(long, default_value_t = 0)]
+        growing_iters: usize,
+        /// How the GPUs talk.
+        #[arg(long, value_enum, default_value_t = Transport::Nccl)]
+        transport: Transport,
+        /// Write the rows here as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// The ring's link: shift bandwidth and latency, all-to-all anchors.
+    Links {
+        /// Ranks (GPUs over NCCL).
+        #[arg(long, default_value_t = 4, value_parser = RangedU64ValueParser::<usize>::new().range(2..=64))]
+        world_size: usize,
+        /// All-to-all sizes, bytes per peer.
+        #[arg(long, value_delimiter = ',', default_value = "1048576,16777216,67108864")]
+        sizes: Vec<usize>,
+        /// How the GPUs talk.
+        #[arg(long, value_enum, default_value_t = Transport::Nccl)]
+        transport: Transport,
+        /// Write the report here as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// One process per GPU (torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
+    NcclProcess {
+        /// Crash this process at its K-th ring shift (0: never), to see the others end.
+        #[arg(long, default_value_t = 0)]
+        die_at_shift: usize,
+        /// Bound on the rendezvous and every wait on a peer, seconds.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout_s: u64,
+    },
+}
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn heads(shape: Shape) -> anyhow::Result<Heads> {
+    let (h, kv, d) = (shape.heads as usize, shape.kv_heads as usize, shape.head_dim as usize);
+    if !h.is_multiple_of(kv) {
+        anyhow::bail!("--heads {h} is not a multiple of --kv-heads {kv}");
+    }
+    if d != 64 && d != 128 {
+        anyhow::bail!("--head-dim {d}: the kernels take 64 or 128");
+    }
+    Ok(Heads { n_heads: h, n_kv_heads: kv, head_dim: d })
+}
+
+/// One GPU per rank for `n` ranks over `transport`.
+fn gpus_placement(n: usize, transport: Transport) -> Placement {
+    match transport {
+        Transport::Nccl => Placement::Gpus((0..n).collect()),
+        Transport::Peer => Placement::Peer((0..n).collect()),
+    }
+}
+
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Nccl => "NCCL",
+        Transport::Peer => "peer copies",
+    }
+}
+
+/// The ring of `n` ranks: N GPUs (over `transport`) where there are N, else N ranks sharing GPU 0.
+fn ring_of(n: usize, gpus: usize, transport: Transport) -> anyhow::Result<(GpuRing, String)> {
+    if n > 1 && gpus >= n {
+        Ok((
+            GpuRing::new(gpus_placement(n, transport), TIMEOUT)?,
+            format!("{n} GPUs over {}", transport_name(transport)),
+        ))
+    } else {
+        let placement = Placement::SameGpu { device: 0, world_size: n };
+        Ok((
+            GpuRing::new(placement, TIMEOUT)?,
+            format!("{n} ranks sharing GPU 0 ({gpus} GPU(s) visible; this measures overhead, not speed-up)"),
+        ))
+    }
+}
+
+/// The link the heuristic sees on `ring`: (bytes a rank sends per second, seconds a message).
+fn link_of(ring: &GpuRing) -> anyhow::Result<(f64, f64)> {
+    if ring.world_size() == 1 {
+        return Ok((f64::INFINITY, 0.0));
+    }
+    let link = links::measure(ring, &[])?;
+    Ok((link.shift_bytes_per_s, link.shift_latency_us * 1e-6))
+}
+
+/// Runs the mode `cli` names; `Ok(false)` when a check failed.
+pub fn run(cli: Cli) -> anyhow::Result<bool> {
+    let gpus = device_count();
+    match cli.mode {
+        Mode::NcclProcess { die_at_shift, timeout_s } => process::run(die_at_shift, Duration::from_secs(timeout_s)),
+        _ if gpus == 0 => anyhow::bail!(
+            "no NVIDIA GPU here (cp-ring-bench needs one; `cargo xtask bench` runs the ring on CPU ranks)"
+        ),
+        Mode::Check { timeout_s } => {
+            println!("== GPU ring check against the f64 oracle ({gpus} GPU(s))");
+            check::check_all(gpus, Duration::from_secs(timeout_s))
+        }
+        Mode::Bench { world_size, seq_len, cached, algorithm, shape, timing, transport, json } => {
+            let h = heads(shape)?;
+            let (ring, where_) = ring_of(world_size, gpus, transport)?;
+            let single = GpuRing::new(Placement::SameGpu { device: 0, world_size: 1 }, TIMEOUT)?;
+            println!(
+                "== GPU ring bench: {where_}; NH={} NKV={} DH={} bf16, {} warm-up + {} timed runs (medians)",
+                h.n_heads, h.n_kv_heads, h.head_dim, timing.warmup, timing.iters
+            );
+            let (link_bytes_per_s, link_latency_s) = link_of(&ring)?;
+            let rings = Rings { single: &single, ring: &ring, link_bytes_per_s, link_latency_s, heads: h };
+            let (report, decision) = prefill::bench(&rings, seq_len, cached, algorithm, timing.warmup, timing.iters)?;
+            prefill::print(&report, &decision, &where_);
+            if let Some(path) = json {
+                write_json(&path, &report)?;
+            }
+            Ok(true)
+        }
+        Mode::Sweep { world_size, total, miss_rates, timing, transport, json } => {
+            if gpus < world_size {
+                anyhow::bail!(
+                    "--world-size {world_size}: the sweep runs one GPU per rank and {gpus} GPU(s) are visible"
+                );
+            }
+            let miss_rates = if miss_rates.is_empty() { sweep::TABLE4_MISS_RATES.to_vec() } else { miss_rates };
+            let ring = GpuRing::new(gpus_placement(world_size, transport), TIMEOUT)?;
+            let single = GpuRing::new(Placement::SameGpu { device: 0, world_size: 1 }, TIMEOUT)?;
+            let (link_bytes_per_s, link_latency_s) = link_of(&ring)?;
+            let rings =
+                Rings { single: &single, ring: &ring, link_bytes_per_s, link_latency_s, heads: workload_heads() };
+            println!(
+                "== Table 4 sweep on {world_size} GPUs over {}: link {:.0} GB/s, {:.1} us a message",
+                transport_name(transport),
+                rings.link_bytes_per_s / 1e9,
+                rings.link_latency_s * 1e6
+            );
+            let report = sweep::sweep(&rings, total, &miss_rates, timing.warmup, timing.iters)?;
+            sweep::print(&report);
+            if let Some(path) = json {
+                write_json(&path, &report)?;
+            }
+            Ok(true)
+        }
+        Mode::Decode { world_sizes, contexts, batches, iters, growing_iters, transport, json } => {
+            let h = workload_heads();
+            let warmup = (iters / 10).max(2);
+            let single = GpuRing::new(Placement::SameGpu { device: 0, world_size: 1 }, TIMEOUT)?;
+            let mut rings = Vec::new();
+            for &n in &world_sizes {
+                if n < 2 || n > gpus {
+                    println!("  N={n}: skipped ({gpus} GPU(s) visible; ring sizes from 2)");
+                    continue;
+                }
+                rings.push(GpuRing::new(gpus_placement(n, transport), TIMEOUT)?);
+            }
+            println!(
+                "== decode latency: NH={} NKV={} DH={} bf16, {iters} steps after {warmup} warm-up (steady), {growing_iters} growing",
+                h.n_heads, h.n_kv_heads, h.head_dim
+            );
+            let mut rows = Vec::new();
+            for &context in &contexts {
+                for &batch in &batches {
+                    let base = decode::single(&single, h, context, batch, warmup, iters)?;
+                    decode::print(&base, None);
+                    for ring in &rings {
+                        for algorithm in [Algorithm::PassQ, Algorithm::GatherQ] {
+                            let r = decode::steady(ring, h, algorithm, context, batch, warmup, iters)?;
+                            decode::print(&r, Some(&base));
+                            rows.push(r);
+                            if growing_iters > 0 {
+                                let g = decode::growing(ring, h, algorithm, context, batch, growing_iters)?;
+                                decode::print(&g, Some(&base));
+                                rows.push(g);
+                            }
+                        }
+                    }
+                    rows.push(base);
+                }
+            }
+            if let Some(path) = json {
+                write_json(&path, &rows)?;
+            }
+            Ok(true)
+        }
+        Mode::Links { world_size, sizes, transport, json } => {
+            if gpus < world_size {
+                anyhow::bail!("--world-size {world_size}: {gpus} GPU(s) visible");
+            }
+            let ring = GpuRing::new(gpus_placement(world_size, transport), TIMEOUT)?;
+            let report = links::measure(&ring, &sizes)?;
+            println!(
+                "== links on {world_size} GPUs over {}: ring shift {:.0} GB/s (256 MiB), {:.1} us (8 KiB)",
+                transport_name(transport),
+                report.shift_bytes_per_s / 1e9,
+                report.shift_latency_us
+            );
+            for (bytes, ms) in &report.all_to_all {
+                println!("  all-to-all {:>6} KiB per peer: {:.3} ms", bytes >> 10, ms);
+            }
+            if let Some(path) = json {
+                write_json(&path, &report)?;
+            }
+            Ok(true)
+        }
+    }
+}
+
+fn workload_heads() -> Heads {
+    crate::workload::BENCH_HEADS
+}
