@@ -6,8 +6,10 @@
 //! - `bench`: the ring against one rank with the compute/communication breakdown, on the GPU
 //!   if there is one, else on CPU ranks.
 //! - `plot`: the JSON results under `docs/` as SVG charts.
+//! - `ci`: everything CI checks, in one command (`.ci/run` calls it).
 
 mod bench;
+mod ci;
 mod plot;
 mod simulate;
 mod soak;
@@ -31,6 +33,8 @@ enum Command {
     Bench(bench::Args),
     /// Draw the JSON results under docs/ as SVG charts.
     Plot(plot::Args),
+    /// Everything CI checks: tidy, fmt, clippy, doc, tests, NVRTC, simulate, bench.
+    Ci(ci::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Command::Soak(args) => soak::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Ci(args) => ci::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

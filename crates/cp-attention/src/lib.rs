@@ -22,7 +22,7 @@
 //! - [`CpuAttention`]: the CPU path on candle tensors, f64, f32 and bf16 (bf16 inputs are
 //!   computed with f32 accumulation and give f32 partials; [`finish`] casts the merged output
 //!   back). It implements [`cp_ring::AttentionOps`], so the ring algorithms run on it.
-//! - [`reference`]: a deliberately naive f64 implementation, the oracle every fast path is
+//! - [`reference`](mod@reference): a deliberately naive f64 implementation, the oracle every fast path is
 //!   compared with.
 //! - `cuda` (feature `cuda`): our own kernels — a fused flash-style prefill writing O and LSE,
 //!   a split-KV decode kernel, and the merges — compiled at run time by NVRTC and launched

@@ -5,7 +5,7 @@
 //!   lengths, padding and fully masked rows, masked and visible NaN/inf garbage, split key
 //!   ranges, GQA 1/4/8, head dims 64 and 128, bf16 and f16; each against the f64 oracle with a
 //!   stated tolerance.
-//! - [`bench`]: causal prefill (NH=32, NKV=8, DH=128, bf16) at T = 4K (B=4), 16K, 64K, 128K; an
+//! - [`bench()`]: causal prefill (NH=32, NKV=8, DH=128, bf16) at T = 4K (B=4), 16K, 64K, 128K; an
 //!   off-diagonal block; a short query block over a long key range (split KV on and off); decode
 //!   with KV length 128K (B=8) and 1M (B=1); merge bandwidth; device copy as the ceiling; the
 //!   host cost of a launch. Medians of CUDA-event timings after warm-up.
@@ -25,7 +25,7 @@ use cudarc::driver::sys::CUevent_flags;
 
 type Result<T> = std::result::Result<T, AttentionError>;
 
-/// One timing of [`bench`].
+/// One timing of [`bench()`].
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Timing {
     /// What ran.
