@@ -129,28 +129,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .env("CP_REQUIRE_NVRTC", "1"),
         )?;
     }
-    let me = std::env::current_exe().context("finding the xtask binary")?;
-    step("cargo xtask simulate (the README's main command, defaults)", Command::new(&me).arg("simulate"))?;
+    // Through cargo, as a user types it (the test step may have rebuilt this very binary, so
+    // its own path can be gone).
+    let xtask = || {
+        let mut c = cargo();
+        c.args(["run", "--locked", "--package", "xtask", "--"]);
+        c
+    };
+    step("cargo xtask simulate (the README's main command, defaults)", xtask().arg("simulate"))?;
     step(
         "cargo xtask simulate, odd world size, bf16, GQA 8, T not a multiple of 2N",
-        Command::new(&me)
-            .args(["simulate", "--world-size", "5", "--seq-len", "37", "--cached", "41", "--batch", "3"])
-            .args(["--heads", "8", "--kv-heads", "1", "--head-dim", "16", "--dtype", "bf16", "--decode-steps", "6"]),
+        xtask().args(["simulate", "--world-size", "5", "--seq-len", "37", "--cached", "41", "--batch", "3"]).args([
+            "--heads",
+            "8",
+            "--kv-heads",
+            "1",
+            "--head-dim",
+            "16",
+            "--dtype",
+            "bf16",
+            "--decode-steps",
+            "6",
+        ]),
     )?;
     step(
         "cargo xtask bench (no GPU here: the ring on CPU ranks, with its correctness check)",
-        Command::new(&me).args([
-            "bench",
-            "--world-size",
-            "3",
-            "--seq-len",
-            "257",
-            "--cached",
-            "64",
-            "--iters",
-            "1",
-            "--cpu",
-        ]),
+        xtask().args(["bench", "--world-size", "3", "--seq-len", "257", "--cached", "64", "--iters", "1", "--cpu"]),
     )?;
     println!("== CI passed in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())

@@ -1,6 +1,9 @@
 //! CPU micro-benchmarks: partial attention (throughput counted in FLOPs, shown by criterion as
 //! elements/s = FLOP/s) and the merge (throughput in bytes read and written).
 
+// criterion's macros generate public functions without docs.
+#![allow(missing_docs)]
+
 use candle_core::{DType, Device, Tensor};
 use cp_attention::{CpuAttention, Partial, merge, merge_all};
 use cp_shard::{Layout, Span};

@@ -23,7 +23,7 @@ use cp_shard::{Layout, PrefillShards, Span, Token};
 use cudarc::driver::CudaStream;
 use cudarc::driver::sys::CUevent_flags;
 
-type Result<T> = std::result::Result<T, AttentionError>;
+type Result<T> = anyhow::Result<T>;
 
 /// One timing of [`bench()`].
 #[derive(Clone, Debug, serde::Serialize)]
@@ -325,6 +325,7 @@ fn check_random_rows(ops: &CudaAttention) -> Result<(String, bool)> {
     Ok((format!("random_rows (device) == hashed_value (host), bit for bit: {bad} mismatches"), bad == 0))
 }
 
+/// Every kernel against the f64 oracle; prints a line per case and returns whether all passed.
 pub fn check(ops: &mut CudaAttention) -> Result<bool> {
     set_poison(true);
     let mut rng = Rng(0x9e3779b97f4a7c15 ^ std::process::id() as u64);
@@ -335,8 +336,8 @@ pub fn check(ops: &mut CudaAttention) -> Result<bool> {
                 let heads = Heads { n_heads, n_kv_heads, head_dim };
                 let tag = format!("{dtype:?} D={head_dim} G={}", n_heads / n_kv_heads);
                 // A rank's two chunks of a 301-token turn over 77 cached tokens, N=2 (padding rows).
-                let shards = PrefillShards::new(2, 77, 301).map_err(|e| AttentionError::Unsupported(e.to_string()))?;
-                let q_layout = shards.q_layout(0, 0).map_err(|e| AttentionError::Unsupported(e.to_string()))?;
+                let shards = PrefillShards::new(2, 77, 301).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let q_layout = shards.q_layout(0, 0).map_err(|e| anyhow::anyhow!("{e}"))?;
                 cases.push(Case::new(
                     format!("causal two chunks, cached prefix, {tag}"),
                     dtype,
@@ -465,7 +466,11 @@ pub fn selftest(ops: &CudaAttention) -> Result<bool> {
 }
 
 /// Median of CUDA-event timings (ms) of `f` after warm-up.
-fn time_ms(ops: &CudaAttention, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+fn time_ms(
+    ops: &CudaAttention,
+    reps: usize,
+    mut f: impl FnMut() -> std::result::Result<(), AttentionError>,
+) -> Result<f64> {
     let s = ops.stream();
     for _ in 0..3 {
         f()?;
@@ -484,9 +489,10 @@ fn time_ms(ops: &CudaAttention, reps: usize, mut f: impl FnMut() -> Result<()>) 
 }
 
 fn random_tensor(s: &Arc<CudaStream>, rng: &mut Rng, shape: &[usize]) -> Result<GpuTensor> {
-    GpuTensor::upload(s, &rng.values(shape.iter().product()), shape, GpuDType::Bf16)
+    Ok(GpuTensor::upload(s, &rng.values(shape.iter().product()), shape, GpuDType::Bf16)?)
 }
 
+/// Times the kernels (`quick`: fewer sizes and repetitions); prints and returns the timings.
 pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
     let s = ops.stream().clone();
     let mut rng = Rng(42);
@@ -598,7 +604,7 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
             ops.decode_kernel = kernel;
             let args = ops
                 .prepare_decode(&dq, &dk, nh, nkv)?
-                .ok_or_else(|| AttentionError::Unsupported("decode layouts not contiguous".into()))?;
+                .ok_or_else(|| anyhow::anyhow!("decode layouts not contiguous"))?;
             let ms = time_ms(ops, reps, || ops.decode_with(&args, &q, &dq, &k, &v, &dk).map(|_| ()))?;
             record(&format!("decode KV={len} B={b} ({kernel:?})"), ms, bytes / ms / 1e9, "TB/s");
         }
@@ -657,6 +663,7 @@ fn write_safetensors(path: &std::path::Path, tensors: &[(&str, &str, &[usize], V
     std::fs::write(path, bytes)
 }
 
+/// Writes one prefill's inputs and outputs (T=4096) as safetensors under `dir`.
 pub fn dump(ops: &CudaAttention, dir: &str) -> Result<()> {
     let s = ops.stream().clone();
     let mut rng = Rng(7);
@@ -674,7 +681,7 @@ pub fn dump(ops: &CudaAttention, dir: &str) -> Result<()> {
             _ => vals.iter().flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes()).collect(),
         })
     };
-    std::fs::create_dir_all(dir).map_err(|e| AttentionError::Unsupported(e.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     let path = std::path::Path::new(dir).join("prefill_t4096.safetensors");
     write_safetensors(
         &path,
@@ -686,7 +693,7 @@ pub fn dump(ops: &CudaAttention, dir: &str) -> Result<()> {
             ("lse", "F32", &[t, nh], bits(&p.lse)?),
         ],
     )
-    .map_err(|e| AttentionError::Unsupported(e.to_string()))?;
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("wrote {}", path.display());
     Ok(())
 }
@@ -701,5 +708,5 @@ pub fn profile(ops: &CudaAttention) -> Result<()> {
     let k = random_tensor(&s, &mut rng, &[t, 8, 128])?;
     let v = random_tensor(&s, &mut rng, &[t, 8, 128])?;
     ops.flash(&q, &l, &k, &v, &l, GpuDType::Bf16)?;
-    ops.synchronize()
+    Ok(ops.synchronize()?)
 }

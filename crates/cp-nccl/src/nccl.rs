@@ -101,9 +101,10 @@ impl RawComm {
     /// Waits (at most until `deadline`) for the communicator's pending work on the host side
     /// (its initialisation, a group's connection set-up and launch) to finish. On an error or
     /// past the deadline the communicator is aborted, so no thread stays blocked on a peer.
-    fn settle(&mut self, rank: usize, op: &'static str, deadline: Instant, peer: &str) -> Result<()> {
+    /// `peers` are the ranks this work involves (empty: unknown, e.g. initialisation).
+    fn settle(&mut self, rank: usize, op: &'static str, deadline: Instant, peers: &[usize]) -> Result<()> {
         if self.0.is_null() {
-            return Err(GpuRingError::Message { rank, op, reason: "the communicator was aborted".into() });
+            return Err(GpuRingError::Aborted { rank, op });
         }
         let started = Instant::now();
         loop {
@@ -113,11 +114,11 @@ impl RawComm {
                     pause(started);
                     continue;
                 }
-                Ok(true) => format!("not done by the deadline; {peer} unreachable"),
-                Err(e) => format!("{e} ({peer})"),
+                Ok(true) => GpuRingError::Timeout { rank, op, peers: peers.to_vec(), waited: started.elapsed() },
+                Err(code) => GpuRingError::PeerFailed { rank, op, code, peers: peers.to_vec() },
             };
             self.abort();
-            return Err(GpuRingError::Message { rank, op, reason: format!("{failure}; communicator aborted") });
+            return Err(failure);
         }
     }
 }
@@ -237,7 +238,8 @@ impl NcclTransport {
         let started = unsafe { sys::ncclCommInitRankConfig(&mut raw, n, id, r, &mut config) };
         let mut comm = RawComm(raw);
         started.result().map_err(nccl_err(rank, "ncclCommInitRankConfig"))?;
-        comm.settle(rank, "ncclCommInitRankConfig", Instant::now() + timeout, "some rank never joined: a peer")?;
+        let everyone: Vec<usize> = (0..world_size).filter(|&r| r != rank).collect();
+        comm.settle(rank, "ncclCommInitRankConfig (a rank never joined?)", Instant::now() + timeout, &everyone)?;
         Ok(NcclTransport {
             comm,
             rank,
@@ -306,30 +308,20 @@ impl NcclTransport {
                 self.compute.wait(&done).map_err(cuda(self.rank, "cuStreamWaitEvent"))?;
                 self.inflight.retain(|(e, ..)| !e.is_complete());
                 self.inflight.push((done, op, peer, Instant::now()));
-                if let Err(failure) = self.comm.pending() {
+                if let Err(code) = self.comm.pending() {
                     self.comm.abort();
-                    return Err(self.failed(op, format!("{failure} (peer rank {peer}); communicator aborted")));
+                    return Err(GpuRingError::PeerFailed { rank: self.rank, op, code, peers: vec![peer] });
                 }
                 if let Some((_, op, peer, since)) = self.inflight.first()
                     && since.elapsed() > self.timeout
                 {
-                    let (op, peer) = (*op, *peer);
+                    let (op, peer, waited) = (*op, *peer, since.elapsed());
                     self.comm.abort();
-                    return Err(self.failed(
-                        op,
-                        format!(
-                            "a transfer still in flight after {:?}; peer rank {peer} unreachable; communicator aborted",
-                            self.timeout
-                        ),
-                    ));
+                    return Err(GpuRingError::Timeout { rank: self.rank, op, peers: vec![peer], waited });
                 }
                 Ok(())
             }
         }
-    }
-
-    fn failed(&self, op: &'static str, reason: String) -> GpuRingError {
-        GpuRingError::Message { rank: self.rank, op, reason }
     }
 
     /// A communicator of one rank (what a one-GPU machine can run).
@@ -347,7 +339,7 @@ impl NcclTransport {
     ) -> Result<(Vec<GpuTensor>, CudaEvent)> {
         let rank = self.rank;
         if self.comm.0.is_null() {
-            return Err(GpuRingError::Message { rank, op: "exchange", reason: "the communicator was aborted".into() });
+            return Err(GpuRingError::Aborted { rank, op: "exchange" });
         }
         let produced = self.compute.record_event(None).map_err(cuda(rank, "cuEventRecord"))?;
         self.stream.wait(&produced).map_err(cuda(rank, "cuStreamWaitEvent"))?;
@@ -392,8 +384,7 @@ impl NcclTransport {
         let mut peers: Vec<usize> = send_ptrs.iter().chain(&recv_ptrs).map(|p| p.0).filter(|&p| p != rank).collect();
         peers.sort_unstable();
         peers.dedup();
-        let who = format!("peer rank(s) {peers:?}");
-        self.comm.settle(rank, "ncclGroupEnd", Instant::now() + self.timeout, &who)?;
+        self.comm.settle(rank, "ncclGroupEnd", Instant::now() + self.timeout, &peers)?;
         drop(guards);
         let received = recvs
             .iter()
@@ -412,25 +403,19 @@ impl NcclTransport {
         while !done.is_complete() {
             polls += 1;
             if polls.is_multiple_of(50)
-                && let Err(failure) = self.comm.pending()
+                && let Err(code) = self.comm.pending()
             {
                 self.comm.abort();
-                return Err(GpuRingError::Message {
-                    rank: self.rank,
-                    op,
-                    reason: format!("{failure} while waiting on peer rank {peer}; communicator aborted"),
-                });
+                return Err(GpuRingError::PeerFailed { rank: self.rank, op, code, peers: vec![peer] });
             }
             if started.elapsed() > self.timeout {
                 // Stops this rank's NCCL kernels so no stream stays blocked on a dead peer.
                 self.comm.abort();
-                return Err(GpuRingError::Message {
+                return Err(GpuRingError::Timeout {
                     rank: self.rank,
                     op,
-                    reason: format!(
-                        "no completion within {:?}; peer rank {peer} unreachable; communicator aborted",
-                        self.timeout
-                    ),
+                    peers: vec![peer],
+                    waited: started.elapsed(),
                 });
             }
             pause(started);
@@ -452,10 +437,10 @@ impl RingTransport<GpuTensor> for NcclTransport {
 
     fn start_shift(&mut self, msg: &[GpuTensor]) -> Result<()> {
         if self.pending.is_some() {
-            return Err(GpuRingError::Message {
+            return Err(GpuRingError::Misuse {
                 rank: self.rank,
                 op: "start_shift",
-                reason: "previous shift not finished".into(),
+                what: "the previous shift was not finished",
             });
         }
         let (next, prev) = ((self.rank + 1) % self.world_size, (self.rank + self.world_size - 1) % self.world_size);
@@ -468,10 +453,10 @@ impl RingTransport<GpuTensor> for NcclTransport {
     }
 
     fn finish_shift(&mut self) -> Result<Vec<GpuTensor>> {
-        let (bufs, done, _keep_alive) = self.pending.take().ok_or_else(|| GpuRingError::Message {
+        let (bufs, done, _keep_alive) = self.pending.take().ok_or(GpuRingError::Misuse {
             rank: self.rank,
             op: "finish_shift",
-            reason: "no shift started".into(),
+            what: "no shift was started",
         })?;
         let prev = (self.rank + self.world_size - 1) % self.world_size;
         self.arrive(done, "finish_shift", prev)?;
@@ -480,10 +465,12 @@ impl RingTransport<GpuTensor> for NcclTransport {
 
     fn all_to_all(&mut self, msgs: Vec<Vec<GpuTensor>>) -> Result<Vec<Vec<GpuTensor>>> {
         if msgs.len() != self.world_size {
-            return Err(GpuRingError::Message {
+            return Err(GpuRingError::Count {
                 rank: self.rank,
                 op: "all_to_all",
-                reason: format!("{} messages for {} ranks", msgs.len(), self.world_size),
+                what: "messages (one per rank)",
+                expected: self.world_size,
+                actual: msgs.len(),
             });
         }
         // What each peer sends here has the shapes of what this rank keeps for itself.

@@ -171,10 +171,11 @@ impl PeerTransport {
         for (_, done) in &self.retired {
             while !done.is_complete() {
                 if started.elapsed() > self.timeout {
-                    return Err(GpuRingError::Message {
+                    return Err(GpuRingError::Timeout {
                         rank: self.rank,
-                        op: "drain",
-                        reason: format!("a peer copy still running after {:?}", self.timeout),
+                        op: "drain (peer copies)",
+                        peers: Vec::new(),
+                        waited: started.elapsed(),
                     });
                 }
                 std::thread::yield_now();

@@ -50,25 +50,51 @@ const VERDICT_GRACE: Duration = Duration::from_secs(2);
 pub enum RendezvousError {
     /// A missing or malformed environment variable.
     #[error("environment variable {var}: {reason}")]
-    Env { var: &'static str, reason: String },
+    Env {
+        /// The environment variable.
+        var: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The deadline passed.
     #[error("rank {rank}: {what} (waited {waited:?})")]
-    Timeout { rank: usize, what: String, waited: Duration },
+    Timeout {
+        /// The rank.
+        rank: usize,
+        /// What it concerns.
+        what: String,
+        /// How long it waited.
+        waited: Duration,
+    },
     /// Rank 0 refused this rank or gave up.
     #[error("rank {rank}: rank 0 says: {reason}")]
-    Refused { rank: usize, reason: String },
+    Refused {
+        /// The rank.
+        rank: usize,
+        /// Why.
+        reason: String,
+    },
     /// A socket operation failed.
     #[error("rank {rank}: {op} {addr}: {source}")]
     Io {
+        /// The rank.
         rank: usize,
+        /// The operation.
         op: &'static str,
+        /// The address.
         addr: String,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
     /// A peer spoke something other than this protocol.
     #[error("rank {rank}: unexpected message {message:?}")]
-    Protocol { rank: usize, message: String },
+    Protocol {
+        /// The rank.
+        rank: usize,
+        /// The panic message.
+        message: String,
+    },
 }
 
 /// Who this process is in the job, and where rank 0 listens.

@@ -130,7 +130,12 @@ pub enum Placement {
     /// Rank `r` on GPU `devices[r]`, direct peer copies (NVLink) within this process.
     Peer(Vec<usize>),
     /// `world_size` ranks sharing GPU `device` (one compute and one copy stream each).
-    SameGpu { device: usize, world_size: usize },
+    SameGpu {
+        /// The GPU.
+        device: usize,
+        /// Ranks on it.
+        world_size: usize,
+    },
 }
 
 /// A ring of GPU ranks, built once: each rank a thread owning its device handle, its streams
@@ -149,10 +154,12 @@ fn pool_error(e: PoolError<GpuRingError>) -> GpuRingError {
     match e {
         PoolError::Rank { source, .. } => source,
         PoolError::Panicked { rank, message } => GpuRingError::RankPanicked { rank, message },
-        PoolError::Unusable { rank, reason } => GpuRingError::Message { rank, op: "rank pool", reason: reason.into() },
-        PoolError::Empty => GpuRingError::Message { rank: 0, op: "rank pool", reason: "no ranks".into() },
+        PoolError::Unusable { rank, reason } => GpuRingError::RankUnusable { rank, reason },
+        PoolError::Empty => {
+            GpuRingError::Count { rank: 0, op: "GpuRing::new", what: "ranks (at least)", expected: 1, actual: 0 }
+        }
         // `PoolError` is non-exhaustive.
-        other => GpuRingError::Message { rank: 0, op: "rank pool", reason: other.to_string() },
+        _ => GpuRingError::RankUnusable { rank: 0, reason: "the rank pool failed" },
     }
 }
 
@@ -213,10 +220,9 @@ impl GpuRing {
                     world_size,
                     move |rank| {
                         let part = parts.lock().unwrap_or_else(|p| p.into_inner())[rank].take();
-                        let (ops, end) = part.ok_or(GpuRingError::Message {
+                        let (ops, end) = part.ok_or(GpuRingError::RankUnusable {
                             rank,
-                            op: "GpuRing::new",
-                            reason: "this rank's device and transport were already taken".into(),
+                            reason: "its device and transport were already taken",
                         })?;
                         ops.stream().context().bind_to_thread().map_err(cuda(rank, "cuCtxSetCurrent"))?;
                         Ok(GpuRank { rank, ops, transport: RankTransport::Peer(end) })
@@ -257,16 +263,10 @@ impl GpuRing {
         inputs: Arc<Vec<RankInputs>>,
     ) -> Result<Vec<RankOutput>> {
         let n = self.world_size();
-        if inputs.len() != n || layouts.world_size() != n {
-            return Err(GpuRingError::Message {
-                rank: 0,
-                op: "GpuRing::run_algorithm",
-                reason: format!(
-                    "{} inputs and layouts of {} ranks for a ring of {n}",
-                    inputs.len(),
-                    layouts.world_size()
-                ),
-            });
+        for (what, actual) in [("inputs (one per rank)", inputs.len()), ("layouts' ranks", layouts.world_size())] {
+            if actual != n {
+                return Err(GpuRingError::Count { rank: 0, op: "GpuRing::run_algorithm", what, expected: n, actual });
+            }
         }
         self.run(move |rank| rank.run_algorithm(algorithm, &layouts, &inputs[rank.rank]))
     }

@@ -11,13 +11,36 @@ use crate::RingTransport;
 pub enum TransportError {
     /// The peer ended (returned, failed or panicked) without sending what this rank waits for.
     #[error("rank {rank}: peer rank {peer} is gone (ended without sending its {op} message)")]
-    PeerGone { rank: usize, peer: usize, op: &'static str },
+    PeerGone {
+        /// The rank.
+        rank: usize,
+        /// The peer rank.
+        peer: usize,
+        /// The operation.
+        op: &'static str,
+    },
     /// The peer did not answer within the timeout.
     #[error("rank {rank}: no {op} message from peer rank {peer} within {waited:?}")]
-    Timeout { rank: usize, peer: usize, op: &'static str, waited: Duration },
+    Timeout {
+        /// The rank.
+        rank: usize,
+        /// The peer rank.
+        peer: usize,
+        /// The operation.
+        op: &'static str,
+        /// How long it waited.
+        waited: Duration,
+    },
     /// `finish_shift` without a `start_shift`, or an all-to-all with the wrong number of messages.
     #[error("rank {rank}: {op} misused: {reason}")]
-    Misuse { rank: usize, op: &'static str, reason: String },
+    Misuse {
+        /// The rank.
+        rank: usize,
+        /// The operation.
+        op: &'static str,
+        /// Why.
+        reason: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +59,14 @@ impl Kind {
 }
 
 enum Payload<T> {
-    Data { kind: Kind, round: u64, parts: Vec<T> },
+    Data {
+        /// The kind.
+        kind: Kind,
+        /// The round.
+        round: u64,
+        /// The parts.
+        parts: Vec<T>,
+    },
     Goodbye,
 }
 

@@ -57,9 +57,17 @@ pub fn visible(query: Option<Token>, key: Option<Token>) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Run {
     /// Rows holding positions `span` of sequence `seq`, in increasing order.
-    Tokens { seq: usize, span: Span },
+    Tokens {
+        /// The sequence.
+        seq: usize,
+        /// Its positions, one per row.
+        span: Span,
+    },
     /// Rows holding no token (message padding).
-    Padding { len: usize },
+    Padding {
+        /// Rows.
+        len: usize,
+    },
 }
 
 impl Run {

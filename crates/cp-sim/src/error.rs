@@ -18,7 +18,12 @@ pub enum SimError {
     Ring(#[from] cp_ring::RingError),
     /// A rank's thread panicked.
     #[error("rank {rank} panicked: {message}")]
-    RankPanicked { rank: usize, message: String },
+    RankPanicked {
+        /// The rank.
+        rank: usize,
+        /// The panic message.
+        message: String,
+    },
 }
 
 impl From<candle_core::Error> for SimError {

@@ -195,9 +195,21 @@ impl Tolerance {
 pub enum StepKind {
     /// A prefill turn adding `new_tokens` tokens over `cached_tokens` already cached (totals
     /// over `sequences` sequences); `cached_tokens == 0` is a full prefill.
-    Prefill { new_tokens: usize, cached_tokens: usize, sequences: usize },
+    Prefill {
+        /// New tokens over all sequences.
+        new_tokens: usize,
+        /// Tokens already cached over all sequences.
+        cached_tokens: usize,
+        /// Sequences in the turn.
+        sequences: usize,
+    },
     /// Decode iteration `iteration`, one token for each of `batch` sequences.
-    Decode { iteration: usize, batch: usize },
+    Decode {
+        /// The iteration.
+        iteration: usize,
+        /// Sequences decoded.
+        batch: usize,
+    },
 }
 
 /// The outcome of one step of one algorithm.

@@ -84,10 +84,9 @@ impl DeviceLayout {
     pub fn new(stream: &Arc<CudaStream>, layout: &Layout) -> Result<DeviceLayout> {
         let tokens: Vec<Option<Token>> = layout.rows().collect();
         if let Some(t) = tokens.iter().flatten().find(|t| t.pos > i32::MAX as usize || t.seq > i32::MAX as usize) {
-            return Err(crate::AttentionError::Unsupported(format!(
-                "position {} of sequence {} exceeds i32",
-                t.pos, t.seq
-            )));
+            let (what, value) =
+                if t.pos > i32::MAX as usize { ("a position", t.pos) } else { ("a sequence id", t.seq) };
+            return Err(crate::AttentionError::TooLarge { what, value, max: i32::MAX as usize });
         }
         let mut seq: Vec<i32> = tokens.iter().map(|t| t.map_or(-1, |t| t.seq as i32)).collect();
         let mut pos: Vec<i32> = tokens.iter().map(|t| t.map_or(0, |t| t.pos as i32)).collect();

@@ -42,7 +42,12 @@ pub enum PrefillKernel {
     Wgmma,
     /// `mma.sync` (sm_80 and newer): `warps` warps (4 or 8) of `m_tiles` 16-row m-tiles (1, or 2
     /// with 4 warps: FlashAttention-2's layout).
-    Mma { warps: usize, m_tiles: usize },
+    Mma {
+        /// Warps per block.
+        warps: usize,
+        /// 16-row m-tiles per warp.
+        m_tiles: usize,
+    },
 }
 
 impl std::fmt::Display for PrefillKernel {
@@ -170,7 +175,7 @@ impl Kernels {
     }
 
     fn get(&self, name: &str) -> Result<&CudaFunction> {
-        self.functions.get(name).ok_or_else(|| AttentionError::Unsupported(format!("no kernel {name}")))
+        self.functions.get(name).ok_or_else(|| AttentionError::KernelMissing { name: name.to_string() })
     }
 }
 
@@ -223,9 +228,12 @@ impl CudaAttention {
         let ctx = CudaContext::new(ordinal).map_err(cuda_err("cuCtxCreate"))?;
         let (major, minor) = ctx.compute_capability().map_err(cuda_err("cuDeviceGetAttribute"))?;
         if major < 8 {
-            return Err(AttentionError::Unsupported(format!(
-                "compute capability {major}.{minor}: the kernels need 8.0 or newer (mma.sync bf16, cp.async)"
-            )));
+            return Err(AttentionError::ComputeCapability {
+                major,
+                minor,
+                what: "the kernels (mma.sync bf16, cp.async)",
+                needs: "8.0 or newer",
+            });
         }
         let sm_count = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -343,15 +351,14 @@ impl CudaAttention {
             return Err(AttentionError::Heads { n_heads: nh, n_kv_heads: nkv });
         }
         if d != 64 && d != 128 {
-            return Err(AttentionError::Unsupported(format!("head dim {d} (the kernels support 64 and 128)")));
+            return Err(AttentionError::HeadDim { head_dim: d, supported: "64 and 128" });
         }
         if q.dtype() == GpuDType::F32 || k.dtype() != q.dtype() || v.dtype() != q.dtype() {
-            return Err(AttentionError::Unsupported(format!(
-                "dtypes q {:?}, k {:?}, v {:?}: inputs must all be bf16 or all f16",
-                q.dtype(),
-                k.dtype(),
-                v.dtype()
-            )));
+            return Err(AttentionError::GpuDtype {
+                what: "attention inputs",
+                got: format!("q {:?}, k {:?}, v {:?}", q.dtype(), k.dtype(), v.dtype()),
+                supported: "all bf16 or all f16",
+            });
         }
         for (what, rows, layout_rows) in [("q", tq, ql), ("k", tk, kl)] {
             if rows != layout_rows {
@@ -378,22 +385,24 @@ impl CudaAttention {
     ) -> Result<Partial<GpuTensor>> {
         let (tq, tk, nh, nkv, d) = self.check(q, ql.rows, k, v, kl.rows)?;
         if out_dtype != GpuDType::F32 && out_dtype != q.dtype() {
-            return Err(AttentionError::Unsupported(format!("output dtype {out_dtype:?} for {:?} inputs", q.dtype())));
+            return Err(AttentionError::GpuDtype {
+                what: "prefill output",
+                got: format!("{out_dtype:?} for {:?} inputs", q.dtype()),
+                supported: "f32 or the input dtype",
+            });
         }
         let out_tag = if out_dtype == GpuDType::F32 { "f32" } else { "b16" };
         let prefix = format!("flash_fwd_d{d}_{}_{out_tag}", q.dtype().tag());
         let (name, rows_per_block, threads, smem) = match self.prefill {
             PrefillKernel::Wgmma if self.kernels.wgmma => (format!("{prefix}_wg"), 128, 256, flash_wg_smem(d)),
             PrefillKernel::Wgmma => {
-                return Err(AttentionError::Unsupported(
-                    "the wgmma prefill kernel needs compute capability 9.0 (sm_90a)".into(),
-                ));
+                return Err(AttentionError::KernelMissing { name: format!("{prefix}_wg (wgmma: sm_90a only)") });
             }
             PrefillKernel::Mma { warps, m_tiles } => {
                 let Some(&(_, _, suffix)) = FLASH_VARIANTS.iter().find(|v| v.0 == warps && v.1 == m_tiles) else {
-                    return Err(AttentionError::Unsupported(format!(
-                        "prefill kernel with {warps} warps x {m_tiles} m-tiles (have: 8x1, 4x1, 4x2)"
-                    )));
+                    return Err(AttentionError::KernelMissing {
+                        name: format!("mma.sync prefill with {warps} warps x {m_tiles} m-tiles (have 8x1, 4x1, 4x2)"),
+                    });
                 };
                 (format!("{prefix}_{suffix}"), 16 * warps * m_tiles, 32 * warps, flash_smem(d, warps, m_tiles))
             }
@@ -413,10 +422,19 @@ impl CudaAttention {
         // The wgmma kernel takes (heads, query blocks, splits); the mma.sync ones (query blocks,
         // heads, splits).
         let (x, y) = if self.prefill == PrefillKernel::Wgmma { (nh, blocks) } else { (blocks, nh) };
-        if y > 65_535 || x > i32::MAX as usize {
-            return Err(AttentionError::Unsupported(format!(
-                "a grid of {x} x {y} blocks for {tq} query rows and {nh} heads (CUDA allows 2^31-1 x 65535)"
-            )));
+        if y > 65_535 {
+            return Err(AttentionError::TooLarge {
+                what: "the prefill grid's second dimension",
+                value: y,
+                max: 65_535,
+            });
+        }
+        if x > i32::MAX as usize {
+            return Err(AttentionError::TooLarge {
+                what: "the prefill grid's first dimension",
+                value: x,
+                max: i32::MAX as usize,
+            });
         }
         let cfg = LaunchConfig {
             grid_dim: (x as u32, y as u32, splits as u32),
@@ -477,12 +495,22 @@ impl CudaAttention {
         let name = match dtype {
             GpuDType::Bf16 => "fill_rows_bf16",
             GpuDType::F16 => "fill_rows_f16",
-            GpuDType::F32 => return Err(AttentionError::Unsupported("random_rows draws bf16 or f16".into())),
+            GpuDType::F32 => {
+                return Err(AttentionError::GpuDtype {
+                    what: "random_rows",
+                    got: "F32".into(),
+                    supported: "bf16 or f16",
+                });
+            }
         };
         let dl = self.device_layout(layout)?;
-        let width = heads.checked_mul(head_dim).filter(|&w| w > 0 && w <= i32::MAX as usize).ok_or_else(|| {
-            AttentionError::Unsupported(format!("row width {heads} heads x {head_dim} (must be 1..2^31)"))
-        })?;
+        let width = heads.checked_mul(head_dim).filter(|&w| w > 0 && w <= i32::MAX as usize).ok_or(
+            AttentionError::TooLarge {
+                what: "row width (heads x head dim, at least 1)",
+                value: heads.saturating_mul(head_dim),
+                max: i32::MAX as usize,
+            },
+        )?;
         let mut t = GpuTensor::alloc(&self.stream, dtype, &[layout.len(), heads, head_dim])?;
         let pad_bits = u32::from(match dtype {
             GpuDType::Bf16 => half::bf16::from_f32(pad).to_bits(),
@@ -652,7 +680,7 @@ impl CudaAttention {
             }
         }
         if !d.is_multiple_of(4) {
-            return Err(AttentionError::Unsupported(format!("head dim {d} not a multiple of 4 in merge")));
+            return Err(AttentionError::HeadDim { head_dim: d, supported: "multiples of 4 in the merges" });
         }
         let mut ptrs = Parts { out: [0; 16], lse: [0; 16] };
         let mut guards = Vec::new();
@@ -694,7 +722,7 @@ impl CudaAttention {
         }
         let d = *acc.out.shape().last().unwrap_or(&0);
         if !d.is_multiple_of(4) {
-            return Err(AttentionError::Unsupported(format!("head dim {d} not a multiple of 4 in merge")));
+            return Err(AttentionError::HeadDim { head_dim: d, supported: "multiples of 4 in the merges" });
         }
         let rows = acc.lse.elem_count();
         let (out_shape, lse_shape) = (acc.out.shape().to_vec(), acc.lse.shape().to_vec());
@@ -723,7 +751,7 @@ impl CudaAttention {
     /// descriptors and fragment packing; returns (S, O) in f32.
     pub fn wgmma_selftest(&self, q: &GpuTensor, k: &GpuTensor, v: &GpuTensor) -> Result<(GpuTensor, GpuTensor)> {
         if !self.kernels.wgmma {
-            return Err(AttentionError::Unsupported("wgmma needs compute capability 9.0 (sm_90a)".into()));
+            return Err(AttentionError::KernelMissing { name: "wg_selftest (wgmma: sm_90a only)".into() });
         }
         for (what, t, rows) in [("q", q, 64), ("k", k, 128), ("v", v, 128)] {
             if t.shape() != [rows, 128] || t.dtype() != GpuDType::Bf16 {
