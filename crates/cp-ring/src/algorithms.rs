@@ -167,18 +167,10 @@ where
     let Local { q, k, v } = local;
     let ctx = Ctx::new(ops, comm, layouts, local)?;
     let (rank, n) = (ctx.rank, ctx.n);
-    probe.enter(Phase::Wait, 0);
-    let blocks = comm
-        .all_to_all((0..n).map(|_| vec![q.clone()]).collect())
-        .map_err(|e| ctx.transport(0, "all_to_all(queries)", e))?;
-    probe.exit(Phase::Wait, 0);
-    if blocks.len() != n {
-        return Err(RingError::Message { rank, step: 0, op: "all_to_all(queries)", expected: n, actual: blocks.len() });
-    }
+    let blocks = ctx.gather(comm, vec![q.clone()], "all_to_all(queries)", probe)?;
     let mut partials: Vec<Option<Partial<A::Tensor>>> = (0..n).map(|_| None).collect();
     probe.enter(Phase::Compute, 0);
     for (src, block) in blocks.iter().enumerate() {
-        ctx.check_parts(0, "all_to_all(queries)", 1, block.len())?;
         let part = ops
             .partial(&block[0], &layouts.q[src], k, v, &layouts.kv[rank])
             .map_err(|e| ctx.compute(0, "partial attention", e))?;
@@ -209,24 +201,7 @@ where
 {
     let Local { q, k, v } = local;
     let ctx = Ctx::new(ops, comm, layouts, local)?;
-    let (rank, n) = (ctx.rank, ctx.n);
-    probe.enter(Phase::Wait, 0);
-    let blocks = comm
-        .all_to_all((0..n).map(|_| vec![k.clone(), v.clone()]).collect())
-        .map_err(|e| ctx.transport(0, "all_to_all(keys, values)", e))?;
-    probe.exit(Phase::Wait, 0);
-    if blocks.len() != n {
-        return Err(RingError::Message {
-            rank,
-            step: 0,
-            op: "all_to_all(keys, values)",
-            expected: n,
-            actual: blocks.len(),
-        });
-    }
-    for block in &blocks {
-        ctx.check_parts(0, "all_to_all(keys, values)", 2, block.len())?;
-    }
+    let blocks = ctx.gather(comm, vec![k.clone(), v.clone()], "all_to_all(keys, values)", probe)?;
     // One attention over every block, laid end to end: one launch, no merge.
     probe.enter(Phase::Compute, 0);
     let ks: Vec<A::Tensor> = blocks.iter().map(|b| b[0].clone()).collect();
@@ -235,13 +210,34 @@ where
     let v_all = ops.concat(&vs).map_err(|e| ctx.compute(0, "concat(values)", e))?;
     let kv_all = cp_shard::Layout::concat(&layouts.kv);
     let out = ops
-        .partial(q, &layouts.q[rank], &k_all, &v_all, &kv_all)
+        .partial(q, &layouts.q[ctx.rank], &k_all, &v_all, &kv_all)
         .map_err(|e| ctx.compute(0, "partial attention", e))?;
     probe.exit(Phase::Compute, 0);
     Ok(out)
 }
 
 impl Ctx {
+    /// Sends `parts` to every rank with one all-to-all (the wait phase) and returns what each
+    /// rank sent, checked: one message per rank, each of `parts.len()` tensors.
+    fn gather<T: Clone, C: RingTransport<T>>(
+        &self,
+        comm: &mut C,
+        parts: Vec<T>,
+        op: &'static str,
+        probe: &mut impl Probe,
+    ) -> Result<Vec<Vec<T>>> {
+        let count = parts.len();
+        probe.enter(Phase::Wait, 0);
+        let blocks =
+            comm.all_to_all((0..self.n).map(|_| parts.clone()).collect()).map_err(|e| self.transport(0, op, e))?;
+        probe.exit(Phase::Wait, 0);
+        self.check_parts(0, op, self.n, blocks.len())?;
+        for block in &blocks {
+            self.check_parts(0, op, count, block.len())?;
+        }
+        Ok(blocks)
+    }
+
     /// Pass-Q's end: one all-to-all returns every partial (`partials[src]`: this rank's keys
     /// against the queries of rank `src`) to the rank that owns its queries, which merges the
     /// `N` partials of its own queries.

@@ -81,15 +81,5 @@ fn run(mode: Mode) -> anyhow::Result<bool> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().mode.unwrap_or(Mode::All)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("error: some checks FAILED");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cp_bench::exit_code(run(Cli::parse().mode.unwrap_or(Mode::All)))
 }

@@ -7,15 +7,5 @@ use clap::Parser;
 use cp_bench::ring_cli::{Cli, run};
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("error: some checks FAILED");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cp_bench::exit_code(run(Cli::parse()))
 }
