@@ -14,9 +14,7 @@
 
 use std::sync::Arc;
 
-use cp_attention::cuda::{
-    CudaAttention, DecodeKernel, DeviceLayout, GpuDType, GpuTensor, PrefillKernel, kv_splits, set_poison,
-};
+use cp_attention::cuda::{CudaAttention, DecodeKernel, DeviceLayout, GpuDType, GpuTensor, PrefillKernel, kv_splits};
 use cp_attention::reference::{self, Heads, discrepancy};
 use cp_attention::{AttentionError, Partial};
 use cp_shard::{Layout, PrefillShards, Span, Token};
@@ -327,7 +325,7 @@ fn check_random_rows(ops: &CudaAttention) -> Result<(String, bool)> {
 
 /// Every kernel against the f64 oracle; prints a line per case and returns whether all passed.
 pub fn check(ops: &mut CudaAttention) -> Result<bool> {
-    set_poison(true);
+    ops.poison_outputs = true;
     let mut rng = Rng(0x9e3779b97f4a7c15 ^ std::process::id() as u64);
     let mut cases = Vec::new();
     for dtype in [GpuDType::Bf16, GpuDType::F16] {
@@ -419,7 +417,7 @@ pub fn check(ops: &mut CudaAttention) -> Result<bool> {
     println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
     let (line, ok2) = check_random_rows(ops)?;
     println!("  {} {line}", if ok2 { "[ok]    " } else { "[FAILED]" });
-    set_poison(false);
+    ops.poison_outputs = false;
     Ok(all_ok && ok && ok2)
 }
 

@@ -7,8 +7,16 @@ use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
 
 use crate::{AttentionError, Result};
 
-/// The kernel source, embedded in the binary.
-pub const SOURCE: &str = include_str!("kernels.cu");
+/// The kernel source, embedded in the binary: one translation unit of the kernel families, in
+/// dependency order (`src/cuda/kernels/`).
+pub const SOURCE: &str = concat!(
+    include_str!("kernels/common.cuh"),
+    include_str!("kernels/prefill_mma.cu"),
+    include_str!("kernels/prefill_wgmma.cu"),
+    include_str!("kernels/merge.cu"),
+    include_str!("kernels/decode.cu"),
+    include_str!("kernels/fill.cu"),
+);
 
 /// Whether the NVRTC library can be loaded (checked before any call, since cudarc's dynamic
 /// loader panics on a missing library).

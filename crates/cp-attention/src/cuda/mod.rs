@@ -22,8 +22,8 @@ mod tensor;
 
 pub use compile::{SOURCE, compile, cubin, nvrtc_available};
 pub use layout::DeviceLayout;
-pub use ops::{CudaAttention, DecodeArgs, DecodeKernel, PrefillKernel, kv_splits};
-pub use tensor::{GpuDType, GpuTensor, set_poison};
+pub use ops::{CudaAttention, DecodeArgs, DecodeKernel, KernelEntry, PrefillKernel, kernel_table, kv_splits};
+pub use tensor::{GpuDType, GpuTensor};
 
 /// Whether the CUDA driver library can be loaded on this machine.
 pub fn driver_available() -> bool {

@@ -124,6 +124,46 @@ pub struct DecodeArgs {
 /// Decode arguments are prepared per kernel and pair of (query, key) layouts.
 type DecodeKey = (DecodeKernel, Layout, Layout);
 
+/// One kernel of the module: its entry point and the dynamic shared memory it is launched with
+/// (0: the 48 KB default suffices).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelEntry {
+    /// The `extern "C"` entry point.
+    pub name: String,
+    /// Bytes of dynamic shared memory.
+    pub dynamic_smem: usize,
+}
+
+/// Every kernel the GPU path launches — the one list that loading uses and that CI checks the
+/// compiled module against; the wgmma ones only where `wgmma` (sm_90a).
+pub fn kernel_table(wgmma: bool) -> Vec<KernelEntry> {
+    let entry = |name: String, dynamic_smem: usize| KernelEntry { name, dynamic_smem };
+    let mut all = Vec::new();
+    for d in [64, 128] {
+        for t in ["bf16", "f16"] {
+            for o in ["f32", "b16"] {
+                all.extend(
+                    FLASH_VARIANTS
+                        .map(|(w, m, suffix)| entry(format!("flash_fwd_d{d}_{t}_{o}_{suffix}"), flash_smem(d, w, m))),
+                );
+                if wgmma {
+                    all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_wg"), flash_wg_smem(d)));
+                }
+            }
+            all.extend([1, 4, 8].map(|g| entry(format!("decode_d{d}_{t}_g{g}"), 0)));
+            all.push(entry(format!("decode_mma_d{d}_{t}"), decode_mma_smem(d)));
+        }
+    }
+    if wgmma {
+        all.push(entry("wg_selftest".into(), flash_wg_smem(128)));
+    }
+    for family in ["merge_fold", "merge_all", "merge_strided"] {
+        all.extend(["f32", "bf16", "f16"].map(|t| entry(format!("{family}_{t}"), 0)));
+    }
+    all.extend(["fill_rows_bf16", "fill_rows_f16"].map(|n| entry(n.into(), 0)));
+    all
+}
+
 /// The compiled module's functions by name.
 struct Kernels {
     functions: HashMap<String, CudaFunction>,
@@ -135,41 +175,17 @@ impl Kernels {
     /// Loads the kernels compiled for `arch`; the wgmma ones only where `wgmma` (sm_90a).
     fn load(ctx: &Arc<CudaContext>, arch: &str, wgmma: bool) -> Result<Kernels> {
         let module = ctx.load_module(Ptx::from_binary(cubin(arch)?)).map_err(cuda_err("cuModuleLoadData"))?;
-        let mut names: Vec<String> = Vec::new();
-        // (name, dynamic shared memory above the 48 KB default)
-        let mut big: Vec<(String, usize)> = Vec::new();
-        for d in [64, 128] {
-            for t in ["bf16", "f16"] {
-                for o in ["f32", "b16"] {
-                    big.extend(
-                        FLASH_VARIANTS
-                            .map(|(w, m, suffix)| (format!("flash_fwd_d{d}_{t}_{o}_{suffix}"), flash_smem(d, w, m))),
-                    );
-                    if wgmma {
-                        big.push((format!("flash_fwd_d{d}_{t}_{o}_wg"), flash_wg_smem(d)));
-                    }
-                }
-                names.extend([1, 4, 8].map(|g| format!("decode_d{d}_{t}_g{g}")));
-                big.push((format!("decode_mma_d{d}_{t}"), decode_mma_smem(d)));
-            }
-        }
-        if wgmma {
-            big.push(("wg_selftest".into(), flash_wg_smem(128)));
-        }
-        names.extend(["merge_fold_f32", "merge_fold_bf16", "merge_fold_f16"].map(String::from));
-        names.extend(["merge_all_f32", "merge_all_bf16", "merge_all_f16"].map(String::from));
-        names.extend(["merge_strided_f32", "merge_strided_bf16", "merge_strided_f16"].map(String::from));
-        names.extend(["fill_rows_bf16", "fill_rows_f16"].map(String::from));
         let mut functions = HashMap::new();
-        for name in names {
-            let f = module.load_function(&name).map_err(cuda_err("cuModuleGetFunction"))?;
-            functions.insert(name, f);
-        }
-        for (name, smem) in big {
-            let f = module.load_function(&name).map_err(cuda_err("cuModuleGetFunction"))?;
-            f.set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+        for k in kernel_table(wgmma) {
+            let f = module.load_function(&k.name).map_err(cuda_err("cuModuleGetFunction"))?;
+            if k.dynamic_smem > 0 {
+                f.set_attribute(
+                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    k.dynamic_smem as i32,
+                )
                 .map_err(cuda_err("cuFuncSetAttribute(max dynamic shared memory)"))?;
-            functions.insert(name, f);
+            }
+            functions.insert(k.name, f);
         }
         Ok(Kernels { functions, wgmma })
     }
@@ -199,6 +215,9 @@ pub struct CudaAttention {
     /// Whether a prefill launch that under-fills the GPU splits its key range ([`kv_splits`]);
     /// on by default.
     pub split_kv: bool,
+    /// When on, every output buffer is first filled with 0xFF bytes (NaN in f32, bf16 and f16),
+    /// so a check can prove every element was written. Off by default (a memset per output).
+    pub poison_outputs: bool,
     decode_args: Arc<Mutex<HashMap<DecodeKey, Arc<DecodeArgs>>>>,
 }
 
@@ -254,6 +273,7 @@ impl CudaAttention {
             prefill: if wgmma { PrefillKernel::Wgmma } else { PrefillKernel::Mma { warps: 4, m_tiles: 2 } },
             decode_kernel: DecodeKernel::TensorCore,
             split_kv: true,
+            poison_outputs: false,
             decode_args: Arc::default(),
         })
     }
@@ -270,6 +290,7 @@ impl CudaAttention {
             prefill: self.prefill,
             decode_kernel: self.decode_kernel,
             split_kv: self.split_kv,
+            poison_outputs: self.poison_outputs,
             decode_args: self.decode_args.clone(),
         }
     }
@@ -309,6 +330,19 @@ impl CudaAttention {
         }
         cache.insert(layout.clone(), uploaded.clone());
         Ok(uploaded)
+    }
+
+    /// Device memory for an output of `dtype` and `shape` on this stream (poisoned when
+    /// [`CudaAttention::poison_outputs`] is on).
+    fn alloc(&self, dtype: GpuDType, shape: &[usize]) -> Result<CudaSlice<u8>> {
+        let buf = GpuTensor::alloc(&self.stream, dtype, shape)?;
+        if self.poison_outputs {
+            let (ptr, _guard) = buf.device_ptr(&self.stream);
+            // SAFETY: `ptr` addresses the `buf.len()` bytes just allocated on this stream.
+            unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xff, buf.len(), self.stream.cu_stream()) }
+                .map_err(cuda_err("cuMemsetD8Async(poison)"))?;
+        }
+        Ok(buf)
     }
 
     /// Forgets every uploaded layout and prepared decode argument (shared with the other
@@ -411,8 +445,8 @@ impl CudaAttention {
         let key_tile = if self.prefill == PrefillKernel::Wgmma { 128 } else { super::layout::TILE };
         let key_tiles = tk.div_ceil(key_tile);
         let splits = if self.split_kv { kv_splits(blocks * nh, key_tiles, self.sm_count) } else { 1 };
-        let mut out = GpuTensor::alloc(&self.stream, out_dtype, &[tq, nh, d])?;
-        let mut lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &[tq, nh])?;
+        let mut out = self.alloc(out_dtype, &[tq, nh, d])?;
+        let mut lse = self.alloc(GpuDType::F32, &[tq, nh])?;
         if tq == 0 {
             return Ok(Partial {
                 out: GpuTensor::from_parts(out, out_dtype, vec![tq, nh, d]),
@@ -462,8 +496,8 @@ impl CudaAttention {
             // Flash-decoding for prefill: each split writes an f32 partial over its key tiles,
             // and one strided N-way merge combines them into the output dtype.
             let f32_name = name.replacen("_b16_", "_f32_", 1);
-            let mut part_out = GpuTensor::alloc(&self.stream, GpuDType::F32, &[splits, tq, nh, d])?;
-            let mut part_lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &[splits, tq, nh])?;
+            let mut part_out = self.alloc(GpuDType::F32, &[splits, tq, nh, d])?;
+            let mut part_lse = self.alloc(GpuDType::F32, &[splits, tq, nh])?;
             launch(&f32_name, &mut part_out, &mut part_lse)?;
             let f = self.kernels.get(&format!("merge_strided_{}", out_dtype.tag()))?;
             let (n, rows_l, d_i) = (splits as i32, (tq * nh) as i64, d as i32);
@@ -511,7 +545,7 @@ impl CudaAttention {
                 max: i32::MAX as usize,
             },
         )?;
-        let mut t = GpuTensor::alloc(&self.stream, dtype, &[layout.len(), heads, head_dim])?;
+        let mut t = self.alloc(dtype, &[layout.len(), heads, head_dim])?;
         let pad_bits = u32::from(match dtype {
             GpuDType::Bf16 => half::bf16::from_f32(pad).to_bits(),
             _ => half::f16::from_f32(pad).to_bits(),
@@ -590,8 +624,8 @@ impl CudaAttention {
         let group = nh / nkv;
         let rows = bq * nh;
         let splits = args.splits;
-        let mut part_out = GpuTensor::alloc(&self.stream, GpuDType::F32, &[splits, rows, d])?;
-        let mut part_lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &[splits, rows])?;
+        let mut part_out = self.alloc(GpuDType::F32, &[splits, rows, d])?;
+        let mut part_lse = self.alloc(GpuDType::F32, &[splits, rows])?;
         let (name, smem) = match args.kernel {
             DecodeKernel::TensorCore => (format!("decode_mma_d{d}_{}", q.dtype().tag()), decode_mma_smem(d)),
             DecodeKernel::Simt => (format!("decode_d{d}_{}_g{group}", q.dtype().tag()), 0),
@@ -610,8 +644,8 @@ impl CudaAttention {
         // SAFETY: argument types and order match the kernel; every row range lies inside k/v.
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch decode"))?;
 
-        let mut out = GpuTensor::alloc(&self.stream, GpuDType::F32, &[bq, nh, d])?;
-        let mut lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &[bq, nh])?;
+        let mut out = self.alloc(GpuDType::F32, &[bq, nh, d])?;
+        let mut lse = self.alloc(GpuDType::F32, &[bq, nh])?;
         let f = self.kernels.get("merge_strided_f32")?;
         let (n, rows_l, d_i) = (splits as i32, rows as i64, d as i32);
         let cfg = elementwise(rows * d / 4);
@@ -690,8 +724,8 @@ impl CudaAttention {
             (ptrs.out[i], ptrs.lse[i]) = (o, l);
             guards.push((go, gl));
         }
-        let mut out = GpuTensor::alloc(&self.stream, out_dtype, &[rows, d])?;
-        let mut lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &[rows])?;
+        let mut out = self.alloc(out_dtype, &[rows, d])?;
+        let mut lse = self.alloc(GpuDType::F32, &[rows])?;
         let f = self.kernels.get(&format!("merge_all_{}", out_dtype.tag()))?;
         let (n, rows_l, d_i) = (parts.len() as i32, rows as i64, d as i32);
         let cfg = elementwise(rows * d / 4);
@@ -730,7 +764,7 @@ impl CudaAttention {
             Arc::try_unwrap(t.buf).or_else(|shared| self.stream.clone_dtod(&*shared).map_err(cuda_err("cuMemcpyDtoD")))
         };
         let mut acc_out = own(acc.out)?;
-        let mut new_lse = GpuTensor::alloc(&self.stream, GpuDType::F32, &lse_shape)?;
+        let mut new_lse = self.alloc(GpuDType::F32, &lse_shape)?;
         let f = self.kernels.get(&format!("merge_fold_{}", part.out.dtype().tag()))?;
         let (rows_l, d_i) = (rows as i64, d as i32);
         let cfg = elementwise(rows * d / 4);
@@ -762,8 +796,8 @@ impl CudaAttention {
                 });
             }
         }
-        let mut s_out = GpuTensor::alloc(&self.stream, GpuDType::F32, &[64, 128])?;
-        let mut o_out = GpuTensor::alloc(&self.stream, GpuDType::F32, &[64, 128])?;
+        let mut s_out = self.alloc(GpuDType::F32, &[64, 128])?;
+        let mut o_out = self.alloc(GpuDType::F32, &[64, 128])?;
         let f = self.kernels.get("wg_selftest")?;
         let cfg =
             LaunchConfig { grid_dim: (1, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: flash_wg_smem(128) as u32 };
@@ -874,7 +908,7 @@ impl AttentionOps for CudaAttention {
         }
         let mut shape = vec![rows];
         shape.extend(&tail);
-        let mut out = GpuTensor::alloc(&self.stream, first.dtype(), &shape)?;
+        let mut out = self.alloc(first.dtype(), &shape)?;
         let mut at = 0;
         for p in parts {
             let bytes = p.elem_count() * p.dtype().size();

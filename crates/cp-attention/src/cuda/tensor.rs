@@ -1,22 +1,12 @@
 //! Device tensors: an immutable, shareable buffer with a dtype and a shape.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use cudarc::driver::{CudaSlice, CudaStream};
 
 use super::cuda_err;
 use crate::{AttentionError, Result};
-
-static POISON: AtomicBool = AtomicBool::new(false);
-
-/// When on, every output buffer the kernels get is first filled with 0xFF bytes (NaN in f32,
-/// bf16 and f16), so a check can prove every element was written. Off by default (it costs a
-/// memset per output).
-pub fn set_poison(on: bool) {
-    POISON.store(on, Ordering::Relaxed);
-}
 
 /// Element types of device tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -91,13 +81,6 @@ impl GpuTensor {
         let bytes = shape.iter().product::<usize>().max(1) * dtype.size();
         // SAFETY: the memory is only read after a kernel or a copy has written it.
         let buf = unsafe { stream.alloc::<u8>(bytes) }.map_err(cuda_err("cuMemAlloc"))?;
-        if POISON.load(Ordering::Relaxed) {
-            use cudarc::driver::DevicePtr;
-            let (ptr, _guard) = buf.device_ptr(stream);
-            // SAFETY: `ptr` addresses `bytes` bytes just allocated on this stream.
-            unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xff, bytes, stream.cu_stream()) }
-                .map_err(cuda_err("cuMemsetD8Async(poison)"))?;
-        }
         Ok(buf)
     }
 

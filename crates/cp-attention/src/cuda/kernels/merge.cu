@@ -1,0 +1,105 @@
+// The merges of partials (Eq. 4): online fold and N-way, -inf safe and garbage safe.
+// Online merge (Eq. 4): acc_out <- merge in place; the merged LSE goes to new_lse (a separate
+// buffer, since other threads of the row still read acc_lse). rows = Tq * NH; each thread
+// handles 4 consecutive elements of one row.
+template <int PART_KIND>  // 0: f32 partial, 1: bf16, 2: f16
+DEVI void merge_fold(float* __restrict__ acc_out, const float* __restrict__ acc_lse, const void* __restrict__ part_out,
+                     const float* __restrict__ part_lse, float* __restrict__ new_lse, long rows, int d) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    int per_row = d / 4;
+    long row = idx / per_row;
+    if (row >= rows) return;
+    int c = (int)(idx % per_row) * 4;
+    float la = acc_lse[row], lb = part_lse[row];
+    float mx = fmaxf(la, lb);
+    float ms = mx == NEG_INF ? 0.f : mx;
+    float wa = __expf(la - ms), wb = __expf(lb - ms), den = wa + wb;
+    float inv = den > 0.f ? 1.f / den : 0.f;
+    float4 a = *(float4*)(acc_out + row * d + c);
+    float b[4];
+    if (PART_KIND == 0) {
+        float4 t = *(const float4*)((const float*)part_out + row * d + c);
+        b[0] = t.x; b[1] = t.y; b[2] = t.z; b[3] = t.w;
+    } else {
+        uint2 t = *(const uint2*)((const u16*)part_out + row * d + c);
+        u16 hs[4] = {(u16)(t.x & 0xffff), (u16)(t.x >> 16), (u16)(t.y & 0xffff), (u16)(t.y >> 16)};
+        for (int e = 0; e < 4; e++) b[e] = PART_KIND == 1 ? bf16_to_f32(hs[e]) : f16_to_f32(hs[e]);
+    }
+    // A side of weight 0 (LSE -inf: it saw no key) contributes nothing, whatever its output
+    // holds (0 x NaN would be NaN); a NaN weight still propagates.
+    a.x = ((wa != 0.f ? a.x * wa : 0.f) + (wb != 0.f ? b[0] * wb : 0.f)) * inv;
+    a.y = ((wa != 0.f ? a.y * wa : 0.f) + (wb != 0.f ? b[1] * wb : 0.f)) * inv;
+    a.z = ((wa != 0.f ? a.z * wa : 0.f) + (wb != 0.f ? b[2] * wb : 0.f)) * inv;
+    a.w = ((wa != 0.f ? a.w * wa : 0.f) + (wb != 0.f ? b[3] * wb : 0.f)) * inv;
+    *(float4*)(acc_out + row * d + c) = a;
+    if (c == 0) new_lse[row] = den > 0.f ? ms + __logf(den) : NEG_INF;
+}
+extern "C" __global__ void merge_fold_f32(float* ao, const float* al, const void* po, const float* pl, float* nl, long rows, int d) { merge_fold<0>(ao, al, po, pl, nl, rows, d); }
+extern "C" __global__ void merge_fold_bf16(float* ao, const float* al, const void* po, const float* pl, float* nl, long rows, int d) { merge_fold<1>(ao, al, po, pl, nl, rows, d); }
+extern "C" __global__ void merge_fold_f16(float* ao, const float* al, const void* po, const float* pl, float* nl, long rows, int d) { merge_fold<2>(ao, al, po, pl, nl, rows, d); }
+
+// N-way merge of n f32 partials, either given by value as pointer arrays (up to 16 parts, no
+// host-to-device copy per call) or as one contiguous [n][rows][d] buffer (`strided`).
+// Output [rows][d] in f32 or 16-bit, LSE [rows].
+#define MAX_PARTS 16
+struct Parts { const float* out[MAX_PARTS]; const float* lse[MAX_PARTS]; };
+template <int OUT_KIND>  // 0: f32, 1: bf16, 2: f16
+DEVI void merge_n(const Parts& p, const float* strided_out, const float* strided_lse, int n, void* __restrict__ out,
+                  float* __restrict__ out_lse, long rows, int d) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    int per_row = d / 4;
+    long row = idx / per_row;
+    if (row >= rows) return;
+    int c = (int)(idx % per_row) * 4;
+    auto lse_of = [&](int s) { return strided_lse ? strided_lse[s * rows + row] : p.lse[s][row]; };
+    auto out_of = [&](int s) { return strided_out ? strided_out + ((long)s * rows + row) * d + c : p.out[s] + row * d + c; };
+    float mx = NEG_INF, den = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+    // Parts in groups of 8, all loads of a group issued before any use.
+    for (int s0 = 0; s0 < n; s0 += 8) {
+        float l[8];
+        float4 t[8];
+        #pragma unroll
+        for (int i = 0; i < 8; i++) {
+            bool ok = s0 + i < n;
+            l[i] = ok ? lse_of(s0 + i) : NEG_INF;
+            t[i] = ok ? *(const float4*)out_of(s0 + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+        float gm = mx;
+        #pragma unroll
+        for (int i = 0; i < 8; i++) gm = fmaxf(gm, l[i]);
+        float ms = gm == NEG_INF ? 0.f : gm;
+        float corr = __expf(mx - ms);  // rescale what was accumulated so far (0 if nothing yet)
+        den *= corr;
+        for (int e = 0; e < 4; e++) acc[e] *= corr;
+        #pragma unroll
+        for (int i = 0; i < 8; i++) {
+            float w = __expf(l[i] - ms);
+            den += w;
+            // A part of weight 0 (LSE -inf) contributes nothing, whatever its output holds.
+            if (w != 0.f) { acc[0] += w * t[i].x; acc[1] += w * t[i].y; acc[2] += w * t[i].z; acc[3] += w * t[i].w; }
+        }
+        mx = gm;
+    }
+    float ms = mx == NEG_INF ? 0.f : mx;
+    float inv = den > 0.f ? 1.f / den : 0.f;
+    for (int e = 0; e < 4; e++) acc[e] *= inv;
+    if (OUT_KIND == 0) *(float4*)((float*)out + row * d + c) = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    else if (OUT_KIND == 1) *(uint2*)((u16*)out + row * d + c) = make_uint2(pack2<true>(acc[0], acc[1]), pack2<true>(acc[2], acc[3]));
+    else *(uint2*)((u16*)out + row * d + c) = make_uint2(pack2<false>(acc[0], acc[1]), pack2<false>(acc[2], acc[3]));
+    if (c == 0) out_lse[row] = den > 0.f ? ms + __logf(den) : NEG_INF;
+}
+extern "C" __global__ void merge_all_f32(Parts p, int n, void* o, float* ol, long rows, int d) { merge_n<0>(p, nullptr, nullptr, n, o, ol, rows, d); }
+extern "C" __global__ void merge_all_bf16(Parts p, int n, void* o, float* ol, long rows, int d) { merge_n<1>(p, nullptr, nullptr, n, o, ol, rows, d); }
+extern "C" __global__ void merge_all_f16(Parts p, int n, void* o, float* ol, long rows, int d) { merge_n<2>(p, nullptr, nullptr, n, o, ol, rows, d); }
+extern "C" __global__ void merge_strided_f32(const float* po, const float* pl, int n, void* o, float* ol, long rows, int d) {
+    Parts none;
+    merge_n<0>(none, po, pl, n, o, ol, rows, d);
+}
+extern "C" __global__ void merge_strided_bf16(const float* po, const float* pl, int n, void* o, float* ol, long rows, int d) {
+    Parts none;
+    merge_n<1>(none, po, pl, n, o, ol, rows, d);
+}
+extern "C" __global__ void merge_strided_f16(const float* po, const float* pl, int n, void* o, float* ol, long rows, int d) {
+    Parts none;
+    merge_n<2>(none, po, pl, n, o, ol, rows, d);
+}

@@ -1,0 +1,412 @@
+// ---------------------------------------------------------------------------------------------
+// Hopper (sm_90a) prefill: warpgroup MMA (wgmma). Two consumer warpgroups of 64 query rows
+// each share 128-key K/V tiles that a 3-stage cp.async ring brings into 128-byte-swizzled
+// shared memory; S = Q K^T reads both operands from shared memory, O += P V takes P from
+// registers (the S accumulators, rounded) and V from shared memory (MN-major). FlashAttention-3's
+// intra-warpgroup overlap: the QK^T of tile j and the PV of tile j-1 are issued together, and
+// the softmax of tile j runs while the PV is still on the tensor cores.
+// The entry points exist for every architecture; their bodies only for sm_90a (the host
+// launches them only there).
+// ---------------------------------------------------------------------------------------------
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define CP_WGMMA 1
+#else
+#define CP_WGMMA 0
+#endif
+
+
+// Dynamic shared memory of the wgmma kernels (rounded up to 1024 bytes inside).
+extern __shared__ __align__(1024) unsigned char wg_smem[];
+
+// Byte offset of 16-byte chunk `ch` of row `r` in a tile of `rows` rows of 16-bit values, stored
+// as D/64 column blocks of [rows][64] whose 128-byte rows are swizzled (chunk ^ row % 8): the
+// canonical layout of wgmma's 128-byte swizzle (K-major for Q and K, MN-major for V). Tiles
+// start 1024-byte aligned, since the swizzle is applied to absolute address bits.
+DEVI u32 sw128(int rows, int r, int ch) { return (u32)((ch >> 3) * rows * 128 + r * 128 + (((ch & 7) ^ (r & 7)) << 4)); }
+
+// Shared-memory matrix descriptor with 128-byte swizzle: start address, leading-dimension and
+// stride-dimension byte offsets (PTX ISA, "Matrix Descriptor Format").
+DEVI u64 wg_desc(u32 addr, u32 lbo, u32 sbo) {
+    return (u64)((addr & 0x3FFFF) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32) | (1ull << 62);
+}
+
+#if CP_WGMMA
+#define WG_REGS64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+#define WG_REGS32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define WG_OPS64(d) \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+    "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+    "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+    "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+    "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define WG_OPS32(d) \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+
+DEVI void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+DEVI void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> DEVI void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+// Shared memory written through the generic proxy (cp.async) and read next by wgmma (the
+// async proxy) needs this fence in the writing threads before the barrier.
+DEVI void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Pins registers at this point of the program: reads and writes of accumulators or A fragments
+// of an in-flight wgmma may not move across it (placed after each wait).
+template <int N> DEVI void pin(float* r) {
+    #pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N> DEVI void pin(u32* r) {
+    #pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+r"(r[i])::"memory");
+}
+
+// D[64 x 128] (+)= A[64 x 16] B[16 x 128], A and B from shared memory, both K-major.
+template <bool BF16> DEVI void wg_ss_n128(float* d, u64 a, u64 b, int accumulate) {
+    if (BF16)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_REGS64 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+                     : WG_OPS64(d) : "l"(a), "l"(b), "r"(accumulate));
+    else
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " WG_REGS64 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+                     : WG_OPS64(d) : "l"(a), "l"(b), "r"(accumulate));
+}
+// D[64 x N] (+)= A[64 x 16] B[16 x N], A from registers (four 16-bit pairs per thread, the
+// mma.m16n8k16 A layout per warp), B from shared memory, N-major (transposed).
+template <int N, bool BF16> DEVI void wg_rs(float* d, const u32* a, u64 b, int accumulate) {
+    if constexpr (N == 128) {
+        if (BF16)
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_REGS64 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+                         : WG_OPS64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+        else
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " WG_REGS64 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+                         : WG_OPS64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+    } else {
+        static_assert(N == 64, "wgmma N is 64 or 128 here");
+        if (BF16)
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_REGS32 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                         : WG_OPS32(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+        else
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " WG_REGS32 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                         : WG_OPS32(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+    }
+}
+
+// The two products of one key tile for one warpgroup. `q_base`: the warpgroup's 64 rows in the
+// Q tile of `q_rows` rows; `k_base`, `v_base`: a stage's K and V tiles of BN rows.
+template <int D, int BN, bool BF16> DEVI void wg_qk(float* s, u32 q_base, int q_rows, u32 k_base) {
+    // K-major, 128-byte swizzle: 8-row groups 1024 bytes apart (SBO); a k-step of 16 elements
+    // is 32 bytes along the swizzled row, and each 64-element column block is a separate tile.
+    #pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        const u32 cb = kk >> 2, kin = (kk & 3) * 32;
+        const u64 da = wg_desc(q_base + cb * q_rows * 128 + kin, 16, 1024);
+        const u64 db = wg_desc(k_base + cb * BN * 128 + kin, 16, 1024);
+        wg_ss_n128<BF16>(s, da, db, kk > 0);
+    }
+}
+template <int D, int BN, bool BF16> DEVI void wg_pv(float* o, const u32* p, u32 v_base) {
+    // MN-major, 128-byte swizzle: 8-key groups 1024 bytes apart (SBO), 64-column blocks BN * 128
+    // bytes apart (LBO); a k-step of 16 keys is 2048 bytes.
+    #pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) wg_rs<D, BF16>(o, p + 4 * kk, wg_desc(v_base + kk * 2048, BN * 128, 1024), 1);
+}
+// P (16-bit pairs, A fragments) from the S accumulators of a 64 x BN tile.
+template <int BN, bool BF16> DEVI void wg_pack(u32* p, const float* s) {
+    #pragma unroll
+    for (int i = 0; i < BN / 4; i++) p[i] = pack2<BF16>(s[2 * i], s[2 * i + 1]);
+}
+#endif  // CP_WGMMA
+
+template <int D, bool BF16, bool OUT_F32>
+__device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+                             void* __restrict__ out, float* __restrict__ lse, const int* __restrict__ q_seq,
+                             const int* __restrict__ q_pos, const int* __restrict__ k_seq, const int* __restrict__ k_pos,
+                             const int4* __restrict__ q_tiles, const int4* __restrict__ k_tiles, int tq, int tk, int nh,
+                             int nkv, float scale_log2, int split_tiles) {
+#if CP_WGMMA
+    constexpr int BM = 128, BN = 128, CH = D / 8, NT = 256;
+    constexpr u32 Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
+    const u32 base = (smem_addr(wg_smem) + 1023) & ~1023u;
+    auto sk = [&](int s) { return base + Q_BYTES + (u32)s * 2 * KV_BYTES; };
+    auto sv = [&](int s) { return base + Q_BYTES + (u32)s * 2 * KV_BYTES + KV_BYTES; };
+    const u32 scratch = base + Q_BYTES + 3 * 2 * KV_BYTES;  // one word past the stages
+
+    const int tid = threadIdx.x, wg = tid >> 7, wq = (tid >> 5) & 3, lane = tid & 31;
+    const int g = lane >> 2, t4 = lane & 3;
+    // Grid (heads, query blocks), query blocks in reverse: for causal attention the last blocks
+    // of a sequence carry the most key tiles, so they start first and the last wave is light;
+    // the query heads of a KV head run side by side and share its K/V tiles in L2.
+    const int h = blockIdx.x, kvh = h / (nh / nkv), qb = gridDim.y - 1 - blockIdx.y, m0 = qb * BM;
+    const int n_ktiles = (tk + BN - 1) / BN, n_t64 = (tk + 63) / 64;
+    const int4 qt = tiles_summary(q_tiles, (tq + 63) / 64, 2 * qb, 2);
+    // Split-KV (grid z): this block takes key tiles [j_lo, j_hi) and writes partial z.
+    const int j_lo = blockIdx.z * split_tiles, j_hi = min(n_ktiles, j_lo + split_tiles);
+    out = (char*)out + (size_t)blockIdx.z * tq * nh * D * (OUT_F32 ? 4 : 2);
+    lse += (size_t)blockIdx.z * tq * nh;
+    __shared__ BadKeys bad;
+    bad_keys_init(bad);
+    auto ktile = [&](int j) { return tiles_summary(k_tiles, n_t64, 2 * j, 2); };
+    auto next_visible = [&](int j) { return next_visible_tile<2>(qt, k_tiles, n_t64, j, j_hi); };
+    // A tile with masked pairs must hold no non-finite V (see BadKeys); block-uniform.
+    auto scrub = [&](int j, int st) {
+        if (classify(qt, ktile(j)) != 2) return;
+        #pragma unroll 1
+        for (int i = 0; i < BN * CH / NT; i++) {
+            const int c = tid + i * NT, r = c / CH, ch = c % CH;
+            scrub16<BF16>(sv(st) + sw128(BN, r, ch), j * BN + r, k_seq, k_pos, bad);
+        }
+    };
+    auto load_kv = [&](int j, int s) {
+        const int n0 = j * BN;
+        #pragma unroll
+        for (int i = 0; i < BN * CH / NT; i++) {
+            const int c = tid + i * NT, r = c / CH, ch = c % CH, row = n0 + r;
+            const bool ok = row < tk;
+            const size_t off = ((size_t)(ok ? row : 0) * nkv + kvh) * D + ch * 8;
+            const u32 o = sw128(BN, r, ch);
+            cp_async16(sk(s) + o, k + off, ok);
+            cp_async16(sv(s) + o, v + off, ok);
+        }
+    };
+    #pragma unroll
+    for (int i = 0; i < BM * CH / NT; i++) {
+        const int c = tid + i * NT, r = c / CH, ch = c % CH, row = m0 + r;
+        const bool ok = row < tq;
+        cp_async16(base + sw128(BM, r, ch), q + ((size_t)(ok ? row : 0) * nh + h) * D + ch * 8, ok);
+    }
+
+    // This thread's rows (block-local): wg*64 + wq*16 + g and 8 below.
+    const int r0 = wg * 64 + wq * 16 + g;
+    int my_seq[2], my_pos[2];
+    #pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int row = m0 + r0 + 8 * i;
+        my_seq[i] = row < tq ? q_seq[row] : -1;
+        my_pos[i] = row < tq ? q_pos[row] : 0;
+    }
+    float o[D / 2], s[BN / 2];
+    u32 p[BN / 4];
+    #pragma unroll
+    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+    #pragma unroll
+    for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
+    float m_run[2] = {NEG_INF, NEG_INF}, l_run[2] = {0.f, 0.f};
+    const u32 q_base = base + wg * 64 * 128;
+
+    // Masks S of tile j in place (raw scores; -inf where not visible) and runs the online
+    // softmax on it: S becomes 2^(S * scale - m), corr the factor for what came before.
+    auto softmax = [&](int j, float* corr, float* rsum) {
+        int kind = classify(qt, ktile(j));
+        if (kind == 1 && (j + 1) * BN > tk) kind = 2;  // a short last tile: mask its missing rows
+        if (kind == 2) {
+            const int n0 = j * BN;
+            #pragma unroll
+            for (int a = 0; a < BN / 8; a++)
+                #pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int col = n0 + a * 8 + 2 * t4 + (e & 1), i = e >> 1;
+                    const bool vis = col < tk && my_seq[i] >= 0 && k_seq[col] == my_seq[i] && k_pos[col] <= my_pos[i];
+                    if (!vis) s[4 * a + e] = NEG_INF;
+                }
+        }
+        #pragma unroll
+        for (int i = 0; i < 2; i++) {
+            float mx = NEG_INF;
+            #pragma unroll
+            for (int a = 0; a < BN / 8; a++) mx = fmaxf(mx, fmaxf(s[4 * a + 2 * i], s[4 * a + 2 * i + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+            const float m_new = fmaxf(m_run[i], mx * scale_log2);
+            // Rows that have seen nothing yet keep m = -inf; subtract 0 so exp2 gives 0, not NaN.
+            const float m_use = m_new == NEG_INF ? 0.f : m_new;
+            corr[i] = ex2(m_run[i] - m_use);
+            m_run[i] = m_new;
+            float sum = 0.f;
+            #pragma unroll
+            for (int a = 0; a < BN / 8; a++)
+                #pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const float x = ex2(fmaf(s[4 * a + 2 * i + e], scale_log2, -m_use));
+                    s[4 * a + 2 * i + e] = x;
+                    sum += x;
+                }
+            rsum[i] = sum;
+        }
+    };
+
+    int j = next_visible(j_lo);
+    if (j < j_hi) {  // the same for every thread of the block
+        load_kv(j, 0);
+        cp_async_commit();
+        int jn = next_visible(j + 1);
+        if (jn < j_hi) load_kv(jn, 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        fence_proxy_async();
+        __syncthreads();
+
+        float corr[2], rsum[2];
+        wg_fence();
+        wg_qk<D, BN, BF16>(s, q_base, BM, sk(0));
+        wg_commit();
+        scrub(j, 0);  // V of stage 0 is read by the first P V, after the next barrier
+        wg_wait<0>();
+        pin<BN / 2>(s);
+        softmax(j, corr, rsum);
+        l_run[0] = rsum[0];
+        l_run[1] = rsum[1];
+        wg_pack<BN, BF16>(p, s);
+
+        int cs = 0;  // stage of tile j; tile jn is in the next stage, the third is free
+        while (jn < j_hi) {
+            const int ns = cs == 2 ? 0 : cs + 1, fs = ns == 2 ? 0 : ns + 1;
+            const int after = next_visible(jn + 1);
+            cp_async_wait<0>();  // tile jn has landed (this thread's copies)
+            fence_proxy_async();
+            __syncthreads();  // everyone's copies landed; everyone is done with the free stage
+            if (after < j_hi) load_kv(after, fs);
+            cp_async_commit();
+            wg_fence();
+            wg_qk<D, BN, BF16>(s, q_base, BM, sk(ns));
+            wg_commit();
+            wg_pv<D, BN, BF16>(o, p, sv(cs));
+            wg_commit();
+            scrub(jn, ns);  // no product in flight reads V of stage ns; its P V comes after a barrier
+            wg_wait<1>();  // S of tile jn is ready; P V of tile j may still run
+            pin<BN / 2>(s);
+            softmax(jn, corr, rsum);
+            // ptxas places a wgmma wait as early as its register hazards allow, which would put
+            // this one ahead of the softmax meant to overlap the P V product. A shared-memory
+            // store of the softmax's last result (to a scratch word) keeps the wait behind it.
+            asm volatile("st.shared.f32 [%0], %1;" ::"r"(scratch), "f"(rsum[0] + rsum[1]) : "memory");
+            wg_wait<0>();
+            pin<D / 2>(o);
+            pin<BN / 4>(p);
+            #pragma unroll
+            for (int a = 0; a < D / 8; a++) {
+                o[4 * a] *= corr[0];
+                o[4 * a + 1] *= corr[0];
+                o[4 * a + 2] *= corr[1];
+                o[4 * a + 3] *= corr[1];
+            }
+            l_run[0] = l_run[0] * corr[0] + rsum[0];
+            l_run[1] = l_run[1] * corr[1] + rsum[1];
+            wg_pack<BN, BF16>(p, s);
+            cs = ns;
+            j = jn;
+            jn = after;
+        }
+        fence_proxy_async();  // the last scrub's writes, before the last P V reads them
+        __syncthreads();
+        wg_fence();
+        wg_pv<D, BN, BF16>(o, p, sv(cs));
+        wg_commit();
+        wg_wait<0>();
+        pin<D / 2>(o);
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // `bad` complete (and initialised where no tile was visible)
+
+    // Epilogue: normalise, write O and LSE (natural log). Rows that saw nothing: 0 and -inf.
+    #pragma unroll
+    for (int i = 0; i < 2; i++) {
+        float l = l_run[i];
+        l += __shfl_xor_sync(0xffffffff, l, 1);
+        l += __shfl_xor_sync(0xffffffff, l, 2);
+        const int row = m0 + r0 + 8 * i;
+        // A padding query row saw nothing, whatever its (possibly garbage) scores gave.
+        const bool pad = my_seq[i] < 0;
+        float inv = l > 0.f ? 1.f / l : 0.f;
+        if (bad_keys_seen(bad, my_seq[i], my_pos[i])) inv = __int_as_float(0x7fc00000);
+        if (row < tq) {
+            const size_t obase = ((size_t)row * nh + h) * D;
+            #pragma unroll
+            for (int a = 0; a < D / 8; a++) {
+                const int col = a * 8 + 2 * t4;
+                const float x0 = pad ? 0.f : o[4 * a + 2 * i] * inv, x1 = pad ? 0.f : o[4 * a + 2 * i + 1] * inv;
+                if (OUT_F32) *(float2*)((float*)out + obase + col) = make_float2(x0, x1);
+                else *(u32*)((u16*)out + obase + col) = pack2<BF16>(x0, x1);
+            }
+            if (t4 == 0) lse[(size_t)row * nh + h] = l > 0.f && !pad ? (m_run[i] + log2f(l)) * LN2 : NEG_INF;
+        }
+    }
+#else
+    asm volatile("trap;");
+#endif
+}
+
+#define FLASH_WG_ENTRY(NAME, D, BF16, OUT_F32)                                                                    \
+    extern "C" __global__ void __launch_bounds__(256, 1) NAME(                                                    \
+        const u16* q, const u16* k, const u16* v, void* out, float* lse, const int* q_seq, const int* q_pos,     \
+        const int* k_seq, const int* k_pos, const int4* q_tiles, const int4* k_tiles, int tq, int tk, int nh,    \
+        int nkv, float scale_log2, int split_tiles) {                                                             \
+        flash_fwd_wg<D, BF16, OUT_F32>(q, k, v, out, lse, q_seq, q_pos, k_seq, k_pos, q_tiles, k_tiles, tq, tk,   \
+                                       nh, nkv, scale_log2, split_tiles);                                         \
+    }
+FLASH_WG_ENTRY(flash_fwd_d64_bf16_f32_wg, 64, true, true)
+FLASH_WG_ENTRY(flash_fwd_d64_bf16_b16_wg, 64, true, false)
+FLASH_WG_ENTRY(flash_fwd_d64_f16_f32_wg, 64, false, true)
+FLASH_WG_ENTRY(flash_fwd_d64_f16_b16_wg, 64, false, false)
+FLASH_WG_ENTRY(flash_fwd_d128_bf16_f32_wg, 128, true, true)
+FLASH_WG_ENTRY(flash_fwd_d128_bf16_b16_wg, 128, true, false)
+FLASH_WG_ENTRY(flash_fwd_d128_f16_f32_wg, 128, false, true)
+FLASH_WG_ENTRY(flash_fwd_d128_f16_b16_wg, 128, false, false)
+
+// Self-test of the wgmma building blocks (`cp-gpu-bench selftest`), bf16, D = 128, one
+// warpgroup: S = Q K^T for q [64][128], k [128][128], then O = bf16(S) V for v [128][128], all
+// row-major; writes S [64][128] and O [64][128] in f32. It runs the same loaders' layout,
+// descriptors and fragment packing as the prefill kernel, so a layout mistake shows here in
+// isolation.
+extern "C" __global__ void __launch_bounds__(128) wg_selftest(const u16* q, const u16* k, const u16* v, float* s_out,
+                                                              float* o_out) {
+#if CP_WGMMA
+    constexpr int D = 128, BN = 128;
+    const u32 base = (smem_addr(wg_smem) + 1023) & ~1023u;
+    const u32 sq = base, sk = sq + 64 * D * 2, sv = sk + BN * D * 2;
+    const int tid = threadIdx.x, wq = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    for (int c = tid; c < 64 * D / 8; c += 128) cp_async16(sq + sw128(64, c / 16, c % 16), q + c * 8, true);
+    for (int c = tid; c < BN * D / 8; c += 128) {
+        cp_async16(sk + sw128(BN, c / 16, c % 16), k + c * 8, true);
+        cp_async16(sv + sw128(BN, c / 16, c % 16), v + c * 8, true);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+    float s[BN / 2], o[D / 2];
+    u32 p[BN / 4];
+    for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
+    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+    wg_fence();
+    wg_qk<D, BN, true>(s, sq, 64, sk);
+    wg_commit();
+    wg_wait<0>();
+    pin<BN / 2>(s);
+    wg_pack<BN, true>(p, s);
+    wg_fence();
+    wg_pv<D, BN, true>(o, p, sv);
+    wg_commit();
+    wg_wait<0>();
+    pin<D / 2>(o);
+    for (int i = 0; i < 2; i++) {
+        const int row = wq * 16 + g + 8 * i;
+        for (int a = 0; a < BN / 8; a++)
+            for (int e = 0; e < 2; e++) {
+                s_out[row * BN + a * 8 + 2 * t4 + e] = s[4 * a + 2 * i + e];
+                o_out[row * D + a * 8 + 2 * t4 + e] = o[4 * a + 2 * i + e];
+            }
+    }
+#else
+    asm volatile("trap;");
+#endif
+}
