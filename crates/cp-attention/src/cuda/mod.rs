@@ -16,13 +16,21 @@
 //! algorithms run on the GPU unchanged. Partials are f32 by default.
 
 mod compile;
+mod decode;
+mod fill;
 mod layout;
+mod merge;
 mod ops;
+mod prefill;
+mod table;
 mod tensor;
 
 pub use compile::{SOURCE, compile, cubin, nvrtc_available};
+pub use decode::{DecodeArgs, DecodeKernel};
 pub use layout::DeviceLayout;
-pub use ops::{CudaAttention, DecodeArgs, DecodeKernel, KernelEntry, PrefillKernel, kernel_table, kv_splits};
+pub use ops::CudaAttention;
+pub use prefill::{PrefillKernel, kv_splits};
+pub use table::{KernelEntry, kernel_table};
 pub use tensor::{GpuDType, GpuTensor};
 
 /// Whether the CUDA driver library can be loaded on this machine.

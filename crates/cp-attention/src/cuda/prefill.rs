@@ -1,0 +1,220 @@
+//! Prefill launches: the fused flash kernels (wgmma on sm_90a, `mma.sync` elsewhere), the
+//! split-KV cost model, and the wgmma building blocks' self-test.
+
+use cp_ring::Partial;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+use super::layout::DeviceLayout;
+use super::merge::elementwise;
+use super::ops::CudaAttention;
+use super::table::{FLASH_VARIANTS, flash_smem, flash_wg_smem};
+use super::{GpuDType, GpuTensor, cuda_err};
+use crate::{AttentionError, Result};
+
+/// Which prefill (and off-diagonal) kernel [`CudaAttention::flash`] launches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefillKernel {
+    /// Hopper's warpgroup MMA (`wgmma`, sm_90a only): two warpgroups of 64 query rows sharing
+    /// 128-key tiles from a 3-stage ring, the softmax of one tile overlapping the P V product of
+    /// the previous one. The default on H100/H200.
+    Wgmma,
+    /// `mma.sync` (sm_80 and newer): `warps` warps (4 or 8) of `m_tiles` 16-row m-tiles (1, or 2
+    /// with 4 warps: FlashAttention-2's layout).
+    Mma {
+        /// Warps per block.
+        warps: usize,
+        /// 16-row m-tiles per warp.
+        m_tiles: usize,
+    },
+}
+
+impl std::fmt::Display for PrefillKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrefillKernel::Wgmma => write!(f, "wgmma 2x64 rows"),
+            PrefillKernel::Mma { warps, m_tiles } => write!(f, "mma.sync {warps}w x {m_tiles}m"),
+        }
+    }
+}
+
+impl CudaAttention {
+    /// The fused prefill kernel: attention of `q` against `k`, `v` with O in `out_dtype`
+    /// (f32 or the input dtype) and LSE in f32.
+    pub fn flash(
+        &self,
+        q: &GpuTensor,
+        ql: &DeviceLayout,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        kl: &DeviceLayout,
+        out_dtype: GpuDType,
+    ) -> Result<Partial<GpuTensor>> {
+        let (tq, tk, nh, nkv, d) = self.check(q, ql.rows, k, v, kl.rows)?;
+        if out_dtype != GpuDType::F32 && out_dtype != q.dtype() {
+            return Err(AttentionError::GpuDtype {
+                what: "prefill output",
+                got: format!("{out_dtype:?} for {:?} inputs", q.dtype()),
+                supported: "f32 or the input dtype",
+            });
+        }
+        let out_tag = if out_dtype == GpuDType::F32 { "f32" } else { "b16" };
+        let prefix = format!("flash_fwd_d{d}_{}_{out_tag}", q.dtype().tag());
+        let (name, rows_per_block, threads, smem) = match self.prefill {
+            PrefillKernel::Wgmma if self.kernels.wgmma => (format!("{prefix}_wg"), 128, 256, flash_wg_smem(d)),
+            PrefillKernel::Wgmma => {
+                return Err(AttentionError::KernelMissing { name: format!("{prefix}_wg (wgmma: sm_90a only)") });
+            }
+            PrefillKernel::Mma { warps, m_tiles } => {
+                let Some(&(_, _, suffix)) = FLASH_VARIANTS.iter().find(|v| v.0 == warps && v.1 == m_tiles) else {
+                    return Err(AttentionError::KernelMissing {
+                        name: format!("mma.sync prefill with {warps} warps x {m_tiles} m-tiles (have 8x1, 4x1, 4x2)"),
+                    });
+                };
+                (format!("{prefix}_{suffix}"), 16 * warps * m_tiles, 32 * warps, flash_smem(d, warps, m_tiles))
+            }
+        };
+        let blocks = tq.div_ceil(rows_per_block);
+        let key_tile = if self.prefill == PrefillKernel::Wgmma { 128 } else { super::layout::TILE };
+        let key_tiles = tk.div_ceil(key_tile);
+        let splits = if self.split_kv { kv_splits(blocks * nh, key_tiles, self.sm_count) } else { 1 };
+        let mut out = self.alloc(out_dtype, &[tq, nh, d])?;
+        let mut lse = self.alloc(GpuDType::F32, &[tq, nh])?;
+        if tq == 0 {
+            return Ok(Partial {
+                out: GpuTensor::from_parts(out, out_dtype, vec![tq, nh, d]),
+                lse: GpuTensor::from_parts(lse, GpuDType::F32, vec![tq, nh]),
+            });
+        }
+        // The wgmma kernel takes (heads, query blocks, splits); the mma.sync ones (query blocks,
+        // heads, splits).
+        let (x, y) = if self.prefill == PrefillKernel::Wgmma { (nh, blocks) } else { (blocks, nh) };
+        if y > 65_535 {
+            return Err(AttentionError::TooLarge {
+                what: "the prefill grid's second dimension",
+                value: y,
+                max: 65_535,
+            });
+        }
+        if x > i32::MAX as usize {
+            return Err(AttentionError::TooLarge {
+                what: "the prefill grid's first dimension",
+                value: x,
+                max: i32::MAX as usize,
+            });
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (x as u32, y as u32, splits as u32),
+            block_dim: (threads as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        let (tq_i, tk_i, nh_i, nkv_i) = (tq as i32, tk as i32, nh as i32, nkv as i32);
+        let split_tiles = key_tiles.div_ceil(splits).max(1) as i32;
+        let scale = self.scale_log2(d);
+        let launch = |name: &str, out: &mut CudaSlice<u8>, lse: &mut CudaSlice<u8>| -> Result<()> {
+            let f = self.kernels.get(name)?;
+            let mut b = self.stream.launch_builder(f);
+            b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(out).arg(lse);
+            b.arg(&ql.seq).arg(&ql.pos).arg(&kl.seq).arg(&kl.pos).arg(&ql.tiles).arg(&kl.tiles);
+            b.arg(&tq_i).arg(&tk_i).arg(&nh_i).arg(&nkv_i).arg(&scale).arg(&split_tiles);
+            // SAFETY: argument types and order match the kernel; `out` and `lse` hold one
+            // [tq, nh, d] / [tq, nh] partial per split (grid z); the grid covers every query
+            // row and key tile, and the dynamic shared memory is set.
+            unsafe { b.launch(cfg) }.map_err(cuda_err("launch flash_fwd"))?;
+            Ok(())
+        };
+        if splits == 1 {
+            launch(&name, &mut out, &mut lse)?;
+        } else {
+            // Flash-decoding for prefill: each split writes an f32 partial over its key tiles,
+            // and one strided N-way merge combines them into the output dtype.
+            let f32_name = name.replacen("_b16_", "_f32_", 1);
+            let mut part_out = self.alloc(GpuDType::F32, &[splits, tq, nh, d])?;
+            let mut part_lse = self.alloc(GpuDType::F32, &[splits, tq, nh])?;
+            launch(&f32_name, &mut part_out, &mut part_lse)?;
+            let f = self.kernels.get(&format!("merge_strided_{}", out_dtype.tag()))?;
+            let (n, rows_l, d_i) = (splits as i32, (tq * nh) as i64, d as i32);
+            let mut b = self.stream.launch_builder(f);
+            b.arg(&part_out).arg(&part_lse).arg(&n).arg(&mut out).arg(&mut lse).arg(&rows_l).arg(&d_i);
+            // SAFETY: `splits` contiguous partials of `tq * nh` rows of `d` f32 and their LSEs;
+            // `out` holds `tq * nh * d` elements of `out_dtype`, `lse` `tq * nh` f32.
+            unsafe { b.launch(elementwise(tq * nh * d / 4)) }.map_err(cuda_err("launch merge_strided"))?;
+        }
+        Ok(Partial {
+            out: GpuTensor::from_parts(out, out_dtype, vec![tq, nh, d]),
+            lse: GpuTensor::from_parts(lse, GpuDType::F32, vec![tq, nh]),
+        })
+    }
+
+    /// The wgmma building blocks alone, for diagnosing a layout fault on a new device or
+    /// toolchain: for bf16 `q` [64, 128], `k` and `v` [128, 128] (row-major), one warpgroup
+    /// computes S = Q K^T and O = bf16(S) V with the prefill kernel's shared-memory layouts,
+    /// descriptors and fragment packing; returns (S, O) in f32.
+    pub fn wgmma_selftest(&self, q: &GpuTensor, k: &GpuTensor, v: &GpuTensor) -> Result<(GpuTensor, GpuTensor)> {
+        if !self.kernels.wgmma {
+            return Err(AttentionError::KernelMissing { name: "wg_selftest (wgmma: sm_90a only)".into() });
+        }
+        for (what, t, rows) in [("q", q, 64), ("k", k, 128), ("v", v, 128)] {
+            if t.shape() != [rows, 128] || t.dtype() != GpuDType::Bf16 {
+                return Err(AttentionError::Shape {
+                    what,
+                    expected: format!("[{rows}, 128] bf16"),
+                    actual: t.shape().to_vec(),
+                });
+            }
+        }
+        let mut s_out = self.alloc(GpuDType::F32, &[64, 128])?;
+        let mut o_out = self.alloc(GpuDType::F32, &[64, 128])?;
+        let f = self.kernels.get("wg_selftest")?;
+        let cfg =
+            LaunchConfig { grid_dim: (1, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: flash_wg_smem(128) as u32 };
+        let mut b = self.stream.launch_builder(f);
+        b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&mut s_out).arg(&mut o_out);
+        // SAFETY: shapes checked above; the kernel reads 64 + 2 x 128 rows of 128 bf16 and
+        // writes 2 x 64 x 128 f32.
+        unsafe { b.launch(cfg) }.map_err(cuda_err("launch wg_selftest"))?;
+        Ok((
+            GpuTensor::from_parts(s_out, GpuDType::F32, vec![64, 128]),
+            GpuTensor::from_parts(o_out, GpuDType::F32, vec![64, 128]),
+        ))
+    }
+}
+
+/// How many splits of the key range a prefill launch of `blocks` thread blocks (query blocks x
+/// heads) over `key_tiles` key tiles takes (flash-decoding for prefill). With one block per
+/// multiprocessor, a launch takes `ceil(blocks * s / sm_count)` waves of `key_tiles / s + 2`
+/// tile times each (the 2: a split's pipeline prologue and epilogue); the count `s` (at most 16)
+/// that minimises this is taken. It matters for a short query block over a long key range —
+/// partial prefill at a low miss rate, pass-Q's travelling queries — which would leave
+/// multiprocessors idle, and for a grid whose last wave is nearly empty (2.2 waves run as 3).
+/// Causal launches, whose blocks see different numbers of tiles, are rarely split: their long
+/// key ranges come with many query blocks.
+pub fn kv_splits(blocks: usize, key_tiles: usize, sm_count: usize) -> usize {
+    if blocks == 0 || sm_count == 0 || key_tiles < 8 {
+        return 1;
+    }
+    let cost = |s: usize| (blocks * s).div_ceil(sm_count) as f64 * (key_tiles as f64 / s as f64 + 2.0);
+    let best = (2..=16.min(key_tiles / 4)).fold(1, |best, s| if cost(s) < cost(best) { s } else { best });
+    // Splitting writes and merges f32 partials: only for a gain the model is sure of.
+    if cost(best) < 0.95 * cost(1) { best } else { 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kv_splits;
+
+    #[test]
+    fn splits_fill_idle_multiprocessors_and_ragged_waves_only() {
+        // 320 query rows x 32 heads (96 blocks) over 250 key tiles on 132 SMs: split.
+        assert!(kv_splits(96, 250, 132) > 1);
+        // 2.2 waves over a long key range: split to fill the last wave.
+        assert!(kv_splits(288, 250, 132) > 1);
+        // Many waves (a long causal prefill): not split.
+        assert_eq!(kv_splits(8192, 256, 132), 1);
+        assert_eq!(kv_splits(1024, 32, 132), 1);
+        // Too few key tiles to split, and degenerate inputs.
+        assert_eq!(kv_splits(4, 7, 132), 1);
+        assert_eq!(kv_splits(0, 100, 132), 1);
+        assert_eq!(kv_splits(10, 100, 0), 1);
+        assert!(kv_splits(1, 1 << 20, 132) <= 16);
+    }
+}
