@@ -283,20 +283,26 @@ fn cpu(args: &Args) -> anyhow::Result<()> {
                 ms_of(x.merge),
                 ms_of(idle)
             );
-            rows.push(format!(
-                "{{\"device\":\"cpu\",\"world_size\":{},\"algorithm\":\"{algorithm}\",\"rank\":{r},\"t\":{t},\"p\":{p},\"compute_ms\":{:.3},\"wait_ms\":{:.3},\"all_to_all_ms\":{:.3},\"merge_ms\":{:.3},\"total_ms\":{ms:.3},\"single_rank_ms\":{single_ms:.3},\"predicted_ms\":{:.3},\"max_abs_err\":{:e}}}",
-                args.world_size,
-                ms_of(x.compute),
-                ms_of(x.wait),
-                ms_of(x.all_to_all),
-                ms_of(x.merge),
-                model.total_s * 1e3,
-                report.out.max_abs
-            ));
+            rows.push(serde_json::json!({
+                "device": "cpu",
+                "world_size": args.world_size,
+                "algorithm": algorithm.to_string(),
+                "rank": r,
+                "t": t,
+                "p": p,
+                "compute_ms": ms_of(x.compute),
+                "wait_ms": ms_of(x.wait),
+                "all_to_all_ms": ms_of(x.all_to_all),
+                "merge_ms": ms_of(x.merge),
+                "total_ms": ms,
+                "single_rank_ms": single_ms,
+                "predicted_ms": model.total_s * 1e3,
+                "max_abs_err": report.out.max_abs,
+            }));
         }
     }
     let path = out_dir()?.join("cpu-bench.json");
-    std::fs::write(&path, format!("[{}]\n", rows.join(",\n")))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&rows)? + "\n")?;
     println!("results: {}", path.display());
     if failures > 0 {
         bail!("{failures} runs did not match the oracle");
