@@ -158,8 +158,7 @@ fn check_case(ops: &CudaAttention, rng: &mut Rng, case: &Case) -> Result<(String
     // P is rounded to the input dtype before the P.V product (as in FlashAttention-2): a
     // relative error of 2^-9 (bf16) or 2^-12 (f16) per weight; LSE comes from f32 scores of
     // exactly representable products.
-    let tol_out = if case.dtype == GpuDType::Bf16 { 1e-2 } else { 2e-3 };
-    let tol_lse = 1e-5;
+    let (tol_out, tol_lse) = (crate::check::tol_out(case.dtype), crate::check::TOL_LSE);
     let masked = want_lse.iter().filter(|l| l.is_infinite()).count();
     let ok = d_out.within(tol_out) && d_lse.within(tol_lse);
     let splits = if tq > DECODE_ROWS {
