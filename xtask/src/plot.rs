@@ -4,6 +4,9 @@
 //! - `sweep-efficiency.svg`: parallel efficiency against the miss rate (the paper's Table 4 on
 //!   our GPUs), one line per algorithm and `auto`.
 //! - `decode-latency.svg`: per-token decode latency against context length on 1, 2 and 4 GPUs.
+//! - `prefill-efficiency-*.svg`: parallel efficiency of each algorithm against prompt length.
+//! - `kernels-vs-cudnn.svg`: our prefill kernel's throughput as a fraction of cuDNN's (SDPA),
+//!   workload by workload, beside SDPA's flash backend.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -112,6 +115,84 @@ fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_
     svg
 }
 
+/// A grouped bar chart: one group per category, one bar per series (values by category index),
+/// with a dashed reference line at `reference`.
+fn bar_chart(
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    series: &[(String, Vec<f64>)],
+    reference: f64,
+) -> String {
+    let (w, h, left, right, top, bottom) = (900.0, 460.0, 70.0, 190.0, 40.0, 90.0);
+    let y_max = series.iter().flat_map(|s| s.1.iter().copied()).fold(reference, f64::max) * 1.1;
+    let py = |y: f64| h - bottom - y / y_max * (h - top - bottom);
+    let group = (w - left - right) / categories.len().max(1) as f64;
+    let bar = group * 0.8 / series.len().max(1) as f64;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{0}" y="22" font-size="15" text-anchor="middle">{title}</text>
+<line x1="{left}" y1="{1}" x2="{2}" y2="{1}" stroke="black"/>
+<text x="16" y="{3}" text-anchor="middle" transform="rotate(-90 16 {3})">{y_label}</text>"#,
+        w / 2.0,
+        h - bottom,
+        w - right,
+        (top + h - bottom) / 2.0,
+    );
+    for i in 0..=5 {
+        let y = y_max * f64::from(i) / 5.0;
+        let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="end">{y:.2}</text>"#, left - 6.0, py(y) + 4.0);
+    }
+    let _ = writeln!(
+        svg,
+        r#"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="black" stroke-dasharray="5,4"/>"#,
+        py(reference),
+        w - right
+    );
+    for (c, name) in categories.iter().enumerate() {
+        let x0 = left + group * c as f64 + group * 0.1;
+        for (s, (_, values)) in series.iter().enumerate() {
+            let Some(&v) = values.get(c).filter(|v| v.is_finite()) else { continue };
+            let _ = writeln!(
+                svg,
+                r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}"/><text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{v:.2}</text>"#,
+                x0 + bar * s as f64,
+                py(v),
+                bar - 2.0,
+                h - bottom - py(v),
+                COLORS[s % COLORS.len()],
+                x0 + bar * s as f64 + bar / 2.0,
+                py(v) - 3.0
+            );
+        }
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{}" text-anchor="end" transform="rotate(-25 {:.1} {})">{name}</text>"#,
+            x0 + group * 0.4,
+            h - bottom + 16.0,
+            x0 + group * 0.4,
+            h - bottom + 16.0
+        );
+    }
+    for (i, (name, _)) in series.iter().enumerate() {
+        let ly = top + 10.0 + 18.0 * i as f64;
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{}" y="{}" width="16" height="10" fill="{}"/><text x="{}" y="{}">{name}</text>"#,
+            w - right + 12.0,
+            ly - 5.0,
+            COLORS[i % COLORS.len()],
+            w - right + 34.0,
+            ly + 4.0
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
 fn fmt_num(v: f64) -> String {
     if v >= 1e6 && (v / 1048576.0).fract() == 0.0 {
         format!("{}M", v / 1048576.0)
@@ -183,6 +264,74 @@ fn decode_chart(rows: &[Value], batch: f64, label: &str) -> anyhow::Result<Strin
     ))
 }
 
+/// Our best prefill kernel and SDPA's flash backend as fractions of cuDNN, per workload, from
+/// `kernels-ours.json` and `kernels-sdpa.json` (same device call).
+fn kernel_chart(ours: &[Value], sdpa: &[Value], label: &str) -> anyhow::Result<String> {
+    let rate = |v: &Value| -> anyhow::Result<(String, f64)> {
+        Ok((v["name"].as_str().context("kernel row without a name")?.to_string(), num(v, "rate")?))
+    };
+    let mut categories: Vec<String> = Vec::new();
+    let (mut ours_ratio, mut flash_ratio) = (Vec::new(), Vec::new());
+    for row in sdpa {
+        let (name, cudnn) = rate(row)?;
+        let Some(workload) = name.strip_prefix("sdpa-cudnn ") else { continue };
+        // Ours: the fastest of our kernels on this workload ("<workload> (<kernel>)").
+        let best = ours
+            .iter()
+            .filter_map(|v| rate(v).ok())
+            .filter(|(n, _)| n.strip_prefix(workload).is_some_and(|rest| rest.starts_with(" (")))
+            .map(|(_, r)| r)
+            .fold(f64::NAN, f64::max);
+        if best.is_nan() {
+            continue;
+        }
+        let flash = sdpa
+            .iter()
+            .filter_map(|v| rate(v).ok())
+            .find(|(n, _)| n.strip_prefix("sdpa-flash ") == Some(workload))
+            .map_or(f64::NAN, |(_, r)| r);
+        categories.push(workload.replace("prefill causal ", "causal "));
+        ours_ratio.push(best / cudnn);
+        flash_ratio.push(flash / cudnn);
+    }
+    anyhow::ensure!(!categories.is_empty(), "no workload appears in both kernel result files");
+    Ok(bar_chart(
+        &format!("Prefill throughput as a fraction of cuDNN ({label})"),
+        "TFLOP/s / cuDNN's TFLOP/s",
+        &categories,
+        &[("cp-rs (best kernel)".into(), ours_ratio), ("SDPA flash".into(), flash_ratio)],
+        1.0,
+    ))
+}
+
+/// Parallel efficiency of each algorithm against prompt length, from full-prefill reports.
+fn prefill_chart(reports: &[Value], label: &str) -> anyhow::Result<String> {
+    let mut series: Vec<Series> = Vec::new();
+    let mut n = 0.0;
+    for rep in reports {
+        let t = num(rep, "t")?;
+        for run in rep.get("runs").and_then(Value::as_array).context("prefill report: no runs")? {
+            let name = run["algorithm"].as_str().unwrap_or("?").to_string();
+            n = num(run, "world_size")?;
+            let point = (t, 100.0 * num(run, "efficiency")?);
+            match series.iter_mut().find(|s| s.name == name) {
+                Some(s) => s.points.push(point),
+                None => series.push(Series { name, points: vec![point] }),
+            }
+        }
+    }
+    for s in &mut series {
+        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    Ok(line_chart(
+        &format!("Causal prefill on {n} GPUs: parallel efficiency ({label})"),
+        "prompt tokens (log scale)",
+        "efficiency vs one GPU, %",
+        &series,
+        true,
+    ))
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let dir = &args.dir;
     let mut written: Vec<String> = Vec::new();
@@ -215,6 +364,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             std::fs::write(dir.join(&out), decode_chart(&rows, batch, &format!("H200, {transport}"))?)?;
             written.push(out);
         }
+    }
+    for (transport, tag) in [("NCCL", "nccl"), ("peer copies", "peer")] {
+        let mut reports = Vec::new();
+        for t in [4096, 16384, 131072] {
+            let path = dir.join(format!("prefill-n4-{t}-{tag}-final.json"));
+            if path.exists() {
+                reports.push(read(&path)?);
+            }
+        }
+        if !reports.is_empty() {
+            let out = format!("prefill-efficiency-{tag}.svg");
+            std::fs::write(dir.join(&out), prefill_chart(&reports, &format!("H200, {transport}"))?)?;
+            written.push(out);
+        }
+    }
+    let (ours, sdpa) = (dir.join("kernels-ours.json"), dir.join("kernels-sdpa.json"));
+    if ours.exists() && sdpa.exists() {
+        let rows = |v: Value| v.as_array().cloned().unwrap_or_default();
+        let chart = kernel_chart(&rows(read(&ours)?), &rows(read(&sdpa)?), "H200, same device call")?;
+        std::fs::write(dir.join("kernels-vs-cudnn.svg"), chart)?;
+        written.push("kernels-vs-cudnn.svg".into());
     }
     if written.is_empty() {
         anyhow::bail!("no results found under {}", dir.display());
