@@ -4,8 +4,10 @@ use cp_shard::RingLayouts;
 
 use crate::{AttentionOps, Partial, Phase, Probe, Result, RingError, RingTransport};
 
-/// A rank's own tensors: its queries (`layouts.q[rank]`) and its keys and values
-/// (`layouts.kv[rank]`, cached tokens first, padded to the message length).
+/// A rank's own tensors: its queries (rows in the order of `layouts.q[rank]`) and its keys and
+/// values (rows in the order of `layouts.kv[rank]`: per sequence, its cached spans then its new
+/// spans, padded to the message length — see [`cp_shard::RingLayouts`]). Rows in another order
+/// are not detected here (only row counts are); check them with [`cp_shard::Layout::check_rows`].
 #[derive(Debug)]
 pub struct Local<'a, T> {
     /// Queries `[q_rows, NH, DH]`.

@@ -60,6 +60,27 @@ pub enum ShardError {
         /// Rows of the block.
         rows: usize,
     },
+    /// Rows handed over for a layout are not as many as the layout's rows.
+    #[error("{rows} rows handed over for a layout of {layout_rows} rows")]
+    RowCount {
+        /// Rows handed over.
+        rows: usize,
+        /// Rows of the layout.
+        layout_rows: usize,
+    },
+    /// Rows handed over in another order than the layout's: row `row` holds `actual` where the
+    /// layout has `expected` (`None`: a padding row).
+    #[error(
+        "row {row} of the block holds {actual:?}, but the layout puts {expected:?} there (build each rank's rows in the layout's order: `Layout::rows`)"
+    )]
+    RowOrder {
+        /// The first row that differs.
+        row: usize,
+        /// What the layout has in that row.
+        expected: Option<crate::Token>,
+        /// What the caller's rows have.
+        actual: Option<crate::Token>,
+    },
     /// A plan built for one cache was applied to another, or twice.
     #[error("plan does not match the cache: {reason}")]
     PlanMismatch {

@@ -189,6 +189,37 @@ impl Layout {
         })
     }
 
+    /// Checks that a caller's rows — the (sequence, position) each row of its tensor holds, as
+    /// used for RoPE, say, and `None` for a padding row — are the layout's rows in the layout's
+    /// order. The attention computes from the layout alone, so rows in another order would give
+    /// a wrong answer without any error; this makes the mismatch an error naming the first row
+    /// that differs.
+    ///
+    /// ```
+    /// use cp_shard::{Layout, ShardError, Span, Token};
+    /// let mut layout = Layout::new();
+    /// layout.push_tokens(0, Span::new(0, 2));
+    /// layout.push_padding(1);
+    /// let mine = [Some(Token { seq: 0, pos: 0 }), Some(Token { seq: 0, pos: 1 }), None];
+    /// assert!(layout.check_rows(mine).is_ok());
+    /// let swapped = [Some(Token { seq: 0, pos: 1 }), Some(Token { seq: 0, pos: 0 }), None];
+    /// assert!(matches!(layout.check_rows(swapped), Err(ShardError::RowOrder { row: 0, .. })));
+    /// ```
+    pub fn check_rows(&self, rows: impl IntoIterator<Item = Option<Token>>) -> Result<()> {
+        let mut theirs = rows.into_iter();
+        for (row, expected) in self.rows().enumerate() {
+            let actual = theirs.next().ok_or(ShardError::RowCount { rows: row, layout_rows: self.rows })?;
+            if actual != expected {
+                return Err(ShardError::RowOrder { row, expected, actual });
+            }
+        }
+        let extra = theirs.count();
+        if extra > 0 {
+            return Err(ShardError::RowCount { rows: self.rows.saturating_add(extra), layout_rows: self.rows });
+        }
+        Ok(())
+    }
+
     /// The token in row `row`, `None` for padding or a row past the end.
     pub fn token(&self, row: usize) -> Option<Token> {
         let mut first: usize = 0;
@@ -209,7 +240,19 @@ impl Layout {
 ///
 /// All query layouts have the same length, and so do all key/value layouts, because ring
 /// messages are equal-sized. `q[r]` lists the queries rank `r` owns; `kv[r]` the keys and values
-/// rank `r` holds (its cached tokens first, then its new tokens, then padding).
+/// rank `r` holds. The row order is **per sequence**, in the step's batch order:
+///
+/// - `q[r]`: for each sequence, rank `r`'s two chunks of its new tokens, each chunk padded to
+///   the chunk length (so padding rows sit inside the block, after each short chunk, not only at
+///   its end);
+/// - `kv[r]`: for each sequence, the spans rank `r` already caches for it, then the spans of its
+///   new tokens that rank `r` receives in this step; after the last sequence, padding up to the
+///   longest rank's rows.
+///
+/// A batch of two sequences is therefore *not* "all cached rows, then all new rows". The
+/// layouts are the authority: build each rank's tensors by walking [`Layout::rows`], and check
+/// rows built another way with [`Layout::check_rows`] — the attention computes from the layout
+/// alone, so rows in another order are a wrong answer, not an error.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RingLayouts {
     /// Query layout of each rank.
