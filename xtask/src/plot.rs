@@ -29,6 +29,19 @@ struct Series {
 
 const COLORS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"];
 
+/// The opening of a chart: the canvas, a white background, the title and the rotated y label
+/// (centred at height `y_mid`).
+fn svg_open(w: f64, h: f64, title: &str, y_label: &str, y_mid: f64) -> String {
+    format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{0}" y="22" font-size="15" text-anchor="middle">{title}</text>
+<text x="16" y="{y_mid}" text-anchor="middle" transform="rotate(-90 16 {y_mid})">{y_label}</text>
+"#,
+        w / 2.0
+    )
+}
+
 /// A line chart; `log_x` puts x on a log scale.
 fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_x: bool) -> String {
     let (w, h, left, right, top, bottom) = (760.0, 440.0, 70.0, 200.0, 40.0, 55.0);
@@ -48,26 +61,17 @@ fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_
     let y1 = step * 5.0;
     let px = |x: f64| left + (fx(x) - x0) / (x1 - x0) * (w - left - right);
     let py = |y: f64| h - bottom - y / y1 * (h - top - bottom);
-    let mut svg = String::new();
+    let mut svg = svg_open(w, h, title, y_label, (top + h - bottom) / 2.0);
     let _ = write!(
         svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="{}" y="22" font-size="15" text-anchor="middle">{title}</text>
-<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>
-<line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/>
-<text x="{}" y="{}" text-anchor="middle">{x_label}</text>
-<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{y_label}</text>
+        r#"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="black"/>
+<line x1="{left}" y1="{top}" x2="{left}" y2="{0}" stroke="black"/>
+<text x="{2}" y="{3}" text-anchor="middle">{x_label}</text>
 "#,
-        w / 2.0,
         h - bottom,
         w - right,
-        h - bottom,
-        h - bottom,
         (left + w - right) / 2.0,
         h - 15.0,
-        (top + h - bottom) / 2.0,
-        (top + h - bottom) / 2.0
     );
     for i in 0..=5 {
         let y = y1 * f64::from(i) / 5.0;
@@ -129,19 +133,8 @@ fn bar_chart(
     let py = |y: f64| h - bottom - y / y_max * (h - top - bottom);
     let group = (w - left - right) / categories.len().max(1) as f64;
     let bar = group * 0.8 / series.len().max(1) as f64;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="{0}" y="22" font-size="15" text-anchor="middle">{title}</text>
-<line x1="{left}" y1="{1}" x2="{2}" y2="{1}" stroke="black"/>
-<text x="16" y="{3}" text-anchor="middle" transform="rotate(-90 16 {3})">{y_label}</text>"#,
-        w / 2.0,
-        h - bottom,
-        w - right,
-        (top + h - bottom) / 2.0,
-    );
+    let mut svg = svg_open(w, h, title, y_label, (top + h - bottom) / 2.0);
+    let _ = writeln!(svg, r#"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="black"/>"#, h - bottom, w - right);
     for i in 0..=5 {
         let y = y_max * f64::from(i) / 5.0;
         let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="end">{y:.2}</text>"#, left - 6.0, py(y) + 4.0);
