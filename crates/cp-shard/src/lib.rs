@@ -37,6 +37,7 @@ mod decode;
 mod error;
 mod layout;
 mod prefill;
+mod step;
 mod turn;
 
 pub use cache::CacheMap;
@@ -44,6 +45,7 @@ pub use decode::DecodePlan;
 pub use error::ShardError;
 pub use layout::{Layout, RingLayouts, Run, Span, Token, gather_rows, scatter_rows, visible};
 pub use prefill::PrefillShards;
+pub use step::StepPlan;
 pub use turn::{NewTokens, TurnPlan};
 
 /// Result type of this crate.

@@ -7,7 +7,9 @@ use candle_core::{DType, Device, Tensor};
 use cp_attention::reference::{self, Discrepancy, Heads, discrepancy};
 use cp_attention::{CpuAttention, finish, to_f64_vec};
 use cp_ring::{Algorithm, Local, RingError, RingTransport, run};
-use cp_shard::{CacheMap, DecodePlan, NewTokens, RingLayouts, Span, Token, TurnPlan, gather_rows, scatter_rows};
+use cp_shard::{
+    CacheMap, DecodePlan, NewTokens, RingLayouts, Span, StepPlan, Token, TurnPlan, gather_rows, scatter_rows,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -328,14 +330,7 @@ impl Session {
         let cached_tokens = plan.shards().map(|(_, s)| s.offset()).sum();
         let kind =
             StepKind::Prefill { new_tokens: new.iter().map(|n| n.count).sum(), cached_tokens, sequences: new.len() };
-        let q_new = self.draw_new_tokens(&plan.new_spans());
-        let mut reports = algorithms
-            .iter()
-            .map(|&a| self.run_step(plan.layouts(), &q_new, &plan.new_spans(), a, kind))
-            .collect::<Result<Vec<_>>>()?;
-        self.cache.commit_turn(&plan)?;
-        self.fill_cache_lens(&mut reports)?;
-        Ok(reports)
+        self.run_plan(&plan, algorithms, kind)
     }
 
     /// Runs one decode iteration (batched ring pass-Q, Algorithm 4) for the sequences `seqs`,
@@ -356,21 +351,23 @@ impl Session {
         let cached = seqs.iter().map(|&s| self.cache.seq_len(s)).collect::<Result<Vec<_>, _>>()?;
         self.config.check_size(&cached, &vec![1; seqs.len()])?;
         let kind = StepKind::Decode { iteration: self.decode_iteration, batch: seqs.len() };
+        let reports = self.run_plan(&plan, algorithms, kind)?;
+        self.decode_iteration += 1;
+        Ok(reports)
+    }
+
+    /// Runs a planned step (a prefill turn or a decode iteration) with each of `algorithms` on
+    /// the same fresh inputs, checks each against the oracle, and commits the step to the cache.
+    fn run_plan(&mut self, plan: &impl StepPlan, algorithms: &[Algorithm], kind: StepKind) -> Result<Vec<StepReport>> {
         let q_new = self.draw_new_tokens(&plan.new_spans());
         let mut reports = algorithms
             .iter()
             .map(|&a| self.run_step(plan.layouts(), &q_new, &plan.new_spans(), a, kind))
             .collect::<Result<Vec<_>>>()?;
-        self.cache.commit_decode(&plan)?;
-        self.decode_iteration += 1;
-        self.fill_cache_lens(&mut reports)?;
-        Ok(reports)
-    }
-
-    fn fill_cache_lens(&self, reports: &mut [StepReport]) -> Result<()> {
+        plan.commit(&mut self.cache)?;
         let lens = (0..self.config.world_size).map(|r| self.cache.rank_len(r)).collect::<Result<Vec<_>, _>>()?;
         reports.iter_mut().for_each(|r| r.cache_lens = lens.clone());
-        Ok(())
+        Ok(reports)
     }
 
     /// Draws values uniform in [-2, 2), rounded to the session's dtype.
