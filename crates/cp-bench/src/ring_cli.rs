@@ -48,6 +48,27 @@ enum Transport {
     Peer,
 }
 
+/// Where a mode's ring runs and where its report goes (every timed mode takes both).
+#[derive(clap::Args, Clone, Debug)]
+struct Output {
+    /// How the GPUs talk.
+    #[arg(long, value_enum, default_value_t = Transport::Nccl)]
+    transport: Transport,
+    /// Write the report here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl Output {
+    /// Writes `report` to `--json`, if given.
+    fn save(&self, report: &impl serde::Serialize) -> anyhow::Result<()> {
+        match &self.json {
+            Some(path) => write_json(path, report),
+            None => Ok(()),
+        }
+    }
+}
+
 #[derive(clap::Args, Clone, Copy, Debug)]
 struct Timing {
     /// Untimed runs first.
@@ -84,12 +105,8 @@ enum Mode {
         shape: Shape,
         #[command(flatten)]
         timing: Timing,
-        /// How the GPUs talk.
-        #[arg(long, value_enum, default_value_t = Transport::Nccl)]
-        transport: Transport,
-        /// Write the report here as JSON.
-        #[arg(long)]
-        json: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
     },
     /// The paper's Table 4: P + T fixed, miss rates swept, pass-KV and pass-Q and `auto`.
     Sweep {
@@ -104,12 +121,8 @@ enum Mode {
         miss_rates: Vec<f64>,
         #[command(flatten)]
         timing: Timing,
-        /// How the GPUs talk.
-        #[arg(long, value_enum, default_value_t = Transport::Nccl)]
-        transport: Transport,
-        /// Write the report here as JSON.
-        #[arg(long)]
-        json: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
     },
     /// Per-token decode latency on one GPU and on rings of GPUs.
     Decode {
@@ -128,12 +141,8 @@ enum Mode {
         /// Growing-mode steps (0: none).
         #[arg(long, default_value_t = 0)]
         growing_iters: usize,
-        /// How the GPUs talk.
-        #[arg(long, value_enum, default_value_t = Transport::Nccl)]
-        transport: Transport,
-        /// Write the rows here as JSON.
-        #[arg(long)]
-        json: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
     },
     /// The ring's link: shift bandwidth and latency, all-to-all anchors.
     Links {
@@ -143,12 +152,8 @@ enum Mode {
         /// All-to-all sizes, bytes per peer.
         #[arg(long, value_delimiter = ',', default_value = "1048576,16777216,67108864")]
         sizes: Vec<usize>,
-        /// How the GPUs talk.
-        #[arg(long, value_enum, default_value_t = Transport::Nccl)]
-        transport: Transport,
-        /// Write the report here as JSON.
-        #[arg(long)]
-        json: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
     },
     /// One process per GPU (torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
     NcclProcess {
@@ -226,9 +231,9 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
             println!("== GPU ring check against the f64 oracle ({gpus} GPU(s))");
             check::check_all(gpus, Duration::from_secs(timeout_s))
         }
-        Mode::Bench { world_size, seq_len, cached, algorithm, shape, timing, transport, json } => {
+        Mode::Bench { world_size, seq_len, cached, algorithm, shape, timing, output } => {
             let h = heads(shape)?;
-            let (ring, where_) = ring_of(world_size, gpus, transport)?;
+            let (ring, where_) = ring_of(world_size, gpus, output.transport)?;
             let single = GpuRing::new(Placement::SameGpu { device: 0, world_size: 1 }, TIMEOUT)?;
             println!(
                 "== GPU ring bench: {where_}; NH={} NKV={} DH={} bf16, {} warm-up + {} timed runs (medians)",
@@ -238,37 +243,33 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
             let rings = Rings { single: &single, ring: &ring, link_bytes_per_s, link_latency_s, heads: h };
             let (report, decision) = prefill::bench(&rings, seq_len, cached, algorithm, timing.warmup, timing.iters)?;
             prefill::print(&report, &decision, &where_);
-            if let Some(path) = json {
-                write_json(&path, &report)?;
-            }
+            output.save(&report)?;
             Ok(true)
         }
-        Mode::Sweep { world_size, total, miss_rates, timing, transport, json } => {
+        Mode::Sweep { world_size, total, miss_rates, timing, output } => {
             if gpus < world_size {
                 anyhow::bail!(
                     "--world-size {world_size}: the sweep runs one GPU per rank and {gpus} GPU(s) are visible"
                 );
             }
             let miss_rates = if miss_rates.is_empty() { sweep::TABLE4_MISS_RATES.to_vec() } else { miss_rates };
-            let ring = GpuRing::new(gpus_placement(world_size, transport), TIMEOUT)?;
+            let ring = GpuRing::new(gpus_placement(world_size, output.transport), TIMEOUT)?;
             let single = GpuRing::new(Placement::SameGpu { device: 0, world_size: 1 }, TIMEOUT)?;
             let (link_bytes_per_s, link_latency_s) = link_of(&ring)?;
             let rings =
                 Rings { single: &single, ring: &ring, link_bytes_per_s, link_latency_s, heads: workload_heads() };
             println!(
                 "== Table 4 sweep on {world_size} GPUs over {}: link {:.0} GB/s, {:.1} us a message",
-                transport_name(transport),
+                transport_name(output.transport),
                 rings.link_bytes_per_s / 1e9,
                 rings.link_latency_s * 1e6
             );
             let report = sweep::sweep(&rings, total, &miss_rates, timing.warmup, timing.iters)?;
             sweep::print(&report);
-            if let Some(path) = json {
-                write_json(&path, &report)?;
-            }
+            output.save(&report)?;
             Ok(true)
         }
-        Mode::Decode { world_sizes, contexts, batches, iters, growing_iters, transport, json } => {
+        Mode::Decode { world_sizes, contexts, batches, iters, growing_iters, output } => {
             let h = workload_heads();
             let warmup = (iters / 10).max(2);
             let single = GpuRing::new(Placement::SameGpu { device: 0, world_size: 1 }, TIMEOUT)?;
@@ -278,7 +279,7 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
                     println!("  N={n}: skipped ({gpus} GPU(s) visible; ring sizes from 2)");
                     continue;
                 }
-                rings.push(GpuRing::new(gpus_placement(n, transport), TIMEOUT)?);
+                rings.push(GpuRing::new(gpus_placement(n, output.transport), TIMEOUT)?);
             }
             println!(
                 "== decode latency: NH={} NKV={} DH={} bf16, {iters} steps after {warmup} warm-up (steady), {growing_iters} growing",
@@ -304,29 +305,25 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
                     rows.push(base);
                 }
             }
-            if let Some(path) = json {
-                write_json(&path, &rows)?;
-            }
+            output.save(&rows)?;
             Ok(true)
         }
-        Mode::Links { world_size, sizes, transport, json } => {
+        Mode::Links { world_size, sizes, output } => {
             if gpus < world_size {
                 anyhow::bail!("--world-size {world_size}: {gpus} GPU(s) visible");
             }
-            let ring = GpuRing::new(gpus_placement(world_size, transport), TIMEOUT)?;
+            let ring = GpuRing::new(gpus_placement(world_size, output.transport), TIMEOUT)?;
             let report = links::measure(&ring, &sizes)?;
             println!(
                 "== links on {world_size} GPUs over {}: ring shift {:.0} GB/s (256 MiB), {:.1} us (8 KiB)",
-                transport_name(transport),
+                transport_name(output.transport),
                 report.shift_bytes_per_s / 1e9,
                 report.shift_latency_us
             );
             for (bytes, ms) in &report.all_to_all {
                 println!("  all-to-all {:>6} KiB per peer: {:.3} ms", bytes >> 10, ms);
             }
-            if let Some(path) = json {
-                write_json(&path, &report)?;
-            }
+            output.save(&report)?;
             Ok(true)
         }
     }
