@@ -28,20 +28,24 @@ fn text(o: &Output) -> (String, String) {
     (String::from_utf8_lossy(&o.stdout).trim().to_string(), String::from_utf8_lossy(&o.stderr).trim().to_string())
 }
 
+/// The token each rank printed; every rank must have succeeded.
+fn tokens_of(outs: &[Output]) -> Vec<String> {
+    outs.iter()
+        .map(|o| {
+            let (out, err) = text(o);
+            assert!(o.status.success(), "a rank failed: {err}");
+            out
+        })
+        .collect()
+}
+
 #[test]
 fn three_processes_share_one_token() {
     let port = free_port();
     // Ranks 1 and 2 start before rank 0 listens: they must retry.
     let children: Vec<Child> = [2, 1, 0].iter().map(|&r| spawn(r, 3, port, 20_000)).collect();
     let outs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
-    let tokens: Vec<String> = outs
-        .iter()
-        .map(|o| {
-            let (out, err) = text(o);
-            assert!(o.status.success(), "a rank failed: {err}");
-            out
-        })
-        .collect();
+    let tokens = tokens_of(&outs);
     assert_eq!(tokens[0].len(), 256, "{:?}", tokens[0]);
     assert!(tokens.iter().all(|t| *t == tokens[0]), "{tokens:?}");
 }
@@ -156,14 +160,7 @@ fn an_idle_connection_to_the_port_blocks_nobody() {
     let outs: Vec<Output> = [rank0, rank1].into_iter().map(|c| c.wait_with_output().unwrap()).collect();
     // Well under the idle connection's 5 s hello deadline: it was served beside the real rank.
     assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
-    let tokens: Vec<String> = outs
-        .iter()
-        .map(|o| {
-            let (out, err) = text(o);
-            assert!(o.status.success(), "a rank failed: {err}");
-            out
-        })
-        .collect();
+    let tokens = tokens_of(&outs);
     assert_eq!(tokens[0], tokens[1]);
     drop(idle);
 }
