@@ -104,16 +104,15 @@ impl Layout {
 
     /// The rows of `parts` one after the other (the layout of their tensors concatenated).
     pub fn concat<'a>(parts: impl IntoIterator<Item = &'a Layout>) -> Layout {
-        let mut out = Layout::new();
-        for part in parts {
-            for run in part.runs() {
-                match *run {
-                    Run::Tokens { seq, span } => out.push_tokens(seq, span),
-                    Run::Padding { len } => out.push_padding(len),
-                }
-            }
+        parts.into_iter().flat_map(|part| part.runs().iter().copied()).collect()
+    }
+
+    /// Appends the rows of `run` (fused with the last run where they continue it).
+    pub fn push_run(&mut self, run: Run) {
+        match run {
+            Run::Tokens { seq, span } => self.push_tokens(seq, span),
+            Run::Padding { len } => self.push_padding(len),
         }
-        out
     }
 
     /// Appends the rows of `span` of sequence `seq`.
@@ -233,6 +232,21 @@ impl Layout {
             first = first.saturating_add(run.len());
         }
         None
+    }
+}
+
+/// A layout of these runs in order (fused and compacted as [`Layout::push_run`] does).
+///
+/// ```
+/// use cp_shard::{Layout, Run, Span};
+/// let l: Layout = [Run::Tokens { seq: 0, span: Span::new(0, 3) }, Run::Padding { len: 1 }].into_iter().collect();
+/// assert_eq!((l.len(), l.token_count()), (4, 3));
+/// ```
+impl FromIterator<Run> for Layout {
+    fn from_iter<I: IntoIterator<Item = Run>>(runs: I) -> Layout {
+        let mut layout = Layout::new();
+        runs.into_iter().for_each(|run| layout.push_run(run));
+        layout
     }
 }
 
