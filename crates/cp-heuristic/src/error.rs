@@ -37,6 +37,12 @@ pub enum HeuristicError {
         /// The value given.
         value: f64,
     },
+    /// A total that does not fit in `usize`.
+    #[error("{what} overflows usize")]
+    Overflow {
+        /// What it concerns.
+        what: &'static str,
+    },
     /// Fitting the empirical rule failed.
     #[error("cannot fit the empirical rule: {reason}")]
     Fit {

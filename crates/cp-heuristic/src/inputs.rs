@@ -161,8 +161,8 @@ impl Hardware {
     }
 }
 
-/// New and cached tokens of the prefill.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// New and cached tokens of the prefill (of one sequence, or a batch's totals: [`Workload::combine`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Workload {
     /// New tokens `T` (not yet in the KV cache).
     pub new_tokens: usize,
@@ -182,6 +182,31 @@ impl Workload {
         }
         let new_tokens = ((total as f64 * miss_rate).round() as usize).clamp(1, total);
         Ok(Workload { new_tokens, cached_tokens: total - new_tokens })
+    }
+
+    /// The workload of a batch: this one and `other` together (new and cached tokens summed).
+    ///
+    /// The cost model treats a batch by its totals: every sequence's new tokens are sharded over
+    /// every rank, so per-step compute and message sizes add up. (Causal compute of a batch of
+    /// short sequences is below that of one long one; the totals are what the messages carry.)
+    ///
+    /// ```
+    /// use cp_heuristic::Workload;
+    /// let batch = [(1000, 9000), (200, 800)]
+    ///     .into_iter()
+    ///     .try_fold(Workload::default(), |w, (new_tokens, cached_tokens)| {
+    ///         w.combine(Workload { new_tokens, cached_tokens })
+    ///     })?;
+    /// assert_eq!(batch, Workload { new_tokens: 1200, cached_tokens: 9800 });
+    /// assert!((batch.miss_rate() - 0.109).abs() < 1e-3);
+    /// # Ok::<(), cp_heuristic::HeuristicError>(())
+    /// ```
+    pub fn combine(self, other: Workload) -> Result<Workload> {
+        let sum = |a: usize, b: usize, what| a.checked_add(b).ok_or(HeuristicError::Overflow { what });
+        Ok(Workload {
+            new_tokens: sum(self.new_tokens, other.new_tokens, "new tokens of a batch")?,
+            cached_tokens: sum(self.cached_tokens, other.cached_tokens, "cached tokens of a batch")?,
+        })
     }
 
     /// `T / (T + P)` (in floating point: no overflow at any size).
