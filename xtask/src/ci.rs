@@ -156,6 +156,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "cargo xtask bench (no GPU here: the ring on CPU ranks, with its correctness check)",
         xtask().args(["bench", "--world-size", "3", "--seq-len", "257", "--cached", "64", "--iters", "1", "--cpu"]),
     )?;
+    // The model example as the README shows it, and its checkpoint path: the random model saved
+    // as safetensors + config.json, then loaded back (each step checked against
+    // candle-transformers' Llama on the same weights).
+    let dir = std::env::temp_dir().join(format!("cp-llama-{}", std::process::id()));
+    let example = |args: &[&str]| {
+        let mut c = cargo();
+        c.args(["run", "--locked", "-p", "cp-model", "--example", "llama", "--"]).args(args);
+        c
+    };
+    let dir_s = dir.to_string_lossy().into_owned();
+    step(
+        "the Llama example on 3 ranks, saving its random model",
+        &mut example(&["--ranks", "3", "--decode", "4", "--save-random", &dir_s]),
+    )?;
+    let (weights, config) = (dir.join("model.safetensors"), dir.join("config.json"));
+    step(
+        "the Llama example on 5 ranks, loading that checkpoint",
+        &mut example(&[
+            "--ranks",
+            "5",
+            "--decode",
+            "4",
+            "--weights",
+            &weights.to_string_lossy(),
+            "--config",
+            &config.to_string_lossy(),
+        ]),
+    )?;
+    let _ = std::fs::remove_dir_all(&dir);
     println!("== CI passed in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }

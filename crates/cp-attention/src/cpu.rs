@@ -264,3 +264,53 @@ fn visibility(q_tokens: &[Option<Token>], kv_tokens: &[Option<Token>]) -> Result
         q_tokens.iter().flat_map(|&q| kv_tokens.iter().map(move |&k| u8::from(visible(q, k)))).collect();
     Ok(Tensor::from_vec(values, (q_tokens.len(), kv_tokens.len()), &candle_core::Device::Cpu)?)
 }
+
+/// The KV cache's buffers as candle tensors: zeros when allocated, rows written with
+/// `slice_set`, views by `narrow`.
+///
+/// The KV cache's buffers as candle tensors: zeros when allocated, rows written in place with
+/// `slice_set`, views by `narrow`.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use cp_attention::CpuAttention;
+/// use cp_ring::KvOps;
+///
+/// let ops = CpuAttention::default();
+/// let rows = Tensor::ones((3, 2, 4), DType::F32, &Device::Cpu)?;
+/// let mut buf = ops.alloc_rows(&rows, 8)?; // 8 rows of [2, 4], zeros
+/// ops.copy_rows(&mut buf, 5, &rows, 1, 2)?; // rows 1..3 of `rows` into rows 5..7
+/// let view = ops.first_rows(&buf, 7)?; // no copy
+/// assert_eq!(view.sum_all()?.to_scalar::<f32>()?, 16.0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl cp_ring::KvOps for CpuAttention {
+    fn alloc_rows(&self, like: &Tensor, rows: usize) -> Result<Tensor, AttentionError> {
+        let mut dims = like.dims().to_vec();
+        if dims.is_empty() {
+            return Err(AttentionError::Shape { what: "cached rows", expected: "[rows, ...]".into(), actual: dims });
+        }
+        dims[0] = rows;
+        Ok(Tensor::zeros(dims, like.dtype(), like.device())?)
+    }
+
+    fn copy_rows(
+        &self,
+        dst: &mut Tensor,
+        at: usize,
+        src: &Tensor,
+        from: usize,
+        count: usize,
+    ) -> Result<(), AttentionError> {
+        if count == 0 {
+            return Ok(());
+        }
+        // slice_set writes into dst's storage (shared with its views) and needs a contiguous source.
+        let rows = src.narrow(0, from, count)?.contiguous()?;
+        Ok(dst.slice_set(&rows, 0, at)?)
+    }
+
+    fn first_rows(&self, t: &Tensor, rows: usize) -> Result<Tensor, AttentionError> {
+        Ok(t.narrow(0, 0, rows)?)
+    }
+}

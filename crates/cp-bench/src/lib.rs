@@ -20,6 +20,7 @@ pub mod check;
 pub mod decode;
 pub mod kernels;
 pub mod links;
+pub mod model_check;
 pub mod prefill;
 pub mod process;
 pub mod ring_cli;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use cp_attention::cuda::{CudaAttention, GpuDType};
 use cp_attention::reference::{self, Heads};
 use cp_nccl::{GpuRing, RankInputs};
-use cp_shard::{CacheMap, DecodePlan, NewTokens, RingLayouts, Span, Token, TurnPlan};
+use cp_shard::{CacheMap, DecodePlan, Layout, NewTokens, RingLayouts, Span, Token, TurnPlan};
 
 /// The benchmark shape: Llama3-8B attention (32 query heads, 8 KV heads, head dim 128).
 pub const BENCH_HEADS: Heads = Heads { n_heads: 32, n_kv_heads: 8, head_dim: 128 };
@@ -37,6 +37,17 @@ pub fn draw(
         q: ops.random_rows(&layouts.q[r], heads.n_heads, heads.head_dim, GpuDType::Bf16, sq, PAD)?,
         k: ops.random_rows(&layouts.kv[r], heads.n_kv_heads, heads.head_dim, GpuDType::Bf16, sk, PAD)?,
         v: ops.random_rows(&layouts.kv[r], heads.n_kv_heads, heads.head_dim, GpuDType::Bf16, sv, PAD)?,
+    })
+}
+
+/// Q, K and V for the rows of one layout (new rows of a model step: the keys and values of a
+/// token are drawn with it), on the GPU of `ops` (bf16; padding rows `PAD`).
+pub fn draw_rows(ops: &CudaAttention, rows: &Layout, heads: Heads, seed: u64) -> cp_nccl::Result<RankInputs> {
+    let [sq, sk, sv] = seeds(seed);
+    Ok(RankInputs {
+        q: ops.random_rows(rows, heads.n_heads, heads.head_dim, GpuDType::Bf16, sq, PAD)?,
+        k: ops.random_rows(rows, heads.n_kv_heads, heads.head_dim, GpuDType::Bf16, sk, PAD)?,
+        v: ops.random_rows(rows, heads.n_kv_heads, heads.head_dim, GpuDType::Bf16, sv, PAD)?,
     })
 }
 

@@ -47,3 +47,46 @@ fn every_ring_algorithm_matches_the_oracle_on_every_placement() {
     let ok = check::check_all(device_count(), Duration::from_secs(60)).expect("ring check ran");
     assert!(ok, "some ring checks FAILED (see the lines above)");
 }
+
+#[test]
+fn the_model_api_matches_the_oracle_on_every_placement() {
+    if !gpu_or_skip("the_model_api_matches_the_oracle_on_every_placement") {
+        return;
+    }
+    use cp_ring::Algorithm::{GatherKv, GatherQ, PassKv, PassQ};
+    let gpus = device_count();
+    let mut placements: Vec<(cp_nccl::Placement, String)> = (1..=4)
+        .map(|n| (cp_nccl::Placement::SameGpu { device: 0, world_size: n }, "same-GPU".to_string()))
+        .collect();
+    if gpus >= 2 {
+        placements.push((cp_nccl::Placement::Gpus((0..gpus).collect()), format!("NCCL {gpus} GPUs")));
+        placements.push((cp_nccl::Placement::Peer((0..gpus).collect()), format!("peer {gpus} GPUs")));
+    }
+    let seed = 0x3d31 ^ u64::from(std::process::id());
+    let mut all_ok = true;
+    for (placement, name) in placements {
+        let ring = cp_nccl::GpuRing::new(placement, Duration::from_secs(60)).expect("ring");
+        for (prefill, decode) in [(PassKv, PassQ), (PassQ, GatherQ), (GatherKv, GatherQ)] {
+            for line in cp_bench::model_check::check_model(&ring, &name, seed, prefill, decode).expect("model check ran") {
+                println!("  {} {}", if line.ok { "[ok]    " } else { "[FAILED]" }, line.line);
+                all_ok &= line.ok;
+            }
+        }
+    }
+    assert!(all_ok, "some model checks FAILED (see the lines above)");
+}
+
+/// A decode step through the model API at two cache sizes: it writes one row (no copy of the
+/// cache), and its time is printed (attention itself reads the whole cache).
+#[test]
+fn a_model_decode_step_copies_only_its_row() {
+    if !gpu_or_skip("a_model_decode_step_copies_only_its_row") {
+        return;
+    }
+    let ops = CudaAttention::new(0).expect("GPU 0");
+    let rows = cp_bench::model_check::decode_cost(&ops, &[8192, 131_072], 50).expect("decode cost ran");
+    for (context, ms, written) in &rows {
+        println!("  model decode step, context {context}: p50 {ms:.3} ms, rows written per step {written}");
+        assert_eq!(*written, 1.0, "context {context}: a decode step copied cache rows");
+    }
+}

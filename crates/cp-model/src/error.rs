@@ -62,7 +62,8 @@ pub enum ModelError {
 }
 
 impl ModelError {
-    pub(crate) fn device(e: impl std::error::Error + Send + Sync + 'static) -> ModelError {
+    /// A device error (allocation, copy) as a model error.
+    pub fn device(e: impl std::error::Error + Send + Sync + 'static) -> ModelError {
         ModelError::Device(Box::new(e))
     }
 }

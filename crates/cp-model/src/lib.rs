@@ -60,12 +60,11 @@
 //! `reserve` and pays neither moves nor growth.
 
 mod error;
-mod kv;
 mod rank;
 mod regions;
 
+pub use cp_ring::KvOps;
 pub use error::ModelError;
-pub use kv::KvOps;
 pub use rank::{CacheConfig, Choice, RankAttention, Step};
 
 /// Result type of this crate.

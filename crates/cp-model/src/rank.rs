@@ -348,7 +348,14 @@ where
         let kview = self.ops.first_rows(&cache.k, kv_rows).map_err(ModelError::device)?;
         let vview = self.ops.first_rows(&cache.v, kv_rows).map_err(ModelError::device)?;
         let local = Local { q, k: &kview, v: &vview };
-        let out = cp_ring::run(step.algorithm, &self.ops, &mut self.comm, &step.layouts, local, &mut ())?;
+        let out = cp_ring::run(step.algorithm, &self.ops, &mut self.comm, &step.layouts, local, &mut ());
+        // Whatever happened, nothing this rank sent may stay in flight: the next step writes
+        // the cache in place.
+        let drained = self.comm.drain();
+        let out = out?;
+        drained.map_err(|e| {
+            ModelError::Ring(cp_ring::RingError::Transport { rank, step: 0, op: "drain", source: Box::new(e) })
+        })?;
         step.attended[layer] = true;
         Ok(out.out)
     }

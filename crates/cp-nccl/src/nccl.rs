@@ -427,6 +427,10 @@ impl NcclTransport {
 impl RingTransport<GpuTensor> for NcclTransport {
     type Error = GpuRingError;
 
+    fn drain(&mut self) -> Result<()> {
+        NcclTransport::drain(self)
+    }
+
     fn rank(&self) -> usize {
         self.rank
     }

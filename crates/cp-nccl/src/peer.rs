@@ -189,6 +189,10 @@ impl PeerTransport {
 impl RingTransport<GpuTensor> for PeerTransport {
     type Error = GpuRingError;
 
+    fn drain(&mut self) -> Result<()> {
+        PeerTransport::drain(self)
+    }
+
     fn rank(&self) -> usize {
         self.rank
     }

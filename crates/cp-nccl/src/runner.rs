@@ -88,6 +88,10 @@ impl RingTransport<GpuTensor> for RankTransport {
             RankTransport::Peer(t) => t.all_to_all(msgs),
         }
     }
+
+    fn drain(&mut self) -> Result<()> {
+        RankTransport::drain(self)
+    }
 }
 
 /// One rank of a [`GpuRing`], as a job sees it.

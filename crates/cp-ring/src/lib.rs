@@ -44,7 +44,7 @@ pub use algorithms::{Algorithm, Local, gather_kv, gather_q, pass_kv, pass_q, run
 pub use channel::{ChannelTransport, TransportError, channel_ring};
 pub use error::{BoxError, RingError};
 pub use pool::{PoolError, RankPool, panic_message};
-pub use traits::{AttentionOps, Partial, Phase, Probe, RingTransport};
+pub use traits::{AttentionOps, KvOps, Partial, Phase, Probe, RingTransport};
 
 pub use cp_shard::{Layout, RingLayouts};
 

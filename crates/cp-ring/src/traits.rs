@@ -49,6 +49,29 @@ pub trait AttentionOps {
     fn concat(&self, parts: &[Self::Tensor]) -> Result<Self::Tensor, Self::Error>;
 }
 
+/// Buffers a rank's KV cache keeps on a device, beyond what a ring step needs: allocated once
+/// per growth, written in place, read through views. `cp-attention` implements it for the CPU
+/// (candle tensors) and the GPU (device buffers); `cp-model`'s cache is written against it.
+pub trait KvOps: AttentionOps {
+    /// A buffer of `rows` rows shaped and typed like `like` past its first dimension. Its rows
+    /// hold no token yet: their contents are unspecified (zeros on the CPU).
+    fn alloc_rows(&self, like: &Self::Tensor, rows: usize) -> Result<Self::Tensor, Self::Error>;
+
+    /// Copies rows `from..from + count` of `src` into rows `at..at + count` of `dst`, in place
+    /// (every view of `dst` sees them). Shapes past the first dimension and dtypes must agree.
+    fn copy_rows(
+        &self,
+        dst: &mut Self::Tensor,
+        at: usize,
+        src: &Self::Tensor,
+        from: usize,
+        count: usize,
+    ) -> Result<(), Self::Error>;
+
+    /// The first `rows` rows of `t`, sharing its memory (no copy).
+    fn first_rows(&self, t: &Self::Tensor, rows: usize) -> Result<Self::Tensor, Self::Error>;
+}
+
 /// Exchanging messages (lists of tensors) with the other ranks of the ring.
 pub trait RingTransport<T> {
     /// The transport's error.
@@ -70,6 +93,14 @@ pub trait RingTransport<T> {
     /// Sends `msgs[r]` to rank `r` (`msgs[rank]` stays here) and returns the message each rank
     /// sent to this one, indexed by source rank.
     fn all_to_all(&mut self, msgs: Vec<Vec<T>>) -> Result<Vec<Vec<T>>, Self::Error>;
+
+    /// Waits (within the transport's timeout) until no transfer of this rank is in flight, so
+    /// that the tensors it sent may be written again (a KV cache written in place). Transports
+    /// whose transfers are complete when their calls return keep this default, which does
+    /// nothing.
+    fn drain(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
 }
 
 /// A phase of a ring algorithm, for instrumentation.
@@ -121,5 +152,39 @@ impl<T, R: RingTransport<T> + ?Sized> RingTransport<T> for Box<R> {
 
     fn all_to_all(&mut self, msgs: Vec<Vec<T>>) -> Result<Vec<Vec<T>>, Self::Error> {
         (**self).all_to_all(msgs)
+    }
+
+    fn drain(&mut self) -> Result<(), Self::Error> {
+        (**self).drain()
+    }
+}
+
+/// A borrowed transport: a caller that owns its end of the ring (and uses it for more than
+/// attention) lends it for a while.
+impl<T, R: RingTransport<T> + ?Sized> RingTransport<T> for &mut R {
+    type Error = R::Error;
+
+    fn rank(&self) -> usize {
+        (**self).rank()
+    }
+
+    fn world_size(&self) -> usize {
+        (**self).world_size()
+    }
+
+    fn start_shift(&mut self, msg: &[T]) -> Result<(), Self::Error> {
+        (**self).start_shift(msg)
+    }
+
+    fn finish_shift(&mut self) -> Result<Vec<T>, Self::Error> {
+        (**self).finish_shift()
+    }
+
+    fn all_to_all(&mut self, msgs: Vec<Vec<T>>) -> Result<Vec<Vec<T>>, Self::Error> {
+        (**self).all_to_all(msgs)
+    }
+
+    fn drain(&mut self) -> Result<(), Self::Error> {
+        (**self).drain()
     }
 }

@@ -323,3 +323,71 @@ impl AttentionOps for CudaAttention {
         Ok(GpuTensor::from_parts(out, first.dtype(), shape))
     }
 }
+
+/// The KV cache's buffers in device memory: allocated on this stream, rows copied in place by
+/// device-to-device copies on it, views sharing the buffer (a shorter shape over the same
+/// memory). A buffer written in place must not be shared: [`KvOps::copy_rows`] refuses a
+/// destination some other tensor still holds (a transfer in flight, a caller's clone).
+impl cp_ring::KvOps for CudaAttention {
+    fn alloc_rows(&self, like: &GpuTensor, rows: usize) -> Result<GpuTensor> {
+        let mut shape = like.shape().to_vec();
+        if shape.is_empty() {
+            return Err(AttentionError::Shape { what: "cached rows", expected: "[rows, ...]".into(), actual: shape });
+        }
+        shape[0] = rows;
+        let buf = self.alloc(like.dtype(), &shape)?;
+        Ok(GpuTensor::from_parts(buf, like.dtype(), shape))
+    }
+
+    fn copy_rows(&self, dst: &mut GpuTensor, at: usize, src: &GpuTensor, from: usize, count: usize) -> Result<()> {
+        let tail = |t: &GpuTensor| t.shape().get(1..).unwrap_or(&[]).to_vec();
+        if dst.dtype() != src.dtype() || tail(dst) != tail(src) || dst.shape().is_empty() {
+            return Err(AttentionError::Shape {
+                what: "rows to copy into the cache",
+                expected: format!("[_, {:?}] {:?}", tail(dst), dst.dtype()),
+                actual: src.shape().to_vec(),
+            });
+        }
+        let (dst_rows, src_rows) = (dst.shape()[0], src.shape()[0]);
+        if from + count > src_rows || at + count > dst_rows {
+            return Err(AttentionError::Shape {
+                what: "row range to copy",
+                expected: format!(
+                    "rows {from}..{} of {src_rows} into {at}..{} of {dst_rows}",
+                    from + count,
+                    at + count
+                ),
+                actual: vec![count],
+            });
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        let row = tail(dst).iter().product::<usize>() * dst.dtype().size();
+        let shape = dst.shape().to_vec();
+        let buf = std::sync::Arc::get_mut(&mut dst.buf).ok_or(AttentionError::Shape {
+            what: "cache buffer written in place (another tensor still holds it)",
+            expected: "a buffer held once".into(),
+            actual: shape,
+        })?;
+        let mut out = buf.slice_mut(at * row..(at + count) * row);
+        self.stream
+            .memcpy_dtod(&src.slice().slice(from * row..(from + count) * row), &mut out)
+            .map_err(cuda_err("cuMemcpyDtoDAsync(cache rows)"))
+    }
+
+    fn first_rows(&self, t: &GpuTensor, rows: usize) -> Result<GpuTensor> {
+        let mut shape = t.shape().to_vec();
+        match shape.first_mut() {
+            Some(r) if *r >= rows => *r = rows,
+            _ => {
+                return Err(AttentionError::Shape {
+                    what: "view of the first rows",
+                    expected: format!("at least {rows} rows"),
+                    actual: t.shape().to_vec(),
+                });
+            }
+        }
+        Ok(t.with_shape(shape))
+    }
+}

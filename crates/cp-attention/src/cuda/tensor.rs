@@ -57,6 +57,11 @@ impl GpuTensor {
         GpuTensor { buf: Arc::new(buf), dtype, shape }
     }
 
+    /// The same buffer seen with another shape of no more bytes (a view of its first rows).
+    pub(crate) fn with_shape(&self, shape: Vec<usize>) -> GpuTensor {
+        GpuTensor { buf: self.buf.clone(), dtype: self.dtype, shape }
+    }
+
     /// Wraps a device buffer of at least `shape`'s bytes (for transports that receive into
     /// their own buffers).
     pub fn from_buffer(buf: CudaSlice<u8>, dtype: GpuDType, shape: Vec<usize>) -> Result<GpuTensor> {

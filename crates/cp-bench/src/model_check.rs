@@ -1,0 +1,153 @@
+//! `cp-model`'s per-rank attention on GPU ranks: a conversation through the KV cache that owns
+//! its device buffers, every step against the f64 oracle, and the cost of a decode step at two
+//! cache sizes.
+
+use std::time::Instant;
+
+use cp_attention::cuda::CudaAttention;
+use cp_attention::reference::{Heads, discrepancy};
+use cp_model::{CacheConfig, Choice, RankAttention, Step};
+use cp_nccl::{GpuRing, RankTransport};
+use cp_ring::Algorithm;
+use cp_shard::{NewTokens, Span, Token};
+
+use crate::check::{CheckLine, TOL_OUT};
+use crate::workload;
+
+/// A layer's seed: each layer attends over rows of its own.
+fn layer_seed(seed: u64, layer: usize) -> u64 {
+    seed.wrapping_add(0x9e37_79b9 * (layer as u64 + 1))
+}
+
+/// One rank's outputs of one step: per layer, its rows' tokens and outputs.
+type StepOut = Vec<(Vec<Option<Token>>, Vec<f32>)>;
+
+/// Draws the step's new rows (values depend on the token only, as the oracle's do) and attends
+/// every layer; returns each layer's tokens and output.
+fn run_step(
+    attn: &mut RankAttention<CudaAttention, &mut RankTransport>,
+    step: &mut Step,
+    heads: Heads,
+    layers: usize,
+    seed: u64,
+) -> Result<StepOut, cp_model::ModelError> {
+    let mut outs = Vec::with_capacity(layers);
+    for layer in 0..layers {
+        let inputs = workload::draw_rows(attn.ops(), step.rows(), heads, layer_seed(seed, layer))
+            .map_err(cp_model::ModelError::device)?;
+        let out = attn.attend(step, layer, &inputs.q, &inputs.k, &inputs.v)?;
+        outs.push((step.tokens(), out.download(attn.ops().stream()).map_err(cp_model::ModelError::device)?));
+    }
+    Ok(outs)
+}
+
+/// A conversation through `RankAttention` on every rank of `ring`: two sequences (prompts of
+/// 300 and 77 tokens), a second turn (203 and 61), then 6 decode iterations of both and 3 of the
+/// first alone; two layers; prefill by `prefill`, decode by `decode`. Every step's outputs of
+/// every layer against the f64 oracle.
+pub fn check_model(
+    ring: &GpuRing,
+    name: &str,
+    seed: u64,
+    prefill: Algorithm,
+    decode: Algorithm,
+) -> anyhow::Result<Vec<CheckLine>> {
+    let heads = Heads { n_heads: 8, n_kv_heads: 2, head_dim: 128 };
+    let layers = 2;
+    let n = ring.world_size();
+    let config = CacheConfig { layers, seqs: 2, reserve: 0, choice: Choice::Fixed { prefill, decode } };
+    type Plan = (Option<Vec<NewTokens>>, Vec<usize>);
+    let mut plans: Vec<Plan> = vec![
+        (Some(vec![NewTokens { seq: 0, count: 300 }, NewTokens { seq: 1, count: 77 }]), vec![]),
+        (Some(vec![NewTokens { seq: 0, count: 203 }, NewTokens { seq: 1, count: 61 }]), vec![]),
+    ];
+    plans.extend((0..6).map(|_| (None, vec![0, 1])));
+    plans.extend((0..3).map(|_| (None, vec![0])));
+    let plans = std::sync::Arc::new(plans);
+    let per_rank = ring.run(move |rank| {
+        let ops = rank.ops.with_stream(rank.ops.stream().clone());
+        let r = rank.rank;
+        let mut attn = RankAttention::new(ops, &mut rank.transport, config).map_err(|e| ring_err(r, e))?;
+        let mut steps = Vec::new();
+        for (turn, seqs) in plans.iter() {
+            let mut step = match turn {
+                Some(new) => attn.prefill(new),
+                None => attn.decode(seqs),
+            }
+            .map_err(|e| ring_err(r, e))?;
+            let out = run_step(&mut attn, &mut step, heads, layers, seed).map_err(|e| ring_err(r, e))?;
+            attn.finish(step).map_err(|e| ring_err(r, e))?;
+            steps.push(out);
+        }
+        Ok(steps)
+    })?;
+    // Per step and layer: every rank's real rows against the oracle of their tokens.
+    let mut lines = Vec::new();
+    let width = heads.n_heads * heads.head_dim;
+    for (i, _) in per_rank[0].iter().enumerate() {
+        for layer in 0..layers {
+            let (mut got, mut wanted) = (Vec::new(), Vec::new());
+            for rank in &per_rank {
+                let (tokens, out) = &rank[i][layer];
+                for (row, t) in tokens.iter().enumerate() {
+                    if let Some(t) = t {
+                        got.extend(out[row * width..(row + 1) * width].iter().map(|&x| f64::from(x)));
+                        wanted.push((t.seq, Span::new(t.pos, 1)));
+                    }
+                }
+            }
+            let (want, _) = workload::oracle(heads, layer_seed(seed, layer), &wanted)?;
+            let d = discrepancy(&got, &want);
+            let ok = d.within(TOL_OUT);
+            let what = if i < 2 { format!("turn {}", i + 1) } else { format!("decode {}", i - 2) };
+            let label = format!("N={n} {name} model {prefill}/{decode} {what} layer {layer}");
+            let line = format!("{label:<60} out relL2 {:.2e} (tol {TOL_OUT:.0e}), rows {}", d.rel_l2, wanted.len());
+            lines.push(CheckLine { label, ok, line });
+        }
+    }
+    Ok(lines)
+}
+
+/// A model step's failure on a rank, as the ring runner reports job errors.
+fn ring_err(rank: usize, e: impl std::error::Error + Send + Sync + 'static) -> cp_nccl::GpuRingError {
+    cp_nccl::GpuRingError::Ring(cp_ring::RingError::Compute { rank, step: 0, op: "model step", source: Box::new(e) })
+}
+
+/// A decode step's cost on one GPU against the cache size: one sequence prefilled to each
+/// `context`, then `steps` decode steps of one layer (NH=32, NKV=8, DH=128, bf16); returns per
+/// context the median wall time of a step (plan, draw, attend, finish, synchronised) and the
+/// rows the cache wrote per step (1 each: no copy of the cache).
+pub fn decode_cost(ops: &CudaAttention, contexts: &[usize], steps: usize) -> anyhow::Result<Vec<(usize, f64, f64)>> {
+    let heads = workload::BENCH_HEADS;
+    let mut rows = Vec::new();
+    for &context in contexts {
+        let comm =
+            cp_ring::channel_ring::<cp_attention::cuda::GpuTensor>(1, std::time::Duration::from_secs(60)).remove(0);
+        let ops = ops.with_stream(ops.stream().clone());
+        let config = CacheConfig {
+            layers: 1,
+            seqs: 1,
+            reserve: 0,
+            choice: Choice::Fixed { prefill: Algorithm::PassKv, decode: Algorithm::GatherQ },
+        };
+        let mut attn = RankAttention::new(ops, comm, config)?;
+        let mut step = attn.prefill(&[NewTokens { seq: 0, count: context }])?;
+        let inputs = workload::draw_rows(attn.ops(), step.rows(), heads, 1)?;
+        attn.attend(&mut step, 0, &inputs.q, &inputs.k, &inputs.v)?;
+        attn.finish(step)?;
+        let (mut times, before) = (Vec::new(), attn.rows_written());
+        for _ in 0..steps {
+            let start = Instant::now();
+            let mut step = attn.decode(&[0])?;
+            let inputs = workload::draw_rows(attn.ops(), step.rows(), heads, 1)?;
+            attn.attend(&mut step, 0, &inputs.q, &inputs.k, &inputs.v)?;
+            attn.finish(step)?;
+            attn.ops().synchronize()?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        let written = (attn.rows_written() - before) as f64 / steps as f64;
+        rows.push((context, times[times.len() / 2], written));
+    }
+    Ok(rows)
+}
