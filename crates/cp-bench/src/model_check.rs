@@ -113,41 +113,79 @@ fn ring_err(rank: usize, e: impl std::error::Error + Send + Sync + 'static) -> c
     cp_nccl::GpuRingError::Ring(cp_ring::RingError::Compute { rank, step: 0, op: "model step", source: Box::new(e) })
 }
 
-/// A decode step's cost on one GPU against the cache size: one sequence prefilled to each
-/// `context`, then `steps` decode steps of one layer (NH=32, NKV=8, DH=128, bf16); returns per
-/// context the median wall time of a step (plan, draw, attend, finish, synchronised) and the
-/// rows the cache wrote per step (1 each: no copy of the cache).
-pub fn decode_cost(ops: &CudaAttention, contexts: &[usize], steps: usize) -> anyhow::Result<Vec<(usize, f64, f64)>> {
+/// A decode step's cost through the model API on one GPU, at each `context`.
+#[derive(Debug)]
+pub struct DecodeCost {
+    /// Cached tokens before the first timed step.
+    pub context: usize,
+    /// Median wall time of a whole step (plan, draw the new row, attend, finish, synchronised).
+    pub step_ms: f64,
+    /// Median wall time of `attend` alone (append, ring, drain; synchronised).
+    pub attend_ms: f64,
+    /// Median time of the same attention as one raw `partial` call on tensors laid out as the
+    /// step's (the kernel without the model API: the baseline).
+    pub kernel_ms: f64,
+    /// Rows the cache wrote per step (1: no copy of the cache).
+    pub rows_written: f64,
+}
+
+/// One sequence prefilled to each `context` (no power of two: the region has room), then
+/// `steps` decode steps of one layer (NH=32, NKV=8, DH=128, bf16) through `RankAttention`,
+/// and the same attention as a raw kernel call.
+pub fn decode_cost(ops: &CudaAttention, contexts: &[usize], steps: usize) -> anyhow::Result<Vec<DecodeCost>> {
     let heads = workload::BENCH_HEADS;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     let mut rows = Vec::new();
     for &context in contexts {
         let comm =
             cp_ring::channel_ring::<cp_attention::cuda::GpuTensor>(1, std::time::Duration::from_secs(60)).remove(0);
-        let ops = ops.with_stream(ops.stream().clone());
         let config = CacheConfig {
             layers: 1,
             seqs: 1,
             reserve: 0,
             choice: Choice::Fixed { prefill: Algorithm::PassKv, decode: Algorithm::GatherQ },
         };
-        let mut attn = RankAttention::new(ops, comm, config)?;
+        let mut attn = RankAttention::new(ops.with_stream(ops.stream().clone()), comm, config)?;
         let mut step = attn.prefill(&[NewTokens { seq: 0, count: context }])?;
         let inputs = workload::draw_rows(attn.ops(), step.rows(), heads, 1)?;
         attn.attend(&mut step, 0, &inputs.q, &inputs.k, &inputs.v)?;
         attn.finish(step)?;
-        let (mut times, before) = (Vec::new(), attn.rows_written());
+        let (mut step_t, mut attend_t, before) = (Vec::new(), Vec::new(), attn.rows_written());
+        let mut last = None;
         for _ in 0..steps {
             let start = Instant::now();
             let mut step = attn.decode(&[0])?;
             let inputs = workload::draw_rows(attn.ops(), step.rows(), heads, 1)?;
-            attn.attend(&mut step, 0, &inputs.q, &inputs.k, &inputs.v)?;
-            attn.finish(step)?;
             attn.ops().synchronize()?;
-            times.push(start.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            attn.attend(&mut step, 0, &inputs.q, &inputs.k, &inputs.v)?;
+            attn.ops().synchronize()?;
+            attend_t.push(t.elapsed().as_secs_f64() * 1e3);
+            last = Some(step.layouts().clone());
+            attn.finish(step)?;
+            step_t.push(start.elapsed().as_secs_f64() * 1e3);
         }
-        times.sort_by(f64::total_cmp);
         let written = (attn.rows_written() - before) as f64 / steps as f64;
-        rows.push((context, times[times.len() / 2], written));
+        // The baseline: the last step's attention as one kernel call on drawn tensors.
+        let layouts = last.ok_or_else(|| anyhow::anyhow!("no decode step ran"))?;
+        let inputs = workload::draw(ops, 0, &layouts, heads, 2)?;
+        let mut kernel_t = Vec::new();
+        for _ in 0..steps {
+            let t = Instant::now();
+            cp_ring::AttentionOps::partial(ops, &inputs.q, &layouts.q[0], &inputs.k, &inputs.v, &layouts.kv[0])?;
+            ops.synchronize()?;
+            kernel_t.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        rows.push(DecodeCost {
+            context,
+            step_ms: median(step_t),
+            attend_ms: median(attend_t),
+            kernel_ms: median(kernel_t),
+            rows_written: written,
+        });
     }
     Ok(rows)
 }

@@ -9,6 +9,19 @@ use crate::regions::{self, Regions};
 use crate::{KvOps, ModelError, Result};
 
 /// How a step's ring algorithm is chosen.
+///
+/// ```
+/// use cp_heuristic::{Hardware, ModelShape};
+/// use cp_model::Choice;
+/// use cp_ring::Algorithm;
+///
+/// // Llama3-8B attention on H100s over NVLink: prefill by the cost model, decode by gather-Q.
+/// let model = ModelShape { n_heads: 32, n_kv_heads: 8, head_dim: 128, elem_bytes: 2 };
+/// let choice = Choice::Heuristic { model, hardware: Hardware::PAPER_EXAMPLE, decode: Algorithm::GatherQ };
+/// // Or the same algorithms every step.
+/// let fixed = Choice::Fixed { prefill: Algorithm::PassKv, decode: Algorithm::PassQ };
+/// assert_ne!(choice, fixed);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Choice {
     /// Prefill by the heuristic ([`Rule::Auto`]: Algorithm 5, gather-KV for short prompts) for
@@ -32,6 +45,21 @@ pub enum Choice {
 }
 
 /// What a rank's attention is built with.
+///
+/// ```
+/// use cp_model::{CacheConfig, Choice};
+/// use cp_ring::Algorithm;
+///
+/// // 32 layers, a batch of 8 sequences, each up to 128K tokens on 4 ranks: reserve
+/// // 128K / 4 rows plus a chunk, so no row ever moves.
+/// let config = CacheConfig {
+///     layers: 32,
+///     seqs: 8,
+///     reserve: 131_072 / 4 + 4096,
+///     choice: Choice::Fixed { prefill: Algorithm::PassKv, decode: Algorithm::GatherQ },
+/// };
+/// assert_eq!(config.reserve, 36_864);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CacheConfig {
     /// Layers of the model (one KV cache each).
@@ -56,6 +84,27 @@ struct LayerCache<T> {
 }
 
 /// A step under way: a prefill turn or a decode iteration, planned identically on every rank.
+///
+/// ```
+/// # use candle_core::{Device, Tensor};
+/// # use cp_model::{CacheConfig, Choice, RankAttention};
+/// # use cp_ring::Algorithm;
+/// # use cp_shard::NewTokens;
+/// # let comm = cp_ring::channel_ring::<Tensor>(1, std::time::Duration::from_secs(5)).remove(0);
+/// # let config = CacheConfig { layers: 1, seqs: 2, reserve: 0,
+/// #     choice: Choice::Fixed { prefill: Algorithm::PassKv, decode: Algorithm::GatherQ } };
+/// # let mut attn = RankAttention::new(cp_attention::CpuAttention::default(), comm, config)?;
+/// # let randn = |rows: usize, heads: usize| Tensor::randn(0f32, 1.0, (rows, heads, 8), &Device::Cpu);
+/// let step = attn.prefill(&[NewTokens { seq: 0, count: 5 }, NewTokens { seq: 1, count: 3 }])?;
+/// // One rank: chunks of 3 and 2 rows for sequence 0, of 2 and 1 rows for sequence 1, each
+/// // padded to ceil(T / 2) rows.
+/// assert_eq!(step.positions(), [0, 1, 2, 3, 4, 0, 0, 1, 2, 0]);
+/// assert_eq!(step.tokens()[5], None); // padding
+/// assert_eq!(step.algorithm(), Algorithm::PassKv);
+/// assert!(step.decision().is_none()); // fixed, not the heuristic
+/// assert_eq!(step.layouts().kv[0].token_count(), 8);
+/// # Ok::<(), cp_model::ModelError>(())
+/// ```
 #[derive(Debug)]
 pub struct Step {
     plan: Plan,
@@ -158,6 +207,36 @@ impl Step {
 /// A step is [`RankAttention::prefill`] or [`RankAttention::decode`] (the plan: which rows
 /// this rank computes, their positions for RoPE), then [`RankAttention::attend`] once per
 /// layer with the new rows' Q, K and V, then [`RankAttention::finish`].
+///
+/// ```
+/// # use candle_core::{Device, Tensor};
+/// # use cp_model::{CacheConfig, Choice, RankAttention};
+/// # use cp_ring::Algorithm;
+/// # use cp_shard::NewTokens;
+/// # let comm = cp_ring::channel_ring::<Tensor>(1, std::time::Duration::from_secs(5)).remove(0);
+/// # let config = CacheConfig { layers: 1, seqs: 2, reserve: 0,
+/// #     choice: Choice::Fixed { prefill: Algorithm::PassKv, decode: Algorithm::GatherQ } };
+/// # let mut attn = RankAttention::new(cp_attention::CpuAttention::default(), comm, config)?;
+/// # let randn = |rows: usize, heads: usize| Tensor::randn(0f32, 1.0, (rows, heads, 8), &Device::Cpu);
+/// assert_eq!((attn.rank(), attn.world_size()), (0, 1));
+/// // A prompt of 5 tokens for sequence 0 (a region of 8 rows), then 3 decode steps.
+/// let mut step = attn.prefill(&[NewTokens { seq: 0, count: 5 }])?;
+/// let n = step.rows().len();
+/// let out = attn.attend(&mut step, 0, &randn(n, 4)?, &randn(n, 2)?, &randn(n, 2)?)?;
+/// assert_eq!(out.dims(), [n, 4, 8]);
+/// attn.finish(step)?;
+/// for _ in 0..3 {
+///     let before = attn.rows_written();
+///     let mut step = attn.decode(&[0])?;
+///     attn.attend(&mut step, 0, &randn(1, 4)?, &randn(1, 2)?, &randn(1, 2)?)?;
+///     attn.finish(step)?;
+///     assert_eq!(attn.rows_written() - before, 1); // the new row only (room in its region)
+/// }
+/// assert_eq!(attn.cache().seq_len(0)?, 8);
+/// assert_eq!(attn.buffer_rows(0), 8); // full: the next token moves it to a region of 16
+/// # let _ = attn.ops();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct RankAttention<A: KvOps, C> {
     ops: A,
@@ -176,7 +255,19 @@ where
     A: KvOps,
     C: RingTransport<A::Tensor>,
 {
-    /// A rank's attention over `comm`'s ring, with empty caches.
+    /// A rank's attention over `comm`'s ring, with empty caches. Zero layers or sequences are an
+    /// error.
+    ///
+    /// ```
+    /// use cp_model::{CacheConfig, Choice, ModelError, RankAttention};
+    /// use cp_ring::Algorithm;
+    ///
+    /// let comm = cp_ring::channel_ring::<candle_core::Tensor>(1, std::time::Duration::from_secs(5)).remove(0);
+    /// let choice = Choice::Fixed { prefill: Algorithm::PassKv, decode: Algorithm::GatherQ };
+    /// let config = CacheConfig { layers: 0, seqs: 1, reserve: 0, choice };
+    /// let err = RankAttention::new(cp_attention::CpuAttention::default(), comm, config).unwrap_err();
+    /// assert!(matches!(err, ModelError::Config { what: "layers", .. }));
+    /// ```
     pub fn new(ops: A, comm: C, config: CacheConfig) -> Result<Self> {
         if config.layers == 0 {
             return Err(ModelError::Config { what: "layers", reason: "a model has at least one layer" });
@@ -230,7 +321,24 @@ where
     }
 
     /// Plans a prefill turn: `new[i].count` new tokens for sequence `new[i].seq` (a first prompt
-    /// or a later turn on top of the cache).
+    /// or a later turn on top of the cache). Nothing changes until [`RankAttention::finish`].
+    ///
+    /// ```
+    /// # use candle_core::{Device, Tensor};
+    /// # use cp_model::{CacheConfig, Choice, RankAttention};
+    /// # use cp_ring::Algorithm;
+    /// # use cp_shard::NewTokens;
+    /// # let comm = cp_ring::channel_ring::<Tensor>(1, std::time::Duration::from_secs(5)).remove(0);
+    /// # let config = CacheConfig { layers: 1, seqs: 2, reserve: 0,
+    /// #     choice: Choice::Fixed { prefill: Algorithm::PassKv, decode: Algorithm::GatherQ } };
+    /// # let mut attn = RankAttention::new(cp_attention::CpuAttention::default(), comm, config)?;
+    /// # let randn = |rows: usize, heads: usize| Tensor::randn(0f32, 1.0, (rows, heads, 8), &Device::Cpu);
+    /// let step = attn.prefill(&[NewTokens { seq: 1, count: 4 }])?;
+    /// assert_eq!(step.positions(), [0, 1, 2, 3]);
+    /// // An unknown sequence is an error naming it.
+    /// assert!(attn.prefill(&[NewTokens { seq: 7, count: 4 }]).is_err());
+    /// # Ok::<(), cp_model::ModelError>(())
+    /// ```
     pub fn prefill(&mut self, new: &[NewTokens]) -> Result<Step> {
         let plan = TurnPlan::new(&self.cache, new)?;
         let (algorithm, decision) = match self.config.choice {
@@ -249,7 +357,27 @@ where
         self.step(Plan::Turn(plan), algorithm, decision)
     }
 
-    /// Plans a decode iteration: one new token for each sequence of `seqs`, placed round-robin.
+    /// Plans a decode iteration: one new token for each sequence of `seqs`, placed round-robin
+    /// (the start rank moves by one every iteration, so caches grow evenly).
+    ///
+    /// ```
+    /// # use candle_core::{Device, Tensor};
+    /// # use cp_model::{CacheConfig, Choice, RankAttention};
+    /// # use cp_ring::Algorithm;
+    /// # use cp_shard::NewTokens;
+    /// # let comm = cp_ring::channel_ring::<Tensor>(1, std::time::Duration::from_secs(5)).remove(0);
+    /// # let config = CacheConfig { layers: 1, seqs: 2, reserve: 0,
+    /// #     choice: Choice::Fixed { prefill: Algorithm::PassKv, decode: Algorithm::GatherQ } };
+    /// # let mut attn = RankAttention::new(cp_attention::CpuAttention::default(), comm, config)?;
+    /// # let randn = |rows: usize, heads: usize| Tensor::randn(0f32, 1.0, (rows, heads, 8), &Device::Cpu);
+    /// let mut step = attn.prefill(&[NewTokens { seq: 0, count: 4 }, NewTokens { seq: 1, count: 2 }])?;
+    /// let n = step.rows().len();
+    /// attn.attend(&mut step, 0, &randn(n, 4)?, &randn(n, 2)?, &randn(n, 2)?)?;
+    /// attn.finish(step)?;
+    /// let step = attn.decode(&[0, 1])?;
+    /// assert_eq!(step.positions(), [4, 2]); // each sequence's next position
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn decode(&mut self, seqs: &[usize]) -> Result<Step> {
         let plan = DecodePlan::new(&self.cache, seqs, self.iteration)?;
         let algorithm = match self.config.choice {
@@ -284,6 +412,25 @@ where
     /// it lies, and returns the attention output of this rank's rows `[rows, NH, DH]` (in the
     /// device's compute dtype: f32 for 16-bit inputs on the CPU, f32 on the GPU; padding rows
     /// zero).
+    ///
+    /// ```
+    /// # use candle_core::{Device, Tensor};
+    /// # use cp_model::{CacheConfig, Choice, RankAttention};
+    /// # use cp_ring::Algorithm;
+    /// # use cp_shard::NewTokens;
+    /// # let comm = cp_ring::channel_ring::<Tensor>(1, std::time::Duration::from_secs(5)).remove(0);
+    /// # let config = CacheConfig { layers: 1, seqs: 2, reserve: 0,
+    /// #     choice: Choice::Fixed { prefill: Algorithm::PassKv, decode: Algorithm::GatherQ } };
+    /// # let mut attn = RankAttention::new(cp_attention::CpuAttention::default(), comm, config)?;
+    /// # let randn = |rows: usize, heads: usize| Tensor::randn(0f32, 1.0, (rows, heads, 8), &Device::Cpu);
+    /// let mut step = attn.prefill(&[NewTokens { seq: 0, count: 3 }])?;
+    /// let (q, k) = (randn(4, 4)?, randn(4, 2)?); // 2 chunks of 2 rows, one of them padding
+    /// let out = attn.attend(&mut step, 0, &q, &k, &k)?;
+    /// assert_eq!(out.dims(), [4, 4, 8]);
+    /// // Tensors with another number of rows are an error, not a silent wrong answer.
+    /// assert!(attn.attend(&mut step, 0, &randn(3, 4)?, &k, &k).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn attend(
         &mut self,
         step: &mut Step,
@@ -361,6 +508,23 @@ where
     }
 
     /// Ends `step` once every layer has attended: records its tokens in the cache.
+    ///
+    /// ```
+    /// # use candle_core::{Device, Tensor};
+    /// # use cp_model::{CacheConfig, Choice, RankAttention};
+    /// # use cp_ring::Algorithm;
+    /// # use cp_shard::NewTokens;
+    /// # let comm = cp_ring::channel_ring::<Tensor>(1, std::time::Duration::from_secs(5)).remove(0);
+    /// # let config = CacheConfig { layers: 1, seqs: 2, reserve: 0,
+    /// #     choice: Choice::Fixed { prefill: Algorithm::PassKv, decode: Algorithm::GatherQ } };
+    /// # let mut attn = RankAttention::new(cp_attention::CpuAttention::default(), comm, config)?;
+    /// # let randn = |rows: usize, heads: usize| Tensor::randn(0f32, 1.0, (rows, heads, 8), &Device::Cpu);
+    /// let step = attn.prefill(&[NewTokens { seq: 0, count: 3 }])?;
+    /// // No layer attended: the step cannot end, and the cache is unchanged.
+    /// assert!(attn.finish(step).is_err());
+    /// assert_eq!(attn.cache().seq_len(0)?, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn finish(&mut self, step: Step) -> Result<()> {
         if step.cache_id != self.cache_id() {
             return Err(ModelError::StaleStep);
