@@ -507,7 +507,7 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
     for &(t, b) in sizes {
         let runs: Vec<_> = (0..b).map(|seq| (Some(seq), 0, t)).collect();
         let layout = layout_of(&runs);
-        let dl = DeviceLayout::new(&s, &layout)?;
+        let dl = DeviceLayout::new(ops, &layout)?;
         let q = random_tensor(&s, &mut rng, &[t * b, nh, d])?;
         let k = random_tensor(&s, &mut rng, &[t * b, nkv, d])?;
         let v = random_tensor(&s, &mut rng, &[t * b, nkv, d])?;
@@ -528,7 +528,7 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
     {
         let t = 16384;
         let (ql, kl) = (layout_of(&[(Some(0), t, t)]), layout_of(&[(Some(0), 0, t)]));
-        let (dq, dk) = (DeviceLayout::new(&s, &ql)?, DeviceLayout::new(&s, &kl)?);
+        let (dq, dk) = (DeviceLayout::new(ops, &ql)?, DeviceLayout::new(ops, &kl)?);
         let q = random_tensor(&s, &mut rng, &[t, nh, d])?;
         let k = random_tensor(&s, &mut rng, &[t, nkv, d])?;
         let v = random_tensor(&s, &mut rng, &[t, nkv, d])?;
@@ -548,7 +548,7 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
     {
         let t = 256usize;
         let layout = layout_of(&[(Some(0), 0, t)]);
-        let dl = DeviceLayout::new(&s, &layout)?;
+        let dl = DeviceLayout::new(ops, &layout)?;
         let q = random_tensor(&s, &mut rng, &[t, nh, d])?;
         let k = random_tensor(&s, &mut rng, &[t, nkv, d])?;
         let v = random_tensor(&s, &mut rng, &[t, nkv, d])?;
@@ -573,7 +573,7 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
     {
         let (tq, tk) = (320usize, 32000usize);
         let (ql, kl) = (layout_of(&[(Some(0), tk, tq)]), layout_of(&[(Some(0), 0, tk)]));
-        let (dq, dk) = (DeviceLayout::new(&s, &ql)?, DeviceLayout::new(&s, &kl)?);
+        let (dq, dk) = (DeviceLayout::new(ops, &ql)?, DeviceLayout::new(ops, &kl)?);
         let q = random_tensor(&s, &mut rng, &[tq, nh, d])?;
         let k = random_tensor(&s, &mut rng, &[tk, nkv, d])?;
         let v = random_tensor(&s, &mut rng, &[tk, nkv, d])?;
@@ -591,7 +591,7 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
     for &(len, b) in decodes {
         let ql = layout_of(&(0..b).map(|seq| (Some(seq), len - 1, 1)).collect::<Vec<_>>());
         let kl = layout_of(&(0..b).map(|seq| (Some(seq), 0, len)).collect::<Vec<_>>());
-        let (dq, dk) = (DeviceLayout::new(&s, &ql)?, DeviceLayout::new(&s, &kl)?);
+        let (dq, dk) = (DeviceLayout::new(ops, &ql)?, DeviceLayout::new(ops, &kl)?);
         let q = random_tensor(&s, &mut rng, &[b, nh, d])?;
         let k = random_tensor(&s, &mut rng, &[b * len, nkv, d])?;
         let v = random_tensor(&s, &mut rng, &[b * len, nkv, d])?;
@@ -666,7 +666,7 @@ pub fn dump(ops: &CudaAttention, dir: &str) -> Result<()> {
     let mut rng = Rng(7);
     let (t, nh, nkv, d) = (4096usize, 32usize, 8usize, 128usize);
     let layout = layout_of(&[(Some(0), 0, t)]);
-    let dl = DeviceLayout::new(&s, &layout)?;
+    let dl = DeviceLayout::new(ops, &layout)?;
     let q = random_tensor(&s, &mut rng, &[t, nh, d])?;
     let k = random_tensor(&s, &mut rng, &[t, nkv, d])?;
     let v = random_tensor(&s, &mut rng, &[t, nkv, d])?;
@@ -700,7 +700,7 @@ pub fn profile(ops: &CudaAttention) -> Result<()> {
     let s = ops.stream().clone();
     let mut rng = Rng(1);
     let t = 16384;
-    let l = DeviceLayout::new(&s, &layout_of(&[(Some(0), 0, t)]))?;
+    let l = DeviceLayout::new(ops, &layout_of(&[(Some(0), 0, t)]))?;
     let q = random_tensor(&s, &mut rng, &[t, 32, 128])?;
     let k = random_tensor(&s, &mut rng, &[t, 8, 128])?;
     let v = random_tensor(&s, &mut rng, &[t, 8, 128])?;

@@ -130,61 +130,46 @@ impl Probe for () {
     fn exit(&mut self, _: Phase, _: usize) {}
 }
 
-/// A boxed transport, for callers that choose the transport at run time.
-impl<T, R: RingTransport<T> + ?Sized> RingTransport<T> for Box<R> {
-    type Error = R::Error;
+/// Forwards every method of `RingTransport` to the transport a pointer type points at.
+macro_rules! forward_transport {
+    ($(#[$doc:meta])* $ptr:ty) => {
+        $(#[$doc])*
+        impl<T, R: RingTransport<T> + ?Sized> RingTransport<T> for $ptr {
+            type Error = R::Error;
 
-    fn rank(&self) -> usize {
-        (**self).rank()
-    }
+            fn rank(&self) -> usize {
+                (**self).rank()
+            }
 
-    fn world_size(&self) -> usize {
-        (**self).world_size()
-    }
+            fn world_size(&self) -> usize {
+                (**self).world_size()
+            }
 
-    fn start_shift(&mut self, msg: &[T]) -> Result<(), Self::Error> {
-        (**self).start_shift(msg)
-    }
+            fn start_shift(&mut self, msg: &[T]) -> Result<(), Self::Error> {
+                (**self).start_shift(msg)
+            }
 
-    fn finish_shift(&mut self) -> Result<Vec<T>, Self::Error> {
-        (**self).finish_shift()
-    }
+            fn finish_shift(&mut self) -> Result<Vec<T>, Self::Error> {
+                (**self).finish_shift()
+            }
 
-    fn all_to_all(&mut self, msgs: Vec<Vec<T>>) -> Result<Vec<Vec<T>>, Self::Error> {
-        (**self).all_to_all(msgs)
-    }
+            fn all_to_all(&mut self, msgs: Vec<Vec<T>>) -> Result<Vec<Vec<T>>, Self::Error> {
+                (**self).all_to_all(msgs)
+            }
 
-    fn drain(&mut self) -> Result<(), Self::Error> {
-        (**self).drain()
-    }
+            fn drain(&mut self) -> Result<(), Self::Error> {
+                (**self).drain()
+            }
+        }
+    };
 }
 
-/// A borrowed transport: a caller that owns its end of the ring (and uses it for more than
-/// attention) lends it for a while.
-impl<T, R: RingTransport<T> + ?Sized> RingTransport<T> for &mut R {
-    type Error = R::Error;
-
-    fn rank(&self) -> usize {
-        (**self).rank()
-    }
-
-    fn world_size(&self) -> usize {
-        (**self).world_size()
-    }
-
-    fn start_shift(&mut self, msg: &[T]) -> Result<(), Self::Error> {
-        (**self).start_shift(msg)
-    }
-
-    fn finish_shift(&mut self) -> Result<Vec<T>, Self::Error> {
-        (**self).finish_shift()
-    }
-
-    fn all_to_all(&mut self, msgs: Vec<Vec<T>>) -> Result<Vec<Vec<T>>, Self::Error> {
-        (**self).all_to_all(msgs)
-    }
-
-    fn drain(&mut self) -> Result<(), Self::Error> {
-        (**self).drain()
-    }
-}
+forward_transport!(
+    /// A boxed transport, for callers that choose the transport at run time.
+    Box<R>
+);
+forward_transport!(
+    /// A borrowed transport: a caller that owns its end of the ring (and uses it for more than
+    /// attention) lends it for a while.
+    &mut R
+);

@@ -60,7 +60,7 @@ impl CudaAttention {
             return Ok(None);
         }
         let (mut start, mut len, mut pos) = (Vec::new(), Vec::new(), Vec::new());
-        for t in &ql.tokens {
+        for t in ql.layout.rows() {
             let (s, l, p) = match t.and_then(|t| ranges.get(&t.seq).map(|r| (*r, t.pos))) {
                 Some(((first, count), p)) => (first as i32, count as i32, p as i32),
                 None => (0, 0, 0),

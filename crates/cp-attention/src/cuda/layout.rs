@@ -1,11 +1,11 @@
 //! Layouts on the device: per-row (sequence, position) and per-tile summaries.
 
-use std::sync::Arc;
+#[cfg(test)]
+use cp_shard::Token;
+use cp_shard::{Layout, Run};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use cp_shard::{Layout, Token};
-use cudarc::driver::{CudaSlice, CudaStream};
-
-use super::cuda_err;
+use super::{CudaAttention, cuda_err};
 use crate::Result;
 
 /// Rows per tile summary (query blocks of 128 rows combine two on the device), and keys per
@@ -16,17 +16,23 @@ pub(crate) const TILE: usize = 64;
 /// summaries `(seq or -1 none or -2 several, min pos, max pos, has padding)` of 64 rows, and,
 /// for the decode kernel, each sequence's contiguous row range (if every sequence's rows are
 /// contiguous).
+///
+/// Built from the layout's runs, not its rows: the host uploads one entry per run and per tile,
+/// and a kernel expands the runs into the per-row arrays on the device. A layout of a long cache
+/// (a decode step's keys) costs the host O(runs + rows / 64), not O(rows).
 #[derive(Debug)]
 pub struct DeviceLayout {
     pub(crate) rows: usize,
-    pub(crate) tokens: Vec<Option<Token>>,
+    pub(crate) layout: Layout,
     pub(crate) seq: CudaSlice<i32>,
     pub(crate) pos: CudaSlice<i32>,
     pub(crate) tiles: CudaSlice<i32>,
     pub(crate) seq_ranges: Option<std::collections::HashMap<usize, (usize, usize)>>,
 }
 
-/// Summaries of consecutive tiles of `tile` rows.
+/// Summaries of consecutive tiles of `tile` rows, from per-row tokens (the reference the
+/// run-based [`tile_summaries_of_runs`] is tested against).
+#[cfg(test)]
 pub(crate) fn tile_summaries(tokens: &[Option<Token>], tile: usize) -> Vec<i32> {
     let mut out = Vec::new();
     for chunk in tokens.chunks(tile) {
@@ -57,51 +63,132 @@ pub(crate) fn tile_summaries(tokens: &[Option<Token>], tile: usize) -> Vec<i32> 
     out
 }
 
+/// The same summaries from the layout's runs: each run touches the tiles it overlaps, with the
+/// positions of its rows inside each (runs hold increasing positions).
+pub(crate) fn tile_summaries_of_runs(layout: &Layout, tile: usize) -> Vec<i32> {
+    let rows = layout.len();
+    let n_tiles = rows.div_ceil(tile);
+    if n_tiles == 0 {
+        return vec![-1, 0, 0, 1];
+    }
+    // (seq: -1 none, -2 several; lo; hi; pad) per tile.
+    let mut acc: Vec<(i64, i64, i64, i32)> = vec![(-1, i64::MAX, i64::MIN, 0); n_tiles];
+    if !rows.is_multiple_of(tile) {
+        acc[n_tiles - 1].3 = 1; // a short last tile: rows past the end are padding
+    }
+    let mut row = 0usize;
+    for run in layout.runs() {
+        let len = run.len();
+        let mut at = row;
+        while at < row + len {
+            let t = at / tile;
+            let end = ((t + 1) * tile).min(row + len);
+            let a = &mut acc[t];
+            match *run {
+                Run::Padding { .. } => a.3 = 1,
+                Run::Tokens { seq, span } => {
+                    let (first, last) = (span.start + (at - row), span.start + (end - 1 - row));
+                    a.0 = match a.0 {
+                        -1 => seq as i64,
+                        s if s == seq as i64 => s,
+                        _ => -2,
+                    };
+                    a.1 = a.1.min(first as i64);
+                    a.2 = a.2.max(last as i64);
+                }
+            }
+            at = end;
+        }
+        row += len;
+    }
+    acc.into_iter()
+        .flat_map(|(seq, lo, hi, pad)| {
+            let (lo, hi) = if seq == -1 { (0, 0) } else { (lo, hi) };
+            [seq as i32, lo as i32, hi as i32, pad]
+        })
+        .collect()
+}
+
 /// Each sequence's row range `(first, len)`, or `None` if some sequence's rows are not
-/// contiguous (or interleaved with padding).
-fn seq_ranges(tokens: &[Option<Token>]) -> Option<std::collections::HashMap<usize, (usize, usize)>> {
+/// contiguous (or interleaved with padding), from the runs.
+fn seq_ranges(layout: &Layout) -> Option<std::collections::HashMap<usize, (usize, usize)>> {
     let mut ranges: std::collections::HashMap<usize, (usize, usize)> = std::collections::HashMap::new();
     let mut last: Option<usize> = None;
-    for (row, t) in tokens.iter().enumerate() {
-        let Some(t) = t else {
-            last = None;
-            continue;
-        };
-        match ranges.get_mut(&t.seq) {
-            Some(r) if last == Some(t.seq) && r.0 + r.1 == row => r.1 += 1,
-            Some(_) => return None,
-            None => {
-                ranges.insert(t.seq, (row, 1));
+    let mut row = 0;
+    for run in layout.runs() {
+        match *run {
+            Run::Padding { .. } => last = None,
+            Run::Tokens { seq, span } => {
+                match ranges.get_mut(&seq) {
+                    Some(r) if last == Some(seq) && r.0 + r.1 == row => r.1 += span.len,
+                    Some(_) => return None,
+                    None => {
+                        ranges.insert(seq, (row, span.len));
+                    }
+                }
+                last = Some(seq);
             }
         }
-        last = Some(t.seq);
+        row += run.len();
     }
     Some(ranges)
 }
 
 impl DeviceLayout {
-    /// Uploads `layout`. Positions must fit in `i32`.
-    pub fn new(stream: &Arc<CudaStream>, layout: &Layout) -> Result<DeviceLayout> {
-        let tokens: Vec<Option<Token>> = layout.rows().collect();
-        if let Some(t) = tokens.iter().flatten().find(|t| t.pos > i32::MAX as usize || t.seq > i32::MAX as usize) {
-            let (what, value) =
-                if t.pos > i32::MAX as usize { ("a position", t.pos) } else { ("a sequence id", t.seq) };
-            return Err(crate::AttentionError::TooLarge { what, value, max: i32::MAX as usize });
+    /// Uploads `layout` for the kernels of `ops` (on its stream). Positions, sequence ids and
+    /// rows must fit in `i32`.
+    pub fn new(ops: &CudaAttention, layout: &Layout) -> Result<DeviceLayout> {
+        let stream = ops.stream();
+        let too_large = |what, value: usize| crate::AttentionError::TooLarge { what, value, max: i32::MAX as usize };
+        if layout.len() > i32::MAX as usize {
+            return Err(too_large("a layout's rows", layout.len()));
         }
-        let mut seq: Vec<i32> = tokens.iter().map(|t| t.map_or(-1, |t| t.seq as i32)).collect();
-        let mut pos: Vec<i32> = tokens.iter().map(|t| t.map_or(0, |t| t.pos as i32)).collect();
-        if seq.is_empty() {
-            seq.push(-1);
-            pos.push(0);
+        // (first row, seq or -1, first position, rows) per run.
+        let mut runs: Vec<i32> = Vec::with_capacity(4 * layout.runs().len());
+        let mut row = 0usize;
+        for run in layout.runs() {
+            let (seq, pos) = match *run {
+                Run::Padding { .. } => (-1, 0),
+                Run::Tokens { seq, span } => {
+                    if span.end() - 1 > i32::MAX as usize {
+                        return Err(too_large("a position", span.end() - 1));
+                    }
+                    if seq > i32::MAX as usize {
+                        return Err(too_large("a sequence id", seq));
+                    }
+                    (seq as i32, span.start as i32)
+                }
+            };
+            runs.extend([row as i32, seq, pos, run.len() as i32]);
+            row += run.len();
         }
         let up = |v: &[i32]| stream.clone_htod(v).map_err(cuda_err("cuMemcpyHtoD(layout)"));
+        let rows = layout.len();
+        let (seq, pos) = if rows == 0 {
+            (up(&[-1])?, up(&[0])?)
+        } else {
+            // SAFETY: the expansion below writes every row (the runs cover 0..rows).
+            let mut seq = unsafe { stream.alloc::<i32>(rows) }.map_err(cuda_err("cuMemAlloc(layout)"))?;
+            let mut pos = unsafe { stream.alloc::<i32>(rows) }.map_err(cuda_err("cuMemAlloc(layout)"))?;
+            let d_runs = up(&runs)?;
+            let n_runs = (runs.len() / 4) as i32;
+            let f = ops.kernels.get("expand_runs")?;
+            let cfg =
+                LaunchConfig { grid_dim: (n_runs.max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            let mut b = stream.launch_builder(f);
+            b.arg(&d_runs).arg(&n_runs).arg(&mut seq).arg(&mut pos);
+            // SAFETY: `runs` holds `n_runs` entries of 4 i32 whose row ranges tile 0..rows, the
+            // length of `seq` and `pos`.
+            unsafe { b.launch(cfg) }.map_err(cuda_err("launch expand_runs"))?;
+            (seq, pos)
+        };
         Ok(DeviceLayout {
-            rows: layout.len(),
-            seq: up(&seq)?,
-            pos: up(&pos)?,
-            tiles: up(&tile_summaries(&tokens, TILE))?,
-            seq_ranges: seq_ranges(&tokens),
-            tokens,
+            rows,
+            seq,
+            pos,
+            tiles: up(&tile_summaries_of_runs(layout, TILE))?,
+            seq_ranges: seq_ranges(layout),
+            layout: layout.clone(),
         })
     }
 
@@ -130,6 +217,7 @@ mod tests {
         layout.push_tokens(1, Span::new(60, 10)); // 143 rows: tile 2 is short (15 rows)
         let t = tokens(&layout);
         let s = tile_summaries(&t, 64);
+        assert_eq!(s, tile_summaries_of_runs(&layout, 64));
         assert_eq!(s.len(), 3 * 4);
         assert_eq!(&s[0..4], &[0, 10, 73, 0], "a full tile of one sequence");
         assert_eq!(&s[4..8], &[-2, 0, 79, 1], "several sequences and padding");
@@ -152,7 +240,7 @@ mod tests {
         layout.push_tokens(0, Span::new(0, 5));
         layout.push_tokens(1, Span::new(0, 3));
         layout.push_padding(2);
-        let ranges = seq_ranges(&tokens(&layout)).expect("contiguous");
+        let ranges = seq_ranges(&layout).expect("contiguous");
         assert_eq!(ranges[&0], (0, 5));
         assert_eq!(ranges[&1], (5, 3));
         // Sequence 0 split by sequence 1: not contiguous.
@@ -160,12 +248,47 @@ mod tests {
         split.push_tokens(0, Span::new(0, 2));
         split.push_tokens(1, Span::new(0, 2));
         split.push_tokens(0, Span::new(2, 2));
-        assert!(seq_ranges(&tokens(&split)).is_none());
+        assert!(seq_ranges(&split).is_none());
         // Split by padding: not contiguous either.
         let mut padded = Layout::new();
         padded.push_tokens(0, Span::new(0, 2));
         padded.push_padding(1);
         padded.push_tokens(0, Span::new(2, 2));
-        assert!(seq_ranges(&tokens(&padded)).is_none());
+        assert!(seq_ranges(&padded).is_none());
+    }
+
+    #[test]
+    fn run_summaries_equal_row_summaries() {
+        // Handmade layouts and a deterministic spread of random ones: runs of tokens of a few
+        // sequences at scattered positions, padding between, lengths around the tile size.
+        let mut layouts = Vec::new();
+        let mut l = Layout::new();
+        l.push_tokens(0, Span::new(10, 70));
+        l.push_padding(3);
+        l.push_tokens(1, Span::new(0, 60));
+        l.push_tokens(1, Span::new(60, 10));
+        layouts.push(l);
+        layouts.push(Layout::new());
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |m: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % m) as usize
+        };
+        for _ in 0..200 {
+            let mut l = Layout::new();
+            for _ in 0..next(12) {
+                match next(4) {
+                    0 => l.push_padding(next(150)),
+                    _ => l.push_tokens(next(3), Span::new(next(1000), next(150))),
+                }
+            }
+            layouts.push(l);
+        }
+        for l in &layouts {
+            assert_eq!(tile_summaries_of_runs(l, 64), tile_summaries(&tokens(l), 64), "{l:?}");
+            assert_eq!(tile_summaries_of_runs(l, 16), tile_summaries(&tokens(l), 16), "{l:?}");
+        }
     }
 }

@@ -168,7 +168,7 @@ impl CudaAttention {
         if let Some(found) = cache.get(layout) {
             return Ok(found.clone());
         }
-        let uploaded = Arc::new(DeviceLayout::new(&self.stream, layout)?);
+        let uploaded = Arc::new(DeviceLayout::new(self, layout)?);
         // Other streams may read it next: finish the copies first.
         self.synchronize()?;
         if cache.len() > 64 {
@@ -326,7 +326,7 @@ impl AttentionOps for CudaAttention {
 
 /// The KV cache's buffers in device memory: allocated on this stream, rows copied in place by
 /// device-to-device copies on it, views sharing the buffer (a shorter shape over the same
-/// memory). A buffer written in place must not be shared: [`KvOps::copy_rows`] refuses a
+/// memory). A buffer written in place must not be shared: [`cp_ring::KvOps::copy_rows`] refuses a
 /// destination some other tensor still holds (a transfer in flight, a caller's clone).
 impl cp_ring::KvOps for CudaAttention {
     fn alloc_rows(&self, like: &GpuTensor, rows: usize) -> Result<GpuTensor> {

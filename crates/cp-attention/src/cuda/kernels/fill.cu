@@ -26,3 +26,15 @@ DEVI void fill_rows(u16* __restrict__ out, const int* __restrict__ seq, const in
 }
 extern "C" __global__ void fill_rows_bf16(u16* o, const int* s, const int* p, long rows, int width, u64 seed, u32 pad) { fill_rows<true>(o, s, p, rows, width, seed, pad); }
 extern "C" __global__ void fill_rows_f16(u16* o, const int* s, const int* p, long rows, int width, u64 seed, u32 pad) { fill_rows<false>(o, s, p, rows, width, seed, pad); }
+// A layout's runs expanded into per-row arrays: runs[4 r .. 4 r + 4] = (first row, seq or -1,
+// first position, rows); one block per run, its threads striding over the run's rows.
+extern "C" __global__ void expand_runs(const int* __restrict__ runs, int n_runs, int* __restrict__ seq,
+                                       int* __restrict__ pos) {
+    for (int r = blockIdx.x; r < n_runs; r += gridDim.x) {
+        const int row0 = runs[4 * r], s = runs[4 * r + 1], p0 = runs[4 * r + 2], len = runs[4 * r + 3];
+        for (int i = threadIdx.x; i < len; i += blockDim.x) {
+            seq[row0 + i] = s;
+            pos[row0 + i] = s < 0 ? 0 : p0 + i;
+        }
+    }
+}
