@@ -117,10 +117,10 @@ fn a_mismatched_world_size_is_refused_by_rank_0() {
     // Rank 0 waits long enough for the client thread to be scheduled even on a loaded machine;
     // the refusal itself comes at once.
     let server =
-        Rendezvous { rank: 0, world_size: 3, local_rank: 0, master: master.clone(), timeout: Duration::from_secs(4) };
+        Rendezvous { rank: 0, world_size: 3, local_rank: 0, master: master.clone(), timeout: Duration::from_secs(8) };
     let handle = std::thread::spawn(move || server.share(|| vec![7; 4]));
     std::thread::sleep(Duration::from_millis(100));
-    let client = Rendezvous { rank: 1, world_size: 2, local_rank: 1, master, timeout: Duration::from_secs(10) };
+    let client = Rendezvous { rank: 1, world_size: 2, local_rank: 1, master, timeout: Duration::from_secs(20) };
     let err = client.share(Vec::new).unwrap_err();
     assert!(
         matches!(&err, RendezvousError::Refused { rank: 1, reason } if reason.contains("WORLD_SIZE 2, rank 0 has 3")),

@@ -28,10 +28,11 @@ struct Args {
     config: Option<String>,
     decode: usize,
     save: Option<String>,
+    gpu_shape: bool,
 }
 
 fn parse() -> Result<Args, Error> {
-    let mut args = Args { ranks: 4, weights: None, config: None, decode: 8, save: None };
+    let mut args = Args { ranks: 4, weights: None, config: None, decode: 8, save: None, gpu_shape: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -41,10 +42,12 @@ fn parse() -> Result<Args, Error> {
             "--weights" => args.weights = Some(value()?),
             "--config" => args.config = Some(value()?),
             "--save-random" => args.save = Some(value()?),
+            "--gpu-shape" => args.gpu_shape = true,
             "--help" | "-h" => {
                 println!(
                     "usage: llama [--ranks N] [--decode STEPS] [--weights FILE.safetensors --config config.json] \\
-                     [--save-random DIR (writes the random model as DIR/model.safetensors and DIR/config.json)]"
+                     [--save-random DIR (writes the random model as DIR/model.safetensors and DIR/config.json)] \\
+                     [--gpu-shape (a random model of head dim 128, 4 layers, as the GPU kernels take)]"
                 );
                 std::process::exit(0);
             }
@@ -93,7 +96,7 @@ fn main() -> Result<(), Error> {
             (cfg.into_config(false), None, vb)
         }
         _ => {
-            let cfg = small_config();
+            let cfg = if args.gpu_shape { model::gpu_config() } else { small_config() };
             let map = random_weights(&cfg, 1)?;
             if let Some(dir) = &args.save {
                 save(&cfg, &map, dir)?;

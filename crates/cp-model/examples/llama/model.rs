@@ -37,6 +37,34 @@ struct Layer {
     down: Linear,
 }
 
+/// What the model needs from attention: one call per layer with the step's rows' Q, K and V
+/// (candle tensors on the model's device), returning the attention output of those rows.
+pub trait LayerAttention {
+    /// See [`RankAttention::attend`].
+    fn attend_layer(
+        &mut self,
+        step: &mut Step,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor, Error>;
+}
+
+/// On the CPU, candle tensors go to `RankAttention` as they are.
+impl<C: cp_ring::RingTransport<Tensor>> LayerAttention for RankAttention<CpuAttention, C> {
+    fn attend_layer(
+        &mut self,
+        step: &mut Step,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor, Error> {
+        Ok(self.attend(step, layer, q, k, v)?)
+    }
+}
+
 /// Llama's weights, for one rank's rows.
 pub struct CpLlama {
     embed: Embedding,
@@ -97,15 +125,7 @@ impl CpLlama {
 
     /// Runs this rank's rows of `step` (token ids `ids`, one per row of [`Step::rows`]) through
     /// the model; returns the final hidden states `[rows, hidden]`.
-    pub fn forward<C>(
-        &self,
-        attn: &mut RankAttention<CpuAttention, C>,
-        step: &mut Step,
-        ids: &[u32],
-    ) -> Result<Tensor, Error>
-    where
-        C: cp_ring::RingTransport<Tensor>,
-    {
+    pub fn forward(&self, attn: &mut impl LayerAttention, step: &mut Step, ids: &[u32]) -> Result<Tensor, Error> {
         let dev = self.cos.device();
         let rows = ids.len();
         let positions = Tensor::new(step.positions(), dev)?;
@@ -120,7 +140,7 @@ impl CpLlama {
             let q = rope(layer.q.forward(&h)?.reshape((rows, self.heads, self.head_dim))?)?;
             let k = rope(layer.k.forward(&h)?.reshape((rows, self.kv_heads, self.head_dim))?)?;
             let v = layer.v.forward(&h)?.reshape((rows, self.kv_heads, self.head_dim))?;
-            let att = attn.attend(step, i, &q, &k, &v)?;
+            let att = attn.attend_layer(step, i, &q, &k, &v)?;
             let att = att.to_dtype(x.dtype())?.reshape((rows, self.heads * self.head_dim))?;
             x = (layer.o.forward(&att)? + x)?;
             let h = layer.post_norm.forward(&x)?;
@@ -263,6 +283,21 @@ pub fn small_config() -> Config {
         rope_scaling: None,
         max_position_embeddings: 512,
         tie_word_embeddings: false,
+    }
+}
+
+/// A configuration our GPU kernels take (head dim 128; they serve 64 and 128): 4 layers, hidden
+/// 1024, 8 query heads over 2 key/value heads.
+pub fn gpu_config() -> Config {
+    Config {
+        hidden_size: 1024,
+        intermediate_size: 2048,
+        vocab_size: 2048,
+        num_hidden_layers: 4,
+        num_attention_heads: 8,
+        num_key_value_heads: 2,
+        max_position_embeddings: 4096,
+        ..small_config()
     }
 }
 
