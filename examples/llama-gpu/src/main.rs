@@ -252,13 +252,37 @@ fn main() -> Result<(), Error> {
             "--gpus" => gpus = value()?.parse().map_err(|e| format!("--gpus: {e}"))?,
             "--decode" => decode = value()?.parse().map_err(|e| format!("--decode: {e}"))?,
             other => return Err(format!(
-                "unknown argument {other}; usage: cp-llama-gpu --weights FILE --config FILE [--gpus N] [--decode STEPS]"
+                "unknown argument {other}; usage: cp-llama-gpu [--weights FILE --config FILE] [--gpus N] [--decode STEPS]"
             )
             .into()),
         }
     }
-    let (Some(weights), Some(config)) = (weights, config) else {
-        return Err("--weights FILE.safetensors and --config config.json are required".into());
+    let (weights, config) = match (weights, config) {
+        (Some(w), Some(c)) => (w, c),
+        (None, None) => {
+            // A random model of the shape our kernels take, written where every rank loads it.
+            let dir = std::env::temp_dir().join(format!("cp-llama-gpu-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let cfg = model::gpu_config();
+            model::random_weights(&cfg, 1)?.save(dir.join("model.safetensors"))?;
+            let json = serde_json::json!({
+                "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+                "vocab_size": cfg.vocab_size, "num_hidden_layers": cfg.num_hidden_layers,
+                "num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.num_key_value_heads,
+                "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
+                "max_position_embeddings": cfg.max_position_embeddings, "tie_word_embeddings": false,
+            });
+            std::fs::write(dir.join("config.json"), json.to_string())?;
+            println!(
+                "random model ({} layers, hidden {}, head dim 128) in {}",
+                cfg.num_hidden_layers,
+                cfg.hidden_size,
+                dir.display()
+            );
+            let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+            (path("model.safetensors"), path("config.json"))
+        }
+        _ => return Err("--weights and --config go together (or neither: a random model)".into()),
     };
     if gpus == 0 {
         return Err("--gpus must be at least 1".into());

@@ -47,7 +47,7 @@ fn parse() -> Result<Args, Error> {
                 println!(
                     "usage: llama [--ranks N] [--decode STEPS] [--weights FILE.safetensors --config config.json] \\
                      [--save-random DIR (writes the random model as DIR/model.safetensors and DIR/config.json)] \\
-                     [--gpu-shape (a random model of head dim 128, 4 layers, as the GPU kernels take)]"
+                     [--gpu-shape (a random model of head dim 128, as the GPU kernels take)]"
                 );
                 std::process::exit(0);
             }
