@@ -100,7 +100,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // CI lacks): formatted here at least; it is built and run on the GPU machine.
     step(
         "rustfmt --check examples/llama-gpu (not built here: needs nvcc)",
-        Command::new("rustfmt").args(["--edition", "2024", "--check"]).arg(root().join("examples/llama-gpu/src/main.rs")),
+        Command::new("rustfmt")
+            .args(["--edition", "2024", "--check"])
+            .arg(root().join("examples/llama-gpu/src/main.rs")),
     )?;
     step(
         "cargo clippy (all targets, all features, warnings denied)",

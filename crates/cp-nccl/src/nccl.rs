@@ -26,8 +26,13 @@ pub(crate) fn comm_stream(
 
 /// Whether the NCCL library can be loaded (checked first: cudarc's loader panics otherwise).
 pub fn nccl_available() -> bool {
+    #[cfg(feature = "cuda-linked")]
+    return true; // linked into the binary (feature `cuda-linked`)
     // SAFETY: only tries to open the library by its candidate names.
-    unsafe { sys::is_culib_present() }
+    #[cfg(not(feature = "cuda-linked"))]
+    unsafe {
+        sys::is_culib_present()
+    }
 }
 
 /// An NCCL communicator that is aborted, never panicking, when dropped.

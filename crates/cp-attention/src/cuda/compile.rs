@@ -21,8 +21,13 @@ pub const SOURCE: &str = concat!(
 /// Whether the NVRTC library can be loaded (checked before any call, since cudarc's dynamic
 /// loader panics on a missing library).
 pub fn nvrtc_available() -> bool {
+    #[cfg(feature = "cuda-linked")]
+    return true; // linked into the binary: present, or it would not have started
     // SAFETY: only tries to open the library by its candidate names; calls nothing in it.
-    unsafe { nvrtc_sys::is_culib_present() }
+    #[cfg(not(feature = "cuda-linked"))]
+    unsafe {
+        nvrtc_sys::is_culib_present()
+    }
 }
 
 fn options(arch: &str) -> Vec<String> {

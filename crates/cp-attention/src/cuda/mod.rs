@@ -35,8 +35,13 @@ pub use tensor::{GpuDType, GpuTensor};
 
 /// Whether the CUDA driver library can be loaded on this machine.
 pub fn driver_available() -> bool {
+    #[cfg(feature = "cuda-linked")]
+    return true; // linked into the binary (feature `cuda-linked`)
     // SAFETY: only tries to open the library; calls nothing in it.
-    unsafe { cudarc::driver::sys::is_culib_present() }
+    #[cfg(not(feature = "cuda-linked"))]
+    unsafe {
+        cudarc::driver::sys::is_culib_present()
+    }
 }
 
 pub(crate) fn cuda_err(op: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> crate::AttentionError {
