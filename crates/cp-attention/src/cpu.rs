@@ -196,6 +196,12 @@ impl AttentionOps for CpuAttention {
         }
         Ok(Tensor::cat(parts, 0)?)
     }
+
+    const NARROWS_ROWS: bool = true;
+
+    fn narrow_rows(&self, t: &Tensor, start: usize, count: usize) -> Result<Tensor> {
+        Ok(t.narrow(0, start, count)?)
+    }
 }
 
 /// `-inf` entries (rows that see no key) replaced by 0, so that subtracting them in an

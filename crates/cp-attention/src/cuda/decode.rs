@@ -153,8 +153,8 @@ impl CudaAttention {
             Some(args) => args,
             None => {
                 let Some(args) = self.prepare_decode(&ql, &kl, nh, nkv)? else { return Ok(None) };
-                // Shared with the other streams' clones: finish the uploads first.
-                self.synchronize()?;
+                // Shared with the other streams' clones: cudarc's event tracking (on by default)
+                // makes a launch on another stream wait for these uploads; no host wait here.
                 let args = Arc::new(args);
                 let mut cache = self.decode_args.lock().unwrap_or_else(|p| p.into_inner());
                 if cache.len() > 64 {

@@ -169,8 +169,9 @@ impl CudaAttention {
             return Ok(found.clone());
         }
         let uploaded = Arc::new(DeviceLayout::new(self, layout)?);
-        // Other streams may read it next: finish the copies first.
-        self.synchronize()?;
+        // Other streams may read it next: cudarc's event tracking (on by default) makes their
+        // launches wait for the uploads and the expansion, so the host does not wait here (a new
+        // key layout every decode step made this a host wait per step).
         if cache.len() > 64 {
             cache.clear();
         }
@@ -321,6 +322,30 @@ impl AttentionOps for CudaAttention {
             at += bytes;
         }
         Ok(GpuTensor::from_parts(out, first.dtype(), shape))
+    }
+
+    const NARROWS_ROWS: bool = true;
+
+    /// A copy of the rows (device to device, on this stream): `GpuTensor` has no offset views.
+    fn narrow_rows(&self, t: &GpuTensor, start: usize, count: usize) -> Result<GpuTensor> {
+        let rows = t.shape().first().copied().unwrap_or(0);
+        if start + count > rows {
+            return Err(AttentionError::Shape {
+                what: "rows to narrow to",
+                expected: format!("rows {start}..{} of {rows}", start + count),
+                actual: t.shape().to_vec(),
+            });
+        }
+        let mut shape = t.shape().to_vec();
+        shape[0] = count;
+        let row = shape[1..].iter().product::<usize>() * t.dtype().size();
+        let mut out = self.alloc(t.dtype(), &shape)?;
+        if count > 0 && row > 0 {
+            self.stream
+                .memcpy_dtod(&t.slice().slice(start * row..(start + count) * row), &mut out.slice_mut(0..count * row))
+                .map_err(cuda_err("cuMemcpyDtoDAsync(narrow_rows)"))?;
+        }
+        Ok(GpuTensor::from_parts(out, t.dtype(), shape))
     }
 }
 
