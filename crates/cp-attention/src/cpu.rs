@@ -197,7 +197,9 @@ impl AttentionOps for CpuAttention {
         Ok(Tensor::cat(parts, 0)?)
     }
 
-    const NARROWS_ROWS: bool = true;
+    fn narrows_rows(&self) -> bool {
+        true
+    }
 
     fn narrow_rows(&self, t: &Tensor, start: usize, count: usize) -> Result<Tensor> {
         Ok(t.narrow(0, start, count)?)

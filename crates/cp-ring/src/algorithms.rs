@@ -172,7 +172,7 @@ where
     let blocks = ctx.gather(comm, vec![q.clone()], "all_to_all(queries)", probe)?;
     let mut partials: Vec<Option<Partial<A::Tensor>>> = (0..n).map(|_| None).collect();
     probe.enter(Phase::Compute, 0);
-    if A::NARROWS_ROWS && n > 1 {
+    if ops.narrows_rows() && n > 1 {
         // Every rank's queries in one call (one launch instead of N: a decode step's blocks are
         // a row or a few each), the output cut back into the N blocks.
         let qs: Vec<A::Tensor> = blocks.iter().map(|b| b[0].clone()).collect();

@@ -64,6 +64,9 @@ pub struct CudaAttention {
     /// When on, every output buffer is first filled with 0xFF bytes (NaN in f32, bf16 and f16),
     /// so a check can prove every element was written. Off by default (a memset per output).
     pub poison_outputs: bool,
+    /// Whether algorithms may batch several query blocks into one launch and cut the output
+    /// back ([`cp_ring::AttentionOps::narrows_rows`]: gather-Q's blocks); on by default.
+    pub batch_blocks: bool,
     pub(super) decode_args: Arc<Mutex<HashMap<DecodeKey, Arc<DecodeArgs>>>>,
 }
 
@@ -120,6 +123,7 @@ impl CudaAttention {
             decode_kernel: DecodeKernel::TensorCore,
             split_kv: true,
             poison_outputs: false,
+            batch_blocks: true,
             decode_args: Arc::default(),
         })
     }
@@ -137,6 +141,7 @@ impl CudaAttention {
             decode_kernel: self.decode_kernel,
             split_kv: self.split_kv,
             poison_outputs: self.poison_outputs,
+            batch_blocks: self.batch_blocks,
             decode_args: self.decode_args.clone(),
         }
     }
@@ -324,7 +329,9 @@ impl AttentionOps for CudaAttention {
         Ok(GpuTensor::from_parts(out, first.dtype(), shape))
     }
 
-    const NARROWS_ROWS: bool = true;
+    fn narrows_rows(&self) -> bool {
+        self.batch_blocks
+    }
 
     /// A copy of the rows (device to device, on this stream): `GpuTensor` has no offset views.
     fn narrow_rows(&self, t: &GpuTensor, start: usize, count: usize) -> Result<GpuTensor> {
