@@ -196,14 +196,6 @@ impl AttentionOps for CpuAttention {
         }
         Ok(Tensor::cat(parts, 0)?)
     }
-
-    fn narrows_rows(&self) -> bool {
-        true
-    }
-
-    fn narrow_rows(&self, t: &Tensor, start: usize, count: usize) -> Result<Tensor> {
-        Ok(t.narrow(0, start, count)?)
-    }
 }
 
 /// `-inf` entries (rows that see no key) replaced by 0, so that subtracting them in an

@@ -141,10 +141,6 @@ enum Mode {
         /// Growing-mode steps (0: none).
         #[arg(long, default_value_t = 0)]
         growing_iters: usize,
-        /// Also run gather-Q with one partial attention per query block (as before blocks were
-        /// batched into one launch), labelled `gather-Q per-block`: the comparison in one call.
-        #[arg(long)]
-        compare_per_block: bool,
         #[command(flatten)]
         output: Output,
     },
@@ -273,7 +269,7 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
             output.save(&report)?;
             Ok(true)
         }
-        Mode::Decode { world_sizes, contexts, batches, iters, growing_iters, compare_per_block, output } => {
+        Mode::Decode { world_sizes, contexts, batches, iters, growing_iters, output } => {
             let h = workload_heads();
             let warmup = (iters / 10).max(2);
             let single = GpuRing::new(Placement::SameGpu { device: 0, world_size: 1 }, TIMEOUT)?;
@@ -295,35 +291,16 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
                     let base = decode::single(&single, h, context, batch, warmup, iters)?;
                     decode::print(&base, None);
                     for ring in &rings {
-                        let variants =
-                            [(Algorithm::PassQ, true), (Algorithm::GatherQ, true), (Algorithm::GatherQ, false)];
-                        for (algorithm, batched) in variants {
-                            if !batched && !compare_per_block {
-                                continue;
-                            }
-                            ring.run(move |rank| {
-                                rank.ops.batch_blocks = batched;
-                                Ok(())
-                            })?;
-                            let label = |mut r: decode::DecodeRow| {
-                                if !batched {
-                                    r.algorithm.push_str(" per-block");
-                                }
-                                r
-                            };
-                            let r = label(decode::steady(ring, h, algorithm, context, batch, warmup, iters)?);
+                        for algorithm in [Algorithm::PassQ, Algorithm::GatherQ] {
+                            let r = decode::steady(ring, h, algorithm, context, batch, warmup, iters)?;
                             decode::print(&r, Some(&base));
                             rows.push(r);
                             if growing_iters > 0 {
-                                let g = label(decode::growing(ring, h, algorithm, context, batch, growing_iters)?);
+                                let g = decode::growing(ring, h, algorithm, context, batch, growing_iters)?;
                                 decode::print(&g, Some(&base));
                                 rows.push(g);
                             }
                         }
-                        ring.run(|rank| {
-                            rank.ops.batch_blocks = true;
-                            Ok(())
-                        })?;
                     }
                     rows.push(base);
                 }

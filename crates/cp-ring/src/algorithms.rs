@@ -172,28 +172,11 @@ where
     let blocks = ctx.gather(comm, vec![q.clone()], "all_to_all(queries)", probe)?;
     let mut partials: Vec<Option<Partial<A::Tensor>>> = (0..n).map(|_| None).collect();
     probe.enter(Phase::Compute, 0);
-    if ops.narrows_rows() && n > 1 {
-        // Every rank's queries in one call (one launch instead of N: a decode step's blocks are
-        // a row or a few each), the output cut back into the N blocks.
-        let qs: Vec<A::Tensor> = blocks.iter().map(|b| b[0].clone()).collect();
-        let q_all = ops.concat(&qs).map_err(|e| ctx.compute(0, "concat(queries)", e))?;
-        let q_layout = cp_shard::Layout::concat(&layouts.q);
-        let all = ops
-            .partial(&q_all, &q_layout, k, v, &layouts.kv[rank])
+    for (src, block) in blocks.iter().enumerate() {
+        let part = ops
+            .partial(&block[0], &layouts.q[src], k, v, &layouts.kv[rank])
             .map_err(|e| ctx.compute(0, "partial attention", e))?;
-        let rows = layouts.q_rows();
-        for (src, slot) in partials.iter_mut().enumerate() {
-            let cut =
-                |t: &A::Tensor| ops.narrow_rows(t, src * rows, rows).map_err(|e| ctx.compute(0, "narrow_rows", e));
-            *slot = Some(Partial { out: cut(&all.out)?, lse: cut(&all.lse)? });
-        }
-    } else {
-        for (src, block) in blocks.iter().enumerate() {
-            let part = ops
-                .partial(&block[0], &layouts.q[src], k, v, &layouts.kv[rank])
-                .map_err(|e| ctx.compute(0, "partial attention", e))?;
-            partials[src] = Some(part);
-        }
+        partials[src] = Some(part);
     }
     probe.exit(Phase::Compute, 0);
     ctx.return_partials(ops, comm, partials, probe)

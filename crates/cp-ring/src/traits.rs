@@ -47,20 +47,6 @@ pub trait AttentionOps {
 
     /// The rows of `parts` one after the other (tensors of equal trailing shape and dtype).
     fn concat(&self, parts: &[Self::Tensor]) -> Result<Self::Tensor, Self::Error>;
-
-    /// Whether [`AttentionOps::narrow_rows`] is implemented (and wanted). Algorithms that can
-    /// batch several blocks into one call ([`crate::gather_q`]: every rank's queries in one
-    /// partial attention) do so only then; other devices keep one call per block.
-    fn narrows_rows(&self) -> bool {
-        false
-    }
-
-    /// Rows `start..start + count` of `t` (a view, or a copy of those rows). Only called when
-    /// [`AttentionOps::narrows_rows`] is true; the default is never called and returns `t`.
-    fn narrow_rows(&self, t: &Self::Tensor, start: usize, count: usize) -> Result<Self::Tensor, Self::Error> {
-        let _ = (start, count);
-        Ok(t.clone())
-    }
 }
 
 /// Buffers a rank's KV cache keeps on a device, beyond what a ring step needs: allocated once

@@ -64,9 +64,6 @@ pub struct CudaAttention {
     /// When on, every output buffer is first filled with 0xFF bytes (NaN in f32, bf16 and f16),
     /// so a check can prove every element was written. Off by default (a memset per output).
     pub poison_outputs: bool,
-    /// Whether algorithms may batch several query blocks into one launch and cut the output
-    /// back ([`cp_ring::AttentionOps::narrows_rows`]: gather-Q's blocks); on by default.
-    pub batch_blocks: bool,
     pub(super) decode_args: Arc<Mutex<HashMap<DecodeKey, Arc<DecodeArgs>>>>,
 }
 
@@ -123,7 +120,6 @@ impl CudaAttention {
             decode_kernel: DecodeKernel::TensorCore,
             split_kv: true,
             poison_outputs: false,
-            batch_blocks: true,
             decode_args: Arc::default(),
         })
     }
@@ -141,7 +137,6 @@ impl CudaAttention {
             decode_kernel: self.decode_kernel,
             split_kv: self.split_kv,
             poison_outputs: self.poison_outputs,
-            batch_blocks: self.batch_blocks,
             decode_args: self.decode_args.clone(),
         }
     }
@@ -327,32 +322,6 @@ impl AttentionOps for CudaAttention {
             at += bytes;
         }
         Ok(GpuTensor::from_parts(out, first.dtype(), shape))
-    }
-
-    fn narrows_rows(&self) -> bool {
-        self.batch_blocks
-    }
-
-    /// A copy of the rows (device to device, on this stream): `GpuTensor` has no offset views.
-    fn narrow_rows(&self, t: &GpuTensor, start: usize, count: usize) -> Result<GpuTensor> {
-        let rows = t.shape().first().copied().unwrap_or(0);
-        if start + count > rows {
-            return Err(AttentionError::Shape {
-                what: "rows to narrow to",
-                expected: format!("rows {start}..{} of {rows}", start + count),
-                actual: t.shape().to_vec(),
-            });
-        }
-        let mut shape = t.shape().to_vec();
-        shape[0] = count;
-        let row = shape[1..].iter().product::<usize>() * t.dtype().size();
-        let mut out = self.alloc(t.dtype(), &shape)?;
-        if count > 0 && row > 0 {
-            self.stream
-                .memcpy_dtod(&t.slice().slice(start * row..(start + count) * row), &mut out.slice_mut(0..count * row))
-                .map_err(cuda_err("cuMemcpyDtoDAsync(narrow_rows)"))?;
-        }
-        Ok(GpuTensor::from_parts(out, t.dtype(), shape))
     }
 }
 
