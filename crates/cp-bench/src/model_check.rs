@@ -43,17 +43,18 @@ fn run_step(
 
 /// A conversation through `RankAttention` on every rank of `ring`: two sequences (prompts of
 /// 300 and 77 tokens), a second turn (203 and 61), then 6 decode iterations of both and 3 of the
-/// first alone; two layers; prefill by `prefill`, decode by `decode`. Every step's outputs of
-/// every layer against the f64 oracle.
+/// first alone; `layers` layers (one layer is the hard case for a cache written in place: no
+/// later layer orders a rank's next write after its peers' reads); prefill by `prefill`, decode
+/// by `decode`. Every step's outputs of every layer against the f64 oracle.
 pub fn check_model(
     ring: &GpuRing,
     name: &str,
     seed: u64,
     prefill: Algorithm,
     decode: Algorithm,
+    layers: usize,
 ) -> anyhow::Result<Vec<CheckLine>> {
     let heads = Heads { n_heads: 8, n_kv_heads: 2, head_dim: 128 };
-    let layers = 2;
     let n = ring.world_size();
     let config = CacheConfig { layers, seqs: 2, reserve: 0, choice: Choice::Fixed { prefill, decode } };
     type Plan = (Option<Vec<NewTokens>>, Vec<usize>);
@@ -100,7 +101,7 @@ pub fn check_model(
             let d = discrepancy(&got, &want);
             let ok = d.within(TOL_OUT);
             let what = if i < 2 { format!("turn {}", i + 1) } else { format!("decode {}", i - 2) };
-            let label = format!("N={n} {name} model {prefill}/{decode} {what} layer {layer}");
+            let label = format!("N={n} {name} model {prefill}/{decode} {layers}L {what} layer {layer}");
             let line = format!("{label:<60} out relL2 {:.2e} (tol {TOL_OUT:.0e}), rows {}", d.rel_l2, wanted.len());
             lines.push(CheckLine { label, ok, line });
         }

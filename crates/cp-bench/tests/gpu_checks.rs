@@ -65,10 +65,10 @@ fn the_model_api_matches_the_oracle_on_every_placement() {
     let mut all_ok = true;
     for (placement, name) in placements {
         let ring = cp_nccl::GpuRing::new(placement, Duration::from_secs(60)).expect("ring");
-        for (prefill, decode) in [(PassKv, PassQ), (PassQ, GatherQ), (GatherKv, GatherQ)] {
-            for line in
-                cp_bench::model_check::check_model(&ring, &name, seed, prefill, decode).expect("model check ran")
-            {
+        let cases = [(PassKv, PassQ, 2), (PassQ, GatherQ, 2), (GatherKv, GatherQ, 2), (PassKv, GatherQ, 1)];
+        for (prefill, decode, layers) in cases {
+            let lines = cp_bench::model_check::check_model(&ring, &name, seed, prefill, decode, layers);
+            for line in lines.expect("model check ran") {
                 println!("  {} {}", if line.ok { "[ok]    " } else { "[FAILED]" }, line.line);
                 all_ok &= line.ok;
             }

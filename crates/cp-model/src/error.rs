@@ -32,8 +32,10 @@ pub enum ModelError {
         /// The tensor's rows.
         actual: usize,
     },
-    /// A step used after a later step finished, or on another rank's attention.
-    #[error("the step was planned for another cache state (a later step finished, or another rank's attention)")]
+    /// A step used after another step was planned or it finished, or on another rank's attention.
+    #[error(
+        "the step is not the one planned last (another was planned, it finished, or it belongs to another rank's attention)"
+    )]
     StaleStep,
     /// A step finished before every layer attended.
     #[error("layer {layer} did not attend in this step: every layer must, before finish")]

@@ -66,8 +66,10 @@ pub struct CacheConfig {
     pub layers: usize,
     /// Sequences of the batch (ids `0..seqs`).
     pub seqs: usize,
-    /// Rows reserved for each sequence on each rank: regions start this large, so a model that
-    /// knows its longest context (divided by the ranks, plus one chunk) never moves a row. 0:
+    /// Rows reserved for each sequence on each rank, used or not: regions start this large, so a
+    /// model that knows how many rows a sequence can reach on one rank never moves a row (about
+    /// the longest context divided by the ranks, plus a chunk per turn: turns shorter than 2N
+    /// tokens land on the low ranks). 0:
     /// regions start at a power of two and double when full.
     pub reserve: usize,
     /// How each step's algorithm is chosen.
@@ -245,7 +247,7 @@ pub struct RankAttention<A: KvOps, C> {
     cache: CacheMap,
     layers: Vec<Option<LayerCache<A::Tensor>>>,
     iteration: usize,
-    steps: u64,
+    plans: u64,
     id: u64,
     written: u64,
 }
@@ -283,7 +285,7 @@ where
         let layers = (0..config.layers).map(|_| None).collect();
         static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(RankAttention { ops, comm, config, cache, layers, iteration: 0, steps: 0, id, written: 0 })
+        Ok(RankAttention { ops, comm, config, cache, layers, iteration: 0, plans: 0, id, written: 0 })
     }
 
     /// This rank.
@@ -313,9 +315,11 @@ where
     }
 
     /// Rows written into the cache buffers so far, over every layer (a key row and its value
-    /// row count once): each step's new rows, plus every cached row moved when a region was
-    /// outgrown. What a step copies is the difference across it: its new rows alone, unless a
-    /// sequence outgrew its region.
+    /// row count once): each step's new rows, plus every cached row moved when the buffers were
+    /// laid out again. What a step copies is the difference across it: its new rows alone, unless
+    /// a region's start moved (a sequence before it outgrew its region) or the message length —
+    /// the longest rank's rows, which another rank's growth can raise — outgrew this rank's
+    /// buffer.
     pub fn rows_written(&self) -> u64 {
         self.written
     }
@@ -387,6 +391,9 @@ where
     }
 
     fn step(&mut self, plan: Plan, algorithm: Algorithm, decision: Option<Decision>) -> Result<Step> {
+        // Only the step planned last may run: planning another (or finishing this one) makes it
+        // stale, so two steps can never write the same rows.
+        self.plans += 1;
         let (regions, kv) = regions::after_step(&self.cache, &plan.step().layouts().q, self.config.reserve)?;
         let layouts = regions::ring_layouts(plan.step().layouts(), kv);
         Ok(Step {
@@ -401,9 +408,9 @@ where
         })
     }
 
-    /// Identifies the cache as it is now: a step runs only on the cache it was planned on.
+    /// Identifies this attention and its latest plan: a step runs only if it is that plan.
     fn cache_id(&self) -> u64 {
-        self.id.wrapping_mul(1 << 32).wrapping_add(self.steps)
+        self.id.wrapping_mul(1 << 32).wrapping_add(self.plans)
     }
 
     /// Attention of layer `layer` for `step`: `q` `[rows, NH, DH]`, `k` and `v` `[rows, NKV, DH]`
@@ -536,7 +543,7 @@ where
         if let Plan::Decode(_) = step.plan {
             self.iteration += 1;
         }
-        self.steps += 1;
+        self.plans += 1;
         Ok(())
     }
 }

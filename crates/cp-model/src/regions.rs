@@ -20,11 +20,12 @@ pub(crate) struct Regions {
     pub(crate) spans: Vec<(usize, usize)>,
 }
 
-/// The capacity of a region holding `len` rows: 0 for none, else the larger of `reserve` and
-/// the next power of two.
+/// The capacity of a region holding `len` rows: the larger of `reserve` and the next power of
+/// two (0 for an empty region without a reserve). An empty region keeps its reserve, so a
+/// sequence's first rows on a rank move no other region.
 pub(crate) fn capacity(len: usize, reserve: usize) -> Result<usize> {
     if len == 0 {
-        return Ok(0);
+        return Ok(reserve);
     }
     let pow2 = len.checked_next_power_of_two().ok_or(ModelError::TooLarge { what: "a sequence's rows on one rank" })?;
     Ok(pow2.max(reserve))
@@ -75,7 +76,8 @@ mod tests {
 
     #[test]
     fn capacities_are_powers_of_two_or_the_reserve() {
-        assert_eq!(capacity(0, 64).unwrap(), 0);
+        assert_eq!(capacity(0, 64).unwrap(), 64);
+        assert_eq!(capacity(0, 0).unwrap(), 0);
         assert_eq!(capacity(1, 0).unwrap(), 1);
         assert_eq!(capacity(5, 0).unwrap(), 8);
         assert_eq!(capacity(5, 64).unwrap(), 64);

@@ -52,10 +52,10 @@ fn bad_calls_are_errors() {
     assert!(matches!(e, ModelError::Rows { what: "k", .. }), "{e}");
     attn.attend(&mut step, 0, &q, &k, &k).unwrap();
     // Layer 1 never attended: finishing is an error, and the cache did not move.
-    let stale = attn.prefill(&[NewTokens { seq: 1, count: 2 }]).unwrap();
     assert!(matches!(attn.finish(step), Err(ModelError::Unattended { layer: 1 })));
     assert_eq!(attn.cache().seq_len(0).unwrap(), 0);
-    // A step planned before another finished is refused.
+    // A step planned before another is refused.
+    let stale = attn.prefill(&[NewTokens { seq: 1, count: 2 }]).unwrap();
     let mut step = attn.prefill(&[NewTokens { seq: 0, count: 3 }]).unwrap();
     for layer in 0..2 {
         attn.attend(&mut step, layer, &q, &k, &k).unwrap();
@@ -170,4 +170,38 @@ fn oracle(q: &Tensor, k: &Tensor, v: &Tensor) -> Vec<f64> {
         }
     }
     out
+}
+
+/// Only the step planned last may run: two steps planned on the same cache cannot both write.
+#[test]
+fn only_the_step_planned_last_runs() {
+    let mut attn = one_rank(config(1, 2, 0));
+    let mut a = attn.prefill(&[NewTokens { seq: 0, count: 3 }]).unwrap();
+    let mut b = attn.prefill(&[NewTokens { seq: 1, count: 2 }]).unwrap();
+    let n = a.rows().len();
+    let (q, k) = (rows(n, 4), rows(n, 2));
+    assert!(matches!(attn.attend(&mut a, 0, &q, &k, &k), Err(ModelError::StaleStep)));
+    let m = b.rows().len();
+    let (q, k) = (rows(m, 4), rows(m, 2));
+    attn.attend(&mut b, 0, &q, &k, &k).unwrap();
+    assert!(matches!(attn.finish(a), Err(ModelError::StaleStep)));
+    attn.finish(b).unwrap();
+    assert_eq!((attn.cache().seq_len(0).unwrap(), attn.cache().seq_len(1).unwrap()), (0, 2));
+}
+
+/// With a reserve, a sequence's first rows on a rank move no other region: every step writes its
+/// new rows alone, whatever order the sequences start in.
+#[test]
+fn a_reserve_moves_no_rows() {
+    let mut attn = one_rank(config(1, 3, 32));
+    for (seq, count) in [(2, 5), (0, 7), (1, 3), (0, 4), (2, 9)] {
+        let before = attn.rows_written();
+        let mut step = attn.prefill(&[NewTokens { seq, count }]).unwrap();
+        let n = step.rows().len();
+        let (q, k) = (rows(n, 4), rows(n, 2));
+        attn.attend(&mut step, 0, &q, &k, &k).unwrap();
+        attn.finish(step).unwrap();
+        assert_eq!(attn.rows_written() - before, count as u64, "sequence {seq}: rows moved");
+    }
+    assert_eq!(attn.buffer_rows(0), 128, "3 regions of 32 rows, the buffer a power of two");
 }

@@ -291,8 +291,14 @@ impl NcclTransport {
     }
 
     /// Waits (at most the timeout, then aborting the communicator) until every transfer in
-    /// flight has completed. A no-op in host mode, where nothing stays in flight.
+    /// flight has completed, a shift started and not finished included.
     pub fn drain(&mut self) -> Result<()> {
+        // A shift started and never finished (the step failed between the two): wait for it too,
+        // so that the transport can start the next one.
+        if let Some((_, done, _keep_alive)) = self.pending.take() {
+            let prev = (self.rank + self.world_size - 1) % self.world_size;
+            self.host_wait(&done, "drain (unfinished shift)", prev)?;
+        }
         while !self.inflight.is_empty() {
             let (done, op, peer, _) = self.inflight.remove(0);
             self.host_wait(&done, op, peer)?;

@@ -165,8 +165,11 @@ impl PeerTransport {
     }
 
     /// Waits (at most the timeout) until every copy of this rank has finished, so that the
-    /// offers it read may be freed.
+    /// offers it read may be freed; a shift started and not finished is completed first (its
+    /// offers discarded). Peers pull what this rank offered on their own schedule: the buffers it
+    /// sent may still be read after this returns (see `cp_ring::RingTransport::drain`).
     pub fn drain(&mut self) -> Result<()> {
+        RingTransport::drain(&mut self.inner)?;
         let started = Instant::now();
         for (_, done) in &self.retired {
             while !done.is_complete() {

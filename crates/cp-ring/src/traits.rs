@@ -94,10 +94,12 @@ pub trait RingTransport<T> {
     /// sent to this one, indexed by source rank.
     fn all_to_all(&mut self, msgs: Vec<Vec<T>>) -> Result<Vec<Vec<T>>, Self::Error>;
 
-    /// Waits (within the transport's timeout) until no transfer of this rank is in flight, so
-    /// that the tensors it sent may be written again (a KV cache written in place). Transports
-    /// whose transfers are complete when their calls return keep this default, which does
-    /// nothing.
+    /// Waits (within the transport's timeout) until this rank's own transfers are complete —
+    /// its sends and receives, and a shift started and not finished (a step that failed between
+    /// the two) — so that the transport can start the next step. Transports whose peers pull
+    /// (direct peer copies) may still read what this rank sent afterwards, on their own schedule:
+    /// a caller writing a sent buffer in place writes only rows those messages held no token in
+    /// (a KV cache appending past its rows). The default does nothing.
     fn drain(&mut self) -> Result<(), Self::Error> {
         Ok(())
     }

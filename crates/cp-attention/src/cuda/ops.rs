@@ -327,8 +327,8 @@ impl AttentionOps for CudaAttention {
 
 /// The KV cache's buffers in device memory: allocated on this stream, rows copied in place by
 /// device-to-device copies on it, views sharing the buffer (a shorter shape over the same
-/// memory). A buffer written in place must not be shared: [`cp_ring::KvOps::copy_rows`] refuses a
-/// destination some other tensor still holds (a transfer in flight, a caller's clone).
+/// memory). Rows are written in place even while a peer still holds a message sent from the
+/// buffer: the cache writes only rows past every token such a message held (its padding).
 impl cp_ring::KvOps for CudaAttention {
     fn alloc_rows(&self, like: &GpuTensor, rows: usize) -> Result<GpuTensor> {
         let mut shape = like.shape().to_vec();
@@ -365,16 +365,28 @@ impl cp_ring::KvOps for CudaAttention {
             return Ok(());
         }
         let row = tail(dst).iter().product::<usize>() * dst.dtype().size();
-        let shape = dst.shape().to_vec();
-        let buf = std::sync::Arc::get_mut(&mut dst.buf).ok_or(AttentionError::Shape {
-            what: "cache buffer written in place (another tensor still holds it)",
-            expected: "a buffer held once".into(),
-            actual: shape,
-        })?;
-        let mut out = buf.slice_mut(at * row..(at + count) * row);
-        self.stream
-            .memcpy_dtod(&src.slice().slice(from * row..(from + count) * row), &mut out)
-            .map_err(cuda_err("cuMemcpyDtoDAsync(cache rows)"))
+        let src_rows = src.slice().slice(from * row..(from + count) * row);
+        if let Some(buf) = std::sync::Arc::get_mut(&mut dst.buf) {
+            let mut out = buf.slice_mut(at * row..(at + count) * row);
+            return self.stream.memcpy_dtod(&src_rows, &mut out).map_err(cuda_err("cuMemcpyDtoDAsync(cache rows)"));
+        }
+        // Another tensor still holds the buffer: a peer that has not yet released a message this
+        // rank sent from it (it pulls on its own schedule). The rows written here are past every
+        // row any sent message held a token in — padding to its readers — so writing them while
+        // a reader may still copy the buffer changes nothing it uses.
+        let (dst_ptr, _w) = dst.buf.device_ptr(&self.stream);
+        let (src_ptr, _r) = src_rows.device_ptr(&self.stream);
+        // SAFETY: both ranges lie inside live allocations (checked above); the copy is ordered on
+        // this stream after everything this stream did with either buffer.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(
+                dst_ptr + (at * row) as u64,
+                src_ptr,
+                count * row,
+                self.stream.cu_stream(),
+            )
+        }
+        .map_err(cuda_err("cuMemcpyDtoDAsync(cache rows, shared buffer)"))
     }
 
     fn first_rows(&self, t: &GpuTensor, rows: usize) -> Result<GpuTensor> {
