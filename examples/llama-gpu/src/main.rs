@@ -21,7 +21,7 @@ use cp_model::{CacheConfig, Choice, RankAttention, Step};
 use cp_nccl::{GpuRing, GpuRingError, Placement, RankTransport};
 use cp_ring::{Algorithm, RingError};
 use cp_shard::NewTokens;
-use model::{CpLlama, Error, LayerAttention, argmax};
+use model::{CpLlama, Error, Feed, LayerAttention, argmax};
 
 /// `RankAttention` on a rank's GPU, fed from and returning candle CUDA tensors by device copies.
 struct CudaBridge<'t> {
@@ -115,20 +115,12 @@ impl Board {
     }
 }
 
-/// One step of the conversation as fed: each sequence's new tokens.
-type Feed = Vec<(usize, Vec<u32>)>;
-
 /// What a run produced: per step, the tokens fed and each sequence's logits at its last token,
 /// and the wall time of each step on rank 0.
 struct Transcript {
     feeds: Vec<Feed>,
     logits: Vec<Vec<(usize, Vec<f32>)>>,
     step_ms: Vec<f64>,
-}
-
-fn prompts(vocab: u32) -> (Feed, Feed) {
-    let p = |len: u32, seed: u32| -> Vec<u32> { (0..len).map(|i| (i * 7919 + seed * 104_729) % vocab).collect() };
-    (vec![(0, p(13, 1)), (1, p(7, 2)), (2, p(20, 3))], vec![(0, p(5, 4)), (1, p(9, 5)), (2, p(1, 6))])
 }
 
 fn job_err(rank: usize, e: impl Into<Error>) -> GpuRingError {
@@ -158,7 +150,7 @@ fn run_cp(weights: &str, cfg: &Config, gpus: usize, decode: usize) -> Result<Tra
         let cdev = dev.as_cuda_device().map_err(|e| job_err(r, e))?.clone();
         let attn = RankAttention::new(ops, &mut rank.transport, config).map_err(|e| job_err(r, e))?;
         let mut bridge = CudaBridge { attn, dev: cdev };
-        let (first, second) = prompts(cfg.vocab_size as u32);
+        let (first, second) = model::conversation(cfg.vocab_size);
         let mut history: Vec<Vec<u32>> = vec![Vec::new(); 3];
         let mut out = Transcript { feeds: Vec::new(), logits: Vec::new(), step_ms: Vec::new() };
         let mut next: Vec<u32> = Vec::new();
@@ -261,17 +253,8 @@ fn main() -> Result<(), Error> {
         (None, None) => {
             // A random model of the shape our kernels take, written where every rank loads it.
             let dir = std::env::temp_dir().join(format!("cp-llama-gpu-{}", std::process::id()));
-            std::fs::create_dir_all(&dir)?;
             let cfg = model::gpu_config();
-            model::random_weights(&cfg, 1)?.save(dir.join("model.safetensors"))?;
-            let json = serde_json::json!({
-                "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
-                "vocab_size": cfg.vocab_size, "num_hidden_layers": cfg.num_hidden_layers,
-                "num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.num_key_value_heads,
-                "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
-                "max_position_embeddings": cfg.max_position_embeddings, "tie_word_embeddings": false,
-            });
-            std::fs::write(dir.join("config.json"), json.to_string())?;
+            model::save_checkpoint(&cfg, &model::random_weights(&cfg, 1)?, &dir)?;
             println!(
                 "random model ({} layers, hidden {}, head dim 128) in {}",
                 cfg.num_hidden_layers,

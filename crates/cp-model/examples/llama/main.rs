@@ -63,27 +63,6 @@ fn parse() -> Result<Args, Error> {
     Ok(args)
 }
 
-/// Writes the random model as a checkpoint `--weights`/`--config` load.
-fn save(cfg: &Config, map: &candle_nn::VarMap, dir: &str) -> Result<(), Error> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
-    map.save(format!("{dir}/model.safetensors"))?;
-    let json = serde_json::json!({
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "vocab_size": cfg.vocab_size,
-        "num_hidden_layers": cfg.num_hidden_layers,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
-    });
-    std::fs::write(format!("{dir}/config.json"), json.to_string()).map_err(|e| format!("{dir}: {e}"))?;
-    println!("wrote {dir}/model.safetensors and {dir}/config.json");
-    Ok(())
-}
-
 fn main() -> Result<(), Error> {
     let args = parse()?;
     let dev = Device::Cpu;
@@ -99,7 +78,8 @@ fn main() -> Result<(), Error> {
             let cfg = if args.gpu_shape { model::gpu_config() } else { small_config() };
             let map = random_weights(&cfg, 1)?;
             if let Some(dir) = &args.save {
-                save(&cfg, &map, dir)?;
+                model::save_checkpoint(&cfg, &map, std::path::Path::new(dir))?;
+                println!("wrote {dir}/model.safetensors and {dir}/config.json");
             }
             let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
             (cfg, Some(map), vb)
@@ -108,10 +88,7 @@ fn main() -> Result<(), Error> {
     let _keep = map;
     let ours = Arc::new(CpLlama::load(vb.clone(), &cfg)?);
     let reference = Llama::load(vb, &cfg)?;
-    let vocab = cfg.vocab_size as u32;
-    let prompt = |len: u32, seed: u32| -> Vec<u32> { (0..len).map(|i| (i * 7919 + seed * 104_729) % vocab).collect() };
-    let prompts = vec![(0, prompt(13, 1)), (1, prompt(7, 2)), (2, prompt(20, 3))];
-    let second = vec![(0, prompt(5, 4)), (1, prompt(9, 5)), (2, prompt(1, 6))];
+    let (prompts, second) = model::conversation(cfg.vocab_size);
 
     let choice = Choice::Fixed { prefill: Algorithm::PassKv, decode: Algorithm::GatherQ };
     let mut session = CpSession::new(ours, cfg.num_hidden_layers, prompts.len(), args.ranks, choice)?;

@@ -334,3 +334,35 @@ pub fn random_weights(cfg: &Config, seed: u64) -> Result<candle_nn::VarMap, Erro
     drop(data);
     Ok(map)
 }
+
+/// Writes `cfg` and the weights of `map` as a checkpoint candle-transformers (and `--weights`,
+/// `--config`) load: `dir/model.safetensors` and `dir/config.json`.
+pub fn save_checkpoint(cfg: &Config, map: &candle_nn::VarMap, dir: &std::path::Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    map.save(dir.join("model.safetensors"))?;
+    let json = serde_json::json!({
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "vocab_size": cfg.vocab_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+    });
+    std::fs::write(dir.join("config.json"), json.to_string()).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(())
+}
+
+/// Tokens fed to each sequence in a step: `(sequence, new token ids)`.
+pub type Feed = Vec<(usize, Vec<u32>)>;
+
+/// The examples' conversation: a varlen batch of three prompts (13, 7 and 20 tokens) and a
+/// second turn (5, 9 and 1), token ids drawn from the vocabulary.
+pub fn conversation(vocab: usize) -> (Feed, Feed) {
+    let vocab = vocab as u32;
+    let p = |len: u32, seed: u32| -> Vec<u32> { (0..len).map(|i| (i * 7919 + seed * 104_729) % vocab).collect() };
+    (vec![(0, p(13, 1)), (1, p(7, 2)), (2, p(20, 3))], vec![(0, p(5, 4)), (1, p(9, 5)), (2, p(1, 6))])
+}
