@@ -126,26 +126,11 @@ enum Plan {
 }
 
 impl Plan {
-    fn step(&self) -> &dyn StepPlanDyn {
+    fn step(&self) -> &dyn StepPlan {
         match self {
             Plan::Turn(p) => p,
             Plan::Decode(p) => p,
         }
-    }
-}
-
-/// The object-safe part of [`StepPlan`] a step needs.
-trait StepPlanDyn: std::fmt::Debug {
-    fn layouts(&self) -> &RingLayouts;
-    fn commit(&self, cache: &mut CacheMap) -> cp_shard::Result<()>;
-}
-
-impl<P: StepPlan + std::fmt::Debug> StepPlanDyn for P {
-    fn layouts(&self) -> &RingLayouts {
-        StepPlan::layouts(self)
-    }
-    fn commit(&self, cache: &mut CacheMap) -> cp_shard::Result<()> {
-        StepPlan::commit(self, cache)
     }
 }
 
@@ -348,7 +333,7 @@ where
         let (algorithm, decision) = match self.config.choice {
             Choice::Fixed { prefill, .. } => (prefill, None),
             Choice::Heuristic { model, hardware, .. } => {
-                let mut workload = Workload { new_tokens: 0, cached_tokens: 0 };
+                let mut workload = Workload::default();
                 for n in new {
                     let cached = self.cache.seq_len(n.seq)?;
                     workload = workload.combine(Workload { new_tokens: n.count, cached_tokens: cached })?;
@@ -391,11 +376,11 @@ where
     }
 
     fn step(&mut self, plan: Plan, algorithm: Algorithm, decision: Option<Decision>) -> Result<Step> {
+        let (regions, kv) = regions::after_step(&self.cache, &plan.step().layouts().q, self.config.reserve)?;
+        let layouts = regions::ring_layouts(plan.step().layouts(), kv);
         // Only the step planned last may run: planning another (or finishing this one) makes it
         // stale, so two steps can never write the same rows.
         self.plans += 1;
-        let (regions, kv) = regions::after_step(&self.cache, &plan.step().layouts().q, self.config.reserve)?;
-        let layouts = regions::ring_layouts(plan.step().layouts(), kv);
         Ok(Step {
             plan,
             rank: self.rank(),

@@ -16,7 +16,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::llama::{Cache, Llama};
 use cp_model::Choice;
 use cp_ring::Algorithm;
-use model::{CpLlama, CpSession, argmax, random_weights, small_config};
+use model::{CpLlama, CpSession, argmax, random_weights, rel_err, small_config};
 
 /// A step of the conversation: the tokens fed to each sequence, and the reference's logits at
 /// each sequence's last token.
@@ -62,11 +62,6 @@ fn reference(llama: &Llama, cfg: &candle_transformers::models::llama::Config) ->
         steps.push(RefStep { feed, logits, decode: true });
     }
     steps
-}
-
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    let scale = b.iter().fold(0f64, |m, &x| m.max(f64::from(x).abs())).max(1e-30);
-    a.iter().zip(b).fold(0f64, |m, (&x, &y)| m.max(f64::from(x - y).abs())) / scale
 }
 
 #[test]

@@ -222,9 +222,7 @@ fn compare(a: &[Vec<(usize, Vec<f32>)>], b: &[Vec<(usize, Vec<f32>)>]) -> (f64, 
     for (sa, sb) in a.iter().zip(b) {
         for ((qa, la), (qb, lb)) in sa.iter().zip(sb) {
             assert_eq!(qa, qb);
-            let scale = lb.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
-            let err = la.iter().zip(lb).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
-            worst = worst.max(f64::from(err));
+            worst = worst.max(model::rel_err(la, lb));
             same += usize::from(argmax(la) == argmax(lb));
             total += 1;
         }

@@ -103,9 +103,7 @@ fn main() -> Result<(), Error> {
             let input = Tensor::new(tokens.as_slice(), &dev)?.unsqueeze(0)?;
             let want: Vec<f32> = reference.forward(&input, lens[*seq], &mut caches[*seq])?.squeeze(0)?.to_vec1()?;
             lens[*seq] += tokens.len();
-            let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
-            let err = logits.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
-            worst = worst.max(f64::from(err));
+            worst = worst.max(model::rel_err(logits, &want));
             if argmax(logits) != argmax(&want) {
                 return Err(format!("sequence {seq}: greedy token differs from candle-transformers'").into());
             }

@@ -255,6 +255,13 @@ fn pool_error(e: PoolError<Error>) -> Error {
     e.to_string().into()
 }
 
+/// Relative error of `got` against `want`: the largest absolute difference over the largest
+/// absolute value of `want` (in f64).
+pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    let scale = want.iter().fold(0f64, |m, &x| m.max(f64::from(x).abs())).max(1e-30);
+    got.iter().zip(want).fold(0f64, |m, (&x, &y)| m.max((f64::from(x) - f64::from(y)).abs())) / scale
+}
+
 /// Index of the largest value (greedy sampling).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
