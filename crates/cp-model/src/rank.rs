@@ -262,6 +262,15 @@ where
         if config.seqs == 0 {
             return Err(ModelError::Config { what: "seqs", reason: "a batch has at least one sequence" });
         }
+        // Every sequence's region starts at `reserve` rows on every rank; the buffers' rows must
+        // stay addressable (the GPU layouts index rows with i32), or the first step would try an
+        // allocation no device has.
+        if config.reserve.checked_mul(config.seqs).is_none_or(|rows| rows > i32::MAX as usize) {
+            return Err(ModelError::Config {
+                what: "reserve",
+                reason: "reserve x seqs rows exceed 2^31 - 1, the most rows a rank's buffer may have",
+            });
+        }
         let n = comm.world_size();
         if comm.rank() >= n {
             return Err(ModelError::Config { what: "transport", reason: "its rank is not below its world size" });

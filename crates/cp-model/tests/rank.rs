@@ -38,6 +38,11 @@ fn bad_calls_are_errors() {
     let comm = channel_ring::<Tensor>(1, Duration::from_secs(5)).remove(0);
     let zero = RankAttention::new(CpuAttention::default(), comm, config(1, 0, 0));
     assert!(matches!(zero, Err(ModelError::Config { what: "seqs", .. })), "{zero:?}");
+    for (seqs, reserve) in [(1, usize::MAX), (4, 1 << 30), (2, usize::MAX / 2 + 1)] {
+        let comm = channel_ring::<Tensor>(1, Duration::from_secs(5)).remove(0);
+        let huge = RankAttention::new(CpuAttention::default(), comm, config(1, seqs, reserve));
+        assert!(matches!(huge, Err(ModelError::Config { what: "reserve", .. })), "{huge:?}");
+    }
 
     let mut attn = one_rank(config(2, 2, 0));
     assert!(matches!(attn.prefill(&[NewTokens { seq: 5, count: 3 }]), Err(ModelError::Shard(_))));
