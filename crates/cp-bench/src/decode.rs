@@ -46,6 +46,9 @@ pub struct DecodeRow {
     pub all_to_all_us: f64,
     /// The final merge.
     pub merge_us: f64,
+    /// Host time to enqueue a step (the slowest rank's thread), median, microseconds: when it
+    /// exceeds the GPU time of the step's work, launches and driver calls set the pace.
+    pub enqueue_us: f64,
 }
 
 fn summary_us(ms: &[f64]) -> Summary {
@@ -78,15 +81,18 @@ pub fn single(
             let e0 = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda)?;
             rank.ops.partial(&x.q, &layouts.q[0], &x.k, &x.v, &layouts.kv[0])?;
             let e1 = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda)?;
+            let enqueued = started.elapsed().as_secs_f64() * 1e6;
             rank.ops.synchronize()?;
             let wall = started.elapsed().as_secs_f64() * 1e3;
             if i >= warmup {
-                out.push((f64::from(e0.elapsed_ms(&e1).map_err(cuda)?), wall));
+                out.push((f64::from(e0.elapsed_ms(&e1).map_err(cuda)?), wall, enqueued));
             }
         }
         Ok(out)
     })?;
-    let (gpu, wall): (Vec<f64>, Vec<f64>) = times[0].iter().copied().unzip();
+    let gpu: Vec<f64> = times[0].iter().map(|t| t.0).collect();
+    let wall: Vec<f64> = times[0].iter().map(|t| t.1).collect();
+    let enqueue: Vec<f64> = times[0].iter().map(|t| t.2).collect();
     let gpu_us = summary_us(&gpu);
     Ok(DecodeRow {
         context,
@@ -99,6 +105,7 @@ pub fn single(
         q_transfer_us: 0.0,
         all_to_all_us: 0.0,
         merge_us: 0.0,
+        enqueue_us: median(&enqueue),
         gpu_us,
     })
 }
@@ -113,10 +120,11 @@ fn step(
     let started = Instant::now();
     let out = ring.run_algorithm(algorithm, layouts.clone(), inputs.clone())?;
     let wall = started.elapsed().as_secs_f64() * 1e3;
-    let slowest = out
-        .iter()
-        .map(|o| o.times.unwrap_or_default())
-        .fold(PhaseTimes::default(), |a, b| if b.total_ms > a.total_ms { b } else { a });
+    let times: Vec<PhaseTimes> = out.iter().map(|o| o.times.unwrap_or_default()).collect();
+    let mut slowest =
+        times.iter().copied().fold(PhaseTimes::default(), |a, b| if b.total_ms > a.total_ms { b } else { a });
+    // The enqueue time of the step is its slowest thread's, whichever rank's GPU was slowest.
+    slowest.host_ms = times.iter().map(|t| t.host_ms).fold(0.0, f64::max);
     Ok((slowest, wall))
 }
 
@@ -141,6 +149,7 @@ fn row(
         q_transfer_us: median(&col(|t| t.wait_ms)) * 1e3,
         all_to_all_us: median(&col(|t| t.all_to_all_ms)) * 1e3,
         merge_us: median(&col(|t| t.merge_ms)) * 1e3,
+        enqueue_us: median(&col(|t| t.host_ms)) * 1e3,
     }
 }
 
@@ -202,7 +211,7 @@ pub fn print(r: &DecodeRow, single: Option<&DecodeRow>) {
         format!(" | vs one GPU: GPU {:.2}x, wall {:.2}x", s.gpu_us.p50 / r.gpu_us.p50, s.wall_us.p50 / r.wall_us.p50)
     });
     println!(
-        "  ctx {:>7} B={:<3} N={} {:<13} {:<7}: GPU p50 {:>8.1} us p99 {:>8.1} | wall p50 {:>8.1} p99 {:>8.1} | attn {:>7.1} q {:>6.1} a2a {:>6.1} merge {:>5.1}{vs}",
+        "  ctx {:>7} B={:<3} N={} {:<13} {:<7}: GPU p50 {:>8.1} us p99 {:>8.1} | wall p50 {:>8.1} p99 {:>8.1} | attn {:>7.1} q {:>6.1} a2a {:>6.1} merge {:>5.1} | enqueue {:>7.1}{vs}",
         r.context,
         r.batch,
         r.world_size,
@@ -215,6 +224,7 @@ pub fn print(r: &DecodeRow, single: Option<&DecodeRow>) {
         r.compute_us,
         r.q_transfer_us,
         r.all_to_all_us,
-        r.merge_us
+        r.merge_us,
+        r.enqueue_us
     );
 }

@@ -60,7 +60,7 @@ pub fn run(die_at: usize, timeout: Duration) -> anyhow::Result<bool> {
         .share(|| NcclTransport::unique_id().map(|id| id.to_vec()).unwrap_or_default())?
         .try_into()
         .map_err(|_| anyhow::anyhow!("rank 0 could not create an NCCL unique id (see its own error)"))?;
-    let ops = CudaAttention::new(rdv.local_rank)?;
+    let ops = CudaAttention::new_explicit_sync(rdv.local_rank)?;
     let (n, rank) = (rdv.world_size, rdv.rank);
     let heads = Heads { n_heads: 8, n_kv_heads: 2, head_dim: 128 };
     let mut cache = CacheMap::new(n, 2)?;

@@ -8,7 +8,7 @@ use crate::{check, decode, device_count, links, prefill, process, sweep, write_j
 use clap::builder::RangedU64ValueParser;
 use clap::{Parser, Subcommand};
 use cp_attention::reference::Heads;
-use cp_nccl::{GpuRing, Placement};
+use cp_nccl::{GpuRing, GroupLaunch, Placement, RingOptions};
 use cp_ring::Algorithm;
 
 /// `cp-ring-bench`.
@@ -57,9 +57,47 @@ struct Output {
     /// Write the report here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Keep cudarc's per-buffer event tracking on (the default turns it off where a rank's
+    /// buffers stay on its own streams; see `cp_nccl::RingOptions`): to measure its cost.
+    #[arg(long)]
+    event_tracking: bool,
+    /// How NCCL launches a group: on the calling thread, or by a thread NCCL starts per group
+    /// (its non-blocking mode; what cp-rs did before).
+    #[arg(long, value_enum, default_value_t = Launch::Inline)]
+    nccl_launch: Launch,
+}
+
+/// `--nccl-launch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Launch {
+    /// A blocking communicator: `ncclGroupEnd` enqueues and returns.
+    Inline,
+    /// A non-blocking communicator: a thread per group.
+    Background,
 }
 
 impl Output {
+    /// The ring options these flags ask for.
+    fn options(&self) -> RingOptions {
+        RingOptions {
+            event_tracking: self.event_tracking,
+            group_launch: match self.nccl_launch {
+                Launch::Inline => GroupLaunch::Inline,
+                Launch::Background => GroupLaunch::Background,
+            },
+        }
+    }
+
+    /// A ring at `placement` with these options.
+    fn ring(&self, placement: Placement) -> anyhow::Result<GpuRing> {
+        Ok(GpuRing::with_options(placement, TIMEOUT, self.options())?)
+    }
+
+    /// The one-GPU baseline: a ring of one on GPU 0.
+    fn single(&self) -> anyhow::Result<GpuRing> {
+        self.ring(Placement::SameGpu { device: 0, world_size: 1 })
+    }
+
     /// Writes `report` to `--json`, if given.
     fn save(&self, report: &impl serde::Serialize) -> anyhow::Result<()> {
         match &self.json {
@@ -195,16 +233,14 @@ fn transport_name(t: Transport) -> &'static str {
 }
 
 /// The ring of `n` ranks: N GPUs (over `transport`) where there are N, else N ranks sharing GPU 0.
-fn ring_of(n: usize, gpus: usize, transport: Transport) -> anyhow::Result<(GpuRing, String)> {
+fn ring_of(n: usize, gpus: usize, output: &Output) -> anyhow::Result<(GpuRing, String)> {
+    let transport = output.transport;
     if n > 1 && gpus >= n {
-        Ok((
-            GpuRing::new(gpus_placement(n, transport), TIMEOUT)?,
-            format!("{n} GPUs over {}", transport_name(transport)),
-        ))
+        Ok((output.ring(gpus_placement(n, transport))?, format!("{n} GPUs over {}", transport_name(transport))))
     } else {
         let placement = Placement::SameGpu { device: 0, world_size: n };
         Ok((
-            GpuRing::new(placement, TIMEOUT)?,
+            output.ring(placement)?,
             format!("{n} ranks sharing GPU 0 ({gpus} GPU(s) visible; this measures overhead, not speed-up)"),
         ))
     }
@@ -233,11 +269,16 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Mode::Bench { world_size, seq_len, cached, algorithm, shape, timing, output } => {
             let h = heads(shape)?;
-            let (ring, where_) = ring_of(world_size, gpus, output.transport)?;
-            let single = GpuRing::new(Placement::SameGpu { device: 0, world_size: 1 }, TIMEOUT)?;
+            let (ring, where_) = ring_of(world_size, gpus, &output)?;
+            let single = output.single()?;
             println!(
-                "== GPU ring bench: {where_}; NH={} NKV={} DH={} bf16, {} warm-up + {} timed runs (medians)",
-                h.n_heads, h.n_kv_heads, h.head_dim, timing.warmup, timing.iters
+                "== GPU ring bench: {where_}; NH={} NKV={} DH={} bf16, {} warm-up + {} timed runs (medians); {:?}",
+                h.n_heads,
+                h.n_kv_heads,
+                h.head_dim,
+                timing.warmup,
+                timing.iters,
+                output.options()
             );
             let (link_bytes_per_s, link_latency_s) = link_of(&ring)?;
             let rings = Rings { single: &single, ring: &ring, link_bytes_per_s, link_latency_s, heads: h };
@@ -253,8 +294,8 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
                 );
             }
             let miss_rates = if miss_rates.is_empty() { sweep::TABLE4_MISS_RATES.to_vec() } else { miss_rates };
-            let ring = GpuRing::new(gpus_placement(world_size, output.transport), TIMEOUT)?;
-            let single = GpuRing::new(Placement::SameGpu { device: 0, world_size: 1 }, TIMEOUT)?;
+            let ring = output.ring(gpus_placement(world_size, output.transport))?;
+            let single = output.single()?;
             let (link_bytes_per_s, link_latency_s) = link_of(&ring)?;
             let rings =
                 Rings { single: &single, ring: &ring, link_bytes_per_s, link_latency_s, heads: workload_heads() };
@@ -272,18 +313,21 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
         Mode::Decode { world_sizes, contexts, batches, iters, growing_iters, output } => {
             let h = workload_heads();
             let warmup = (iters / 10).max(2);
-            let single = GpuRing::new(Placement::SameGpu { device: 0, world_size: 1 }, TIMEOUT)?;
+            let single = output.single()?;
             let mut rings = Vec::new();
             for &n in &world_sizes {
                 if n < 2 || n > gpus {
                     println!("  N={n}: skipped ({gpus} GPU(s) visible; ring sizes from 2)");
                     continue;
                 }
-                rings.push(GpuRing::new(gpus_placement(n, output.transport), TIMEOUT)?);
+                rings.push(output.ring(gpus_placement(n, output.transport))?);
             }
             println!(
-                "== decode latency: NH={} NKV={} DH={} bf16, {iters} steps after {warmup} warm-up (steady), {growing_iters} growing",
-                h.n_heads, h.n_kv_heads, h.head_dim
+                "== decode latency: NH={} NKV={} DH={} bf16, {iters} steps after {warmup} warm-up (steady), {growing_iters} growing; {:?}",
+                h.n_heads,
+                h.n_kv_heads,
+                h.head_dim,
+                output.options()
             );
             let mut rows = Vec::new();
             for &context in &contexts {
@@ -312,7 +356,7 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
             if gpus < world_size {
                 anyhow::bail!("--world-size {world_size}: {gpus} GPU(s) visible");
             }
-            let ring = GpuRing::new(gpus_placement(world_size, output.transport), TIMEOUT)?;
+            let ring = output.ring(gpus_placement(world_size, output.transport))?;
             let report = links::measure(&ring, &sizes)?;
             println!(
                 "== links on {world_size} GPUs over {}: ring shift {:.0} GB/s (256 MiB), {:.1} us (8 KiB)",

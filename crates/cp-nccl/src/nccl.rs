@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cp_attention::cuda::{GpuDType, GpuTensor};
+use cp_attention::cuda::{BufferPool, GpuDType, GpuTensor};
 use cp_ring::RingTransport;
 use cudarc::driver::{CudaEvent, CudaStream, DevicePtr, DevicePtrMut};
 use cudarc::nccl::{result as nccl, sys};
@@ -128,6 +128,39 @@ impl RawComm {
     }
 }
 
+impl RawComm {
+    /// A blocking communicator of the same ranks, split off this (non-blocking, initialised)
+    /// one; every rank must call it. The split runs in NCCL's background thread (the parent is
+    /// non-blocking) and is waited for at most until `deadline`.
+    fn split_blocking(&mut self, rank: usize, version: i32, deadline: Instant, peers: &[usize]) -> Result<RawComm> {
+        const OP: &str = "ncclCommSplit";
+        if self.0.is_null() {
+            return Err(GpuRingError::Aborted { rank, op: OP });
+        }
+        let mut config = nonblocking_config(version);
+        config.blocking = 1;
+        // NCCL's thread writes the new handle when the split completes, which may be after this
+        // function gave up waiting: the slot is leaked then rather than freed under it.
+        let mut slot: Box<sys::ncclComm_t> = Box::new(std::ptr::null_mut());
+        // SAFETY: the parent is live; NCCL copies the config before returning and writes one
+        // handle into `slot`, which outlives the split (freed only once the split is done).
+        let started = unsafe { sys::ncclCommSplit(self.0, 0, rank as i32, &mut *slot, &mut config) };
+        if started != sys::ncclResult_t::ncclSuccess && started != sys::ncclResult_t::ncclInProgress {
+            std::mem::forget(slot);
+            return Err(GpuRingError::Nccl { rank, op: OP, code: format!("{started:?}") });
+        }
+        if let Err(e) = self.settle(rank, OP, deadline, peers) {
+            std::mem::forget(slot);
+            return Err(e);
+        }
+        let child = RawComm(*slot);
+        if child.0.is_null() {
+            return Err(GpuRingError::Nccl { rank, op: OP, code: "no communicator was created".into() });
+        }
+        Ok(child)
+    }
+}
+
 /// Between two polls of something expected within microseconds: spin (yielding) for the first
 /// 200 us, then sleep. A plain sleep costs 50-100 us of timer slack per poll, which was most of a
 /// small message's time.
@@ -159,6 +192,21 @@ pub enum WaitMode {
     Device,
 }
 
+/// How NCCL launches a group of sends and receives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GroupLaunch {
+    /// On the calling thread (a blocking communicator): `ncclGroupEnd` enqueues the group's
+    /// kernel and returns, in microseconds. The communicator is split off a non-blocking one
+    /// after every rank has joined and connected, so that joining stays bounded by the timeout.
+    /// The default.
+    #[default]
+    Inline,
+    /// By a thread NCCL starts for every group (a non-blocking communicator), polled until it
+    /// has launched: tens of microseconds a group, which a decode step or a short ring step
+    /// pays several times. Kept to measure the difference.
+    Background,
+}
+
 /// One rank's end of an NCCL ring.
 ///
 /// Shifts post `ncclSend` to `rank + 1` and `ncclRecv` from `rank - 1` in one group on the
@@ -169,7 +217,7 @@ pub enum WaitMode {
 /// the shapes of what this rank sends.
 ///
 /// NCCL connects a pair of ranks on their first transfer, which takes milliseconds per peer;
-/// [`NcclTransport::connect_all`] does it for every peer up front, so that a ring's first
+/// [`NcclTransport::init_rank`] connects every peer up front, so that a ring's first
 /// all-to-all does not pay it.
 pub struct NcclTransport {
     comm: RawComm,
@@ -183,6 +231,8 @@ pub struct NcclTransport {
     /// Transfers the compute stream waits on but the host has not seen complete (device mode):
     /// completion event, operation, peer, when it was enqueued.
     inflight: Vec<(CudaEvent, &'static str, usize, Instant)>,
+    /// Receive buffers kept for reuse on the compute stream (explicit-sync contexts only).
+    pool: Option<Arc<BufferPool>>,
 }
 
 impl std::fmt::Debug for NcclTransport {
@@ -213,13 +263,26 @@ impl NcclTransport {
     }
 
     /// Joins the communicator `id` as `rank` of `world_size`, computing on `compute` (whose
-    /// device is this rank's GPU). Blocks until every rank has joined.
+    /// device is this rank's GPU), and connects to every peer. Blocks until every rank has
+    /// joined (at most `timeout`). Groups launch on the calling thread ([`GroupLaunch::Inline`]).
     pub fn init_rank(
         compute: Arc<CudaStream>,
         rank: usize,
         world_size: usize,
         id: [u8; 128],
         timeout: Duration,
+    ) -> Result<NcclTransport> {
+        NcclTransport::init_rank_with(compute, rank, world_size, id, timeout, GroupLaunch::Inline)
+    }
+
+    /// [`NcclTransport::init_rank`] with the way groups launch chosen.
+    pub fn init_rank_with(
+        compute: Arc<CudaStream>,
+        rank: usize,
+        world_size: usize,
+        id: [u8; 128],
+        timeout: Duration,
+        launch: GroupLaunch,
     ) -> Result<NcclTransport> {
         if !nccl_available() {
             return Err(GpuRingError::MissingLibrary {
@@ -245,17 +308,28 @@ impl NcclTransport {
         started.result().map_err(nccl_err(rank, "ncclCommInitRankConfig"))?;
         let everyone: Vec<usize> = (0..world_size).filter(|&r| r != rank).collect();
         comm.settle(rank, "ncclCommInitRankConfig (a rank never joined?)", Instant::now() + timeout, &everyone)?;
-        Ok(NcclTransport {
+        let mut t = NcclTransport {
             comm,
             rank,
             world_size,
-            compute,
+            compute: compute.clone(),
             stream,
             pending: None,
             timeout,
             mode: WaitMode::Host,
             inflight: Vec::new(),
-        })
+            pool: BufferPool::new(&compute),
+        };
+        // Connected while still non-blocking: a peer that died since joining is a bounded error.
+        t.connect_all()?;
+        if launch == GroupLaunch::Inline {
+            let blocking = t.comm.split_blocking(rank, version, Instant::now() + timeout, &everyone)?;
+            // The non-blocking parent has served its purpose (a bounded join); the blocking child
+            // has resources of its own (no `splitShare`).
+            t.comm = blocking;
+            t.connect_all()?;
+        }
+        Ok(t)
     }
 
     /// Sets how this rank waits for its transfers (see [`WaitMode`]); waits for what is in
@@ -273,8 +347,8 @@ impl NcclTransport {
 
     /// Connects this rank to every peer in both directions now (NCCL connects a pair on its
     /// first transfer): one exchange of a few bytes with every rank, waited for. Every rank
-    /// must call it.
-    pub fn connect_all(&mut self) -> Result<()> {
+    /// calls it together, inside `init_rank`.
+    fn connect_all(&mut self) -> Result<()> {
         let s = self.stream.clone();
         let tiny = GpuTensor::from_buffer(
             s.alloc_zeros::<u8>(16).map_err(cuda(self.rank, "cuMemAlloc"))?,
@@ -352,6 +426,18 @@ impl NcclTransport {
         if self.comm.0.is_null() {
             return Err(GpuRingError::Aborted { rank, op: "exchange" });
         }
+        // The receive buffers are allocated on the compute stream (which reads and frees them),
+        // before the event the communication stream waits for: NCCL writes them only after the
+        // allocation, and their memory is reused only after the compute stream's last use. The
+        // rank's handle may not track buffer uses with events (`CudaAttention::new_explicit_sync`),
+        // so every ordering between the two streams is explicit here.
+        let mut owned: Vec<cudarc::driver::CudaSlice<u8>> = Vec::new();
+        for (_, t) in recvs {
+            owned.push(match &self.pool {
+                Some(pool) => pool.alloc(t.dtype(), t.shape())?,
+                None => GpuTensor::alloc_buffer(&self.compute, t.dtype(), t.shape())?,
+            });
+        }
         let produced = self.compute.record_event(None).map_err(cuda(rank, "cuEventRecord"))?;
         self.stream.wait(&produced).map_err(cuda(rank, "cuStreamWaitEvent"))?;
         let mut guards = Vec::new();
@@ -362,16 +448,10 @@ impl NcclTransport {
             guards.push(g);
         }
         let mut recv_ptrs = Vec::new();
-        // The receive buffers are allocated here and written only by this group.
-        let mut owned: Vec<cudarc::driver::CudaSlice<u8>> = Vec::new();
-        for (peer, t) in recvs {
+        for ((peer, t), buf) in recvs.iter().zip(owned.iter_mut()) {
             let bytes = t.elem_count() * t.dtype().size();
-            let mut buf = GpuTensor::alloc_buffer(&self.stream, t.dtype(), t.shape())?;
-            {
-                let (ptr, _g) = buf.device_ptr_mut(&self.stream);
-                recv_ptrs.push((*peer, ptr, bytes));
-            }
-            owned.push(buf);
+            let (ptr, _g) = buf.device_ptr_mut(&self.stream);
+            recv_ptrs.push((*peer, ptr, bytes));
         }
         let s = self.stream.cu_stream() as sys::cudaStream_t;
         nccl::group_start().map_err(nccl_err(rank, "ncclGroupStart"))?;
@@ -400,7 +480,12 @@ impl NcclTransport {
         let received = recvs
             .iter()
             .zip(owned)
-            .map(|((_, t), buf)| Ok(GpuTensor::from_buffer(buf, t.dtype(), t.shape().to_vec())?))
+            .map(|((_, t), buf)| {
+                Ok(match &self.pool {
+                    Some(pool) => pool.tensor(buf, t.dtype(), t.shape().to_vec())?,
+                    None => GpuTensor::from_buffer(buf, t.dtype(), t.shape().to_vec())?,
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok((received, self.stream.record_event(None).map_err(cuda(rank, "cuEventRecord"))?))
     }
@@ -488,11 +573,12 @@ impl RingTransport<GpuTensor> for NcclTransport {
                 actual: msgs.len(),
             });
         }
-        // What each peer sends here has the shapes of what this rank keeps for itself.
+        // What each peer sends here has the shapes of what this rank keeps for itself, which
+        // stays here: the compute stream produced it and reads it in order.
         let template = msgs[self.rank].clone();
         let mut sends = Vec::new();
         let mut recvs = Vec::new();
-        for (peer, msg) in msgs.iter().enumerate() {
+        for (peer, msg) in msgs.iter().enumerate().filter(|(peer, _)| *peer != self.rank) {
             for t in msg {
                 sends.push((peer, t));
             }
@@ -500,13 +586,16 @@ impl RingTransport<GpuTensor> for NcclTransport {
                 recvs.push((peer, t));
             }
         }
-        let (received, done) = self.exchange(&sends, &recvs)?;
-        self.arrive(done, "all_to_all", (self.rank + 1) % self.world_size)?;
         let per = template.len();
         let mut out: Vec<Vec<GpuTensor>> = (0..self.world_size).map(|_| Vec::with_capacity(per)).collect();
-        for ((peer, _), t) in recvs.iter().zip(received) {
-            out[*peer].push(t);
+        if !sends.is_empty() || !recvs.is_empty() {
+            let (received, done) = self.exchange(&sends, &recvs)?;
+            self.arrive(done, "all_to_all", (self.rank + 1) % self.world_size)?;
+            for ((peer, _), t) in recvs.iter().zip(received) {
+                out[*peer].push(t);
+            }
         }
+        out[self.rank] = template;
         Ok(out)
     }
 }

@@ -1,6 +1,7 @@
 //! Timing the phases of a ring algorithm with CUDA events on the rank's compute stream.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use cp_ring::{Phase, Probe};
 use cudarc::driver::sys::CUevent_flags;
@@ -8,11 +9,15 @@ use cudarc::driver::{CudaEvent, CudaStream};
 
 /// Records an event on the compute stream at every phase boundary. Because the compute stream
 /// waits on the communication stream inside `finish_shift`, the time between a `Wait` phase's
-/// events is the communication the compute stream could not hide.
+/// events is the communication the compute stream could not hide. It also notes the host's
+/// clock at each boundary: the host time of a step is how long the rank's thread took to
+/// enqueue it, which bounds the GPU time from below when launches cost more than kernels.
 #[derive(Debug)]
 pub struct CudaProbe {
     stream: Arc<CudaStream>,
-    marks: Vec<(Phase, bool, CudaEvent)>,
+    marks: Vec<(Phase, bool, CudaEvent, Instant)>,
+    /// Events of an earlier probe, recorded again (creating one is a driver call of its own).
+    spare: Vec<CudaEvent>,
     failed: bool,
 }
 
@@ -29,17 +34,37 @@ pub struct PhaseTimes {
     pub merge_ms: f64,
     /// From the first phase's start to the last phase's end.
     pub total_ms: f64,
+    /// Host time from the first phase's start to the last phase's end: how long the rank's
+    /// thread took to enqueue the step (its GPU work may still be running).
+    pub host_ms: f64,
 }
 
 impl CudaProbe {
     /// A probe recording on `stream`.
     pub fn new(stream: Arc<CudaStream>) -> CudaProbe {
-        CudaProbe { stream, marks: Vec::new(), failed: false }
+        CudaProbe::with_events(stream, Vec::new())
+    }
+
+    /// A probe recording on `stream` that reuses `events` (from [`CudaProbe::into_events`] of
+    /// an earlier probe whose times were read) before creating new ones.
+    pub fn with_events(stream: Arc<CudaStream>, events: Vec<CudaEvent>) -> CudaProbe {
+        CudaProbe { stream, marks: Vec::new(), spare: events, failed: false }
+    }
+
+    /// The probe's events, for the next probe on the same context.
+    pub fn into_events(self) -> Vec<CudaEvent> {
+        let mut events = self.spare;
+        events.extend(self.marks.into_iter().map(|m| m.2));
+        events
     }
 
     fn mark(&mut self, phase: Phase, start: bool) {
-        match self.stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)) {
-            Ok(e) => self.marks.push((phase, start, e)),
+        let event = match self.spare.pop() {
+            Some(e) => e.record(&self.stream).map(|_| e),
+            None => self.stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)),
+        };
+        match event {
+            Ok(e) => self.marks.push((phase, start, e, Instant::now())),
             Err(_) => self.failed = true,
         }
     }
@@ -51,7 +76,7 @@ impl CudaProbe {
             return None;
         }
         let mut t = PhaseTimes::default();
-        let mut open: Option<&(Phase, bool, CudaEvent)> = None;
+        let mut open: Option<&(Phase, bool, CudaEvent, Instant)> = None;
         for m in &self.marks {
             if m.1 {
                 open = Some(m);
@@ -66,9 +91,9 @@ impl CudaProbe {
                 Phase::Merge => t.merge_ms += ms,
             }
         }
-        let first = &self.marks.first()?.2;
-        let last = &self.marks.last()?.2;
-        t.total_ms = first.elapsed_ms(last).ok()? as f64;
+        let (first, last) = (self.marks.first()?, self.marks.last()?);
+        t.total_ms = first.2.elapsed_ms(&last.2).ok()? as f64;
+        t.host_ms = last.3.duration_since(first.3).as_secs_f64() * 1e3;
         Some(t)
     }
 }

@@ -10,7 +10,7 @@ use cp_attention::cuda::{CudaAttention, GpuTensor};
 use cp_ring::{Algorithm, Local, PoolError, RankPool, RingError, RingLayouts, RingTransport, run};
 
 use crate::error::cuda;
-use crate::{CudaProbe, GpuRingError, NcclTransport, PeerTransport, PhaseTimes, Result, WaitMode};
+use crate::{CudaProbe, GpuRingError, GroupLaunch, NcclTransport, PeerTransport, PhaseTimes, Result, WaitMode};
 
 /// A rank's own tensors (see `cp_ring::Local`).
 #[derive(Clone, Debug)]
@@ -103,6 +103,8 @@ pub struct GpuRank {
     pub ops: CudaAttention,
     /// Its end of the ring.
     pub transport: RankTransport,
+    /// Timing events of the last probe, recorded again by the next.
+    probe_events: Vec<cudarc::driver::CudaEvent>,
 }
 
 impl GpuRank {
@@ -114,7 +116,8 @@ impl GpuRank {
         layouts: &RingLayouts,
         inputs: &RankInputs,
     ) -> Result<RankOutput> {
-        let mut probe = CudaProbe::new(self.ops.stream().clone());
+        let events = std::mem::take(&mut self.probe_events);
+        let mut probe = CudaProbe::with_events(self.ops.stream().clone(), events);
         let local = Local { q: &inputs.q, k: &inputs.k, v: &inputs.v };
         let partial = run(algorithm, &self.ops, &mut self.transport, layouts, local, &mut probe);
         // Whatever happened, nothing may stay in flight on a stream this rank reuses.
@@ -122,7 +125,9 @@ impl GpuRank {
         let partial = partial?;
         drained?;
         self.ops.synchronize()?;
-        Ok(RankOutput { partial, times: probe.times() })
+        let times = probe.times();
+        self.probe_events = probe.into_events();
+        Ok(RankOutput { partial, times })
     }
 }
 
@@ -172,10 +177,39 @@ fn is_echo(e: &GpuRingError) -> bool {
     matches!(e, GpuRingError::Ring(RingError::Transport { .. }) | GpuRingError::Exchange(_))
 }
 
+/// How a [`GpuRing`]'s ranks drive their GPUs. The defaults are the fast choices; the other
+/// settings exist to measure what they cost (and to rule out an ordering bug).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingOptions {
+    /// cudarc's per-buffer event tracking (see `CudaAttention::new`). Off by default where a
+    /// rank's buffers stay on its own streams, ordered by the transport (one rank per GPU over
+    /// NCCL, or a ring of one): driver calls per launch drop from one per buffer touched to
+    /// one. Ranks sharing a GPU or copying between GPUs keep it on whatever this says (their
+    /// buffers cross streams the transports do not order).
+    pub event_tracking: bool,
+    /// How NCCL launches a group.
+    pub group_launch: GroupLaunch,
+}
+
+impl Default for RingOptions {
+    fn default() -> RingOptions {
+        RingOptions { event_tracking: false, group_launch: GroupLaunch::Inline }
+    }
+}
+
 impl GpuRing {
-    /// Builds the ring. `timeout` bounds every wait on a peer (a rank that dies or never
-    /// answers ends the others with an error within about that time).
+    /// Builds the ring with the default [`RingOptions`]. `timeout` bounds every wait on a peer
+    /// (a rank that dies or never answers ends the others with an error within about that
+    /// time).
     pub fn new(placement: Placement, timeout: Duration) -> Result<GpuRing> {
+        GpuRing::with_options(placement, timeout, RingOptions::default())
+    }
+
+    /// [`GpuRing::new`] with `options`.
+    pub fn with_options(placement: Placement, timeout: Duration, options: RingOptions) -> Result<GpuRing> {
+        let open = move |device: usize| {
+            if options.event_tracking { CudaAttention::new(device) } else { CudaAttention::new_explicit_sync(device) }
+        };
         let pool = match &placement {
             Placement::Gpus(devices) => {
                 let n = devices.len();
@@ -184,12 +218,18 @@ impl GpuRing {
                 RankPool::new_filtered(
                     n,
                     move |rank| {
-                        let ops = CudaAttention::new(devices[rank])?;
+                        let ops = open(devices[rank])?;
                         ops.stream().context().bind_to_thread().map_err(cuda(rank, "cuCtxSetCurrent"))?;
-                        let mut nccl = NcclTransport::init_rank(ops.stream().clone(), rank, n, id, timeout)?;
-                        nccl.connect_all()?;
+                        let mut nccl = NcclTransport::init_rank_with(
+                            ops.stream().clone(),
+                            rank,
+                            n,
+                            id,
+                            timeout,
+                            options.group_launch,
+                        )?;
                         nccl.set_wait_mode(WaitMode::Device)?;
-                        Ok(GpuRank { rank, ops, transport: RankTransport::Nccl(nccl) })
+                        Ok(GpuRank { rank, ops, transport: RankTransport::Nccl(nccl), probe_events: Vec::new() })
                     },
                     is_echo,
                 )
@@ -199,7 +239,8 @@ impl GpuRing {
                 // then each rank thread takes its own.
                 let ops: Vec<CudaAttention> = match &placement {
                     &Placement::SameGpu { device, world_size } => {
-                        let base = CudaAttention::new(device)?;
+                        // A ring of one has one stream and no transfers.
+                        let base = if world_size == 1 { open(device)? } else { CudaAttention::new(device)? };
                         let ctx = base.stream().context().clone();
                         (0..world_size)
                             .map(|r| Ok(base.with_stream(ctx.new_stream().map_err(cuda(r, "cuStreamCreate"))?)))
@@ -229,7 +270,7 @@ impl GpuRing {
                             reason: "its device and transport were already taken",
                         })?;
                         ops.stream().context().bind_to_thread().map_err(cuda(rank, "cuCtxSetCurrent"))?;
-                        Ok(GpuRank { rank, ops, transport: RankTransport::Peer(end) })
+                        Ok(GpuRank { rank, ops, transport: RankTransport::Peer(end), probe_events: Vec::new() })
                     },
                     is_echo,
                 )

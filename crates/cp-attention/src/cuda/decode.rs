@@ -128,8 +128,8 @@ impl CudaAttention {
         // SAFETY: the split partials are `splits` contiguous blocks of `rows x d` and `rows`.
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch merge_strided"))?;
         Ok(Partial {
-            out: GpuTensor::from_parts(out, GpuDType::F32, vec![bq, nh, d]),
-            lse: GpuTensor::from_parts(lse, GpuDType::F32, vec![bq, nh]),
+            out: self.wrap(out, GpuDType::F32, vec![bq, nh, d]),
+            lse: self.wrap(lse, GpuDType::F32, vec![bq, nh]),
         })
     }
 

@@ -69,8 +69,8 @@ impl CudaAttention {
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch merge_all"))?;
         drop(guards);
         Ok(Partial {
-            out: GpuTensor::from_parts(out, out_dtype, shape),
-            lse: GpuTensor::from_parts(lse, GpuDType::F32, first.lse.shape().to_vec()),
+            out: self.wrap(out, out_dtype, shape),
+            lse: self.wrap(lse, GpuDType::F32, first.lse.shape().to_vec()),
         })
     }
 
@@ -94,7 +94,10 @@ impl CudaAttention {
         let rows = acc.lse.elem_count();
         let (out_shape, lse_shape) = (acc.out.shape().to_vec(), acc.lse.shape().to_vec());
         let own = |t: GpuTensor| -> Result<CudaSlice<u8>> {
-            Arc::try_unwrap(t.buf).or_else(|shared| self.stream.clone_dtod(&*shared).map_err(cuda_err("cuMemcpyDtoD")))
+            match Arc::try_unwrap(t.buf) {
+                Ok(own) => Ok(own.into_parts().0),
+                Err(shared) => self.stream.clone_dtod(&**shared).map_err(cuda_err("cuMemcpyDtoD")),
+            }
         };
         let mut acc_out = own(acc.out)?;
         let mut new_lse = self.alloc(GpuDType::F32, &lse_shape)?;
@@ -107,8 +110,8 @@ impl CudaAttention {
         // SAFETY: shapes checked equal above; `d` is a multiple of 4.
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch merge_fold"))?;
         Ok(Partial {
-            out: GpuTensor::from_parts(acc_out, GpuDType::F32, out_shape),
-            lse: GpuTensor::from_parts(new_lse, GpuDType::F32, lse_shape),
+            out: self.wrap(acc_out, GpuDType::F32, out_shape),
+            lse: self.wrap(new_lse, GpuDType::F32, lse_shape),
         })
     }
 }

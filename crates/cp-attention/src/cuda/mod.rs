@@ -31,7 +31,7 @@ pub use layout::DeviceLayout;
 pub use ops::CudaAttention;
 pub use prefill::{PrefillKernel, kv_splits};
 pub use table::{KernelEntry, kernel_table};
-pub use tensor::{GpuDType, GpuTensor};
+pub use tensor::{BufferPool, GpuDType, GpuTensor};
 
 /// Whether the CUDA driver library can be loaded on this machine.
 pub fn driver_available() -> bool {

@@ -13,7 +13,7 @@ use super::decode::{DecodeArgs, DecodeKernel, DecodeKey, decode_shaped};
 use super::layout::DeviceLayout;
 use super::prefill::PrefillKernel;
 use super::table::{FLASH_VARIANTS, Kernels};
-use super::{GpuDType, GpuTensor, cuda_err, driver_available};
+use super::{BufferPool, GpuDType, GpuTensor, cuda_err, driver_available};
 use crate::{AttentionError, Result};
 
 /// Makes the device's default memory pool keep what is freed instead of returning it to the
@@ -65,6 +65,8 @@ pub struct CudaAttention {
     /// so a check can prove every element was written. Off by default (a memset per output).
     pub poison_outputs: bool,
     pub(super) decode_args: Arc<Mutex<HashMap<DecodeKey, Arc<DecodeArgs>>>>,
+    /// Buffers of this stream kept for reuse (explicit-sync handles only).
+    pool: Option<Arc<BufferPool>>,
 }
 
 impl std::fmt::Debug for CudaAttention {
@@ -79,7 +81,31 @@ impl std::fmt::Debug for CudaAttention {
 impl CudaAttention {
     /// Opens GPU `ordinal`, compiles (or loads from the cache) the kernels for its
     /// architecture, and creates a stream. Missing libraries and devices are errors.
+    ///
+    /// Every buffer tracks its uses with CUDA events (cudarc's default), so buffers may be
+    /// shared between streams (clones made by [`CudaAttention::with_stream`], transports'
+    /// copy streams) with no ordering by the caller. That costs a few driver calls per buffer
+    /// a launch touches and per allocation — tens of microseconds a decode step, which is all
+    /// of a short step's budget; [`CudaAttention::new_explicit_sync`] drops it.
     pub fn new(ordinal: usize) -> Result<CudaAttention> {
+        CudaAttention::open(ordinal, true)
+    }
+
+    /// [`CudaAttention::new`] with cudarc's per-buffer event tracking off for this handle's
+    /// context: a launch is one driver call, an allocation and a free one each.
+    ///
+    /// The caller orders every use of a buffer on another stream than the one it was
+    /// allocated on: a stream reading it waits for an event recorded after it was written, and
+    /// its owner's stream waits for that reader before the buffer is dropped (its memory goes
+    /// back to the pool in the owner's stream order). Everything this crate launches runs on
+    /// the handle's own stream, so a handle whose buffers never leave that stream needs
+    /// nothing; cp-nccl's NCCL transport orders its communication stream with events. Clones
+    /// made by [`CudaAttention::with_stream`] share uploaded layouts, so they need the same care.
+    pub fn new_explicit_sync(ordinal: usize) -> Result<CudaAttention> {
+        CudaAttention::open(ordinal, false)
+    }
+
+    fn open(ordinal: usize, event_tracking: bool) -> Result<CudaAttention> {
         if !driver_available() {
             return Err(AttentionError::MissingLibrary {
                 library: "libcuda",
@@ -91,6 +117,11 @@ impl CudaAttention {
             return Err(AttentionError::NoDevice { ordinal, count });
         }
         let ctx = CudaContext::new(ordinal).map_err(cuda_err("cuCtxCreate"))?;
+        if !event_tracking {
+            // SAFETY: set before this context allocates anything, so no buffer of it tracks
+            // uses; the ordering contract moves to the caller (see `new_explicit_sync`).
+            unsafe { ctx.disable_event_tracking() };
+        }
         let (major, minor) = ctx.compute_capability().map_err(cuda_err("cuDeviceGetAttribute"))?;
         if major < 8 {
             return Err(AttentionError::ComputeCapability {
@@ -110,7 +141,6 @@ impl CudaAttention {
         keep_freed_memory(&ctx)?;
         let stream = ctx.new_stream().map_err(cuda_err("cuStreamCreate"))?;
         Ok(CudaAttention {
-            stream,
             kernels,
             sm_count,
             layouts: Arc::default(),
@@ -121,13 +151,14 @@ impl CudaAttention {
             split_kv: true,
             poison_outputs: false,
             decode_args: Arc::default(),
+            pool: BufferPool::new(&stream),
+            stream,
         })
     }
 
     /// The same kernels on another stream of the same context (one per rank on a shared GPU).
     pub fn with_stream(&self, stream: Arc<CudaStream>) -> CudaAttention {
         CudaAttention {
-            stream,
             kernels: self.kernels.clone(),
             sm_count: self.sm_count,
             layouts: self.layouts.clone(),
@@ -138,6 +169,8 @@ impl CudaAttention {
             split_kv: self.split_kv,
             poison_outputs: self.poison_outputs,
             decode_args: self.decode_args.clone(),
+            pool: BufferPool::new(&stream),
+            stream,
         }
     }
 
@@ -182,7 +215,10 @@ impl CudaAttention {
     /// Device memory for an output of `dtype` and `shape` on this stream (poisoned when
     /// [`CudaAttention::poison_outputs`] is on).
     pub(super) fn alloc(&self, dtype: GpuDType, shape: &[usize]) -> Result<CudaSlice<u8>> {
-        let buf = GpuTensor::alloc(&self.stream, dtype, shape)?;
+        let buf = match &self.pool {
+            Some(pool) => pool.alloc(dtype, shape)?,
+            None => GpuTensor::alloc(&self.stream, dtype, shape)?,
+        };
         if self.poison_outputs {
             let (ptr, _guard) = buf.device_ptr(&self.stream);
             // SAFETY: `ptr` addresses the `buf.len()` bytes just allocated on this stream.
@@ -190,6 +226,18 @@ impl CudaAttention {
                 .map_err(cuda_err("cuMemsetD8Async(poison)"))?;
         }
         Ok(buf)
+    }
+
+    /// A tensor of `buf` (from [`CudaAttention::alloc`]), its memory given back to this
+    /// stream's pool when dropped (explicit-sync handles).
+    pub(super) fn wrap(&self, buf: CudaSlice<u8>, dtype: GpuDType, shape: Vec<usize>) -> GpuTensor {
+        GpuTensor::from_pool(buf, self.pool.as_ref(), dtype, shape)
+    }
+
+    /// Buffers of this handle's stream kept for reuse: `Some` for explicit-sync handles
+    /// ([`CudaAttention::new_explicit_sync`]), whose transports may allocate from it too.
+    pub fn pool(&self) -> Option<&Arc<BufferPool>> {
+        self.pool.as_ref()
     }
 
     /// Forgets every uploaded layout and prepared decode argument (shared with the other
@@ -321,7 +369,7 @@ impl AttentionOps for CudaAttention {
             }
             at += bytes;
         }
-        Ok(GpuTensor::from_parts(out, first.dtype(), shape))
+        Ok(self.wrap(out, first.dtype(), shape))
     }
 }
 
@@ -337,7 +385,7 @@ impl cp_ring::KvOps for CudaAttention {
         }
         shape[0] = rows;
         let buf = self.alloc(like.dtype(), &shape)?;
-        Ok(GpuTensor::from_parts(buf, like.dtype(), shape))
+        Ok(self.wrap(buf, like.dtype(), shape))
     }
 
     fn copy_rows(&self, dst: &mut GpuTensor, at: usize, src: &GpuTensor, from: usize, count: usize) -> Result<()> {

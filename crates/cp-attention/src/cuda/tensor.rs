@@ -1,6 +1,10 @@
-//! Device tensors: an immutable, shareable buffer with a dtype and a shape.
+//! Device tensors: an immutable, shareable buffer with a dtype and a shape; and the pools that
+//! recycle their buffers on explicitly synchronised streams.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 use cudarc::driver::{CudaSlice, CudaStream};
@@ -37,11 +41,140 @@ impl GpuDType {
     }
 }
 
+/// Buffers larger than this are never kept by a [`BufferPool`] (their kernels dwarf an
+/// allocation's cost).
+const POOL_MAX_BUFFER: usize = 64 << 20;
+/// Bytes a [`BufferPool`] keeps at most; a buffer given back past it is freed.
+const POOL_MAX_BYTES: usize = 256 << 20;
+
+/// Device buffers of one stream kept for reuse, so that a step of many small tensors (a decode
+/// step allocates a dozen) costs no driver call per allocation and free: a freed buffer returns
+/// here, and the next allocation of the same size on the stream takes it back.
+///
+/// Only for streams whose context does not track buffer uses with events
+/// (`CudaAttention::new_explicit_sync`): reuse is ordered by the stream (work enqueued after the
+/// reuse runs after everything enqueued before the free), and the explicit-sync contract makes
+/// any other stream that used the buffer finish before its last owner dropped it. Keeps at most
+/// 256 MiB, in buffers of at most 64 MiB; exact sizes only.
+pub struct BufferPool {
+    stream: Arc<CudaStream>,
+    free: Mutex<Kept>,
+}
+
+/// A pool's kept buffers by size in bytes, and their total bytes.
+type Kept = (HashMap<usize, Vec<CudaSlice<u8>>>, usize);
+
+impl std::fmt::Debug for BufferPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept = self.free.lock().map(|g| g.1).unwrap_or(0);
+        f.debug_struct("BufferPool").field("bytes_kept", &kept).finish_non_exhaustive()
+    }
+}
+
+impl BufferPool {
+    /// A pool for `stream`, or `None` when its context tracks buffer uses with events (the
+    /// tracked buffers' frees wait for other streams; a pool would skip that).
+    pub fn new(stream: &Arc<CudaStream>) -> Option<Arc<BufferPool>> {
+        if stream.context().is_event_tracking() {
+            return None;
+        }
+        Some(Arc::new(BufferPool { stream: stream.clone(), free: Mutex::new((HashMap::new(), 0)) }))
+    }
+
+    /// The stream the pool's buffers are ordered on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Uninitialised memory for a tensor of `dtype` and `shape` on the pool's stream: a kept
+    /// buffer of exactly that size, else a new one.
+    pub fn alloc(&self, dtype: GpuDType, shape: &[usize]) -> Result<CudaSlice<u8>> {
+        let bytes = GpuTensor::bytes_for(dtype, shape);
+        {
+            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(buf) = free.0.get_mut(&bytes).and_then(Vec::pop) {
+                free.1 -= bytes;
+                return Ok(buf);
+            }
+        }
+        GpuTensor::alloc(&self.stream, dtype, shape)
+    }
+
+    /// A tensor of `buf` (from [`BufferPool::alloc`]) whose buffer returns here when its last
+    /// clone is dropped.
+    pub fn tensor(self: &Arc<Self>, buf: CudaSlice<u8>, dtype: GpuDType, shape: Vec<usize>) -> Result<GpuTensor> {
+        let mut t = GpuTensor::from_buffer(buf, dtype, shape)?;
+        if let Some(b) = Arc::get_mut(&mut t.buf) {
+            b.pool = Some(self.clone());
+        }
+        Ok(t)
+    }
+
+    fn give_back(&self, buf: CudaSlice<u8>) {
+        let bytes = buf.len();
+        // A buffer of another stream (or too large) is freed in its own stream's order.
+        if bytes > POOL_MAX_BUFFER || !Arc::ptr_eq(buf.stream(), &self.stream) {
+            return;
+        }
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.1 + bytes <= POOL_MAX_BYTES {
+            free.1 += bytes;
+            free.0.entry(bytes).or_default().push(buf);
+        }
+    }
+}
+
+/// A tensor's device memory: freed when dropped, or given back to the pool it came from.
+pub(crate) struct DeviceBuffer {
+    slice: ManuallyDrop<CudaSlice<u8>>,
+    pool: Option<Arc<BufferPool>>,
+}
+
+impl DeviceBuffer {
+    fn new(slice: CudaSlice<u8>) -> DeviceBuffer {
+        DeviceBuffer { slice: ManuallyDrop::new(slice), pool: None }
+    }
+
+    /// The memory, and the pool it returns to when dropped (if any).
+    pub(crate) fn into_parts(mut self) -> (CudaSlice<u8>, Option<Arc<BufferPool>>) {
+        // SAFETY: `slice` is taken once and `self` is forgotten right after, so its drop (which
+        // would take it again) never runs.
+        let slice = unsafe { ManuallyDrop::take(&mut self.slice) };
+        let pool = self.pool.take();
+        std::mem::forget(self);
+        (slice, pool)
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here; the field is not used again.
+        let slice = unsafe { ManuallyDrop::take(&mut self.slice) };
+        match &self.pool {
+            Some(pool) => pool.give_back(slice),
+            None => drop(slice),
+        }
+    }
+}
+
+impl Deref for DeviceBuffer {
+    type Target = CudaSlice<u8>;
+    fn deref(&self) -> &CudaSlice<u8> {
+        &self.slice
+    }
+}
+
+impl DerefMut for DeviceBuffer {
+    fn deref_mut(&mut self) -> &mut CudaSlice<u8> {
+        &mut self.slice
+    }
+}
+
 /// A tensor in device memory. Cloning shares the buffer; kernels write fresh buffers (or, for
 /// the in-place merge, a buffer they own alone).
 #[derive(Clone)]
 pub struct GpuTensor {
-    pub(crate) buf: Arc<CudaSlice<u8>>,
+    pub(crate) buf: Arc<DeviceBuffer>,
     dtype: GpuDType,
     shape: Vec<usize>,
 }
@@ -54,7 +187,22 @@ impl std::fmt::Debug for GpuTensor {
 
 impl GpuTensor {
     pub(crate) fn from_parts(buf: CudaSlice<u8>, dtype: GpuDType, shape: Vec<usize>) -> GpuTensor {
-        GpuTensor { buf: Arc::new(buf), dtype, shape }
+        GpuTensor { buf: Arc::new(DeviceBuffer::new(buf)), dtype, shape }
+    }
+
+    /// A tensor of `buf` returning to `pool` (if any) when its last clone is dropped.
+    pub(crate) fn from_pool(
+        buf: CudaSlice<u8>,
+        pool: Option<&Arc<BufferPool>>,
+        dtype: GpuDType,
+        shape: Vec<usize>,
+    ) -> GpuTensor {
+        GpuTensor { buf: Arc::new(DeviceBuffer { slice: ManuallyDrop::new(buf), pool: pool.cloned() }), dtype, shape }
+    }
+
+    /// Bytes of a buffer for `dtype` and `shape` (at least one element).
+    fn bytes_for(dtype: GpuDType, shape: &[usize]) -> usize {
+        shape.iter().product::<usize>().max(1) * dtype.size()
     }
 
     /// The same buffer seen with another shape of no more bytes (a view of its first rows).
@@ -83,7 +231,7 @@ impl GpuTensor {
 
     /// Uninitialised device memory for a tensor (the kernels write every element).
     pub(crate) fn alloc(stream: &Arc<CudaStream>, dtype: GpuDType, shape: &[usize]) -> Result<CudaSlice<u8>> {
-        let bytes = shape.iter().product::<usize>().max(1) * dtype.size();
+        let bytes = GpuTensor::bytes_for(dtype, shape);
         // SAFETY: the memory is only read after a kernel or a copy has written it.
         let buf = unsafe { stream.alloc::<u8>(bytes) }.map_err(cuda_err("cuMemAlloc"))?;
         Ok(buf)
@@ -123,7 +271,7 @@ impl GpuTensor {
 
     /// Downloads as f32 values (waits for the stream).
     pub fn download(&self, stream: &Arc<CudaStream>) -> Result<Vec<f32>> {
-        let bytes = stream.clone_dtoh(&*self.buf).map_err(cuda_err("cuMemcpyDtoH"))?;
+        let bytes = stream.clone_dtoh(self.slice()).map_err(cuda_err("cuMemcpyDtoH"))?;
         let n = self.elem_count();
         let bytes = &bytes[..n * self.dtype.size()];
         Ok(match self.dtype {
