@@ -49,6 +49,9 @@ pub struct DecodeRow {
     /// Host time to enqueue a step (the slowest rank's thread), median, microseconds: when it
     /// exceeds the GPU time of the step's work, launches and driver calls set the pace.
     pub enqueue_us: f64,
+    /// The slowest enqueueing rank's host time per phase (medians, microseconds): attention,
+    /// query transfer, partials' all-to-all, merge.
+    pub enqueue_phase_us: [f64; 4],
 }
 
 fn summary_us(ms: &[f64]) -> Summary {
@@ -106,6 +109,7 @@ pub fn single(
         all_to_all_us: 0.0,
         merge_us: 0.0,
         enqueue_us: median(&enqueue),
+        enqueue_phase_us: [median(&enqueue), 0.0, 0.0, 0.0],
         gpu_us,
     })
 }
@@ -124,7 +128,10 @@ fn step(
     let mut slowest =
         times.iter().copied().fold(PhaseTimes::default(), |a, b| if b.total_ms > a.total_ms { b } else { a });
     // The enqueue time of the step is its slowest thread's, whichever rank's GPU was slowest.
-    slowest.host_ms = times.iter().map(|t| t.host_ms).fold(0.0, f64::max);
+    if let Some(host) = times.iter().max_by(|a, b| a.host_ms.total_cmp(&b.host_ms)) {
+        slowest.host_ms = host.host_ms;
+        slowest.host_phase_ms = host.host_phase_ms;
+    }
     Ok((slowest, wall))
 }
 
@@ -150,6 +157,8 @@ fn row(
         all_to_all_us: median(&col(|t| t.all_to_all_ms)) * 1e3,
         merge_us: median(&col(|t| t.merge_ms)) * 1e3,
         enqueue_us: median(&col(|t| t.host_ms)) * 1e3,
+        enqueue_phase_us: [0, 1, 2, 3]
+            .map(|i| median(&steps.iter().map(|(t, _)| t.host_phase_ms[i]).collect::<Vec<_>>()) * 1e3),
     }
 }
 
@@ -211,7 +220,7 @@ pub fn print(r: &DecodeRow, single: Option<&DecodeRow>) {
         format!(" | vs one GPU: GPU {:.2}x, wall {:.2}x", s.gpu_us.p50 / r.gpu_us.p50, s.wall_us.p50 / r.wall_us.p50)
     });
     println!(
-        "  ctx {:>7} B={:<3} N={} {:<13} {:<7}: GPU p50 {:>8.1} us p99 {:>8.1} | wall p50 {:>8.1} p99 {:>8.1} | attn {:>7.1} q {:>6.1} a2a {:>6.1} merge {:>5.1} | enqueue {:>7.1}{vs}",
+        "  ctx {:>7} B={:<3} N={} {:<13} {:<7}: GPU p50 {:>8.1} us p99 {:>8.1} | wall p50 {:>8.1} p99 {:>8.1} | attn {:>7.1} q {:>6.1} a2a {:>6.1} merge {:>5.1} | enqueue {:>7.1} ({:.0}/{:.0}/{:.0}/{:.0}){vs}",
         r.context,
         r.batch,
         r.world_size,
@@ -225,6 +234,10 @@ pub fn print(r: &DecodeRow, single: Option<&DecodeRow>) {
         r.q_transfer_us,
         r.all_to_all_us,
         r.merge_us,
-        r.enqueue_us
+        r.enqueue_us,
+        r.enqueue_phase_us[0],
+        r.enqueue_phase_us[1],
+        r.enqueue_phase_us[2],
+        r.enqueue_phase_us[3]
     );
 }

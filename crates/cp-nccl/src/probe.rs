@@ -37,6 +37,9 @@ pub struct PhaseTimes {
     /// Host time from the first phase's start to the last phase's end: how long the rank's
     /// thread took to enqueue the step (its GPU work may still be running).
     pub host_ms: f64,
+    /// Host time spent enqueueing each phase, in the order of the GPU fields: compute, wait,
+    /// all-to-all, merge.
+    pub host_phase_ms: [f64; 4],
 }
 
 impl CudaProbe {
@@ -84,12 +87,26 @@ impl CudaProbe {
             }
             let start = open.take()?;
             let ms = start.2.elapsed_ms(&m.2).ok()? as f64;
-            match m.0 {
-                Phase::Compute => t.compute_ms += ms,
-                Phase::Wait => t.wait_ms += ms,
-                Phase::AllToAll => t.all_to_all_ms += ms,
-                Phase::Merge => t.merge_ms += ms,
-            }
+            let host = m.3.duration_since(start.3).as_secs_f64() * 1e3;
+            let slot = match m.0 {
+                Phase::Compute => {
+                    t.compute_ms += ms;
+                    0
+                }
+                Phase::Wait => {
+                    t.wait_ms += ms;
+                    1
+                }
+                Phase::AllToAll => {
+                    t.all_to_all_ms += ms;
+                    2
+                }
+                Phase::Merge => {
+                    t.merge_ms += ms;
+                    3
+                }
+            };
+            t.host_phase_ms[slot] += host;
         }
         let (first, last) = (self.marks.first()?, self.marks.last()?);
         t.total_ms = first.2.elapsed_ms(&last.2).ok()? as f64;

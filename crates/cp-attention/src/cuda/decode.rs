@@ -117,6 +117,15 @@ impl CudaAttention {
         b.arg(&mut part_out).arg(&mut part_lse).arg(&bq_i).arg(&nh_i).arg(&nkv_i).arg(&split_i).arg(&scale);
         // SAFETY: argument types and order match the kernel; every row range lies inside k/v.
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch decode"))?;
+        if splits == 1 {
+            // One split's normalised partial is the result (the merge of one part returns it
+            // unchanged): a launch fewer, which a padding-only query block (a decode step's
+            // other ranks at batch 1) is nothing but.
+            return Ok(Partial {
+                out: self.wrap(part_out, GpuDType::F32, vec![bq, nh, d]),
+                lse: self.wrap(part_lse, GpuDType::F32, vec![bq, nh]),
+            });
+        }
 
         let mut out = self.alloc(GpuDType::F32, &[bq, nh, d])?;
         let mut lse = self.alloc(GpuDType::F32, &[bq, nh])?;
