@@ -55,6 +55,19 @@ pub fn check_step(
         let s = rank.ops.stream().clone();
         Ok((out.partial.out.download(&s)?, out.partial.lse.download(&s)?))
     })?;
+    judge(heads, seed, layouts, &per_rank, wanted, label)
+}
+
+/// Compares per-rank downloads (`(out, lse)` in the order of `layouts.q`) of the `wanted` rows
+/// with the oracle of `seed`.
+fn judge(
+    heads: Heads,
+    seed: u64,
+    layouts: &RingLayouts,
+    per_rank: &[(Vec<f32>, Vec<f32>)],
+    wanted: &[(usize, Span)],
+    label: String,
+) -> anyhow::Result<CheckLine> {
     let f64s = |v: &Vec<f32>| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
     let outs: Vec<Vec<f64>> = per_rank.iter().map(|(o, _)| f64s(o)).collect();
     let lses: Vec<Vec<f64>> = per_rank.iter().map(|(_, l)| f64s(l)).collect();
@@ -72,6 +85,85 @@ pub fn check_step(
         d_out.non_finite_mismatches + d_lse.non_finite_mismatches
     );
     Ok(CheckLine { label, ok, line })
+}
+
+/// Captures one step of `algorithm` as a CUDA graph on every rank, then replays it `replays`
+/// times, each time with new inputs (drawn from another seed and copied into the captured
+/// buffers) and checks every replay's output against the oracle of its own inputs.
+/// `step`: the layouts and the rows of them to check.
+pub fn check_graph(
+    ring: &GpuRing,
+    heads: Heads,
+    seed: u64,
+    algorithm: Algorithm,
+    step: (&Arc<RingLayouts>, &[(usize, Span)]),
+    replays: usize,
+    label: &str,
+) -> anyhow::Result<Vec<CheckLine>> {
+    let (layouts, wanted) = step;
+    let l = layouts.clone();
+    ring.run(move |rank| {
+        rank.forget_captured();
+        let inputs = workload::draw(&rank.ops, rank.rank, &l, heads, seed)?;
+        rank.capture(algorithm, &l, &inputs)
+    })?;
+    let mut lines = Vec::new();
+    for i in 0..replays {
+        let s_i = seed.wrapping_add(1 + i as u64);
+        let l = layouts.clone();
+        let per_rank = ring.run(move |rank| {
+            let fresh = workload::draw(&rank.ops, rank.rank, &l, heads, s_i)?;
+            let step = rank.captured(0).ok_or(cp_nccl::GpuRingError::Misuse {
+                rank: rank.rank,
+                op: "check_graph",
+                what: "the step was not captured",
+            })?;
+            let (mut q, mut k, mut v) = (step.inputs().q.clone(), step.inputs().k.clone(), step.inputs().v.clone());
+            use cp_ring::KvOps;
+            for (dst, src) in [(&mut q, &fresh.q), (&mut k, &fresh.k), (&mut v, &fresh.v)] {
+                let rows = src.shape()[0];
+                rank.ops.copy_rows(dst, 0, src, 0, rows)?;
+            }
+            rank.replay(0)?;
+            let step = rank.captured(0).expect("captured above");
+            let s = rank.ops.stream().clone();
+            Ok((step.output().out.download(&s)?, step.output().lse.download(&s)?))
+        })?;
+        lines.push(judge(heads, s_i, layouts, &per_rank, wanted, format!("{label} replay {i}"))?);
+    }
+    ring.run(|rank| {
+        rank.forget_captured();
+        Ok(())
+    })?;
+    Ok(lines)
+}
+
+/// Graph replays on `ring` against the oracle: a decode step of three sequences of different
+/// lengths (pass-Q and gather-Q) and a partial prefill (pass-KV), each replayed `replays` times
+/// with new inputs every time.
+pub fn check_graphs(ring: &GpuRing, name: &str, seed: u64, replays: usize) -> anyhow::Result<Vec<CheckLine>> {
+    let heads = Heads { n_heads: 8, n_kv_heads: 2, head_dim: 128 };
+    let n = ring.world_size();
+    let mut cache = CacheMap::new(n, 3)?;
+    let prompt =
+        [NewTokens { seq: 0, count: 1000 }, NewTokens { seq: 1, count: 2999 }, NewTokens { seq: 2, count: 77 }];
+    let first = TurnPlan::new(&cache, &prompt)?;
+    cache.commit_turn(&first)?;
+    let mut lines = Vec::new();
+    let turn = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: 203 }, NewTokens { seq: 2, count: 61 }])?;
+    let layouts = Arc::new(turn.layouts().clone());
+    let label = format!("N={n} {name} graph pass-KV partial prefill");
+    lines.extend(check_graph(ring, heads, seed, Algorithm::PassKv, (&layouts, &turn.new_spans()), replays, &label)?);
+    for it in 0..2 {
+        let plan = DecodePlan::new(&cache, &[0, 1, 2], it)?;
+        let layouts = Arc::new(plan.layouts().clone());
+        for algorithm in [Algorithm::PassQ, Algorithm::GatherQ] {
+            let label = format!("N={n} {name} graph {algorithm} decode {it}");
+            lines.extend(check_graph(ring, heads, seed, algorithm, (&layouts, &plan.new_spans()), replays, &label)?);
+        }
+        cache.commit_decode(&plan)?;
+    }
+    Ok(lines)
 }
 
 /// A partial-prefill turn of two sequences (300 and 77 cached; 203 and 61 new: lengths that

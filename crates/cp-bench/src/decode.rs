@@ -186,6 +186,44 @@ pub fn steady(
     Ok(row(context, batch, n, algorithm, "steady", &steps))
 }
 
+/// `algorithm` on `ring` captured once per rank as a CUDA graph (kernels and NCCL transfers)
+/// and replayed `warmup + iters` times: one launch a step. The GPU time is the slowest rank's,
+/// from its launch to its end (a rank that launches early waits for the others inside).
+pub fn graph(
+    ring: &GpuRing,
+    heads: Heads,
+    algorithm: Algorithm,
+    context: usize,
+    batch: usize,
+    warmup: usize,
+    iters: usize,
+) -> anyhow::Result<DecodeRow> {
+    let n = ring.world_size();
+    let (_, plan) = workload::decode_plan(n, batch, context, 0)?;
+    let layouts = Arc::new(plan.layouts().clone());
+    let inputs = workload::draw_all(ring, &layouts, heads, 11)?;
+    let l = layouts.clone();
+    ring.run(move |rank| {
+        rank.forget_captured();
+        rank.capture(algorithm, &l, &inputs[rank.rank])
+    })?;
+    let mut steps = Vec::new();
+    for i in 0..warmup + iters {
+        let started = Instant::now();
+        let ms = ring.run(|rank| rank.replay(0))?;
+        let wall = started.elapsed().as_secs_f64() * 1e3;
+        if i >= warmup {
+            let total_ms = ms.iter().copied().fold(0.0, f64::max);
+            steps.push((PhaseTimes { total_ms, ..PhaseTimes::default() }, wall));
+        }
+    }
+    ring.run(|rank| {
+        rank.forget_captured();
+        Ok(())
+    })?;
+    Ok(row(context, batch, n, algorithm, "graph", &steps))
+}
+
 /// `algorithm` on `ring`, `iters` successive steps (placement moving, caches growing), each
 /// step's layouts uploaded inside it.
 pub fn growing(

@@ -179,6 +179,9 @@ enum Mode {
         /// Growing-mode steps (0: none).
         #[arg(long, default_value_t = 0)]
         growing_iters: usize,
+        /// Also capture each step as a CUDA graph per rank and time its replays (NCCL only).
+        #[arg(long)]
+        graphs: bool,
         #[command(flatten)]
         output: Output,
     },
@@ -310,7 +313,7 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
             output.save(&report)?;
             Ok(true)
         }
-        Mode::Decode { world_sizes, contexts, batches, iters, growing_iters, output } => {
+        Mode::Decode { world_sizes, contexts, batches, iters, growing_iters, graphs, output } => {
             let h = workload_heads();
             let warmup = (iters / 10).max(2);
             let single = output.single()?;
@@ -334,11 +337,21 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
                 for &batch in &batches {
                     let base = decode::single(&single, h, context, batch, warmup, iters)?;
                     decode::print(&base, None);
+                    if graphs {
+                        let g = decode::graph(&single, h, Algorithm::GatherQ, context, batch, warmup, iters)?;
+                        decode::print(&g, Some(&base));
+                        rows.push(g);
+                    }
                     for ring in &rings {
                         for algorithm in [Algorithm::PassQ, Algorithm::GatherQ] {
                             let r = decode::steady(ring, h, algorithm, context, batch, warmup, iters)?;
                             decode::print(&r, Some(&base));
                             rows.push(r);
+                            if graphs {
+                                let g = decode::graph(ring, h, algorithm, context, batch, warmup, iters)?;
+                                decode::print(&g, Some(&base));
+                                rows.push(g);
+                            }
                             if growing_iters > 0 {
                                 let g = decode::growing(ring, h, algorithm, context, batch, growing_iters)?;
                                 decode::print(&g, Some(&base));

@@ -94,3 +94,36 @@ fn a_model_decode_step_copies_only_its_row() {
         assert_eq!(r.rows_written, 1.0, "context {}: a decode step copied cache rows", r.context);
     }
 }
+
+/// Ring steps captured as CUDA graphs and replayed with new inputs each time, against the
+/// oracle; and a placement that cannot be captured says so instead of recording garbage.
+#[test]
+fn graph_replays_match_the_oracle() {
+    if !gpu_or_skip("graph_replays_match_the_oracle") {
+        return;
+    }
+    use cp_nccl::{GpuRing, Placement};
+    let gpus = device_count();
+    let mut placements = vec![
+        (Placement::SameGpu { device: 0, world_size: 1 }, "ring of one".to_string()),
+        (Placement::Gpus(vec![0]), "NCCL".to_string()),
+    ];
+    if gpus >= 2 {
+        placements.push((Placement::Gpus((0..gpus).collect()), format!("NCCL {gpus} GPUs")));
+    }
+    let seed = 0x9a4f ^ u64::from(std::process::id());
+    let mut all_ok = true;
+    for (placement, name) in placements {
+        let ring = GpuRing::new(placement, Duration::from_secs(60)).expect("ring");
+        for line in check::check_graphs(&ring, &name, seed, 6).expect("graph check ran") {
+            println!("  {} {}", if line.ok { "[ok]    " } else { "[FAILED]" }, line.line);
+            all_ok &= line.ok;
+        }
+    }
+    // Ranks sharing a GPU hand buffers between threads at run time: refused, by name.
+    let shared = GpuRing::new(Placement::SameGpu { device: 0, world_size: 2 }, Duration::from_secs(60)).expect("ring");
+    let err =
+        check::check_graphs(&shared, "same-GPU", seed, 1).expect_err("capture on shared-GPU ranks must be refused");
+    assert!(format!("{err:#}").contains("NCCL transport"), "unexpected error: {err:#}");
+    assert!(all_ok, "some graph replays FAILED (see the lines above)");
+}

@@ -32,7 +32,7 @@ pub use nccl::{GroupLaunch, NcclTransport, WaitMode, nccl_available};
 pub use peer::{PeerTransport, enable_peer_access};
 pub use probe::{CudaProbe, PhaseTimes};
 pub use rendezvous::{MAX_WORLD_SIZE, Rendezvous, RendezvousError, timeout_from_env as rendezvous_timeout_from_env};
-pub use runner::{GpuRank, GpuRing, Placement, RankInputs, RankOutput, RankTransport, RingOptions};
+pub use runner::{CapturedStep, GpuRank, GpuRing, Placement, RankInputs, RankOutput, RankTransport, RingOptions};
 
 /// Result type of this crate.
 pub type Result<T, E = GpuRingError> = std::result::Result<T, E>;

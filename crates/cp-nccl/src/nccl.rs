@@ -233,6 +233,9 @@ pub struct NcclTransport {
     inflight: Vec<(CudaEvent, &'static str, usize, Instant)>,
     /// Receive buffers kept for reuse on the compute stream (explicit-sync contexts only).
     pool: Option<Arc<BufferPool>>,
+    /// The compute stream is being captured into a CUDA graph: transfers are ordered on the
+    /// GPU only (their events belong to the graph; the host cannot query them).
+    capturing: bool,
 }
 
 impl std::fmt::Debug for NcclTransport {
@@ -319,6 +322,7 @@ impl NcclTransport {
             mode: WaitMode::Host,
             inflight: Vec::new(),
             pool: BufferPool::new(&compute),
+            capturing: false,
         };
         // Connected while still non-blocking: a peer that died since joining is a bounded error.
         t.connect_all()?;
@@ -343,6 +347,25 @@ impl NcclTransport {
     /// How this rank waits for its transfers.
     pub fn wait_mode(&self) -> WaitMode {
         self.mode
+    }
+
+    /// Tells the transport that its compute stream is (or no longer is) being captured into a
+    /// CUDA graph: transfers are then ordered on the GPU only, whatever the wait mode (the
+    /// host cannot wait for work that is only being recorded). Nothing may be in flight.
+    pub fn set_capturing(&mut self, capturing: bool) -> Result<()> {
+        if capturing {
+            self.drain()?;
+        }
+        self.capturing = capturing;
+        Ok(())
+    }
+
+    /// Waits on the host for `done` (recorded on this rank's streams) at most the timeout,
+    /// aborting the communicator past it or on a peer's failure: how a caller bounds its wait
+    /// for work the transport did not enqueue itself (a graph replay holding NCCL transfers).
+    pub fn wait_bounded(&mut self, done: &CudaEvent, op: &'static str) -> Result<()> {
+        let next = (self.rank + 1) % self.world_size;
+        self.host_wait(done, op, next)
     }
 
     /// Connects this rank to every peer in both directions now (NCCL connects a pair on its
@@ -387,6 +410,9 @@ impl NcclTransport {
         match self.mode {
             WaitMode::Host => {
                 self.host_wait(&done, op, peer)?;
+                self.compute.wait(&done).map_err(cuda(self.rank, "cuStreamWaitEvent"))
+            }
+            WaitMode::Device if self.capturing => {
                 self.compute.wait(&done).map_err(cuda(self.rank, "cuStreamWaitEvent"))
             }
             WaitMode::Device => {

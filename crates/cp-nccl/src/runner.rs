@@ -8,6 +8,8 @@ use std::time::Duration;
 use cp_attention::Partial;
 use cp_attention::cuda::{CudaAttention, GpuTensor};
 use cp_ring::{Algorithm, Local, PoolError, RankPool, RingError, RingLayouts, RingTransport, run};
+use cudarc::driver::CudaEvent;
+use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 
 use crate::error::cuda;
 use crate::{CudaProbe, GpuRingError, GroupLaunch, NcclTransport, PeerTransport, PhaseTimes, Result, WaitMode};
@@ -104,7 +106,44 @@ pub struct GpuRank {
     /// Its end of the ring.
     pub transport: RankTransport,
     /// Timing events of the last probe, recorded again by the next.
-    probe_events: Vec<cudarc::driver::CudaEvent>,
+    probe_events: Vec<CudaEvent>,
+    /// Steps captured as CUDA graphs ([`GpuRank::capture`]), by index.
+    captured: Vec<CapturedStep>,
+}
+
+/// A ring step captured as one CUDA graph on a rank ([`GpuRank::capture`]): replayed, it runs
+/// the whole step — every kernel and every NCCL transfer — with one launch. It reads the inputs
+/// it was captured with and writes the output it was captured with, in place: write a new step's
+/// inputs into [`CapturedStep::inputs`]' buffers (e.g. with `cp_ring::KvOps::copy_rows`) before
+/// a replay, and read [`CapturedStep::output`] after it.
+#[derive(Debug)]
+pub struct CapturedStep {
+    graph: GraphExec,
+    inputs: RankInputs,
+    output: Partial<GpuTensor>,
+    start: CudaEvent,
+    end: CudaEvent,
+}
+
+/// cudarc's graph, which has no `Debug`.
+struct GraphExec(cudarc::driver::CudaGraph);
+
+impl std::fmt::Debug for GraphExec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CudaGraph")
+    }
+}
+
+impl CapturedStep {
+    /// The buffers the graph reads: this rank's queries, keys and values.
+    pub fn inputs(&self) -> &RankInputs {
+        &self.inputs
+    }
+
+    /// The buffers the graph writes: this rank's merged output and LSE.
+    pub fn output(&self) -> &Partial<GpuTensor> {
+        &self.output
+    }
 }
 
 impl GpuRank {
@@ -128,6 +167,104 @@ impl GpuRank {
         let times = probe.times();
         self.probe_events = probe.into_events();
         Ok(RankOutput { partial, times })
+    }
+}
+
+impl GpuRank {
+    /// Captures one step of `algorithm` on `inputs` laid out by `layouts` as a CUDA graph, and
+    /// returns its index for [`GpuRank::replay`]. Every rank of the ring must capture the same
+    /// step together: its NCCL transfers are captured with it, and a replay completes only when
+    /// every rank replays its graph.
+    ///
+    /// The step first runs once uncaptured, so that everything it uploads (layouts, decode
+    /// arguments) is on the device and every buffer it allocates is in the buffer pools; the
+    /// capture then records launches and transfers only. Needs one GPU per rank over NCCL, or a
+    /// ring of one, with explicit-sync handles (the default [`RingOptions`]): peer copies hand
+    /// buffers between the rank threads at run time, which a graph cannot replay, and tracked
+    /// buffers record events that a graph cannot query.
+    pub fn capture(&mut self, algorithm: Algorithm, layouts: &RingLayouts, inputs: &RankInputs) -> Result<usize> {
+        let rank = self.rank;
+        let refuse = |what: &'static str| GpuRingError::Misuse { rank, op: "GpuRank::capture", what };
+        match &self.transport {
+            RankTransport::Peer(p) if RingTransport::world_size(p) > 1 => {
+                return Err(refuse(
+                    "graph capture needs the NCCL transport (peer copies pass buffers between threads)",
+                ));
+            }
+            RankTransport::Nccl(n) if n.wait_mode() != WaitMode::Device => {
+                return Err(refuse("graph capture needs transfers waited for on the GPU (WaitMode::Device)"));
+            }
+            _ => {}
+        }
+        if self.ops.pool().is_none() {
+            return Err(refuse("graph capture needs an explicit-sync handle (RingOptions::event_tracking off)"));
+        }
+        let local = Local { q: &inputs.q, k: &inputs.k, v: &inputs.v };
+        // The uncaptured run: uploads, connections, and every buffer size into the pools.
+        let warm = run(algorithm, &self.ops, &mut self.transport, layouts, local, &mut ());
+        let drained = self.transport.drain();
+        drop(warm?);
+        drained?;
+        self.ops.synchronize()?;
+
+        let s = self.ops.stream().clone();
+        let cuda_at = |op| cuda(rank, op);
+        if let RankTransport::Nccl(n) = &mut self.transport {
+            n.set_capturing(true)?;
+        }
+        // Relaxed: NCCL may set up resources for graph use on its first capture.
+        let begun = s
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(cuda_at("cuStreamBeginCapture"));
+        let result = begun.and_then(|_| Ok(run(algorithm, &self.ops, &mut self.transport, layouts, local, &mut ())?));
+        // The capture ends whatever happened, so the stream is usable again.
+        let graph = s.end_capture(CUgraphInstantiate_flags(0)).map_err(cuda_at("cuStreamEndCapture"));
+        if let RankTransport::Nccl(n) = &mut self.transport {
+            n.set_capturing(false)?;
+        }
+        let output = result?;
+        let graph = graph?.ok_or(refuse("the capture recorded no graph"))?;
+        graph.upload().map_err(cuda_at("cuGraphUpload"))?;
+        let event = || s.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda_at("cuEventCreate"));
+        self.captured.push(CapturedStep {
+            graph: GraphExec(graph),
+            inputs: inputs.clone(),
+            output,
+            start: event()?,
+            end: event()?,
+        });
+        Ok(self.captured.len() - 1)
+    }
+
+    /// The step captured as `index`.
+    pub fn captured(&self, index: usize) -> Option<&CapturedStep> {
+        self.captured.get(index)
+    }
+
+    /// Drops every captured step (their buffers return to the pools).
+    pub fn forget_captured(&mut self) {
+        self.captured.clear();
+    }
+
+    /// Replays the step captured as `index` and waits for it (at most the transport's timeout,
+    /// aborting the communicator past it: a peer that never replays is an error, not a hang).
+    /// Returns the replay's GPU time on this rank, in milliseconds.
+    pub fn replay(&mut self, index: usize) -> Result<f64> {
+        let rank = self.rank;
+        let step = self.captured.get(index).ok_or(GpuRingError::Misuse {
+            rank,
+            op: "GpuRank::replay",
+            what: "no step was captured under that index",
+        })?;
+        let s = self.ops.stream();
+        step.start.record(s).map_err(cuda(rank, "cuEventRecord"))?;
+        step.graph.0.launch().map_err(cuda(rank, "cuGraphLaunch"))?;
+        step.end.record(s).map_err(cuda(rank, "cuEventRecord"))?;
+        match &mut self.transport {
+            RankTransport::Nccl(n) => n.wait_bounded(&step.end, "graph replay")?,
+            RankTransport::Peer(_) => step.end.synchronize().map_err(cuda(rank, "cuEventSynchronize"))?,
+        }
+        Ok(f64::from(step.start.elapsed_ms(&step.end).map_err(cuda(rank, "cuEventElapsedTime"))?))
     }
 }
 
@@ -229,7 +366,13 @@ impl GpuRing {
                             options.group_launch,
                         )?;
                         nccl.set_wait_mode(WaitMode::Device)?;
-                        Ok(GpuRank { rank, ops, transport: RankTransport::Nccl(nccl), probe_events: Vec::new() })
+                        Ok(GpuRank {
+                            rank,
+                            ops,
+                            transport: RankTransport::Nccl(nccl),
+                            probe_events: Vec::new(),
+                            captured: Vec::new(),
+                        })
                     },
                     is_echo,
                 )
@@ -270,7 +413,13 @@ impl GpuRing {
                             reason: "its device and transport were already taken",
                         })?;
                         ops.stream().context().bind_to_thread().map_err(cuda(rank, "cuCtxSetCurrent"))?;
-                        Ok(GpuRank { rank, ops, transport: RankTransport::Peer(end), probe_events: Vec::new() })
+                        Ok(GpuRank {
+                            rank,
+                            ops,
+                            transport: RankTransport::Peer(end),
+                            probe_events: Vec::new(),
+                            captured: Vec::new(),
+                        })
                     },
                     is_echo,
                 )

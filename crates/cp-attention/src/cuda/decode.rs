@@ -114,7 +114,7 @@ impl CudaAttention {
         };
         let mut b = self.stream.launch_builder(f);
         b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&args.start).arg(&args.len).arg(&args.pos).arg(&kl.pos);
-        b.arg(&mut part_out).arg(&mut part_lse).arg(&bq_i).arg(&nh_i).arg(&nkv_i).arg(&split_i).arg(&scale);
+        b.arg(&mut *part_out).arg(&mut *part_lse).arg(&bq_i).arg(&nh_i).arg(&nkv_i).arg(&split_i).arg(&scale);
         // SAFETY: argument types and order match the kernel; every row range lies inside k/v.
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch decode"))?;
         if splits == 1 {
@@ -133,7 +133,7 @@ impl CudaAttention {
         let (n, rows_l, d_i) = (splits as i32, rows as i64, d as i32);
         let cfg = elementwise(rows * d / 4);
         let mut b = self.stream.launch_builder(f);
-        b.arg(&part_out).arg(&part_lse).arg(&n).arg(&mut out).arg(&mut lse).arg(&rows_l).arg(&d_i);
+        b.arg(&*part_out).arg(&*part_lse).arg(&n).arg(&mut *out).arg(&mut *lse).arg(&rows_l).arg(&d_i);
         // SAFETY: the split partials are `splits` contiguous blocks of `rows x d` and `rows`.
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch merge_strided"))?;
         Ok(Partial {

@@ -53,7 +53,7 @@ impl CudaAttention {
             shared_mem_bytes: 0,
         };
         let mut b = self.stream.launch_builder(f);
-        b.arg(&mut t).arg(&dl.seq).arg(&dl.pos).arg(&rows_l).arg(&width_i).arg(&seed).arg(&pad_bits);
+        b.arg(&mut *t).arg(&dl.seq).arg(&dl.pos).arg(&rows_l).arg(&width_i).arg(&seed).arg(&pad_bits);
         // SAFETY: `t` holds rows x width 16-bit values; `dl` has one (seq, pos) per row (a
         // padding entry for an empty layout, which the kernel does not read).
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch fill_rows"))?;

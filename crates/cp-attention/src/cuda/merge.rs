@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use cp_ring::Partial;
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::ops::CudaAttention;
+use super::tensor::DeviceBuffer;
 use super::{GpuDType, GpuTensor, cuda_err};
 use crate::{AttentionError, Result};
 
@@ -63,7 +64,7 @@ impl CudaAttention {
         let (n, rows_l, d_i) = (parts.len() as i32, rows as i64, d as i32);
         let cfg = elementwise(rows * d / 4);
         let mut b = self.stream.launch_builder(f);
-        b.arg(&ptrs).arg(&n).arg(&mut out).arg(&mut lse).arg(&rows_l).arg(&d_i);
+        b.arg(&ptrs).arg(&n).arg(&mut *out).arg(&mut *lse).arg(&rows_l).arg(&d_i);
         // SAFETY: every pointer addresses `rows * d` f32 outputs and `rows` LSEs, kept alive by
         // `parts` and ordered by the read events the guards record on this stream.
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch merge_all"))?;
@@ -93,10 +94,14 @@ impl CudaAttention {
         }
         let rows = acc.lse.elem_count();
         let (out_shape, lse_shape) = (acc.out.shape().to_vec(), acc.lse.shape().to_vec());
-        let own = |t: GpuTensor| -> Result<CudaSlice<u8>> {
+        let own = |t: GpuTensor| -> Result<DeviceBuffer> {
             match Arc::try_unwrap(t.buf) {
-                Ok(own) => Ok(own.into_parts().0),
-                Err(shared) => self.stream.clone_dtod(&**shared).map_err(cuda_err("cuMemcpyDtoD")),
+                Ok(own) => Ok(own),
+                Err(shared) => {
+                    let mut copy = self.alloc(GpuDType::F32, &out_shape)?;
+                    self.stream.memcpy_dtod(&**shared, &mut *copy).map_err(cuda_err("cuMemcpyDtoD"))?;
+                    Ok(copy)
+                }
             }
         };
         let mut acc_out = own(acc.out)?;
@@ -105,7 +110,7 @@ impl CudaAttention {
         let (rows_l, d_i) = (rows as i64, d as i32);
         let cfg = elementwise(rows * d / 4);
         let mut b = self.stream.launch_builder(f);
-        b.arg(&mut acc_out).arg(acc.lse.slice()).arg(part.out.slice()).arg(part.lse.slice()).arg(&mut new_lse);
+        b.arg(&mut *acc_out).arg(acc.lse.slice()).arg(part.out.slice()).arg(part.lse.slice()).arg(&mut *new_lse);
         b.arg(&rows_l).arg(&d_i);
         // SAFETY: shapes checked equal above; `d` is a multiple of 4.
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch merge_fold"))?;

@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex};
 
 use cp_ring::{AttentionOps, Partial};
 use cp_shard::Layout;
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{CudaContext, CudaStream, DevicePtr};
 
 use super::decode::{DecodeArgs, DecodeKernel, DecodeKey, decode_shaped};
 use super::layout::DeviceLayout;
 use super::prefill::PrefillKernel;
 use super::table::{FLASH_VARIANTS, Kernels};
+use super::tensor::DeviceBuffer;
 use super::{BufferPool, GpuDType, GpuTensor, cuda_err, driver_available};
 use crate::{AttentionError, Result};
 
@@ -214,11 +215,13 @@ impl CudaAttention {
 
     /// Device memory for an output of `dtype` and `shape` on this stream (poisoned when
     /// [`CudaAttention::poison_outputs`] is on).
-    pub(super) fn alloc(&self, dtype: GpuDType, shape: &[usize]) -> Result<CudaSlice<u8>> {
+    /// Temporaries go back to the pool when dropped, like tensors.
+    pub(super) fn alloc(&self, dtype: GpuDType, shape: &[usize]) -> Result<DeviceBuffer> {
         let buf = match &self.pool {
             Some(pool) => pool.alloc(dtype, shape)?,
             None => GpuTensor::alloc(&self.stream, dtype, shape)?,
         };
+        let buf = DeviceBuffer::new(buf, self.pool.as_ref());
         if self.poison_outputs {
             let (ptr, _guard) = buf.device_ptr(&self.stream);
             // SAFETY: `ptr` addresses the `buf.len()` bytes just allocated on this stream.
@@ -230,8 +233,8 @@ impl CudaAttention {
 
     /// A tensor of `buf` (from [`CudaAttention::alloc`]), its memory given back to this
     /// stream's pool when dropped (explicit-sync handles).
-    pub(super) fn wrap(&self, buf: CudaSlice<u8>, dtype: GpuDType, shape: Vec<usize>) -> GpuTensor {
-        GpuTensor::from_pool(buf, self.pool.as_ref(), dtype, shape)
+    pub(super) fn wrap(&self, buf: DeviceBuffer, dtype: GpuDType, shape: Vec<usize>) -> GpuTensor {
+        GpuTensor::from_device_buffer(buf, dtype, shape)
     }
 
     /// Buffers of this handle's stream kept for reuse: `Some` for explicit-sync handles

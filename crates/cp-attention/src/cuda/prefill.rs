@@ -134,7 +134,7 @@ impl CudaAttention {
             let f = self.kernels.get(&format!("merge_strided_{}", out_dtype.tag()))?;
             let (n, rows_l, d_i) = (splits as i32, (tq * nh) as i64, d as i32);
             let mut b = self.stream.launch_builder(f);
-            b.arg(&part_out).arg(&part_lse).arg(&n).arg(&mut out).arg(&mut lse).arg(&rows_l).arg(&d_i);
+            b.arg(&*part_out).arg(&*part_lse).arg(&n).arg(&mut *out).arg(&mut *lse).arg(&rows_l).arg(&d_i);
             // SAFETY: `splits` contiguous partials of `tq * nh` rows of `d` f32 and their LSEs;
             // `out` holds `tq * nh * d` elements of `out_dtype`, `lse` `tq * nh` f32.
             unsafe { b.launch(elementwise(tq * nh * d / 4)) }.map_err(cuda_err("launch merge_strided"))?;
@@ -168,7 +168,7 @@ impl CudaAttention {
         let cfg =
             LaunchConfig { grid_dim: (1, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: flash_wg_smem(128) as u32 };
         let mut b = self.stream.launch_builder(f);
-        b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&mut s_out).arg(&mut o_out);
+        b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&mut *s_out).arg(&mut *o_out);
         // SAFETY: shapes checked above; the kernel reads 64 + 2 x 128 rows of 128 bf16 and
         // writes 2 x 64 x 128 f32.
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch wg_selftest"))?;

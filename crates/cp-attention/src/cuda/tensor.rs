@@ -97,6 +97,18 @@ impl BufferPool {
                 return Ok(buf);
             }
         }
+        // Memory allocated inside a CUDA graph capture belongs to the graph (mapped only while
+        // it runs); kept in the pool, it would be handed out to work outside the graph.
+        let capturing = self.stream.capture_status().map_err(cuda_err("cuStreamIsCapturing"))?;
+        if capturing != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+            return Err(AttentionError::Cuda {
+                op: "BufferPool::alloc",
+                code: format!(
+                    "a buffer of {bytes} bytes was not in the pool while the stream was being captured (a graph must \
+                     be captured after an uncaptured run of the same step)"
+                ),
+            });
+        }
         GpuTensor::alloc(&self.stream, dtype, shape)
     }
 
@@ -131,18 +143,9 @@ pub(crate) struct DeviceBuffer {
 }
 
 impl DeviceBuffer {
-    fn new(slice: CudaSlice<u8>) -> DeviceBuffer {
-        DeviceBuffer { slice: ManuallyDrop::new(slice), pool: None }
-    }
-
-    /// The memory, and the pool it returns to when dropped (if any).
-    pub(crate) fn into_parts(mut self) -> (CudaSlice<u8>, Option<Arc<BufferPool>>) {
-        // SAFETY: `slice` is taken once and `self` is forgotten right after, so its drop (which
-        // would take it again) never runs.
-        let slice = unsafe { ManuallyDrop::take(&mut self.slice) };
-        let pool = self.pool.take();
-        std::mem::forget(self);
-        (slice, pool)
+    /// `slice`, given back to `pool` (if any) when dropped.
+    pub(crate) fn new(slice: CudaSlice<u8>, pool: Option<&Arc<BufferPool>>) -> DeviceBuffer {
+        DeviceBuffer { slice: ManuallyDrop::new(slice), pool: pool.cloned() }
     }
 }
 
@@ -187,17 +190,12 @@ impl std::fmt::Debug for GpuTensor {
 
 impl GpuTensor {
     pub(crate) fn from_parts(buf: CudaSlice<u8>, dtype: GpuDType, shape: Vec<usize>) -> GpuTensor {
-        GpuTensor { buf: Arc::new(DeviceBuffer::new(buf)), dtype, shape }
+        GpuTensor { buf: Arc::new(DeviceBuffer::new(buf, None)), dtype, shape }
     }
 
-    /// A tensor of `buf` returning to `pool` (if any) when its last clone is dropped.
-    pub(crate) fn from_pool(
-        buf: CudaSlice<u8>,
-        pool: Option<&Arc<BufferPool>>,
-        dtype: GpuDType,
-        shape: Vec<usize>,
-    ) -> GpuTensor {
-        GpuTensor { buf: Arc::new(DeviceBuffer { slice: ManuallyDrop::new(buf), pool: pool.cloned() }), dtype, shape }
+    /// A tensor of `buf` (which returns to its pool, if any, when the last clone is dropped).
+    pub(crate) fn from_device_buffer(buf: DeviceBuffer, dtype: GpuDType, shape: Vec<usize>) -> GpuTensor {
+        GpuTensor { buf: Arc::new(buf), dtype, shape }
     }
 
     /// Bytes of a buffer for `dtype` and `shape` (at least one element).
