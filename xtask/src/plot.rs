@@ -235,8 +235,9 @@ fn sweep_chart(sweep: &Value, label: &str) -> anyhow::Result<String> {
 /// Decode latency (GPU time per step, p50) against context from decode rows.
 fn decode_chart(rows: &[Value], batch: f64, label: &str) -> anyhow::Result<String> {
     let mut series: Vec<Series> = Vec::new();
-    for r in rows.iter().filter(|r| num(r, "batch").ok() == Some(batch) && r["mode"] == "steady") {
-        let name = format!("N={} {}", num(r, "world_size")?, r["algorithm"].as_str().unwrap_or("?"));
+    for r in rows.iter().filter(|r| num(r, "batch").ok() == Some(batch) && r["mode"] != "growing") {
+        let graph = if r["mode"] == "graph" { " (graph)" } else { "" };
+        let name = format!("N={} {}{graph}", num(r, "world_size")?, r["algorithm"].as_str().unwrap_or("?"));
         let p50 = r.get("gpu_us").map(|g| num(g, "p50")).context("gpu_us")??;
         let x = num(r, "context")?;
         match series.iter_mut().find(|s| s.name == name) {
@@ -328,19 +329,25 @@ fn prefill_chart(reports: &[Value], label: &str) -> anyhow::Result<String> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let dir = &args.dir;
     let mut written: Vec<String> = Vec::new();
-    for (file, label, out) in [
-        ("sweep-n4-peer-final.json", "H200, peer copies", "sweep-efficiency-peer.svg"),
-        ("sweep-n4-nccl-final.json", "H200, NCCL", "sweep-efficiency-nccl.svg"),
+    // The card the results came from: `card.txt` beside them (the first sessions' results, which
+    // have none, came from H200s).
+    let card =
+        std::fs::read_to_string(dir.join("card.txt")).map_or_else(|_| "H200".to_string(), |c| c.trim().to_string());
+    for (file, transport, out) in [
+        ("sweep-n4-peer-final.json", "peer copies", "sweep-efficiency-peer.svg"),
+        ("sweep-n4-nccl-final.json", "NCCL", "sweep-efficiency-nccl.svg"),
+        ("call4-sweep-n4-nccl.json", "NCCL", "sweep-efficiency-nccl.svg"),
     ] {
         let path = dir.join(file);
         if path.exists() {
-            std::fs::write(dir.join(out), sweep_chart(&read(&path)?, label)?)?;
+            std::fs::write(dir.join(out), sweep_chart(&read(&path)?, &format!("{card}, {transport}"))?)?;
             written.push(out.to_string());
         }
     }
     for (transport, files) in [
         ("NCCL", ["decode-128k-nccl.json", "decode-1m-nccl.json"]),
         ("peer copies", ["decode-128k-peer.json", "decode-1m-peer.json"]),
+        ("NCCL", ["decode-final.json", "decode-final-b64.json"]),
     ] {
         let mut rows = Vec::new();
         for f in files {
@@ -352,9 +359,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if rows.is_empty() {
             continue;
         }
-        for batch in [1.0, 8.0] {
-            let out = format!("decode-latency-b{batch}-{}.svg", if transport == "NCCL" { "nccl" } else { "peer" });
-            std::fs::write(dir.join(&out), decode_chart(&rows, batch, &format!("H200, {transport}"))?)?;
+        let tag = if transport == "NCCL" { "nccl" } else { "peer" };
+        for batch in [1.0, 8.0, 64.0] {
+            if !rows.iter().any(|r| num(r, "batch").ok() == Some(batch)) {
+                continue;
+            }
+            let out = format!("decode-latency-b{batch}-{tag}.svg");
+            std::fs::write(dir.join(&out), decode_chart(&rows, batch, &format!("{card}, {transport}"))?)?;
             written.push(out);
         }
     }
@@ -368,14 +379,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         if !reports.is_empty() {
             let out = format!("prefill-efficiency-{tag}.svg");
-            std::fs::write(dir.join(&out), prefill_chart(&reports, &format!("H200, {transport}"))?)?;
+            std::fs::write(dir.join(&out), prefill_chart(&reports, &format!("{card}, {transport}"))?)?;
             written.push(out);
         }
     }
     let (ours, sdpa) = (dir.join("kernels-ours.json"), dir.join("kernels-sdpa.json"));
     if ours.exists() && sdpa.exists() {
         let rows = |v: Value| v.as_array().cloned().unwrap_or_default();
-        let chart = kernel_chart(&rows(read(&ours)?), &rows(read(&sdpa)?), "H200, same device call")?;
+        let chart = kernel_chart(&rows(read(&ours)?), &rows(read(&sdpa)?), &format!("{card}, same device call"))?;
         std::fs::write(dir.join("kernels-vs-cudnn.svg"), chart)?;
         written.push("kernels-vs-cudnn.svg".into());
     }

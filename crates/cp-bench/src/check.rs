@@ -138,9 +138,10 @@ pub fn check_graph(
     Ok(lines)
 }
 
-/// Graph replays on `ring` against the oracle: a decode step of three sequences of different
-/// lengths (pass-Q and gather-Q) and a partial prefill (pass-KV), each replayed `replays` times
-/// with new inputs every time.
+/// Graph replays on `ring` against the oracle: a partial prefill (pass-KV), then decode steps
+/// of three sequences of different lengths (pass-Q and gather-Q) for `N + 1` iterations (the
+/// round-robin placement wraps around), then a step after one sequence finished; each step
+/// captured once and replayed `replays` times with new inputs every time.
 pub fn check_graphs(ring: &GpuRing, name: &str, seed: u64, replays: usize) -> anyhow::Result<Vec<CheckLine>> {
     let heads = Heads { n_heads: 8, n_kv_heads: 2, head_dim: 128 };
     let n = ring.world_size();
@@ -154,11 +155,14 @@ pub fn check_graphs(ring: &GpuRing, name: &str, seed: u64, replays: usize) -> an
     let layouts = Arc::new(turn.layouts().clone());
     let label = format!("N={n} {name} graph pass-KV partial prefill");
     lines.extend(check_graph(ring, heads, seed, Algorithm::PassKv, (&layouts, &turn.new_spans()), replays, &label)?);
-    for it in 0..2 {
-        let plan = DecodePlan::new(&cache, &[0, 1, 2], it)?;
+    cache.commit_turn(&turn)?;
+    for it in 0..=n + 1 {
+        // The last iteration decodes two of the three: sequence 1 has finished.
+        let seqs: &[usize] = if it <= n { &[0, 1, 2] } else { &[0, 2] };
+        let plan = DecodePlan::new(&cache, seqs, it)?;
         let layouts = Arc::new(plan.layouts().clone());
         for algorithm in [Algorithm::PassQ, Algorithm::GatherQ] {
-            let label = format!("N={n} {name} graph {algorithm} decode {it}");
+            let label = format!("N={n} {name} graph {algorithm} decode {it} of {seqs:?}");
             lines.extend(check_graph(ring, heads, seed, algorithm, (&layouts, &plan.new_spans()), replays, &label)?);
         }
         cache.commit_decode(&plan)?;

@@ -360,6 +360,11 @@ impl NcclTransport {
         Ok(())
     }
 
+    /// Receive buffers kept for reuse (explicit-sync handles only).
+    pub fn pool(&self) -> Option<&Arc<BufferPool>> {
+        self.pool.as_ref()
+    }
+
     /// Waits on the host for `done` (recorded on this rank's streams) at most the timeout,
     /// aborting the communicator past it or on a peer's failure: how a caller bounds its wait
     /// for work the transport did not enqueue itself (a graph replay holding NCCL transfers).

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cp_attention::Partial;
-use cp_attention::cuda::{CudaAttention, GpuTensor};
+use cp_attention::cuda::{BufferPool, CudaAttention, GpuTensor};
 use cp_ring::{Algorithm, Local, PoolError, RankPool, RingError, RingLayouts, RingTransport, run};
 use cudarc::driver::CudaEvent;
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -118,11 +118,17 @@ pub struct GpuRank {
 /// a replay, and read [`CapturedStep::output`] after it.
 #[derive(Debug)]
 pub struct CapturedStep {
+    // Dropped first: nothing below may be freed while the graph could still run (a replay is
+    // waited for before `replay` returns).
     graph: GraphExec,
     inputs: RankInputs,
     output: Partial<GpuTensor>,
     start: CudaEvent,
     end: CudaEvent,
+    /// The graph's own intermediate buffers (held out of the pools while capturing).
+    _held: Vec<cudarc::driver::CudaSlice<u8>>,
+    /// The uploaded layouts and decode arguments the graph reads.
+    _pinned: Vec<cp_attention::cuda::Pinned>,
 }
 
 /// cudarc's graph, which has no `Debug`.
@@ -199,41 +205,86 @@ impl GpuRank {
         if self.ops.pool().is_none() {
             return Err(refuse("graph capture needs an explicit-sync handle (RingOptions::event_tracking off)"));
         }
-        let local = Local { q: &inputs.q, k: &inputs.k, v: &inputs.v };
-        // The uncaptured run: uploads, connections, and every buffer size into the pools.
-        let warm = run(algorithm, &self.ops, &mut self.transport, layouts, local, &mut ());
-        let drained = self.transport.drain();
-        drop(warm?);
-        drained?;
-        self.ops.synchronize()?;
-
+        let pools: Vec<Arc<BufferPool>> = [
+            self.ops.pool().cloned(),
+            match &self.transport {
+                RankTransport::Nccl(n) => n.pool().cloned(),
+                RankTransport::Peer(_) => None,
+            },
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        // Whatever happens below, the pools stop holding and the handle stops pinning.
+        let captured = self.capture_held(algorithm, layouts, inputs, &pools);
+        let held: Vec<_> = pools.iter().flat_map(|p| p.release_held()).collect();
+        let pinned = self.ops.unpin_uploads();
+        let (graph, output) = captured?;
         let s = self.ops.stream().clone();
-        let cuda_at = |op| cuda(rank, op);
-        if let RankTransport::Nccl(n) = &mut self.transport {
-            n.set_capturing(true)?;
-        }
-        // Relaxed: NCCL may set up resources for graph use on its first capture.
-        let begun = s
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
-            .map_err(cuda_at("cuStreamBeginCapture"));
-        let result = begun.and_then(|_| Ok(run(algorithm, &self.ops, &mut self.transport, layouts, local, &mut ())?));
-        // The capture ends whatever happened, so the stream is usable again.
-        let graph = s.end_capture(CUgraphInstantiate_flags(0)).map_err(cuda_at("cuStreamEndCapture"));
-        if let RankTransport::Nccl(n) = &mut self.transport {
-            n.set_capturing(false)?;
-        }
-        let output = result?;
-        let graph = graph?.ok_or(refuse("the capture recorded no graph"))?;
-        graph.upload().map_err(cuda_at("cuGraphUpload"))?;
-        let event = || s.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda_at("cuEventCreate"));
+        let event =
+            || s.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda(rank, "cuEventCreate"));
         self.captured.push(CapturedStep {
             graph: GraphExec(graph),
             inputs: inputs.clone(),
             output,
             start: event()?,
             end: event()?,
+            _held: held,
+            _pinned: pinned,
         });
         Ok(self.captured.len() - 1)
+    }
+
+    /// The warm-up run and the capture of [`GpuRank::capture`], with `pools` holding what is
+    /// given back and uploads pinned (the caller ends both).
+    fn capture_held(
+        &mut self,
+        algorithm: Algorithm,
+        layouts: &RingLayouts,
+        inputs: &RankInputs,
+        pools: &[Arc<BufferPool>],
+    ) -> Result<(cudarc::driver::CudaGraph, Partial<GpuTensor>)> {
+        let rank = self.rank;
+        let local = Local { q: &inputs.q, k: &inputs.k, v: &inputs.v };
+        // The uncaptured run, with nothing reused: uploads and connections done, and one pooled
+        // buffer per allocation the step makes (the capture must allocate nothing).
+        for p in pools {
+            p.hold();
+        }
+        let warm = run(algorithm, &self.ops, &mut self.transport, layouts, local, &mut ());
+        let drained = self.transport.drain();
+        drop(warm?);
+        drained?;
+        self.ops.synchronize()?;
+        for p in pools {
+            p.keep(p.release_held());
+            // Captured, what the step gives back stays with its graph.
+            p.hold();
+        }
+        self.ops.pin_uploads();
+
+        let s = self.ops.stream().clone();
+        if let RankTransport::Nccl(n) = &mut self.transport {
+            n.set_capturing(true)?;
+        }
+        // Relaxed: NCCL may set up resources for graph use on its first capture.
+        let begun = s
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(cuda(rank, "cuStreamBeginCapture"));
+        let result = begun.and_then(|_| Ok(run(algorithm, &self.ops, &mut self.transport, layouts, local, &mut ())?));
+        // The capture ends whatever happened, so the stream is usable again.
+        let graph = s.end_capture(CUgraphInstantiate_flags(0)).map_err(cuda(rank, "cuStreamEndCapture"));
+        if let RankTransport::Nccl(n) = &mut self.transport {
+            n.set_capturing(false)?;
+        }
+        let output = result?;
+        let graph = graph?.ok_or(GpuRingError::Misuse {
+            rank,
+            op: "GpuRank::capture",
+            what: "the capture recorded no graph",
+        })?;
+        graph.upload().map_err(cuda(rank, "cuGraphUpload"))?;
+        Ok((graph, output))
     }
 
     /// The step captured as `index`.

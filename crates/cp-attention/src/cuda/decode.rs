@@ -173,6 +173,7 @@ impl CudaAttention {
                 args
             }
         };
+        self.pin(args.clone());
         self.decode_with(&args, q, &ql, k, v, &kl).map(Some)
     }
 }

@@ -28,7 +28,7 @@ mod tensor;
 pub use compile::{SOURCE, compile, cubin, nvrtc_available};
 pub use decode::{DecodeArgs, DecodeKernel};
 pub use layout::DeviceLayout;
-pub use ops::CudaAttention;
+pub use ops::{CudaAttention, Pinned};
 pub use prefill::{PrefillKernel, kv_splits};
 pub use table::{KernelEntry, kernel_table};
 pub use tensor::{BufferPool, GpuDType, GpuTensor};

@@ -68,7 +68,13 @@ pub struct CudaAttention {
     pub(super) decode_args: Arc<Mutex<HashMap<DecodeKey, Arc<DecodeArgs>>>>,
     /// Buffers of this stream kept for reuse (explicit-sync handles only).
     pool: Option<Arc<BufferPool>>,
+    /// While pinning ([`CudaAttention::pin_uploads`]): every uploaded layout and decode argument
+    /// handed to a launch, kept alive past any cache eviction.
+    pinned: Arc<Mutex<Option<Vec<Pinned>>>>,
 }
+
+/// Device data a captured graph reads and must outlive it.
+pub type Pinned = Arc<dyn std::any::Any + Send + Sync>;
 
 impl std::fmt::Debug for CudaAttention {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,6 +159,7 @@ impl CudaAttention {
             poison_outputs: false,
             decode_args: Arc::default(),
             pool: BufferPool::new(&stream),
+            pinned: Arc::default(),
             stream,
         })
     }
@@ -171,6 +178,7 @@ impl CudaAttention {
             poison_outputs: self.poison_outputs,
             decode_args: self.decode_args.clone(),
             pool: BufferPool::new(&stream),
+            pinned: Arc::default(),
             stream,
         }
     }
@@ -200,6 +208,7 @@ impl CudaAttention {
     pub fn device_layout(&self, layout: &Layout) -> Result<Arc<DeviceLayout>> {
         let mut cache = self.layouts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(found) = cache.get(layout) {
+            self.pin(found.clone());
             return Ok(found.clone());
         }
         let uploaded = Arc::new(DeviceLayout::new(self, layout)?);
@@ -210,7 +219,26 @@ impl CudaAttention {
             cache.clear();
         }
         cache.insert(layout.clone(), uploaded.clone());
+        self.pin(uploaded.clone());
         Ok(uploaded)
+    }
+
+    /// From now until [`CudaAttention::unpin_uploads`], every uploaded layout and decode
+    /// argument a launch reads is kept (what a CUDA graph captured meanwhile reads at replay,
+    /// whatever the caches evict).
+    pub fn pin_uploads(&self) {
+        self.pinned.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(Vec::new);
+    }
+
+    /// Ends [`CudaAttention::pin_uploads`]; returns what was pinned.
+    pub fn unpin_uploads(&self) -> Vec<Pinned> {
+        self.pinned.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default()
+    }
+
+    pub(super) fn pin(&self, data: Pinned) {
+        if let Some(pinned) = self.pinned.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            pinned.push(data);
+        }
     }
 
     /// Device memory for an output of `dtype` and `shape` on this stream (poisoned when

@@ -61,12 +61,20 @@ pub struct BufferPool {
     free: Mutex<Kept>,
 }
 
-/// A pool's kept buffers by size in bytes, and their total bytes.
-type Kept = (HashMap<usize, Vec<CudaSlice<u8>>>, usize);
+/// A pool's state.
+#[derive(Default)]
+struct Kept {
+    /// Buffers ready for reuse, by size in bytes.
+    by_size: HashMap<usize, Vec<CudaSlice<u8>>>,
+    /// Their total bytes.
+    bytes: usize,
+    /// While holding ([`BufferPool::hold`]): buffers given back, not to be reused.
+    held: Option<Vec<CudaSlice<u8>>>,
+}
 
 impl std::fmt::Debug for BufferPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kept = self.free.lock().map(|g| g.1).unwrap_or(0);
+        let kept = self.free.lock().map(|g| g.bytes).unwrap_or(0);
         f.debug_struct("BufferPool").field("bytes_kept", &kept).finish_non_exhaustive()
     }
 }
@@ -78,7 +86,7 @@ impl BufferPool {
         if stream.context().is_event_tracking() {
             return None;
         }
-        Some(Arc::new(BufferPool { stream: stream.clone(), free: Mutex::new((HashMap::new(), 0)) }))
+        Some(Arc::new(BufferPool { stream: stream.clone(), free: Mutex::new(Kept::default()) }))
     }
 
     /// The stream the pool's buffers are ordered on.
@@ -92,8 +100,8 @@ impl BufferPool {
         let bytes = GpuTensor::bytes_for(dtype, shape);
         {
             let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(buf) = free.0.get_mut(&bytes).and_then(Vec::pop) {
-                free.1 -= bytes;
+            if let Some(buf) = free.by_size.get_mut(&bytes).and_then(Vec::pop) {
+                free.bytes -= bytes;
                 return Ok(buf);
             }
         }
@@ -124,14 +132,38 @@ impl BufferPool {
 
     fn give_back(&self, buf: CudaSlice<u8>) {
         let bytes = buf.len();
-        // A buffer of another stream (or too large) is freed in its own stream's order.
-        if bytes > POOL_MAX_BUFFER || !Arc::ptr_eq(buf.stream(), &self.stream) {
+        // A buffer of another stream is freed in its own stream's order.
+        if !Arc::ptr_eq(buf.stream(), &self.stream) {
             return;
         }
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        if free.1 + bytes <= POOL_MAX_BYTES {
-            free.1 += bytes;
-            free.0.entry(bytes).or_default().push(buf);
+        if let Some(held) = &mut free.held {
+            held.push(buf);
+        } else if bytes <= POOL_MAX_BUFFER && free.bytes + bytes <= POOL_MAX_BYTES {
+            free.bytes += bytes;
+            free.by_size.entry(bytes).or_default().push(buf);
+        }
+    }
+
+    /// From now until [`BufferPool::release_held`], buffers given back are held aside (of any
+    /// size), not reused: a step run so allocates one buffer per allocation it makes, and a step
+    /// captured so leaves every buffer its graph uses out of the pool.
+    pub fn hold(&self) {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).held.get_or_insert_with(Vec::new);
+    }
+
+    /// Ends [`BufferPool::hold`]; returns the buffers held.
+    pub fn release_held(&self) -> Vec<CudaSlice<u8>> {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).held.take().unwrap_or_default()
+    }
+
+    /// Keeps `bufs` (of this pool's stream) for reuse, whatever their size or the pool's
+    /// bound: what a step about to be captured needs must all be here.
+    pub fn keep(&self, bufs: Vec<CudaSlice<u8>>) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        for buf in bufs.into_iter().filter(|b| Arc::ptr_eq(b.stream(), &self.stream)) {
+            free.bytes += buf.len();
+            free.by_size.entry(buf.len()).or_default().push(buf);
         }
     }
 }
