@@ -127,3 +127,41 @@ fn graph_replays_match_the_oracle() {
     assert!(format!("{err:#}").contains("NCCL transport"), "unexpected error: {err:#}");
     assert!(all_ok, "some graph replays FAILED (see the lines above)");
 }
+
+/// An explicit-sync handle's buffer pool: a freed buffer comes back for the next allocation of
+/// its size and of no other; a holding pool reuses nothing until released and kept; a tracked
+/// handle has no pool (its buffers' frees wait for other streams, which a pool would skip).
+#[test]
+fn buffer_pools_reuse_only_what_they_may() {
+    if !gpu_or_skip("buffer_pools_reuse_only_what_they_may") {
+        return;
+    }
+    use cp_attention::cuda::GpuDType;
+    use cudarc::driver::DevicePtr;
+    assert!(CudaAttention::new(0).expect("GPU 0").pool().is_none(), "a tracked handle must not pool");
+    let ops = CudaAttention::new_explicit_sync(0).expect("GPU 0");
+    let pool = ops.pool().expect("an explicit-sync handle pools").clone();
+    let s = ops.stream().clone();
+    let addr = |t: &cp_attention::cuda::GpuTensor| t.slice().device_ptr(&s).0;
+    let fresh = |elems: usize| {
+        let buf = pool.alloc(GpuDType::F32, &[elems]).expect("alloc");
+        pool.tensor(buf, GpuDType::F32, vec![elems]).expect("tensor")
+    };
+    let first = fresh(1000);
+    let a = addr(&first);
+    drop(first);
+    let again = fresh(1000);
+    assert_eq!(addr(&again), a, "a freed buffer of the same size must be reused");
+    let other = fresh(999);
+    assert_ne!(addr(&other), a, "a buffer of another size must not be handed out");
+    pool.hold();
+    drop(again);
+    let while_held = fresh(1000);
+    assert_ne!(addr(&while_held), a, "a holding pool must not reuse what was given back");
+    let held = pool.release_held();
+    assert_eq!(held.len(), 1, "the buffer given back while holding is held");
+    pool.keep(held);
+    let kept = fresh(1000);
+    assert_eq!(addr(&kept), a, "a kept buffer is reused");
+    ops.synchronize().expect("stream");
+}
