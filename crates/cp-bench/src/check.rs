@@ -101,19 +101,19 @@ pub fn check_graph(
     label: &str,
 ) -> anyhow::Result<Vec<CheckLine>> {
     let (layouts, wanted) = step;
-    let l = layouts.clone();
-    ring.run(move |rank| {
+    ring.run(|rank| {
         rank.forget_captured();
-        let inputs = workload::draw(&rank.ops, rank.rank, &l, heads, seed)?;
-        rank.capture(algorithm, &l, &inputs)
+        Ok(())
     })?;
+    let inputs = workload::draw_all(ring, layouts, heads, seed)?;
+    let index = ring.capture(algorithm, layouts.clone(), inputs)?;
     let mut lines = Vec::new();
     for i in 0..replays {
         let s_i = seed.wrapping_add(1 + i as u64);
         let l = layouts.clone();
         let per_rank = ring.run(move |rank| {
             let fresh = workload::draw(&rank.ops, rank.rank, &l, heads, s_i)?;
-            let step = rank.captured(0).ok_or(cp_nccl::GpuRingError::Misuse {
+            let step = rank.captured(index).ok_or(cp_nccl::GpuRingError::Misuse {
                 rank: rank.rank,
                 op: "check_graph",
                 what: "the step was not captured",
@@ -124,8 +124,8 @@ pub fn check_graph(
                 let rows = src.shape()[0];
                 rank.ops.copy_rows(dst, 0, src, 0, rows)?;
             }
-            rank.replay(0)?;
-            let step = rank.captured(0).expect("captured above");
+            rank.replay(index)?;
+            let step = rank.captured(index).expect("captured above");
             let s = rank.ops.stream().clone();
             Ok((step.output().out.download(&s)?, step.output().lse.download(&s)?))
         })?;

@@ -202,15 +202,15 @@ pub fn graph(
     let (_, plan) = workload::decode_plan(n, batch, context, 0)?;
     let layouts = Arc::new(plan.layouts().clone());
     let inputs = workload::draw_all(ring, &layouts, heads, 11)?;
-    let l = layouts.clone();
-    ring.run(move |rank| {
+    ring.run(|rank| {
         rank.forget_captured();
-        rank.capture(algorithm, &l, &inputs[rank.rank])
+        Ok(())
     })?;
+    let index = ring.capture(algorithm, layouts, inputs)?;
     let mut steps = Vec::new();
     for i in 0..warmup + iters {
         let started = Instant::now();
-        let ms = ring.run(|rank| rank.replay(0))?;
+        let ms = ring.run(move |rank| rank.replay(index))?;
         let wall = started.elapsed().as_secs_f64() * 1e3;
         if i >= warmup {
             let total_ms = ms.iter().copied().fold(0.0, f64::max);

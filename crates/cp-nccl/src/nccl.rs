@@ -139,6 +139,10 @@ impl RawComm {
         }
         let mut config = nonblocking_config(version);
         config.blocking = 1;
+        // Shares the parent's resources, its connections to the peers included: the child's
+        // first transfers need no connection set-up, which a blocking communicator would wait
+        // for with no deadline.
+        config.splitShare = 1;
         // NCCL's thread writes the new handle when the split completes, which may be after this
         // function gave up waiting: the slot is leaked then rather than freed under it.
         let mut slot: Box<sys::ncclComm_t> = Box::new(std::ptr::null_mut());
@@ -221,6 +225,9 @@ pub enum GroupLaunch {
 /// all-to-all does not pay it.
 pub struct NcclTransport {
     comm: RawComm,
+    /// The non-blocking communicator `comm` was split off (sharing its resources), kept alive
+    /// for as long as `comm` (and dropped after it: fields drop in order).
+    _parent: Option<RawComm>,
     rank: usize,
     world_size: usize,
     compute: Arc<CudaStream>,
@@ -313,6 +320,7 @@ impl NcclTransport {
         comm.settle(rank, "ncclCommInitRankConfig (a rank never joined?)", Instant::now() + timeout, &everyone)?;
         let mut t = NcclTransport {
             comm,
+            _parent: None,
             rank,
             world_size,
             compute: compute.clone(),
@@ -328,9 +336,8 @@ impl NcclTransport {
         t.connect_all()?;
         if launch == GroupLaunch::Inline {
             let blocking = t.comm.split_blocking(rank, version, Instant::now() + timeout, &everyone)?;
-            // The non-blocking parent has served its purpose (a bounded join); the blocking child
-            // has resources of its own (no `splitShare`).
-            t.comm = blocking;
+            t._parent = Some(std::mem::replace(&mut t.comm, blocking));
+            // Over the parent's connections (shared): a first transfer that sets nothing up.
             t.connect_all()?;
         }
         Ok(t)
@@ -365,12 +372,14 @@ impl NcclTransport {
         self.pool.as_ref()
     }
 
-    /// Waits on the host for `done` (recorded on this rank's streams) at most the timeout,
-    /// aborting the communicator past it or on a peer's failure: how a caller bounds its wait
-    /// for work the transport did not enqueue itself (a graph replay holding NCCL transfers).
-    pub fn wait_bounded(&mut self, done: &CudaEvent, op: &'static str) -> Result<()> {
+    /// Waits on the host for `done` (recorded on this rank's streams) at most the timeout, or
+    /// until NCCL reports a peer's failure: how a caller bounds its wait for work the transport
+    /// did not enqueue itself (a graph replay holding NCCL transfers). It does not abort: a
+    /// caller holding graphs of this communicator destroys them first, then calls
+    /// [`NcclTransport::abort`] (NCCL's abort waits for those graphs).
+    pub fn wait_bounded(&self, done: &CudaEvent, op: &'static str) -> Result<()> {
         let next = (self.rank + 1) % self.world_size;
-        self.host_wait(done, op, next)
+        self.poll(done, op, next)
     }
 
     /// Connects this rank to every peer in both directions now (NCCL connects a pair on its
@@ -399,7 +408,10 @@ impl NcclTransport {
         // so that the transport can start the next one.
         if let Some((_, done, _keep_alive)) = self.pending.take() {
             let prev = (self.rank + self.world_size - 1) % self.world_size;
-            self.host_wait(&done, "drain (unfinished shift)", prev)?;
+            let waited = self.host_wait(&done, "drain (unfinished shift)", prev);
+            // The shift's buffers are released after it on the compute stream, whatever happened.
+            let _ = self.compute.wait(&done);
+            waited?;
         }
         while !self.inflight.is_empty() {
             let (done, op, peer, _) = self.inflight.remove(0);
@@ -414,8 +426,10 @@ impl NcclTransport {
     fn arrive(&mut self, done: CudaEvent, op: &'static str, peer: usize) -> Result<()> {
         match self.mode {
             WaitMode::Host => {
-                self.host_wait(&done, op, peer)?;
-                self.compute.wait(&done).map_err(cuda(self.rank, "cuStreamWaitEvent"))
+                let waited = self.host_wait(&done, op, peer);
+                // Even after a failure: the caller releases the transfer's buffers next.
+                let ordered = self.compute.wait(&done).map_err(cuda(self.rank, "cuStreamWaitEvent"));
+                waited.and(ordered)
             }
             WaitMode::Device if self.capturing => {
                 self.compute.wait(&done).map_err(cuda(self.rank, "cuStreamWaitEvent"))
@@ -425,14 +439,14 @@ impl NcclTransport {
                 self.inflight.retain(|(e, ..)| !e.is_complete());
                 self.inflight.push((done, op, peer, Instant::now()));
                 if let Err(code) = self.comm.pending() {
-                    self.comm.abort();
+                    self.abort();
                     return Err(GpuRingError::PeerFailed { rank: self.rank, op, code, peers: vec![peer] });
                 }
                 if let Some((_, op, peer, since)) = self.inflight.first()
                     && since.elapsed() > self.timeout
                 {
                     let (op, peer, waited) = (*op, *peer, since.elapsed());
-                    self.comm.abort();
+                    self.abort();
                     return Err(GpuRingError::Timeout { rank: self.rank, op, peers: vec![peer], waited });
                 }
                 Ok(())
@@ -499,6 +513,9 @@ impl NcclTransport {
             posted = posted.and(r.map(|_| ()).map_err(nccl_err(rank, "ncclRecv")));
         }
         let ended = nccl::group_end().map(|_| ()).map_err(nccl_err(rank, "ncclGroupEnd"));
+        if posted.is_err() || ended.is_err() {
+            self.fence();
+        }
         posted?;
         ended?;
         // The group connects to its peers and enqueues its kernels in the background; what
@@ -506,7 +523,11 @@ impl NcclTransport {
         let mut peers: Vec<usize> = send_ptrs.iter().chain(&recv_ptrs).map(|p| p.0).filter(|&p| p != rank).collect();
         peers.sort_unstable();
         peers.dedup();
-        self.comm.settle(rank, "ncclGroupEnd", Instant::now() + self.timeout, &peers)?;
+        if let Err(e) = self.comm.settle(rank, "ncclGroupEnd", Instant::now() + self.timeout, &peers) {
+            // The receive buffers are freed on the compute stream: after the (aborted) group.
+            self.fence();
+            return Err(e);
+        }
         drop(guards);
         let received = recvs
             .iter()
@@ -525,6 +546,16 @@ impl NcclTransport {
     /// on a timeout or an error aborts the communicator (so NCCL kernels of this rank stop) and
     /// reports the peer.
     fn host_wait(&mut self, done: &CudaEvent, op: &'static str, peer: usize) -> Result<()> {
+        let waited = self.poll(done, op, peer);
+        if waited.is_err() {
+            // Stops this rank's NCCL kernels so no stream stays blocked on a dead peer.
+            self.abort();
+        }
+        waited
+    }
+
+    /// [`NcclTransport::host_wait`] without the abort.
+    fn poll(&self, done: &CudaEvent, op: &'static str, peer: usize) -> Result<()> {
         let started = Instant::now();
         let mut polls = 0u32;
         while !done.is_complete() {
@@ -532,12 +563,9 @@ impl NcclTransport {
             if polls.is_multiple_of(50)
                 && let Err(code) = self.comm.pending()
             {
-                self.comm.abort();
                 return Err(GpuRingError::PeerFailed { rank: self.rank, op, code, peers: vec![peer] });
             }
             if started.elapsed() > self.timeout {
-                // Stops this rank's NCCL kernels so no stream stays blocked on a dead peer.
-                self.comm.abort();
                 return Err(GpuRingError::Timeout {
                     rank: self.rank,
                     op,
@@ -548,6 +576,25 @@ impl NcclTransport {
             pause(started);
         }
         Ok(())
+    }
+
+    /// Aborts the communicator (this rank's NCCL kernels stop; every later call is an error).
+    /// NCCL's abort waits until every CUDA graph holding a transfer of this communicator is
+    /// destroyed: drop those first.
+    pub fn abort(&mut self) {
+        self.comm.abort();
+        if let Some(parent) = &mut self._parent {
+            parent.abort();
+        }
+    }
+
+    /// Makes the compute stream wait for what this rank's communication stream has enqueued so
+    /// far — after a failure, before buffers a transfer may still touch go back to the pools
+    /// (an aborted transfer's kernels stop asynchronously).
+    fn fence(&self) {
+        if let Ok(e) = self.stream.record_event(None) {
+            let _ = self.compute.wait(&e);
+        }
     }
 }
 

@@ -161,12 +161,13 @@ impl CudaAttention {
         let args = match cached {
             Some(args) => args,
             None => {
+                self.refuse_upload_while_capturing("a decode argument")?;
                 let Some(args) = self.prepare_decode(&ql, &kl, nh, nkv)? else { return Ok(None) };
-                // Shared with the other streams' clones: cudarc's event tracking (on by default)
-                // makes a launch on another stream wait for these uploads; no host wait here.
+                // Shared with clones on other streams only with event tracking on (which orders
+                // their launches after these uploads); no host wait here.
                 let args = Arc::new(args);
                 let mut cache = self.decode_args.lock().unwrap_or_else(|p| p.into_inner());
-                if cache.len() > 64 {
+                if cache.len() > 64 && !self.pinning() {
                     cache.clear();
                 }
                 cache.insert(key, args.clone());

@@ -106,8 +106,9 @@ impl CudaAttention {
     /// its owner's stream waits for that reader before the buffer is dropped (its memory goes
     /// back to the pool in the owner's stream order). Everything this crate launches runs on
     /// the handle's own stream, so a handle whose buffers never leave that stream needs
-    /// nothing; cp-nccl's NCCL transport orders its communication stream with events. Clones
-    /// made by [`CudaAttention::with_stream`] share uploaded layouts, so they need the same care.
+    /// nothing; cp-nccl's NCCL transport orders its communication stream with events. A clone
+    /// made by [`CudaAttention::with_stream`] on another stream uploads layouts of its own (the
+    /// tracked handles' clones share them: tracking orders the readers).
     pub fn new_explicit_sync(ordinal: usize) -> Result<CudaAttention> {
         CudaAttention::open(ordinal, false)
     }
@@ -166,17 +167,20 @@ impl CudaAttention {
 
     /// The same kernels on another stream of the same context (one per rank on a shared GPU).
     pub fn with_stream(&self, stream: Arc<CudaStream>) -> CudaAttention {
+        // Uploads are shared between streams only where event tracking orders their readers
+        // after them; an explicit-sync clone on another stream uploads its own.
+        let share = self.pool.is_none() || Arc::ptr_eq(&stream, &self.stream);
         CudaAttention {
             kernels: self.kernels.clone(),
             sm_count: self.sm_count,
-            layouts: self.layouts.clone(),
+            layouts: if share { self.layouts.clone() } else { Arc::default() },
             scale: self.scale,
             partial_dtype: self.partial_dtype,
             prefill: self.prefill,
             decode_kernel: self.decode_kernel,
             split_kv: self.split_kv,
             poison_outputs: self.poison_outputs,
-            decode_args: self.decode_args.clone(),
+            decode_args: if share { self.decode_args.clone() } else { Arc::default() },
             pool: BufferPool::new(&stream),
             pinned: Arc::default(),
             stream,
@@ -211,11 +215,12 @@ impl CudaAttention {
             self.pin(found.clone());
             return Ok(found.clone());
         }
+        self.refuse_upload_while_capturing("a layout")?;
         let uploaded = Arc::new(DeviceLayout::new(self, layout)?);
-        // Other streams may read it next: cudarc's event tracking (on by default) makes their
-        // launches wait for the uploads and the expansion, so the host does not wait here (a new
-        // key layout every decode step made this a host wait per step).
-        if cache.len() > 64 {
+        // No host wait here (a new key layout every decode step made this a host wait per step).
+        // Clones on other streams share the cache only with event tracking on, which orders
+        // their launches after the upload; explicit-sync clones have caches of their own.
+        if cache.len() > 64 && !self.pinning() {
             cache.clear();
         }
         cache.insert(layout.clone(), uploaded.clone());
@@ -233,6 +238,25 @@ impl CudaAttention {
     /// Ends [`CudaAttention::pin_uploads`]; returns what was pinned.
     pub fn unpin_uploads(&self) -> Vec<Pinned> {
         self.pinned.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default()
+    }
+
+    /// Whether uploads are being pinned (and the caches must evict nothing).
+    pub(super) fn pinning(&self) -> bool {
+        self.pinned.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// An upload (a host copy and an allocation) inside a CUDA graph capture would be recorded
+    /// as a copy from host memory that is gone at replay: an error instead. A capture must
+    /// follow an uncaptured run of the same step, which uploads everything it needs.
+    pub(super) fn refuse_upload_while_capturing(&self, what: &'static str) -> Result<()> {
+        let status = self.stream.capture_status().map_err(cuda_err("cuStreamIsCapturing"))?;
+        if status == cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+            return Ok(());
+        }
+        Err(AttentionError::Cuda {
+            op: "upload during a CUDA graph capture",
+            code: format!("{what} was not uploaded by the uncaptured run before the capture"),
+        })
     }
 
     pub(super) fn pin(&self, data: Pinned) {
