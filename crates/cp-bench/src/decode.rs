@@ -162,66 +162,68 @@ fn row(
     }
 }
 
-/// `algorithm` on `ring`, one step repeated `warmup + iters` times.
-pub fn steady(
+/// How a repeated step is issued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Issue {
+    /// Enqueued by each rank's thread every time (its host work in every step).
+    Steady,
+    /// Captured once per rank as a CUDA graph (kernels and NCCL transfers) and replayed: one
+    /// launch a step. The GPU time is the slowest rank's, from its launch to its end (a rank
+    /// that launches early waits for the others inside).
+    Graph,
+}
+
+/// `algorithm` on `ring`: one decode step of `(context, batch)` repeated `warmup + iters` times,
+/// issued as `issue` says.
+pub fn repeated(
     ring: &GpuRing,
     heads: Heads,
     algorithm: Algorithm,
-    context: usize,
-    batch: usize,
-    warmup: usize,
-    iters: usize,
+    (context, batch): (usize, usize),
+    (warmup, iters): (usize, usize),
+    issue: Issue,
 ) -> anyhow::Result<DecodeRow> {
+    let graph = issue == Issue::Graph;
     let n = ring.world_size();
     let (_, plan) = workload::decode_plan(n, batch, context, 0)?;
     let layouts = Arc::new(plan.layouts().clone());
     let inputs = workload::draw_all(ring, &layouts, heads, 11)?;
+    let forget = || {
+        ring.run(|rank| {
+            rank.forget_captured();
+            Ok(())
+        })
+    };
+    let captured = if graph {
+        forget()?;
+        Some(ring.capture(algorithm, layouts.clone(), inputs.clone())?)
+    } else {
+        None
+    };
     let mut steps = Vec::new();
     for i in 0..warmup + iters {
-        let s = step(ring, algorithm, &layouts, &inputs)?;
+        let s = match captured {
+            Some(index) => replay(ring, index)?,
+            None => step(ring, algorithm, &layouts, &inputs)?,
+        };
         if i >= warmup {
             steps.push(s);
         }
     }
-    Ok(row(context, batch, n, algorithm, "steady", &steps))
+    if captured.is_some() {
+        forget()?;
+    }
+    Ok(row(context, batch, n, algorithm, if graph { "graph" } else { "steady" }, &steps))
 }
 
-/// `algorithm` on `ring` captured once per rank as a CUDA graph (kernels and NCCL transfers)
-/// and replayed `warmup + iters` times: one launch a step. The GPU time is the slowest rank's,
-/// from its launch to its end (a rank that launches early waits for the others inside).
-pub fn graph(
-    ring: &GpuRing,
-    heads: Heads,
-    algorithm: Algorithm,
-    context: usize,
-    batch: usize,
-    warmup: usize,
-    iters: usize,
-) -> anyhow::Result<DecodeRow> {
-    let n = ring.world_size();
-    let (_, plan) = workload::decode_plan(n, batch, context, 0)?;
-    let layouts = Arc::new(plan.layouts().clone());
-    let inputs = workload::draw_all(ring, &layouts, heads, 11)?;
-    ring.run(|rank| {
-        rank.forget_captured();
-        Ok(())
-    })?;
-    let index = ring.capture(algorithm, layouts, inputs)?;
-    let mut steps = Vec::new();
-    for i in 0..warmup + iters {
-        let started = Instant::now();
-        let ms = ring.run(move |rank| rank.replay(index))?;
-        let wall = started.elapsed().as_secs_f64() * 1e3;
-        if i >= warmup {
-            let total_ms = ms.iter().copied().fold(0.0, f64::max);
-            steps.push((PhaseTimes { total_ms, ..PhaseTimes::default() }, wall));
-        }
-    }
-    ring.run(|rank| {
-        rank.forget_captured();
-        Ok(())
-    })?;
-    Ok(row(context, batch, n, algorithm, "graph", &steps))
+/// One replay of the captured step `index` on every rank; (the slowest rank's GPU time as the
+/// step's total, host wall ms).
+fn replay(ring: &GpuRing, index: usize) -> anyhow::Result<(PhaseTimes, f64)> {
+    let started = Instant::now();
+    let ms = ring.run(move |rank| rank.replay(index))?;
+    let wall = started.elapsed().as_secs_f64() * 1e3;
+    let total_ms = ms.iter().copied().fold(0.0, f64::max);
+    Ok((PhaseTimes { total_ms, ..PhaseTimes::default() }, wall))
 }
 
 /// `algorithm` on `ring`, `iters` successive steps (placement moving, caches growing), each

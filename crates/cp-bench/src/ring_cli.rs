@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::decode::Issue;
 use crate::prefill::{Rings, Which};
 use crate::{check, decode, device_count, links, prefill, process, sweep, write_json};
 use clap::builder::RangedU64ValueParser;
@@ -332,25 +333,25 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
                 h.head_dim,
                 output.options()
             );
+            let issues: &[Issue] = if graphs { &[Issue::Steady, Issue::Graph] } else { &[Issue::Steady] };
             let mut rows = Vec::new();
             for &context in &contexts {
                 for &batch in &batches {
                     let base = decode::single(&single, h, context, batch, warmup, iters)?;
                     decode::print(&base, None);
+                    let timed =
+                        |ring: &GpuRing, algorithm: Algorithm, issue: Issue| -> anyhow::Result<decode::DecodeRow> {
+                            let r = decode::repeated(ring, h, algorithm, (context, batch), (warmup, iters), issue)?;
+                            decode::print(&r, Some(&base));
+                            Ok(r)
+                        };
                     if graphs {
-                        let g = decode::graph(&single, h, Algorithm::GatherQ, context, batch, warmup, iters)?;
-                        decode::print(&g, Some(&base));
-                        rows.push(g);
+                        rows.push(timed(&single, Algorithm::GatherQ, Issue::Graph)?);
                     }
                     for ring in &rings {
                         for algorithm in [Algorithm::PassQ, Algorithm::GatherQ] {
-                            let r = decode::steady(ring, h, algorithm, context, batch, warmup, iters)?;
-                            decode::print(&r, Some(&base));
-                            rows.push(r);
-                            if graphs {
-                                let g = decode::graph(ring, h, algorithm, context, batch, warmup, iters)?;
-                                decode::print(&g, Some(&base));
-                                rows.push(g);
+                            for &issue in issues {
+                                rows.push(timed(ring, algorithm, issue)?);
                             }
                             if growing_iters > 0 {
                                 let g = decode::growing(ring, h, algorithm, context, batch, growing_iters)?;
