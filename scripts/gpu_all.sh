@@ -13,7 +13,10 @@
 #   links    the ring's link and all-to-all anchors, ours and NCCL's through PyTorch
 #   prefill  full prefill at 4K, 16K and 128K on every GPU, pass-KV and pass-Q
 #   sweep    the Table 4 miss-rate sweep on every GPU
-#   decode   per-token decode latency on 1, 2 and 4 GPUs
+#   decode   per-token decode latency on 1, 2 and 4 GPUs, enqueued and as CUDA graph replays
+#   graphs   the GPU test suite (cp-bench's gpu_checks, built with `cargo test -p cp-bench
+#            --release --no-run` and carried as $CP_BIN_DIR/gpu_checks), its ignored test of a
+#            graph replay whose peer never replays included
 #   torch    PyTorch context_parallel at 16K and 128K, flash and cuDNN backends
 #   failure  a rank crashing mid-run under NCCL must end its peer in bounded time
 # The multi-GPU parts use $CP_TRANSPORT between GPUs: nccl (default) or peer (direct copies).
@@ -56,8 +59,14 @@ step() { # step NAME SECONDS CMD...: runs CMD with a time limit, logging to OUT/
             ;;
         sweep) step "sweep-n$gpus-$tr" 400 "$ring" sweep --world-size "$gpus" --transport "$tr" --warmup 1 --iters 3 --json "$out/sweep-n$gpus-$tr.json" ;;
         decode)
-            step "decode-128k-$tr" 300 "$ring" decode --transport "$tr" --world-sizes 2,4 --contexts 131072 --batches 1,8,64 --iters 200 --json "$out/decode-128k-$tr.json"
-            step "decode-1m-$tr" 300 "$ring" decode --transport "$tr" --world-sizes 2,4 --contexts 1048576 --batches 1,8 --iters 100 --json "$out/decode-1m-$tr.json"
+            # Graph capture needs NCCL (peer copies pass buffers between threads at run time).
+            graphs=$([ "$tr" = nccl ] && echo --graphs)
+            step "decode-128k-$tr" 300 "$ring" decode --transport "$tr" --world-sizes 2,4 --contexts 131072 --batches 1,8,64 --iters 200 $graphs --json "$out/decode-128k-$tr.json"
+            step "decode-1m-$tr" 300 "$ring" decode --transport "$tr" --world-sizes 2,4 --contexts 1048576 --batches 1,8 --iters 100 $graphs --json "$out/decode-1m-$tr.json"
+            ;;
+        graphs)
+            step gpu-checks 300 "$CP_BIN_DIR/gpu_checks" --test-threads=1 --nocapture
+            [ "$gpus" -ge 2 ] && step gpu-checks-ignored 60 "$CP_BIN_DIR/gpu_checks" --ignored --test-threads=1 --nocapture
             ;;
         decode-growing)
             step "decode-growing-$tr" 200 "$ring" decode --transport "$tr" --world-sizes 2,4 --contexts 131072 --batches 1,8 --iters 20 --growing-iters 10 --json "$out/decode-growing-$tr.json"
