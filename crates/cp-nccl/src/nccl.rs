@@ -85,6 +85,13 @@ fn nonblocking_config(version: i32) -> sys::ncclConfig_t {
     }
 }
 
+/// The configuration of the blocking communicator split off the non-blocking one: blocking, and
+/// sharing the parent's resources, its connections to the peers included — the child's first
+/// transfers then set nothing up, which a blocking communicator would wait for with no deadline.
+fn blocking_split_config(version: i32) -> sys::ncclConfig_t {
+    sys::ncclConfig_t { blocking: 1, splitShare: 1, ..nonblocking_config(version) }
+}
+
 impl RawComm {
     /// NCCL's view of the communicator: `Ok(true)` while work is still being set up in the
     /// background (non-blocking mode), `Ok(false)` when that is done, `Err` with what failed.
@@ -137,12 +144,7 @@ impl RawComm {
         if self.0.is_null() {
             return Err(GpuRingError::Aborted { rank, op: OP });
         }
-        let mut config = nonblocking_config(version);
-        config.blocking = 1;
-        // Shares the parent's resources, its connections to the peers included: the child's
-        // first transfers need no connection set-up, which a blocking communicator would wait
-        // for with no deadline.
-        config.splitShare = 1;
+        let mut config = blocking_split_config(version);
         // NCCL's thread writes the new handle when the split completes, which may be after this
         // function gave up waiting: the slot is leaked then rather than freed under it.
         let mut slot: Box<sys::ncclComm_t> = Box::new(std::ptr::null_mut());
@@ -675,5 +677,21 @@ impl RingTransport<GpuTensor> for NcclTransport {
         }
         out[self.rank] = template;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_split_communicator_blocks_and_shares_the_parents_connections() {
+        let parent = nonblocking_config(22_803);
+        assert_eq!((parent.blocking, parent.magic, parent.version), (0, 0xcafe_beef, 22_803));
+        assert_eq!(parent.size, std::mem::size_of::<sys::ncclConfig_t>());
+        assert_eq!(parent.splitShare, i32::MIN, "left to NCCL (undefined) in the parent");
+        let child = blocking_split_config(22_803);
+        assert_eq!((child.blocking, child.splitShare), (1, 1));
+        assert_eq!((child.magic, child.version, child.size), (parent.magic, parent.version, parent.size));
     }
 }
