@@ -261,6 +261,14 @@ fn link_of(ring: &GpuRing) -> anyhow::Result<(f64, f64)> {
 
 /// Runs the mode `cli` names; `Ok(false)` when a check failed.
 pub fn run(cli: Cli) -> anyhow::Result<bool> {
+    if let Mode::Decode { graphs: true, output, .. } = &cli.mode
+        && output.transport == Transport::Peer
+    {
+        anyhow::bail!(
+            "--graphs with --transport peer: graph capture needs --transport nccl (peer copies pass buffers between \
+             the rank threads at run time, which a graph cannot replay)"
+        );
+    }
     let gpus = device_count();
     match cli.mode {
         Mode::NcclProcess { die_at_shift, timeout_s } => process::run(die_at_shift, Duration::from_secs(timeout_s)),
