@@ -101,10 +101,7 @@ pub fn check_graph(
     label: &str,
 ) -> anyhow::Result<Vec<CheckLine>> {
     let (layouts, wanted) = step;
-    ring.run(|rank| {
-        rank.forget_captured();
-        Ok(())
-    })?;
+    ring.forget_captured()?;
     let inputs = workload::draw_all(ring, layouts, heads, seed)?;
     let index = ring.capture(algorithm, layouts.clone(), inputs)?;
     let mut lines = Vec::new();
@@ -113,29 +110,31 @@ pub fn check_graph(
         let l = layouts.clone();
         let per_rank = ring.run(move |rank| {
             let fresh = workload::draw(&rank.ops, rank.rank, &l, heads, s_i)?;
-            let step = rank.captured(index).ok_or(cp_nccl::GpuRingError::Misuse {
-                rank: rank.rank,
-                op: "check_graph",
-                what: "the step was not captured",
-            })?;
-            let (mut q, mut k, mut v) = (step.inputs().q.clone(), step.inputs().k.clone(), step.inputs().v.clone());
+            let inputs = captured(rank, index)?.inputs();
+            let (mut q, mut k, mut v) = (inputs.q.clone(), inputs.k.clone(), inputs.v.clone());
             use cp_ring::KvOps;
             for (dst, src) in [(&mut q, &fresh.q), (&mut k, &fresh.k), (&mut v, &fresh.v)] {
                 let rows = src.shape()[0];
                 rank.ops.copy_rows(dst, 0, src, 0, rows)?;
             }
             rank.replay(index)?;
-            let step = rank.captured(index).expect("captured above");
+            let output = captured(rank, index)?.output();
             let s = rank.ops.stream().clone();
-            Ok((step.output().out.download(&s)?, step.output().lse.download(&s)?))
+            Ok((output.out.download(&s)?, output.lse.download(&s)?))
         })?;
         lines.push(judge(heads, s_i, layouts, &per_rank, wanted, format!("{label} replay {i}"))?);
     }
-    ring.run(|rank| {
-        rank.forget_captured();
-        Ok(())
-    })?;
+    ring.forget_captured()?;
     Ok(lines)
+}
+
+/// The step `rank` captured as `index`, or an error saying it was not.
+fn captured(rank: &cp_nccl::GpuRank, index: usize) -> cp_nccl::Result<&cp_nccl::CapturedStep> {
+    rank.captured(index).ok_or(cp_nccl::GpuRingError::Misuse {
+        rank: rank.rank,
+        op: "check_graph",
+        what: "the step was not captured",
+    })
 }
 
 /// Graph replays on `ring` against the oracle: a partial prefill (pass-KV), then decode steps

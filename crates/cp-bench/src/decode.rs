@@ -188,14 +188,8 @@ pub fn repeated(
     let (_, plan) = workload::decode_plan(n, batch, context, 0)?;
     let layouts = Arc::new(plan.layouts().clone());
     let inputs = workload::draw_all(ring, &layouts, heads, 11)?;
-    let forget = || {
-        ring.run(|rank| {
-            rank.forget_captured();
-            Ok(())
-        })
-    };
     let captured = if graph {
-        forget()?;
+        ring.forget_captured()?;
         Some(ring.capture(algorithm, layouts.clone(), inputs.clone())?)
     } else {
         None
@@ -211,7 +205,7 @@ pub fn repeated(
         }
     }
     if captured.is_some() {
-        forget()?;
+        ring.forget_captured()?;
     }
     Ok(row(context, batch, n, algorithm, if graph { "graph" } else { "steady" }, &steps))
 }

@@ -145,7 +145,7 @@ fn buffer_pools_reuse_only_what_they_may() {
     let addr = |t: &cp_attention::cuda::GpuTensor| t.slice().device_ptr(&s).0;
     let fresh = |elems: usize| {
         let buf = pool.alloc(GpuDType::F32, &[elems]).expect("alloc");
-        pool.tensor(buf, GpuDType::F32, vec![elems]).expect("tensor")
+        cp_attention::cuda::GpuTensor::from_buffer_in(buf, Some(&pool), GpuDType::F32, vec![elems]).expect("tensor")
     };
     let first = fresh(1000);
     let a = addr(&first);

@@ -229,7 +229,7 @@ pub struct NcclTransport {
     comm: RawComm,
     /// The non-blocking communicator `comm` was split off (sharing its resources), kept alive
     /// for as long as `comm` (and dropped after it: fields drop in order).
-    _parent: Option<RawComm>,
+    parent: Option<RawComm>,
     rank: usize,
     world_size: usize,
     compute: Arc<CudaStream>,
@@ -322,7 +322,7 @@ impl NcclTransport {
         comm.settle(rank, "ncclCommInitRankConfig (a rank never joined?)", Instant::now() + timeout, &everyone)?;
         let mut t = NcclTransport {
             comm,
-            _parent: None,
+            parent: None,
             rank,
             world_size,
             compute: compute.clone(),
@@ -338,7 +338,7 @@ impl NcclTransport {
         t.connect_all()?;
         if launch == GroupLaunch::Inline {
             let blocking = t.comm.split_blocking(rank, version, Instant::now() + timeout, &everyone)?;
-            t._parent = Some(std::mem::replace(&mut t.comm, blocking));
+            t.parent = Some(std::mem::replace(&mut t.comm, blocking));
             // Over the parent's connections (shared): a first transfer that sets nothing up.
             t.connect_all()?;
         }
@@ -376,9 +376,8 @@ impl NcclTransport {
 
     /// Waits on the host for `done` (recorded on this rank's streams) at most the timeout, or
     /// until NCCL reports a peer's failure: how a caller bounds its wait for work the transport
-    /// did not enqueue itself (a graph replay holding NCCL transfers). It does not abort: a
-    /// caller holding graphs of this communicator destroys them first, then calls
-    /// [`NcclTransport::abort`] (NCCL's abort waits for those graphs).
+    /// did not enqueue itself (a graph replay holding NCCL transfers). It does not abort: the
+    /// caller decides when, with respect to the graphs it holds (see [`NcclTransport::abort`]).
     pub fn wait_bounded(&self, done: &CudaEvent, op: &'static str) -> Result<()> {
         let next = (self.rank + 1) % self.world_size;
         self.poll(done, op, next)
@@ -480,10 +479,7 @@ impl NcclTransport {
         // so every ordering between the two streams is explicit here.
         let mut owned: Vec<cudarc::driver::CudaSlice<u8>> = Vec::new();
         for (_, t) in recvs {
-            owned.push(match &self.pool {
-                Some(pool) => pool.alloc(t.dtype(), t.shape())?,
-                None => GpuTensor::alloc_buffer(&self.compute, t.dtype(), t.shape())?,
-            });
+            owned.push(GpuTensor::alloc_buffer_in(&self.compute, self.pool.as_ref(), t.dtype(), t.shape())?);
         }
         let produced = self.compute.record_event(None).map_err(cuda(rank, "cuEventRecord"))?;
         self.stream.wait(&produced).map_err(cuda(rank, "cuStreamWaitEvent"))?;
@@ -534,12 +530,7 @@ impl NcclTransport {
         let received = recvs
             .iter()
             .zip(owned)
-            .map(|((_, t), buf)| {
-                Ok(match &self.pool {
-                    Some(pool) => pool.tensor(buf, t.dtype(), t.shape().to_vec())?,
-                    None => GpuTensor::from_buffer(buf, t.dtype(), t.shape().to_vec())?,
-                })
-            })
+            .map(|((_, t), buf)| Ok(GpuTensor::from_buffer_in(buf, self.pool.as_ref(), t.dtype(), t.shape().to_vec())?))
             .collect::<Result<Vec<_>>>()?;
         Ok((received, self.stream.record_event(None).map_err(cuda(rank, "cuEventRecord"))?))
     }
@@ -581,11 +572,12 @@ impl NcclTransport {
     }
 
     /// Aborts the communicator (this rank's NCCL kernels stop; every later call is an error).
-    /// NCCL's abort waits until every CUDA graph holding a transfer of this communicator is
-    /// destroyed: drop those first.
+    /// NCCL's final clean-up, run by the last communicator of a process to be aborted, waits
+    /// until no CUDA graph holds a transfer of any of them: graphs must be destroyed before that
+    /// last abort (`GpuRank` drops its captured steps before its transport).
     pub fn abort(&mut self) {
         self.comm.abort();
-        if let Some(parent) = &mut self._parent {
+        if let Some(parent) = &mut self.parent {
             parent.abort();
         }
     }

@@ -102,8 +102,8 @@ pub struct GpuRank {
     /// This rank.
     pub rank: usize,
     /// Steps captured as CUDA graphs ([`GpuRank::capture`]), by index. Declared (so dropped)
-    /// before the transport: NCCL's abort, which the transport's drop calls, waits until every
-    /// graph holding a transfer of its communicator is destroyed.
+    /// before the transport: NCCL's clean-up in the last abort of the process (which a
+    /// transport's drop may be) waits until no graph holds a transfer of its communicators.
     captured: Vec<CapturedStep>,
     /// Its kernels, on its compute stream.
     pub ops: CudaAttention,
@@ -534,29 +534,37 @@ impl GpuRing {
         layouts: Arc<RingLayouts>,
         inputs: Arc<Vec<RankInputs>>,
     ) -> Result<usize> {
-        let n = self.world_size();
-        if inputs.len() != n {
-            return Err(GpuRingError::Count {
-                rank: 0,
-                op: "GpuRing::capture",
-                what: "inputs (one per rank)",
-                expected: n,
-                actual: inputs.len(),
-            });
-        }
+        self.check_per_rank("GpuRing::capture", &layouts, &inputs)?;
         let captured = self.run(move |rank| rank.capture(algorithm, &layouts, &inputs[rank.rank]));
         match captured {
             Ok(indices) if indices.windows(2).all(|w| w[0] == w[1]) => Ok(indices[0]),
             other => {
-                let forgot = self.run(|rank| {
-                    rank.forget_captured();
-                    Ok(())
-                });
+                let forgot = self.forget_captured();
                 other?;
                 forgot?;
                 Err(GpuRingError::RankUnusable { rank: 0, reason: "ranks captured different numbers of steps" })
             }
         }
+    }
+
+    /// Drops every rank's captured steps ([`GpuRank::forget_captured`]).
+    pub fn forget_captured(&self) -> Result<()> {
+        self.run(|rank| {
+            rank.forget_captured();
+            Ok(())
+        })
+        .map(|_| ())
+    }
+
+    /// Checks that `layouts` and `inputs` are for this ring's ranks, one each.
+    fn check_per_rank(&self, op: &'static str, layouts: &RingLayouts, inputs: &[RankInputs]) -> Result<()> {
+        let n = self.world_size();
+        for (what, actual) in [("inputs (one per rank)", inputs.len()), ("layouts' ranks", layouts.world_size())] {
+            if actual != n {
+                return Err(GpuRingError::Count { rank: 0, op, what, expected: n, actual });
+            }
+        }
+        Ok(())
     }
 
     /// Runs `algorithm` on every rank, rank `r` on `inputs[r]` (tensors on its device).
@@ -566,12 +574,7 @@ impl GpuRing {
         layouts: Arc<RingLayouts>,
         inputs: Arc<Vec<RankInputs>>,
     ) -> Result<Vec<RankOutput>> {
-        let n = self.world_size();
-        for (what, actual) in [("inputs (one per rank)", inputs.len()), ("layouts' ranks", layouts.world_size())] {
-            if actual != n {
-                return Err(GpuRingError::Count { rank: 0, op: "GpuRing::run_algorithm", what, expected: n, actual });
-            }
-        }
+        self.check_per_rank("GpuRing::run_algorithm", &layouts, &inputs)?;
         self.run(move |rank| rank.run_algorithm(algorithm, &layouts, &inputs[rank.rank]))
     }
 }

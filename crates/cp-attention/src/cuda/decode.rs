@@ -122,8 +122,8 @@ impl CudaAttention {
             // unchanged): a launch fewer, which a padding-only query block (a decode step's
             // other ranks at batch 1) is nothing but.
             return Ok(Partial {
-                out: self.wrap(part_out, GpuDType::F32, vec![bq, nh, d]),
-                lse: self.wrap(part_lse, GpuDType::F32, vec![bq, nh]),
+                out: part_out.into_tensor(GpuDType::F32, vec![bq, nh, d]),
+                lse: part_lse.into_tensor(GpuDType::F32, vec![bq, nh]),
             });
         }
 
@@ -137,8 +137,8 @@ impl CudaAttention {
         // SAFETY: the split partials are `splits` contiguous blocks of `rows x d` and `rows`.
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch merge_strided"))?;
         Ok(Partial {
-            out: self.wrap(out, GpuDType::F32, vec![bq, nh, d]),
-            lse: self.wrap(lse, GpuDType::F32, vec![bq, nh]),
+            out: out.into_tensor(GpuDType::F32, vec![bq, nh, d]),
+            lse: lse.into_tensor(GpuDType::F32, vec![bq, nh]),
         })
     }
 

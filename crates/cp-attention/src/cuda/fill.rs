@@ -57,6 +57,6 @@ impl CudaAttention {
         // SAFETY: `t` holds rows x width 16-bit values; `dl` has one (seq, pos) per row (a
         // padding entry for an empty layout, which the kernel does not read).
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch fill_rows"))?;
-        Ok(self.wrap(t, dtype, vec![layout.len(), heads, head_dim]))
+        Ok(t.into_tensor(dtype, vec![layout.len(), heads, head_dim]))
     }
 }

@@ -70,8 +70,8 @@ impl CudaAttention {
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch merge_all"))?;
         drop(guards);
         Ok(Partial {
-            out: self.wrap(out, out_dtype, shape),
-            lse: self.wrap(lse, GpuDType::F32, first.lse.shape().to_vec()),
+            out: out.into_tensor(out_dtype, shape),
+            lse: lse.into_tensor(GpuDType::F32, first.lse.shape().to_vec()),
         })
     }
 
@@ -115,8 +115,8 @@ impl CudaAttention {
         // SAFETY: shapes checked equal above; `d` is a multiple of 4.
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch merge_fold"))?;
         Ok(Partial {
-            out: self.wrap(acc_out, GpuDType::F32, out_shape),
-            lse: self.wrap(new_lse, GpuDType::F32, lse_shape),
+            out: acc_out.into_tensor(GpuDType::F32, out_shape),
+            lse: new_lse.into_tensor(GpuDType::F32, lse_shape),
         })
     }
 }

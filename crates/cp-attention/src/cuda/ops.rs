@@ -13,7 +13,7 @@ use super::decode::{DecodeArgs, DecodeKernel, DecodeKey, decode_shaped};
 use super::layout::DeviceLayout;
 use super::prefill::PrefillKernel;
 use super::table::{FLASH_VARIANTS, Kernels};
-use super::tensor::DeviceBuffer;
+use super::tensor::{DeviceBuffer, capturing};
 use super::{BufferPool, GpuDType, GpuTensor, cuda_err, driver_available};
 use crate::{AttentionError, Result};
 
@@ -249,8 +249,7 @@ impl CudaAttention {
     /// as a copy from host memory that is gone at replay: an error instead. A capture must
     /// follow an uncaptured run of the same step, which uploads everything it needs.
     pub(super) fn refuse_upload_while_capturing(&self, what: &'static str) -> Result<()> {
-        let status = self.stream.capture_status().map_err(cuda_err("cuStreamIsCapturing"))?;
-        if status == cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+        if !capturing(&self.stream)? {
             return Ok(());
         }
         Err(AttentionError::Cuda {
@@ -269,10 +268,7 @@ impl CudaAttention {
     /// [`CudaAttention::poison_outputs`] is on).
     /// Temporaries go back to the pool when dropped, like tensors.
     pub(super) fn alloc(&self, dtype: GpuDType, shape: &[usize]) -> Result<DeviceBuffer> {
-        let buf = match &self.pool {
-            Some(pool) => pool.alloc(dtype, shape)?,
-            None => GpuTensor::alloc(&self.stream, dtype, shape)?,
-        };
+        let buf = GpuTensor::alloc_buffer_in(&self.stream, self.pool.as_ref(), dtype, shape)?;
         let buf = DeviceBuffer::new(buf, self.pool.as_ref());
         if self.poison_outputs {
             let (ptr, _guard) = buf.device_ptr(&self.stream);
@@ -283,21 +279,16 @@ impl CudaAttention {
         Ok(buf)
     }
 
-    /// A tensor of `buf` (from [`CudaAttention::alloc`]), its memory given back to this
-    /// stream's pool when dropped (explicit-sync handles).
-    pub(super) fn wrap(&self, buf: DeviceBuffer, dtype: GpuDType, shape: Vec<usize>) -> GpuTensor {
-        GpuTensor::from_device_buffer(buf, dtype, shape)
-    }
-
     /// Buffers of this handle's stream kept for reuse: `Some` for explicit-sync handles
     /// ([`CudaAttention::new_explicit_sync`]), whose transports may allocate from it too.
     pub fn pool(&self) -> Option<&Arc<BufferPool>> {
         self.pool.as_ref()
     }
 
-    /// Forgets every uploaded layout and prepared decode argument (shared with the other
-    /// streams' clones): the next launch of each layout uploads it again, as a new layout
-    /// would (a benchmark of steps whose layouts all differ, say).
+    /// Forgets every uploaded layout and prepared decode argument (shared with the clones that
+    /// share this handle's caches, see [`CudaAttention::with_stream`]): the next launch of each
+    /// layout uploads it again, as a new layout would (a benchmark of steps whose layouts all
+    /// differ, say).
     pub fn forget_layouts(&self) {
         self.layouts.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.decode_args.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -424,7 +415,7 @@ impl AttentionOps for CudaAttention {
             }
             at += bytes;
         }
-        Ok(self.wrap(out, first.dtype(), shape))
+        Ok(out.into_tensor(first.dtype(), shape))
     }
 }
 
@@ -440,7 +431,7 @@ impl cp_ring::KvOps for CudaAttention {
         }
         shape[0] = rows;
         let buf = self.alloc(like.dtype(), &shape)?;
-        Ok(self.wrap(buf, like.dtype(), shape))
+        Ok(buf.into_tensor(like.dtype(), shape))
     }
 
     fn copy_rows(&self, dst: &mut GpuTensor, at: usize, src: &GpuTensor, from: usize, count: usize) -> Result<()> {

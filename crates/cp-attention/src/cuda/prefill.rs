@@ -81,8 +81,8 @@ impl CudaAttention {
         let mut lse = self.alloc(GpuDType::F32, &[tq, nh])?;
         if tq == 0 {
             return Ok(Partial {
-                out: self.wrap(out, out_dtype, vec![tq, nh, d]),
-                lse: self.wrap(lse, GpuDType::F32, vec![tq, nh]),
+                out: out.into_tensor(out_dtype, vec![tq, nh, d]),
+                lse: lse.into_tensor(GpuDType::F32, vec![tq, nh]),
             });
         }
         // The wgmma kernel takes (heads, query blocks, splits); the mma.sync ones (query blocks,
@@ -140,8 +140,8 @@ impl CudaAttention {
             unsafe { b.launch(elementwise(tq * nh * d / 4)) }.map_err(cuda_err("launch merge_strided"))?;
         }
         Ok(Partial {
-            out: self.wrap(out, out_dtype, vec![tq, nh, d]),
-            lse: self.wrap(lse, GpuDType::F32, vec![tq, nh]),
+            out: out.into_tensor(out_dtype, vec![tq, nh, d]),
+            lse: lse.into_tensor(GpuDType::F32, vec![tq, nh]),
         })
     }
 
@@ -172,7 +172,7 @@ impl CudaAttention {
         // SAFETY: shapes checked above; the kernel reads 64 + 2 x 128 rows of 128 bf16 and
         // writes 2 x 64 x 128 f32.
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch wg_selftest"))?;
-        Ok((self.wrap(s_out, GpuDType::F32, vec![64, 128]), self.wrap(o_out, GpuDType::F32, vec![64, 128])))
+        Ok((s_out.into_tensor(GpuDType::F32, vec![64, 128]), o_out.into_tensor(GpuDType::F32, vec![64, 128])))
     }
 }
 

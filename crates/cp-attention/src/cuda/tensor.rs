@@ -107,8 +107,7 @@ impl BufferPool {
         }
         // Memory allocated inside a CUDA graph capture belongs to the graph (mapped only while
         // it runs); kept in the pool, it would be handed out to work outside the graph.
-        let capturing = self.stream.capture_status().map_err(cuda_err("cuStreamIsCapturing"))?;
-        if capturing != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+        if capturing(&self.stream)? {
             return Err(AttentionError::Cuda {
                 op: "BufferPool::alloc",
                 code: format!(
@@ -118,16 +117,6 @@ impl BufferPool {
             });
         }
         GpuTensor::alloc(&self.stream, dtype, shape)
-    }
-
-    /// A tensor of `buf` (from [`BufferPool::alloc`]) whose buffer returns here when its last
-    /// clone is dropped.
-    pub fn tensor(self: &Arc<Self>, buf: CudaSlice<u8>, dtype: GpuDType, shape: Vec<usize>) -> Result<GpuTensor> {
-        let mut t = GpuTensor::from_buffer(buf, dtype, shape)?;
-        if let Some(b) = Arc::get_mut(&mut t.buf) {
-            b.pool = Some(self.clone());
-        }
-        Ok(t)
     }
 
     fn give_back(&self, buf: CudaSlice<u8>) {
@@ -168,6 +157,13 @@ impl BufferPool {
     }
 }
 
+/// Whether `stream` is being captured into a CUDA graph (where an allocation or an upload would
+/// be recorded into the graph instead of done).
+pub(crate) fn capturing(stream: &CudaStream) -> Result<bool> {
+    let status = stream.capture_status().map_err(cuda_err("cuStreamIsCapturing"))?;
+    Ok(status != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+}
+
 /// A tensor's device memory: freed when dropped, or given back to the pool it came from.
 pub(crate) struct DeviceBuffer {
     slice: ManuallyDrop<CudaSlice<u8>>,
@@ -178,6 +174,11 @@ impl DeviceBuffer {
     /// `slice`, given back to `pool` (if any) when dropped.
     pub(crate) fn new(slice: CudaSlice<u8>, pool: Option<&Arc<BufferPool>>) -> DeviceBuffer {
         DeviceBuffer { slice: ManuallyDrop::new(slice), pool: pool.cloned() }
+    }
+
+    /// A tensor of this buffer (which returns to its pool, if any, when the last clone is dropped).
+    pub(crate) fn into_tensor(self, dtype: GpuDType, shape: Vec<usize>) -> GpuTensor {
+        GpuTensor { buf: Arc::new(self), dtype, shape }
     }
 }
 
@@ -222,12 +223,7 @@ impl std::fmt::Debug for GpuTensor {
 
 impl GpuTensor {
     pub(crate) fn from_parts(buf: CudaSlice<u8>, dtype: GpuDType, shape: Vec<usize>) -> GpuTensor {
-        GpuTensor { buf: Arc::new(DeviceBuffer::new(buf, None)), dtype, shape }
-    }
-
-    /// A tensor of `buf` (which returns to its pool, if any, when the last clone is dropped).
-    pub(crate) fn from_device_buffer(buf: DeviceBuffer, dtype: GpuDType, shape: Vec<usize>) -> GpuTensor {
-        GpuTensor { buf: Arc::new(buf), dtype, shape }
+        DeviceBuffer::new(buf, None).into_tensor(dtype, shape)
     }
 
     /// Bytes of a buffer for `dtype` and `shape` (at least one element).
@@ -243,6 +239,17 @@ impl GpuTensor {
     /// Wraps a device buffer of at least `shape`'s bytes (for transports that receive into
     /// their own buffers).
     pub fn from_buffer(buf: CudaSlice<u8>, dtype: GpuDType, shape: Vec<usize>) -> Result<GpuTensor> {
+        GpuTensor::from_buffer_in(buf, None, dtype, shape)
+    }
+
+    /// [`GpuTensor::from_buffer`] for a buffer from [`GpuTensor::alloc_buffer_in`]: it returns to
+    /// `pool` (if any) when the tensor's last clone is dropped.
+    pub fn from_buffer_in(
+        buf: CudaSlice<u8>,
+        pool: Option<&Arc<BufferPool>>,
+        dtype: GpuDType,
+        shape: Vec<usize>,
+    ) -> Result<GpuTensor> {
         let need = shape.iter().product::<usize>() * dtype.size();
         if buf.len() < need {
             return Err(AttentionError::Shape {
@@ -251,12 +258,26 @@ impl GpuTensor {
                 actual: vec![buf.len()],
             });
         }
-        Ok(GpuTensor::from_parts(buf, dtype, shape))
+        Ok(DeviceBuffer::new(buf, pool).into_tensor(dtype, shape))
     }
 
     /// Uninitialised device memory for a tensor of `dtype` and `shape` (at least one element).
     pub fn alloc_buffer(stream: &Arc<CudaStream>, dtype: GpuDType, shape: &[usize]) -> Result<CudaSlice<u8>> {
         GpuTensor::alloc(stream, dtype, shape)
+    }
+
+    /// [`GpuTensor::alloc_buffer`] from `pool` where there is one (it orders its buffers on its
+    /// own stream), else on `stream`.
+    pub fn alloc_buffer_in(
+        stream: &Arc<CudaStream>,
+        pool: Option<&Arc<BufferPool>>,
+        dtype: GpuDType,
+        shape: &[usize],
+    ) -> Result<CudaSlice<u8>> {
+        match pool {
+            Some(pool) => pool.alloc(dtype, shape),
+            None => GpuTensor::alloc(stream, dtype, shape),
+        }
     }
 
     /// Uninitialised device memory for a tensor (the kernels write every element).
