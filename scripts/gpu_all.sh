@@ -15,8 +15,8 @@
 #   sweep    the Table 4 miss-rate sweep on every GPU
 #   decode   per-token decode latency on 1, 2 and 4 GPUs, enqueued and as CUDA graph replays
 #   graphs   the GPU test suite (cp-bench's gpu_checks, built with `cargo test -p cp-bench
-#            --release --no-run` and carried as $CP_BIN_DIR/gpu_checks), its ignored test of a
-#            graph replay whose peer never replays included
+#            --release --no-run` and carried as $CP_BIN_DIR/gpu_checks), a graph replay whose
+#            peer never replays included (it needs two GPUs)
 #   torch    PyTorch context_parallel at 16K and 128K, flash and cuDNN backends
 #   failure  a rank crashing mid-run under NCCL must end its peer in bounded time
 # The multi-GPU parts use $CP_TRANSPORT between GPUs: nccl (default) or peer (direct copies).
@@ -66,7 +66,6 @@ step() { # step NAME SECONDS CMD...: runs CMD with a time limit, logging to OUT/
             ;;
         graphs)
             step gpu-checks 300 "$CP_BIN_DIR/gpu_checks" --test-threads=1 --nocapture
-            [ "$gpus" -ge 2 ] && step gpu-checks-ignored 60 "$CP_BIN_DIR/gpu_checks" --ignored --test-threads=1 --nocapture
             ;;
         decode-growing)
             step "decode-growing-$tr" 200 "$ring" decode --transport "$tr" --world-sizes 2,4 --contexts 131072 --batches 1,8 --iters 20 --growing-iters 10 --json "$out/decode-growing-$tr.json"

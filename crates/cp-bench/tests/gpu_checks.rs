@@ -167,14 +167,11 @@ fn buffer_pools_reuse_only_what_they_may() {
 }
 
 /// A rank whose peer never replays its graph ends with an error within its timeout, and the
-/// ring then goes away: no hang, with graphs alive.
-///
-/// Ignored: on 4 x H100 (session 5) this test hung before its first line after the replay,
-/// when `GpuRank::replay`'s failure path destroyed the graphs before aborting the communicator
-/// (NCCL's final clean-up waits until no graph holds the communicator's transfers). The order
-/// is now abort, then destroy; that has not run yet. Run it with `--ignored` on two GPUs.
+/// ring then goes away: no hang, with graphs alive. (With the first failure path — graphs
+/// destroyed, then the communicator aborted — this hung on 4 x H100: NCCL's clean-up waits until
+/// no graph holds the communicator's transfers. Abort first, then destroy: 2 x H100, session 6,
+/// the replay ended after 3.0 s with its 3 s timeout and the ring dropped in 1.0 s.)
 #[test]
-#[ignore = "hung on 4 x H100 with the previous failure path; the fix has not been run (see the doc comment)"]
 fn a_peer_that_never_replays_ends_the_replay_with_an_error() {
     if !gpu_or_skip("a_peer_that_never_replays_ends_the_replay_with_an_error") {
         return;
