@@ -14,7 +14,7 @@ status=0
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$out/gpu.txt"
 # Every step has its own time limit: a hung kernel must not eat the whole call.
 echo "== check"
-timeout 200 $bin check 2>&1 | tee "$out/check.log" || status=1
+timeout 280 $bin check 2>&1 | tee "$out/check.log" || status=1
 echo "== resource usage"
 for f in "$CP_KERNEL_CACHE"/*.cubin; do timeout 30 cuobjdump -res-usage "$f" 2>&1 | grep -A1 -E "flash_fwd_d(64|128)_bf16|decode_d128_bf16_g4|decode_mma_d128_bf16|wg_selftest|merge_fold_f32|merge_all_f32" | tee "$out/resources.txt"; done
 echo "== ours"

@@ -71,6 +71,18 @@ def main():
             except RuntimeError as e:
                 print(f"  sdpa-{name} T={t}: not run ({str(e).splitlines()[0]})")
         del q, k, v
+    # Head dim 64, causal T=16K (half the FLOPs per token of D=128).
+    t, d64 = 16384, 64
+    q = torch.randn(1, NH, t, d64, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(1, NKV, t, d64, device=dev, dtype=torch.bfloat16)
+    v = torch.randn(1, NKV, t, d64, device=dev, dtype=torch.bfloat16)
+    for name, be in backends:
+        try:
+            ms = median_ms(lambda: sdpa(q, k, v, True, be), reps)
+            record(f"sdpa-{name} prefill causal D=64 T={t}", ms, 4 * NH * t * t * d64 / 2 / ms / 1e9, "TFLOP/s")
+        except RuntimeError as e:
+            print(f"  sdpa-{name} D=64: not run ({str(e).splitlines()[0]})")
+    del q, k, v
     t = 16384
     q = torch.randn(1, NH, t, D, device=dev, dtype=torch.bfloat16)
     k = torch.randn(1, NKV, t, D, device=dev, dtype=torch.bfloat16)

@@ -162,10 +162,8 @@ fn check_case(ops: &CudaAttention, rng: &mut Rng, case: &Case) -> Result<(String
     let masked = want_lse.iter().filter(|l| l.is_infinite()).count();
     let ok = d_out.within(tol_out) && d_lse.within(tol_lse);
     let splits = if tq > DECODE_ROWS {
-        let rows_per_block = if ops.prefill == PrefillKernel::Wgmma { 128 } else { 64 };
-        let key_tile = if ops.prefill == PrefillKernel::Wgmma { 128 } else { 64 };
         if ops.split_kv {
-            kv_splits(tq.div_ceil(rows_per_block) * n_heads, tk.div_ceil(key_tile), ops.sm_count())
+            kv_splits(tq.div_ceil(ops.prefill.block_rows()) * n_heads, tk.div_ceil(ops.prefill.key_tile()), ops.sm_count())
         } else {
             1
         }
@@ -515,12 +513,31 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
         let default = ops.prefill;
         for prefill in ops.prefill_kernels() {
             // The older mma.sync variants only where they are cheap to time.
-            if t > 16384 && prefill != default && prefill != (PrefillKernel::Mma { warps: 4, m_tiles: 2 }) {
+            if t > 16384 && matches!(prefill, PrefillKernel::Mma { warps, m_tiles } if (warps, m_tiles) != (4, 2)) {
                 continue;
             }
             ops.prefill = prefill;
             let ms = time_ms(ops, reps, || ops.flash(&q, &dl, &k, &v, &dl, GpuDType::Bf16).map(|_| ()))?;
             record(&format!("prefill causal T={t} B={b} ({prefill})"), ms, flops / ms / 1e9, "TFLOP/s");
+        }
+        ops.prefill = default;
+    }
+    // Head dim 64, causal T=16K.
+    {
+        let (t, d64) = (16384usize, 64usize);
+        let dl = DeviceLayout::new(ops, &layout_of(&[(Some(0), 0, t)]))?;
+        let q = random_tensor(&s, &mut rng, &[t, nh, d64])?;
+        let k = random_tensor(&s, &mut rng, &[t, nkv, d64])?;
+        let v = random_tensor(&s, &mut rng, &[t, nkv, d64])?;
+        let flops = 4.0 * nh as f64 * (t as f64).powi(2) * d64 as f64 / 2.0;
+        let default = ops.prefill;
+        for prefill in ops.prefill_kernels() {
+            if matches!(prefill, PrefillKernel::Mma { .. }) {
+                continue;
+            }
+            ops.prefill = prefill;
+            let ms = time_ms(ops, reps, || ops.flash(&q, &dl, &k, &v, &dl, GpuDType::Bf16).map(|_| ()))?;
+            record(&format!("prefill causal D=64 T={t} ({prefill})"), ms, flops / ms / 1e9, "TFLOP/s");
         }
         ops.prefill = default;
     }

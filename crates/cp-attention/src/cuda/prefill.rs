@@ -2,21 +2,32 @@
 //! split-KV cost model, and the wgmma building blocks' self-test.
 
 use cp_ring::Partial;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys as cu;
+use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::layout::DeviceLayout;
 use super::merge::elementwise;
 use super::ops::CudaAttention;
-use super::table::{FLASH_VARIANTS, flash_smem, flash_wg_smem};
+use super::table::{FLASH_VARIANTS, flash_smem, flash_tma_smem, flash_wg_smem};
 use super::{GpuDType, GpuTensor, cuda_err};
 use crate::{AttentionError, Result};
 
 /// Which prefill (and off-diagonal) kernel [`CudaAttention::flash`] launches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrefillKernel {
+    /// Hopper, warp-specialised (sm_90a only): a producer warpgroup brings Q, K and V in with
+    /// TMA bulk tensor copies into a 3-stage ring guarded by mbarriers and scrubs tiles with
+    /// masked pairs; two consumer warpgroups of 64 query rows (registers moved to them with
+    /// `setmaxnreg`) run the wgmma products and the softmax, with `pingpong` taking turns at the
+    /// tensor cores so one's softmax hides under the other's products. The default on H100/H200.
+    /// Inputs the copy engine cannot describe (no keys) run on [`PrefillKernel::Wgmma`].
+    Tma {
+        /// The two consumer warpgroups take turns issuing their products (named barriers).
+        pingpong: bool,
+    },
     /// Hopper's warpgroup MMA (`wgmma`, sm_90a only): two warpgroups of 64 query rows sharing
     /// 128-key tiles from a 3-stage ring, the softmax of one tile overlapping the P V product of
-    /// the previous one. The default on H100/H200.
+    /// the previous one; every thread loads and computes.
     Wgmma,
     /// `mma.sync` (sm_80 and newer): `warps` warps (4 or 8) of `m_tiles` 16-row m-tiles (1, or 2
     /// with 4 warps: FlashAttention-2's layout).
@@ -28,9 +39,29 @@ pub enum PrefillKernel {
     },
 }
 
+impl PrefillKernel {
+    /// Query rows per thread block.
+    pub fn block_rows(self) -> usize {
+        match self {
+            PrefillKernel::Tma { .. } | PrefillKernel::Wgmma => 128,
+            PrefillKernel::Mma { warps, m_tiles } => 16 * warps * m_tiles,
+        }
+    }
+
+    /// Keys per key tile (the unit of the split-KV ranges).
+    pub fn key_tile(self) -> usize {
+        match self {
+            PrefillKernel::Tma { .. } | PrefillKernel::Wgmma => 128,
+            PrefillKernel::Mma { .. } => super::layout::TILE,
+        }
+    }
+}
+
 impl std::fmt::Display for PrefillKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            PrefillKernel::Tma { pingpong: true } => write!(f, "tma+wgmma ping-pong"),
+            PrefillKernel::Tma { pingpong: false } => write!(f, "tma+wgmma"),
             PrefillKernel::Wgmma => write!(f, "wgmma 2x64 rows"),
             PrefillKernel::Mma { warps, m_tiles } => write!(f, "mma.sync {warps}w x {m_tiles}m"),
         }
@@ -59,23 +90,33 @@ impl CudaAttention {
         }
         let out_tag = if out_dtype == GpuDType::F32 { "f32" } else { "b16" };
         let prefix = format!("flash_fwd_d{d}_{}_{out_tag}", q.dtype().tag());
-        let (name, rows_per_block, threads, smem) = match self.prefill {
-            PrefillKernel::Wgmma if self.kernels.wgmma => (format!("{prefix}_wg"), 128, 256, flash_wg_smem(d)),
-            PrefillKernel::Wgmma => {
-                return Err(AttentionError::KernelMissing { name: format!("{prefix}_wg (wgmma: sm_90a only)") });
+        let (q_ptr, _q_read) = q.slice().device_ptr(&self.stream);
+        let (k_ptr, _k_read) = k.slice().device_ptr(&self.stream);
+        let (v_ptr, _v_read) = v.slice().device_ptr(&self.stream);
+        // The copy engine needs keys to describe and 16-byte aligned tensors (allocations are).
+        let kernel = match self.prefill {
+            PrefillKernel::Tma { .. } if tk == 0 || (q_ptr | k_ptr | v_ptr) % 16 != 0 => PrefillKernel::Wgmma,
+            other => other,
+        };
+        let (name, threads, smem) = match kernel {
+            PrefillKernel::Tma { .. } | PrefillKernel::Wgmma if !self.kernels.wgmma => {
+                return Err(AttentionError::KernelMissing { name: format!("{prefix} {kernel} (sm_90a only)") });
             }
+            PrefillKernel::Tma { pingpong } => {
+                (format!("{prefix}_tma{}", if pingpong { "" } else { "_np" }), 384, flash_tma_smem(d))
+            }
+            PrefillKernel::Wgmma => (format!("{prefix}_wg"), 256, flash_wg_smem(d)),
             PrefillKernel::Mma { warps, m_tiles } => {
                 let Some(&(_, _, suffix)) = FLASH_VARIANTS.iter().find(|v| v.0 == warps && v.1 == m_tiles) else {
                     return Err(AttentionError::KernelMissing {
                         name: format!("mma.sync prefill with {warps} warps x {m_tiles} m-tiles (have 8x1, 4x1, 4x2)"),
                     });
                 };
-                (format!("{prefix}_{suffix}"), 16 * warps * m_tiles, 32 * warps, flash_smem(d, warps, m_tiles))
+                (format!("{prefix}_{suffix}"), 32 * warps, flash_smem(d, warps, m_tiles))
             }
         };
-        let blocks = tq.div_ceil(rows_per_block);
-        let key_tile = if self.prefill == PrefillKernel::Wgmma { 128 } else { super::layout::TILE };
-        let key_tiles = tk.div_ceil(key_tile);
+        let blocks = tq.div_ceil(kernel.block_rows());
+        let key_tiles = tk.div_ceil(kernel.key_tile());
         let splits = if self.split_kv { kv_splits(blocks * nh, key_tiles, self.sm_count) } else { 1 };
         let mut out = self.alloc(out_dtype, &[tq, nh, d])?;
         let mut lse = self.alloc(GpuDType::F32, &[tq, nh])?;
@@ -85,9 +126,9 @@ impl CudaAttention {
                 lse: lse.into_tensor(GpuDType::F32, vec![tq, nh]),
             });
         }
-        // The wgmma kernel takes (heads, query blocks, splits); the mma.sync ones (query blocks,
+        // The wgmma kernels take (heads, query blocks, splits); the mma.sync ones (query blocks,
         // heads, splits).
-        let (x, y) = if self.prefill == PrefillKernel::Wgmma { (nh, blocks) } else { (blocks, nh) };
+        let (x, y) = if matches!(kernel, PrefillKernel::Mma { .. }) { (blocks, nh) } else { (nh, blocks) };
         if y > 65_535 {
             return Err(AttentionError::TooLarge {
                 what: "the prefill grid's second dimension",
@@ -110,15 +151,27 @@ impl CudaAttention {
         let (tq_i, tk_i, nh_i, nkv_i) = (tq as i32, tk as i32, nh as i32, nkv as i32);
         let split_tiles = key_tiles.div_ceil(splits).max(1) as i32;
         let scale = self.scale_log2(d);
+        let maps = match kernel {
+            PrefillKernel::Tma { .. } => Some([
+                TensorMap::rows(q_ptr, q.dtype(), tq, nh, d)?,
+                TensorMap::rows(k_ptr, q.dtype(), tk, nkv, d)?,
+                TensorMap::rows(v_ptr, q.dtype(), tk, nkv, d)?,
+            ]),
+            _ => None,
+        };
         let launch = |name: &str, out: &mut CudaSlice<u8>, lse: &mut CudaSlice<u8>| -> Result<()> {
             let f = self.kernels.get(name)?;
             let mut b = self.stream.launch_builder(f);
+            if let Some([qm, km, vm]) = &maps {
+                b.arg(qm).arg(km).arg(vm);
+            }
             b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(out).arg(lse);
             b.arg(&ql.seq).arg(&ql.pos).arg(&kl.seq).arg(&kl.pos).arg(&ql.tiles).arg(&kl.tiles);
             b.arg(&tq_i).arg(&tk_i).arg(&nh_i).arg(&nkv_i).arg(&scale).arg(&split_tiles);
-            // SAFETY: argument types and order match the kernel; `out` and `lse` hold one
-            // [tq, nh, d] / [tq, nh] partial per split (grid z); the grid covers every query
-            // row and key tile, and the dynamic shared memory is set.
+            // SAFETY: argument types and order match the kernel (the TMA kernels take the three
+            // tensor maps first, describing the q, k and v buffers passed after them); `out` and
+            // `lse` hold one [tq, nh, d] / [tq, nh] partial per split (grid z); the grid covers
+            // every query row and key tile, and the dynamic shared memory is set.
             unsafe { b.launch(cfg) }.map_err(cuda_err("launch flash_fwd"))?;
             Ok(())
         };
@@ -173,6 +226,60 @@ impl CudaAttention {
         // writes 2 x 64 x 128 f32.
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch wg_selftest"))?;
         Ok((s_out.into_tensor(GpuDType::F32, vec![64, 128]), o_out.into_tensor(GpuDType::F32, vec![64, 128])))
+    }
+}
+
+/// A TMA descriptor (the driver's `CUtensorMap`), passed by value to the TMA kernels, whose
+/// `TmaMap` parameter has the same 128 bytes.
+#[repr(transparent)]
+struct TensorMap(cu::CUtensorMap);
+
+// SAFETY: plain bytes, copied into the kernel's parameter space at launch.
+unsafe impl DeviceRepr for TensorMap {}
+
+impl TensorMap {
+    /// Describes a token-major [rows, heads, head_dim] tensor of 16-bit values at `ptr` as the
+    /// 3-D tensor (head_dim, heads, rows) read in boxes of 64 x 1 x 128 with the 128-byte
+    /// swizzle: one box is one [128][64] column block of the kernels' shared-memory tiles. Rows
+    /// past the end read as zeros.
+    fn rows(ptr: cu::CUdeviceptr, dtype: GpuDType, rows: usize, heads: usize, head_dim: usize) -> Result<TensorMap> {
+        let data_type = match dtype {
+            GpuDType::Bf16 => cu::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            GpuDType::F16 => cu::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+            other => {
+                return Err(AttentionError::GpuDtype {
+                    what: "TMA prefill input",
+                    got: format!("{other:?}"),
+                    supported: "bf16 or f16",
+                });
+            }
+        };
+        let dims = [head_dim as u64, heads as u64, rows as u64];
+        let strides = [(head_dim * 2) as u64, (heads * head_dim * 2) as u64];
+        let boxes = [64u32, 1, 128];
+        let element_strides = [1u32; 3];
+        let mut map = TensorMap(cu::CUtensorMap { opaque: [0; 16] });
+        // SAFETY: every array has the rank's length (strides: rank - 1) and lives across the
+        // call; `ptr` is a device allocation of rows x heads x head_dim 16-bit values (the
+        // caller's tensor), 16-byte aligned.
+        let status = unsafe {
+            cu::cuTensorMapEncodeTiled(
+                &mut map.0,
+                data_type,
+                3,
+                ptr as *mut std::ffi::c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                boxes.as_ptr(),
+                element_strides.as_ptr(),
+                cu::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                cu::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                cu::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                cu::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        };
+        status.result().map_err(cuda_err("cuTensorMapEncodeTiled"))?;
+        Ok(map)
     }
 }
 

@@ -23,6 +23,12 @@ pub(super) fn flash_wg_smem(head_dim: usize) -> usize {
     1024 + (128 + 3 * 2 * 128) * head_dim * 2 + 16
 }
 
+/// Dynamic shared memory of the TMA prefill kernel: the wgmma kernel's Q tile and three stages,
+/// 1024 bytes of alignment slack, and 128 bytes of mbarriers, stage tile indices and scratch.
+pub(super) fn flash_tma_smem(head_dim: usize) -> usize {
+    1024 + (128 + 3 * 2 * 128) * head_dim * 2 + 128
+}
+
 /// Dynamic shared memory of the tensor-core decode kernel: 4 warps x 3 stages of 16 keys' K and V.
 pub(super) fn decode_mma_smem(head_dim: usize) -> usize {
     4 * 3 * 2 * 16 * head_dim * 2
@@ -55,6 +61,9 @@ pub fn kernel_table(wgmma: bool) -> Vec<KernelEntry> {
                 );
                 if wgmma {
                     all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_wg"), flash_wg_smem(d)));
+                    for pingpong in ["", "_np"] {
+                        all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_tma{pingpong}"), flash_tma_smem(d)));
+                    }
                 }
             }
             all.extend([1, 4, 8].map(|g| entry(format!("decode_d{d}_{t}_g{g}"), 0)));

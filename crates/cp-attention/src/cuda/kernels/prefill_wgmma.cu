@@ -127,6 +127,111 @@ template <int BN, bool BF16> DEVI void wg_pack(u32* p, const float* s) {
 }
 #endif  // CP_WGMMA
 
+// The two query rows a thread of a 64-row warpgroup tile holds (rows g and g + 8 of its warp's
+// 16; seq < 0: padding or past the end), shared by the wgmma kernels' softmax and epilogue.
+struct WgRows { int seq[2]; int pos[2]; };
+DEVI WgRows wg_rows(int row0, int tq, const int* __restrict__ q_seq, const int* __restrict__ q_pos) {
+    WgRows r;
+    #pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int row = row0 + 8 * i;
+        r.seq[i] = row < tq ? q_seq[row] : -1;
+        r.pos[i] = row < tq ? q_pos[row] : 0;
+    }
+    return r;
+}
+
+// Masks a warpgroup's S tile of key tile j in place (raw scores; -inf where not visible; `kind`
+// from `classify`) and runs the online softmax on it: S becomes 2^(S * scale - m), corr the factor
+// for what came before, rsum this thread's row sums of the tile.
+template <int BN>
+DEVI void wg_softmax(float* s, int kind, int j, int tk, const WgRows& rows, const int* __restrict__ k_seq,
+                     const int* __restrict__ k_pos, float scale_log2, float* m_run, float* corr, float* rsum) {
+    const int t4 = threadIdx.x & 3;
+    if (kind == 1 && (j + 1) * BN > tk) kind = 2;  // a short last tile: mask its missing rows
+    if (kind == 2) {
+        const int n0 = j * BN;
+        #pragma unroll
+        for (int a = 0; a < BN / 8; a++)
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int col = n0 + a * 8 + 2 * t4 + (e & 1), i = e >> 1;
+                const bool vis = col < tk && rows.seq[i] >= 0 && k_seq[col] == rows.seq[i] && k_pos[col] <= rows.pos[i];
+                if (!vis) s[4 * a + e] = NEG_INF;
+            }
+    }
+    #pragma unroll
+    for (int i = 0; i < 2; i++) {
+        float mx = NEG_INF;
+        #pragma unroll
+        for (int a = 0; a < BN / 8; a++) mx = fmaxf(mx, fmaxf(s[4 * a + 2 * i], s[4 * a + 2 * i + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+        const float m_new = fmaxf(m_run[i], mx * scale_log2);
+        // Rows that have seen nothing yet keep m = -inf; subtract 0 so exp2 gives 0, not NaN.
+        const float m_use = m_new == NEG_INF ? 0.f : m_new;
+        corr[i] = ex2(m_run[i] - m_use);
+        m_run[i] = m_new;
+        float sum = 0.f;
+        #pragma unroll
+        for (int a = 0; a < BN / 8; a++)
+            #pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float x = ex2(fmaf(s[4 * a + 2 * i + e], scale_log2, -m_use));
+                s[4 * a + 2 * i + e] = x;
+                sum += x;
+            }
+        rsum[i] = sum;
+    }
+}
+
+// O *= corr per row, l = l * corr + rsum, P packed from S: the end of a tile's online softmax
+// once the previous P V product has finished.
+template <int D, int BN, bool BF16>
+DEVI void wg_rescale(float* o, u32* p, const float* s, float* l_run, const float* corr, const float* rsum) {
+    #pragma unroll
+    for (int a = 0; a < D / 8; a++) {
+        o[4 * a] *= corr[0];
+        o[4 * a + 1] *= corr[0];
+        o[4 * a + 2] *= corr[1];
+        o[4 * a + 3] *= corr[1];
+    }
+    l_run[0] = l_run[0] * corr[0] + rsum[0];
+    l_run[1] = l_run[1] * corr[1] + rsum[1];
+    wg_pack<BN, BF16>(p, s);
+}
+
+// Epilogue of a warpgroup tile: normalises O and writes it and the LSE (natural log) of the
+// thread's two rows (global rows row0 and row0 + 8). Rows that saw nothing: 0 and -inf; rows that
+// saw a recorded non-finite V: NaN.
+template <int D, bool BF16, bool OUT_F32>
+DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, const WgRows& rows, const BadKeys& bad,
+                      int row0, int tq, int nh, int h, void* __restrict__ out, float* __restrict__ lse) {
+    const int t4 = threadIdx.x & 3;
+    #pragma unroll
+    for (int i = 0; i < 2; i++) {
+        float l = l_run[i];
+        l += __shfl_xor_sync(0xffffffff, l, 1);
+        l += __shfl_xor_sync(0xffffffff, l, 2);
+        const int row = row0 + 8 * i;
+        // A padding query row saw nothing, whatever its (possibly garbage) scores gave.
+        const bool pad = rows.seq[i] < 0;
+        float inv = l > 0.f ? 1.f / l : 0.f;
+        if (bad_keys_seen(bad, rows.seq[i], rows.pos[i])) inv = __int_as_float(0x7fc00000);
+        if (row < tq) {
+            const size_t obase = ((size_t)row * nh + h) * D;
+            #pragma unroll
+            for (int a = 0; a < D / 8; a++) {
+                const int col = a * 8 + 2 * t4;
+                const float x0 = pad ? 0.f : o[4 * a + 2 * i] * inv, x1 = pad ? 0.f : o[4 * a + 2 * i + 1] * inv;
+                if (OUT_F32) *(float2*)((float*)out + obase + col) = make_float2(x0, x1);
+                else *(u32*)((u16*)out + obase + col) = pack2<BF16>(x0, x1);
+            }
+            if (t4 == 0) lse[(size_t)row * nh + h] = l > 0.f && !pad ? (m_run[i] + log2f(l)) * LN2 : NEG_INF;
+        }
+    }
+}
+
 template <int D, bool BF16, bool OUT_F32>
 __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
                              void* __restrict__ out, float* __restrict__ lse, const int* __restrict__ q_seq,
@@ -142,7 +247,7 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
     const u32 scratch = base + Q_BYTES + 3 * 2 * KV_BYTES;  // one word past the stages
 
     const int tid = threadIdx.x, wg = tid >> 7, wq = (tid >> 5) & 3, lane = tid & 31;
-    const int g = lane >> 2, t4 = lane & 3;
+    const int g = lane >> 2;
     // Grid (heads, query blocks), query blocks in reverse: for causal attention the last blocks
     // of a sequence carry the most key tiles, so they start first and the last wave is light;
     // the query heads of a KV head run side by side and share its K/V tiles in L2.
@@ -187,13 +292,7 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
 
     // This thread's rows (block-local): wg*64 + wq*16 + g and 8 below.
     const int r0 = wg * 64 + wq * 16 + g;
-    int my_seq[2], my_pos[2];
-    #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const int row = m0 + r0 + 8 * i;
-        my_seq[i] = row < tq ? q_seq[row] : -1;
-        my_pos[i] = row < tq ? q_pos[row] : 0;
-    }
+    const WgRows rows = wg_rows(m0 + r0, tq, q_seq, q_pos);
     float o[D / 2], s[BN / 2];
     u32 p[BN / 4];
     #pragma unroll
@@ -203,45 +302,8 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
     float m_run[2] = {NEG_INF, NEG_INF}, l_run[2] = {0.f, 0.f};
     const u32 q_base = base + wg * 64 * 128;
 
-    // Masks S of tile j in place (raw scores; -inf where not visible) and runs the online
-    // softmax on it: S becomes 2^(S * scale - m), corr the factor for what came before.
     auto softmax = [&](int j, float* corr, float* rsum) {
-        int kind = classify(qt, ktile(j));
-        if (kind == 1 && (j + 1) * BN > tk) kind = 2;  // a short last tile: mask its missing rows
-        if (kind == 2) {
-            const int n0 = j * BN;
-            #pragma unroll
-            for (int a = 0; a < BN / 8; a++)
-                #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int col = n0 + a * 8 + 2 * t4 + (e & 1), i = e >> 1;
-                    const bool vis = col < tk && my_seq[i] >= 0 && k_seq[col] == my_seq[i] && k_pos[col] <= my_pos[i];
-                    if (!vis) s[4 * a + e] = NEG_INF;
-                }
-        }
-        #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            float mx = NEG_INF;
-            #pragma unroll
-            for (int a = 0; a < BN / 8; a++) mx = fmaxf(mx, fmaxf(s[4 * a + 2 * i], s[4 * a + 2 * i + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-            const float m_new = fmaxf(m_run[i], mx * scale_log2);
-            // Rows that have seen nothing yet keep m = -inf; subtract 0 so exp2 gives 0, not NaN.
-            const float m_use = m_new == NEG_INF ? 0.f : m_new;
-            corr[i] = ex2(m_run[i] - m_use);
-            m_run[i] = m_new;
-            float sum = 0.f;
-            #pragma unroll
-            for (int a = 0; a < BN / 8; a++)
-                #pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const float x = ex2(fmaf(s[4 * a + 2 * i + e], scale_log2, -m_use));
-                    s[4 * a + 2 * i + e] = x;
-                    sum += x;
-                }
-            rsum[i] = sum;
-        }
+        wg_softmax<BN>(s, classify(qt, ktile(j)), j, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
     };
 
     int j = next_visible(j_lo);
@@ -292,16 +354,7 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
             wg_wait<0>();
             pin<D / 2>(o);
             pin<BN / 4>(p);
-            #pragma unroll
-            for (int a = 0; a < D / 8; a++) {
-                o[4 * a] *= corr[0];
-                o[4 * a + 1] *= corr[0];
-                o[4 * a + 2] *= corr[1];
-                o[4 * a + 3] *= corr[1];
-            }
-            l_run[0] = l_run[0] * corr[0] + rsum[0];
-            l_run[1] = l_run[1] * corr[1] + rsum[1];
-            wg_pack<BN, BF16>(p, s);
+            wg_rescale<D, BN, BF16>(o, p, s, l_run, corr, rsum);
             cs = ns;
             j = jn;
             jn = after;
@@ -317,29 +370,7 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
     cp_async_wait<0>();
     __syncthreads();  // `bad` complete (and initialised where no tile was visible)
 
-    // Epilogue: normalise, write O and LSE (natural log). Rows that saw nothing: 0 and -inf.
-    #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        float l = l_run[i];
-        l += __shfl_xor_sync(0xffffffff, l, 1);
-        l += __shfl_xor_sync(0xffffffff, l, 2);
-        const int row = m0 + r0 + 8 * i;
-        // A padding query row saw nothing, whatever its (possibly garbage) scores gave.
-        const bool pad = my_seq[i] < 0;
-        float inv = l > 0.f ? 1.f / l : 0.f;
-        if (bad_keys_seen(bad, my_seq[i], my_pos[i])) inv = __int_as_float(0x7fc00000);
-        if (row < tq) {
-            const size_t obase = ((size_t)row * nh + h) * D;
-            #pragma unroll
-            for (int a = 0; a < D / 8; a++) {
-                const int col = a * 8 + 2 * t4;
-                const float x0 = pad ? 0.f : o[4 * a + 2 * i] * inv, x1 = pad ? 0.f : o[4 * a + 2 * i + 1] * inv;
-                if (OUT_F32) *(float2*)((float*)out + obase + col) = make_float2(x0, x1);
-                else *(u32*)((u16*)out + obase + col) = pack2<BF16>(x0, x1);
-            }
-            if (t4 == 0) lse[(size_t)row * nh + h] = l > 0.f && !pad ? (m_run[i] + log2f(l)) * LN2 : NEG_INF;
-        }
-    }
+    wg_epilogue<D, BF16, OUT_F32>(o, l_run, m_run, rows, bad, m0 + r0, tq, nh, h, out, lse);
 #else
     asm volatile("trap;");
 #endif

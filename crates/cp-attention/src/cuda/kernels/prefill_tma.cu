@@ -1,0 +1,278 @@
+// ---------------------------------------------------------------------------------------------
+// Hopper (sm_90a) prefill, warp-specialised (v5). Three warpgroups per CTA:
+// - warpgroup 0, the producer: warp 0 walks the visible key tiles and has one lane issue TMA
+//   bulk tensor copies of K and V (and Q once) into a ring of shared-memory stages, each stage
+//   guarded by a "full" mbarrier (the copies' bytes landed) and an "empty" one (every reader is
+//   done); warps 1-3 scrub non-finite V values of tiles with masked pairs (see BadKeys) and
+//   release them through a "scrubbed" mbarrier. The warpgroup gives registers away (setmaxnreg).
+// - warpgroups 1 and 2, the consumers: 64 query rows each, the same wgmma products, softmax and
+//   intra-warpgroup overlap as the v4 kernel (the QK^T of tile j + 1 and the P V of tile j issued
+//   together, the softmax of j + 1 under the P V). With PINGPONG, two named barriers make the
+//   warpgroups take turns issuing their products, so one's softmax runs while the other's
+//   matrix products occupy the tensor cores (FlashAttention-3's schedule).
+// No block-wide barrier after the set-up: the warpgroups meet only at the mbarriers.
+// The tensor maps describe q [tq, nh, D], k and v [tk, nkv, D] as 3-D tensors (D, heads, rows)
+// with a box of 64 x 1 x 128 and the 128-byte swizzle, so a box lands as one [128][64] column
+// block in the layout `sw128` describes; rows past the end arrive as zeros.
+// ---------------------------------------------------------------------------------------------
+
+// The driver's tensor map (CUtensorMap: 128 opaque bytes), passed by value as a
+// __grid_constant__ kernel parameter so that the copy engine can read it where it lies.
+struct __align__(64) TmaMap { u64 opaque[16]; };
+
+#if CP_WGMMA
+DEVI void mbar_init(u32 bar, u32 count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory"); }
+// Makes initialised mbarriers visible to the copy engine (and, with the barrier after it, to the
+// other threads).
+DEVI void mbar_fence_init() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
+DEVI void mbar_arrive(u32 bar) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory"); }
+// Arrives and announces `bytes` of copies that complete on this phase.
+DEVI void mbar_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+DEVI bool mbar_try(u32 bar, u32 parity) {
+    u32 done;
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    return done != 0;
+}
+DEVI u64 globaltimer() { u64 t; asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t)); return t; }
+// Waits until the phase of parity `parity` has completed. A wait that never ends (a protocol
+// fault) would hang the device: after 10 s the thread stores to address 0, an illegal-address
+// fault that ends the kernel with an error the host sees. (Not `trap`: a trap on the consumers'
+// path makes ptxas ignore their raised register count and spill.)
+DEVI void mbar_wait(u32 bar, u32 parity) {
+    if (mbar_try(bar, parity)) return;
+    const u64 t0 = globaltimer();
+    #pragma unroll 1
+    for (u32 polls = 1; !mbar_try(bar, parity); polls++)
+        if ((polls & 4095) == 0 && globaltimer() - t0 > 10000000000ull)
+            asm volatile("st.global.u32 [%0], 0;" ::"l"(0ull) : "memory");
+}
+// One box of a 3-D tensor map at coordinates (x, y, z), completing on mbarrier `bar`.
+DEVI void tma_load3(u32 dst, const TmaMap* map, u32 bar, int x, int y, int z) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];"
+        ::"r"(dst), "l"((u64)map), "r"(bar), "r"(x), "r"(y), "r"(z) : "memory");
+}
+DEVI void named_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
+DEVI void named_arrive(int id, int threads) { asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
+template <int R> DEVI void regs_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R)); }
+template <int R> DEVI void regs_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R)); }
+#endif  // CP_WGMMA
+
+template <int D, bool BF16, bool OUT_F32, bool PINGPONG>
+__device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const TmaMap* v_map, void* __restrict__ out,
+                              float* __restrict__ lse, const int* __restrict__ q_seq, const int* __restrict__ q_pos,
+                              const int* __restrict__ k_seq, const int* __restrict__ k_pos,
+                              const int4* __restrict__ q_tiles, const int4* __restrict__ k_tiles, int tq, int tk, int nh,
+                              int nkv, float scale_log2, int split_tiles) {
+#if CP_WGMMA
+    constexpr int BM = 128, BN = 128, CH = D / 8, ST = 3, SCRUB_THREADS = 96, CONSUMER_THREADS = 256;
+    constexpr u32 Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
+    const u32 base = (smem_addr(wg_smem) + 1023) & ~1023u;
+    auto sk = [&](int st) { return base + Q_BYTES + (u32)st * 2 * KV_BYTES; };
+    auto sv = [&](int st) { return base + Q_BYTES + (u32)st * 2 * KV_BYTES + KV_BYTES; };
+    // mbarriers: full[ST], empty[ST], scrubbed[ST], then Q's; then the tile index of each stage
+    // (-1: the end) and a scratch word.
+    const u32 bars = base + Q_BYTES + ST * 2 * KV_BYTES;
+    auto full = [&](int st) { return bars + 8 * st; };
+    auto empty = [&](int st) { return bars + 8 * (ST + st); };
+    auto scrubbed = [&](int st) { return bars + 8 * (2 * ST + st); };
+    const u32 q_bar = bars + 8 * 3 * ST, tile_ids = q_bar + 8, scratch = tile_ids + 4 * ST;
+
+    const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
+    // Grid (heads, query blocks in reverse, splits), as the v4 kernel.
+    const int h = blockIdx.x, kvh = h / (nh / nkv), qb = gridDim.y - 1 - blockIdx.y, m0 = qb * BM;
+    const int n_ktiles = (tk + BN - 1) / BN, n_t64 = (tk + 63) / 64;
+    const int4 qt = tiles_summary(q_tiles, (tq + 63) / 64, 2 * qb, 2);
+    const int j_lo = blockIdx.z * split_tiles, j_hi = min(n_ktiles, j_lo + split_tiles);
+    out = (char*)out + (size_t)blockIdx.z * tq * nh * D * (OUT_F32 ? 4 : 2);
+    lse += (size_t)blockIdx.z * tq * nh;
+    auto ktile = [&](int j) { return tiles_summary(k_tiles, n_t64, 2 * j, 2); };
+    __shared__ BadKeys bad;
+    bad_keys_init(bad);
+    if (tid == 0) {
+        for (int st = 0; st < ST; st++) {
+            mbar_init(full(st), 1);
+            mbar_init(empty(st), CONSUMER_THREADS + SCRUB_THREADS);
+            mbar_init(scrubbed(st), SCRUB_THREADS);
+        }
+        mbar_init(q_bar, 1);
+        mbar_fence_init();
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        regs_dec<24>();
+        if (tid < 32) {
+            // The copy warp: every lane walks the visible tiles (a ballot per 32), lane 0 copies.
+            if (lane == 0) {
+                mbar_expect_tx(q_bar, Q_BYTES);
+                #pragma unroll
+                for (int c = 0; c < D / 64; c++) tma_load3(base + c * BM * 128, q_map, q_bar, c * 64, h, m0);
+            }
+            int j = next_visible_tile<2>(qt, k_tiles, n_t64, j_lo, j_hi);
+            #pragma unroll 1
+            for (int it = 0;; it++) {
+                const int st = it % ST;
+                mbar_wait(empty(st), ((it / ST) & 1) ^ 1);  // the first round passes at once
+                if (lane == 0) {
+                    asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_ids + 4 * st), "r"(j < j_hi ? j : -1) : "memory");
+                    if (j < j_hi) {
+                        mbar_expect_tx(full(st), 2 * KV_BYTES);
+                        #pragma unroll
+                        for (int c = 0; c < D / 64; c++) {
+                            tma_load3(sk(st) + c * BN * 128, k_map, full(st), c * 64, kvh, j * BN);
+                            tma_load3(sv(st) + c * BN * 128, v_map, full(st), c * 64, kvh, j * BN);
+                        }
+                    } else {
+                        mbar_arrive(full(st));  // the end: no copies, readers see -1
+                    }
+                }
+                __syncwarp();
+                if (j >= j_hi) break;
+                j = next_visible_tile<2>(qt, k_tiles, n_t64, j + 1, j_hi);
+            }
+        } else {
+            // Scrub warps: a tile with masked pairs must hold no non-finite V (see BadKeys).
+            const int me = tid - 32;
+            #pragma unroll 1
+            for (int it = 0;; it++) {
+                const int st = it % ST;
+                mbar_wait(full(st), (it / ST) & 1);
+                int j;
+                asm volatile("ld.shared.s32 %0, [%1];" : "=r"(j) : "r"(tile_ids + 4 * st) : "memory");
+                if (j < 0) break;
+                if (classify(qt, ktile(j)) == 2) {
+                    #pragma unroll 1
+                    for (int c = me; c < BN * CH; c += SCRUB_THREADS)
+                        scrub16<BF16>(sv(st) + sw128(BN, c / CH, c % CH), j * BN + c / CH, k_seq, k_pos, bad);
+                    fence_proxy_async();  // generic-proxy writes, read next by wgmma
+                    mbar_arrive(scrubbed(st));
+                }
+                mbar_arrive(empty(st));
+            }
+        }
+        return;  // no code after the roles: ptxas would allocate it for both register counts
+    } else {
+        // The consumers: each role is one branch of this if/else, or ptxas ignores setmaxnreg.
+        regs_inc<240>();
+        const int c = wg - 1, wq = (tid >> 5) & 3, g = lane >> 2;
+        const int r0 = c * 64 + wq * 16 + g;  // this thread's rows (block-local): r0 and r0 + 8
+        const WgRows rows = wg_rows(m0 + r0, tq, q_seq, q_pos);
+        float o[D / 2], s[BN / 2];
+        u32 p[BN / 4];
+        #pragma unroll
+        for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+        #pragma unroll
+        for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
+        float m_run[2] = {NEG_INF, NEG_INF}, l_run[2] = {0.f, 0.f};
+        const u32 q_base = base + c * 64 * 128;
+        // Ping-pong: warpgroup c issues its products after `named_sync(1 + c)` and then lets the
+        // other go (`named_arrive(2 - c)`); warpgroup 1 lets warpgroup 0 start.
+        auto my_turn = [&]() { if (PINGPONG) named_sync(1 + c, CONSUMER_THREADS); };
+        auto your_turn = [&]() { if (PINGPONG) named_arrive(2 - c, CONSUMER_THREADS); };
+        u32 scrub_phase = 0;  // per stage: the parity of its next "scrubbed" phase
+        // Waits for the tile of iteration `it`: returns its index (-1: the end) and its mask kind.
+        auto wait_tile = [&](int it, int& kind) {
+            const int st = it % ST;
+            mbar_wait(full(st), (it / ST) & 1);
+            int j;
+            asm volatile("ld.shared.s32 %0, [%1];" : "=r"(j) : "r"(tile_ids + 4 * st) : "memory");
+            if (j >= 0) {
+                kind = classify(qt, ktile(j));
+                if (kind == 2) {
+                    mbar_wait(scrubbed(st), (scrub_phase >> st) & 1);
+                    scrub_phase ^= 1u << st;
+                }
+            }
+            return j;
+        };
+        mbar_wait(q_bar, 0);  // also when no tile is visible: no copy may outlive the block
+
+        int kind = 0, j = wait_tile(0, kind);
+        if (j >= 0) {  // the same in both warpgroups
+            float corr[2], rsum[2];
+            if (PINGPONG && c == 1) your_turn();
+            my_turn();
+            wg_fence();
+            wg_qk<D, BN, BF16>(s, q_base, BM, sk(0));
+            wg_commit();
+            your_turn();
+            wg_wait<0>();
+            pin<BN / 2>(s);
+            wg_softmax<BN>(s, kind, j, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
+            l_run[0] = rsum[0];
+            l_run[1] = rsum[1];
+            wg_pack<BN, BF16>(p, s);
+            int cs = 0;  // the stage of tile j
+            #pragma unroll 1
+            for (int it = 1;; it++) {
+                const int jn = wait_tile(it, kind), ns = it % ST;
+                if (jn < 0) break;
+                my_turn();
+                wg_fence();
+                wg_qk<D, BN, BF16>(s, q_base, BM, sk(ns));
+                wg_commit();
+                wg_pv<D, BN, BF16>(o, p, sv(cs));
+                wg_commit();
+                your_turn();
+                wg_wait<1>();  // S of tile jn is ready; P V of tile j may still run
+                pin<BN / 2>(s);
+                wg_softmax<BN>(s, kind, jn, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
+                // Keeps ptxas from hoisting the next wait above the softmax (see the v4 kernel).
+                asm volatile("st.shared.f32 [%0], %1;" ::"r"(scratch), "f"(rsum[0] + rsum[1]) : "memory");
+                wg_wait<0>();
+                pin<D / 2>(o);
+                pin<BN / 4>(p);
+                mbar_arrive(empty(cs));  // tile j's K and V are read
+                wg_rescale<D, BN, BF16>(o, p, s, l_run, corr, rsum);
+                cs = ns;
+                j = jn;
+            }
+            // Balances the ping-pong: warpgroup 1's last `your_turn` has no turn of warpgroup 0 after it.
+            if (PINGPONG && c == 0) my_turn();
+            wg_fence();
+            wg_pv<D, BN, BF16>(o, p, sv(cs));
+            wg_commit();
+            wg_wait<0>();
+            pin<D / 2>(o);
+            mbar_arrive(empty(cs));
+        }
+        // `bad` is complete: every tile that could add to it was waited for through "scrubbed".
+        wg_epilogue<D, BF16, OUT_F32>(o, l_run, m_run, rows, bad, m0 + r0, tq, nh, h, out, lse);
+    }
+#else
+    asm volatile("trap;");
+#endif
+}
+
+#define FLASH_TMA_ENTRY(NAME, D, BF16, OUT_F32, PINGPONG)                                                         \
+    extern "C" __global__ void __launch_bounds__(384, 1) NAME(                                                    \
+        const __grid_constant__ TmaMap q_map, const __grid_constant__ TmaMap k_map,                               \
+        const __grid_constant__ TmaMap v_map, const u16* q, const u16* k, const u16* v, void* out, float* lse,   \
+        const int* q_seq, const int* q_pos, const int* k_seq, const int* k_pos, const int4* q_tiles,             \
+        const int4* k_tiles, int tq, int tk, int nh, int nkv, float scale_log2, int split_tiles) {               \
+        flash_fwd_tma<D, BF16, OUT_F32, PINGPONG>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, k_pos,  \
+                                                  q_tiles, k_tiles, tq, tk, nh, nkv, scale_log2, split_tiles);    \
+    }
+// q, k and v are passed beside their tensor maps only so that the host's buffer tracking sees
+// them read; the kernel reads them through the maps.
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma, 64, true, true, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma, 64, true, false, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma, 64, false, true, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma, 64, false, false, true)
+FLASH_TMA_ENTRY(flash_fwd_d128_bf16_f32_tma, 128, true, true, true)
+FLASH_TMA_ENTRY(flash_fwd_d128_bf16_b16_tma, 128, true, false, true)
+FLASH_TMA_ENTRY(flash_fwd_d128_f16_f32_tma, 128, false, true, true)
+FLASH_TMA_ENTRY(flash_fwd_d128_f16_b16_tma, 128, false, false, true)
+// Without the ping-pong, for measuring what it brings.
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma_np, 64, true, true, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma_np, 64, true, false, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma_np, 64, false, true, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma_np, 64, false, false, false)
+FLASH_TMA_ENTRY(flash_fwd_d128_bf16_f32_tma_np, 128, true, true, false)
+FLASH_TMA_ENTRY(flash_fwd_d128_bf16_b16_tma_np, 128, true, false, false)
+FLASH_TMA_ENTRY(flash_fwd_d128_f16_f32_tma_np, 128, false, true, false)
+FLASH_TMA_ENTRY(flash_fwd_d128_f16_b16_tma_np, 128, false, false, false)
