@@ -163,7 +163,11 @@ fn check_case(ops: &CudaAttention, rng: &mut Rng, case: &Case) -> Result<(String
     let ok = d_out.within(tol_out) && d_lse.within(tol_lse);
     let splits = if tq > DECODE_ROWS {
         if ops.split_kv {
-            kv_splits(tq.div_ceil(ops.prefill.block_rows()) * n_heads, tk.div_ceil(ops.prefill.key_tile()), ops.sm_count())
+            kv_splits(
+                tq.div_ceil(ops.prefill.block_rows()) * n_heads,
+                tk.div_ceil(ops.prefill.key_tile()),
+                ops.sm_count(),
+            )
         } else {
             1
         }

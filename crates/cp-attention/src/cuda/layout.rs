@@ -28,6 +28,24 @@ pub struct DeviceLayout {
     pub(crate) pos: CudaSlice<i32>,
     pub(crate) tiles: CudaSlice<i32>,
     pub(crate) seq_ranges: Option<std::collections::HashMap<usize, (usize, usize)>>,
+    /// The 128-row query blocks heaviest first ([`heavy_first_blocks`]), uploaded by the first
+    /// prefill launch that takes this layout as its queries.
+    pub(crate) block_order: std::sync::OnceLock<CudaSlice<i32>>,
+}
+
+/// The 128-row blocks of a layout with 64-row tile summaries `summaries`, heaviest first: by
+/// descending last position among their real rows (a causal query block sees about that many
+/// keys), later blocks first among equals, blocks of padding only last. The TMA prefill kernel's
+/// persistent blocks take their work in this order, so that the longest items start first and
+/// the last ones are short: longest-first for one causal sequence and for packed batches alike.
+pub(crate) fn heavy_first_blocks(summaries: &[i32]) -> Vec<i32> {
+    let n64 = summaries.len() / 4;
+    let weight = |b: usize| {
+        (2 * b..(2 * b + 2).min(n64)).filter(|&t| summaries[4 * t] != -1).map(|t| summaries[4 * t + 2] as i64).max()
+    };
+    let mut order: Vec<usize> = (0..n64.div_ceil(2)).collect();
+    order.sort_by_key(|&b| std::cmp::Reverse((weight(b).unwrap_or(-1), b)));
+    order.into_iter().map(|b| b as i32).collect()
 }
 
 /// Summaries of consecutive tiles of `tile` rows, from per-row tokens (the reference the
@@ -189,6 +207,7 @@ impl DeviceLayout {
             tiles: up(&tile_summaries_of_runs(layout, TILE))?,
             seq_ranges: seq_ranges(layout),
             layout: layout.clone(),
+            block_order: std::sync::OnceLock::new(),
         })
     }
 
@@ -206,6 +225,26 @@ mod tests {
 
     fn tokens(layout: &Layout) -> Vec<Option<Token>> {
         layout.rows().collect()
+    }
+
+    #[test]
+    fn query_blocks_come_heaviest_first() {
+        // One causal sequence of 300 rows: the last block sees the most keys.
+        let mut one = Layout::new();
+        one.push_tokens(0, Span::new(0, 300));
+        assert_eq!(heavy_first_blocks(&tile_summaries_of_runs(&one, TILE)), vec![2, 1, 0]);
+        // A packed batch (256 rows of sequence 0, then 128 of sequence 1 after a cached prefix
+        // of 1000) and a block of padding only: sequence 1's block first, padding last.
+        let mut packed = Layout::new();
+        packed.push_tokens(0, Span::new(0, 256));
+        packed.push_tokens(1, Span::new(1000, 128));
+        packed.push_padding(130);
+        assert_eq!(heavy_first_blocks(&tile_summaries_of_runs(&packed, TILE)), vec![2, 1, 0, 4, 3]);
+        // Equal weights (every block ends at the same position in its sequence): later first.
+        let mut equal = Layout::new();
+        equal.push_tokens(0, Span::new(0, 128));
+        equal.push_tokens(1, Span::new(0, 128));
+        assert_eq!(heavy_first_blocks(&tile_summaries_of_runs(&equal, TILE)), vec![1, 0]);
     }
 
     #[test]

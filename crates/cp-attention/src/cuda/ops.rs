@@ -154,7 +154,11 @@ impl CudaAttention {
             layouts: Arc::default(),
             scale: None,
             partial_dtype: GpuDType::F32,
-            prefill: if wgmma { PrefillKernel::Tma { pingpong: true } } else { PrefillKernel::Mma { warps: 4, m_tiles: 2 } },
+            prefill: if wgmma {
+                PrefillKernel::Tma { pingpong: false }
+            } else {
+                PrefillKernel::Mma { warps: 4, m_tiles: 2 }
+            },
             decode_kernel: DecodeKernel::TensorCore,
             split_kv: true,
             poison_outputs: false,
@@ -202,7 +206,10 @@ impl CudaAttention {
         let mut all: Vec<PrefillKernel> =
             FLASH_VARIANTS.iter().map(|&(warps, m_tiles, _)| PrefillKernel::Mma { warps, m_tiles }).rev().collect();
         if self.kernels.wgmma {
-            all.splice(0..0, [PrefillKernel::Tma { pingpong: true }, PrefillKernel::Tma { pingpong: false }, PrefillKernel::Wgmma]);
+            all.splice(
+                0..0,
+                [PrefillKernel::Tma { pingpong: false }, PrefillKernel::Tma { pingpong: true }, PrefillKernel::Wgmma],
+            );
         }
         // The default first.
         if let Some(i) = all.iter().position(|&k| k == self.prefill) {

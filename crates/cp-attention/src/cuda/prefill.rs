@@ -5,7 +5,7 @@ use cp_ring::Partial;
 use cudarc::driver::sys as cu;
 use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::layout::DeviceLayout;
+use super::layout::{DeviceLayout, heavy_first_blocks, tile_summaries_of_runs};
 use super::merge::elementwise;
 use super::ops::CudaAttention;
 use super::table::{FLASH_VARIANTS, flash_smem, flash_tma_smem, flash_wg_smem};
@@ -18,9 +18,12 @@ pub enum PrefillKernel {
     /// Hopper, warp-specialised (sm_90a only): a producer warpgroup brings Q, K and V in with
     /// TMA bulk tensor copies into a 3-stage ring guarded by mbarriers and scrubs tiles with
     /// masked pairs; two consumer warpgroups of 64 query rows (registers moved to them with
-    /// `setmaxnreg`) run the wgmma products and the softmax, with `pingpong` taking turns at the
-    /// tensor cores so one's softmax hides under the other's products. The default on H100/H200.
-    /// Inputs the copy engine cannot describe (no keys) run on [`PrefillKernel::Wgmma`].
+    /// `setmaxnreg`) run the wgmma products and the softmax, optionally (`pingpong`) taking
+    /// turns at the tensor cores. A persistent grid (one block per multiprocessor) walks the
+    /// (query block, head, split) items heaviest first, loading the next item's Q and tiles
+    /// under the current one's last products and epilogue. The default on H100/H200, without
+    /// the ping-pong. Inputs the copy engine cannot describe (no keys) run on
+    /// [`PrefillKernel::Wgmma`].
     Tma {
         /// The two consumer warpgroups take turns issuing their products (named barriers).
         pingpong: bool,
@@ -126,52 +129,78 @@ impl CudaAttention {
                 lse: lse.into_tensor(GpuDType::F32, vec![tq, nh]),
             });
         }
-        // The wgmma kernels take (heads, query blocks, splits); the mma.sync ones (query blocks,
-        // heads, splits).
-        let (x, y) = if matches!(kernel, PrefillKernel::Mma { .. }) { (blocks, nh) } else { (nh, blocks) };
-        if y > 65_535 {
-            return Err(AttentionError::TooLarge {
-                what: "the prefill grid's second dimension",
-                value: y,
-                max: 65_535,
-            });
-        }
-        if x > i32::MAX as usize {
-            return Err(AttentionError::TooLarge {
-                what: "the prefill grid's first dimension",
-                value: x,
-                max: i32::MAX as usize,
-            });
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (x as u32, y as u32, splits as u32),
-            block_dim: (threads as u32, 1, 1),
-            shared_mem_bytes: smem as u32,
+        let grid = match kernel {
+            // Persistent: at most one block per multiprocessor, each walking its share of the
+            // (query block, head, split) items, heaviest first.
+            PrefillKernel::Tma { .. } => {
+                let items = blocks * nh * splits;
+                if items > i32::MAX as usize {
+                    return Err(AttentionError::TooLarge {
+                        what: "the prefill work items (query blocks x heads x splits)",
+                        value: items,
+                        max: i32::MAX as usize,
+                    });
+                }
+                (items.min(self.sm_count).max(1) as u32, 1, 1)
+            }
+            // The wgmma kernel takes (heads, query blocks, splits); the mma.sync ones (query
+            // blocks, heads, splits).
+            _ => {
+                let (x, y) = if matches!(kernel, PrefillKernel::Mma { .. }) { (blocks, nh) } else { (nh, blocks) };
+                if y > 65_535 {
+                    return Err(AttentionError::TooLarge {
+                        what: "the prefill grid's second dimension",
+                        value: y,
+                        max: 65_535,
+                    });
+                }
+                if x > i32::MAX as usize {
+                    return Err(AttentionError::TooLarge {
+                        what: "the prefill grid's first dimension",
+                        value: x,
+                        max: i32::MAX as usize,
+                    });
+                }
+                (x as u32, y as u32, splits as u32)
+            }
         };
-        let (tq_i, tk_i, nh_i, nkv_i) = (tq as i32, tk as i32, nh as i32, nkv as i32);
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: (threads as u32, 1, 1), shared_mem_bytes: smem as u32 };
+        let (tq_i, tk_i, nh_i, nkv_i, splits_i) = (tq as i32, tk as i32, nh as i32, nkv as i32, splits as i32);
         let split_tiles = key_tiles.div_ceil(splits).max(1) as i32;
         let scale = self.scale_log2(d);
-        let maps = match kernel {
-            PrefillKernel::Tma { .. } => Some([
-                TensorMap::rows(q_ptr, q.dtype(), tq, nh, d)?,
-                TensorMap::rows(k_ptr, q.dtype(), tk, nkv, d)?,
-                TensorMap::rows(v_ptr, q.dtype(), tk, nkv, d)?,
-            ]),
+        let tma = match kernel {
+            PrefillKernel::Tma { .. } => Some((
+                [
+                    TensorMap::rows(q_ptr, q.dtype(), tq, nh, d)?,
+                    TensorMap::rows(k_ptr, q.dtype(), tk, nkv, d)?,
+                    TensorMap::rows(v_ptr, q.dtype(), tk, nkv, d)?,
+                ],
+                self.block_order(ql)?,
+            )),
             _ => None,
         };
         let launch = |name: &str, out: &mut CudaSlice<u8>, lse: &mut CudaSlice<u8>| -> Result<()> {
             let f = self.kernels.get(name)?;
             let mut b = self.stream.launch_builder(f);
-            if let Some([qm, km, vm]) = &maps {
+            if let Some(([qm, km, vm], _)) = &tma {
                 b.arg(qm).arg(km).arg(vm);
             }
             b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(out).arg(lse);
             b.arg(&ql.seq).arg(&ql.pos).arg(&kl.seq).arg(&kl.pos).arg(&ql.tiles).arg(&kl.tiles);
-            b.arg(&tq_i).arg(&tk_i).arg(&nh_i).arg(&nkv_i).arg(&scale).arg(&split_tiles);
+            if let Some((_, order)) = &tma {
+                b.arg(*order);
+            }
+            b.arg(&tq_i).arg(&tk_i).arg(&nh_i).arg(&nkv_i).arg(&scale);
+            if tma.is_some() {
+                b.arg(&splits_i);
+            }
+            b.arg(&split_tiles);
             // SAFETY: argument types and order match the kernel (the TMA kernels take the three
-            // tensor maps first, describing the q, k and v buffers passed after them); `out` and
-            // `lse` hold one [tq, nh, d] / [tq, nh] partial per split (grid z); the grid covers
-            // every query row and key tile, and the dynamic shared memory is set.
+            // tensor maps first, describing the q, k and v buffers passed after them, the query
+            // blocks' order after the tile summaries and the split count before the split
+            // length); `out` and `lse` hold one [tq, nh, d] / [tq, nh] partial per split; the
+            // grid covers every query row and key tile (the TMA kernels' blocks walk every
+            // (query block, head, split) item), and the dynamic shared memory is set.
             unsafe { b.launch(cfg) }.map_err(cuda_err("launch flash_fwd"))?;
             Ok(())
         };
@@ -196,6 +225,17 @@ impl CudaAttention {
             out: out.into_tensor(out_dtype, vec![tq, nh, d]),
             lse: lse.into_tensor(GpuDType::F32, vec![tq, nh]),
         })
+    }
+
+    /// The query blocks of `ql` heaviest first, on the device (computed once per layout).
+    fn block_order<'a>(&self, ql: &'a DeviceLayout) -> Result<&'a CudaSlice<i32>> {
+        if let Some(order) = ql.block_order.get() {
+            return Ok(order);
+        }
+        self.refuse_upload_while_capturing("a query block order")?;
+        let order = heavy_first_blocks(&tile_summaries_of_runs(&ql.layout, super::layout::TILE));
+        let uploaded = self.stream.clone_htod(&order).map_err(cuda_err("cuMemcpyHtoD(block order)"))?;
+        Ok(ql.block_order.get_or_init(|| uploaded))
     }
 
     /// The wgmma building blocks alone, for diagnosing a layout fault on a new device or

@@ -61,121 +61,167 @@ template <int R> DEVI void regs_dec() { asm volatile("setmaxnreg.dec.sync.aligne
 template <int R> DEVI void regs_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R)); }
 #endif  // CP_WGMMA
 
+// One work item of the persistent grid: a 128-row query block of one head over one split of
+// the key range.
+struct TmaItem { int h, m0, z, j_lo, j_hi; int4 qt; };
+
 template <int D, bool BF16, bool OUT_F32, bool PINGPONG>
 __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const TmaMap* v_map, void* __restrict__ out,
                               float* __restrict__ lse, const int* __restrict__ q_seq, const int* __restrict__ q_pos,
                               const int* __restrict__ k_seq, const int* __restrict__ k_pos,
-                              const int4* __restrict__ q_tiles, const int4* __restrict__ k_tiles, int tq, int tk, int nh,
-                              int nkv, float scale_log2, int split_tiles) {
+                              const int4* __restrict__ q_tiles, const int4* __restrict__ k_tiles,
+                              const int* __restrict__ q_order, int tq, int tk, int nh, int nkv, float scale_log2,
+                              int splits, int split_tiles) {
 #if CP_WGMMA
     constexpr int BM = 128, BN = 128, CH = D / 8, ST = 3, SCRUB_THREADS = 96, CONSUMER_THREADS = 256;
     constexpr u32 Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
     const u32 base = (smem_addr(wg_smem) + 1023) & ~1023u;
     auto sk = [&](int st) { return base + Q_BYTES + (u32)st * 2 * KV_BYTES; };
     auto sv = [&](int st) { return base + Q_BYTES + (u32)st * 2 * KV_BYTES + KV_BYTES; };
-    // mbarriers: full[ST], empty[ST], scrubbed[ST], then Q's; then the tile index of each stage
-    // (-1: the end) and a scratch word.
+    // mbarriers: full[ST], empty[ST], scrubbed[ST], Q full, Q empty, bad_free[2]; then the tile
+    // index of each stage (-1: the end of a work item) and a scratch word.
     const u32 bars = base + Q_BYTES + ST * 2 * KV_BYTES;
     auto full = [&](int st) { return bars + 8 * st; };
     auto empty = [&](int st) { return bars + 8 * (ST + st); };
     auto scrubbed = [&](int st) { return bars + 8 * (2 * ST + st); };
-    const u32 q_bar = bars + 8 * 3 * ST, tile_ids = q_bar + 8, scratch = tile_ids + 4 * ST;
+    const u32 q_full = bars + 8 * 3 * ST, q_empty = q_full + 8, bad_free = q_empty + 8;
+    const u32 tile_ids = bad_free + 16, scratch = tile_ids + 4 * ST;
 
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
-    // Grid (heads, query blocks in reverse, splits), as the v4 kernel.
-    const int h = blockIdx.x, kvh = h / (nh / nkv), qb = gridDim.y - 1 - blockIdx.y, m0 = qb * BM;
-    const int n_ktiles = (tk + BN - 1) / BN, n_t64 = (tk + 63) / 64;
-    const int4 qt = tiles_summary(q_tiles, (tq + 63) / 64, 2 * qb, 2);
-    const int j_lo = blockIdx.z * split_tiles, j_hi = min(n_ktiles, j_lo + split_tiles);
-    out = (char*)out + (size_t)blockIdx.z * tq * nh * D * (OUT_F32 ? 4 : 2);
-    lse += (size_t)blockIdx.z * tq * nh;
+    const int n_ktiles = (tk + BN - 1) / BN, n_t64 = (tk + 63) / 64, n_q64 = (tq + 63) / 64;
+    const int n_qblocks = (tq + BM - 1) / BM, n_items = n_qblocks * nh * splits;
+    // The n-th work item of this block, or false past the last. Items are numbered heaviest
+    // first (query blocks in `q_order`, by descending last position; the heads of a block
+    // adjacent, sharing K/V in L2) and dealt to the blocks in a zigzag (round r goes left to
+    // right when even, right to left when odd), so that each block's sum of a declining
+    // sequence is about the same. Every role walks the same sequence: no item is ever sent.
+    auto item = [&](int n, TmaItem& it) {
+        const int b = (n & 1) ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+        const long long w = (long long)n * gridDim.x + b;
+        if (w >= n_items) return false;
+        const int wi = (int)w, qbi = wi / (nh * splits), rem = wi - qbi * nh * splits;
+        const int qb = q_order[qbi];
+        it.h = rem % nh;
+        it.z = rem / nh;
+        it.m0 = qb * BM;
+        it.j_lo = it.z * split_tiles;
+        it.j_hi = min(n_ktiles, it.j_lo + split_tiles);
+        it.qt = tiles_summary(q_tiles, n_q64, 2 * qb, 2);
+        return true;
+    };
     auto ktile = [&](int j) { return tiles_summary(k_tiles, n_t64, 2 * j, 2); };
-    __shared__ BadKeys bad;
-    bad_keys_init(bad);
+    // Non-finite V recorded per item, in two sets used by alternate items: scrubbers reuse a set
+    // only after the consumers have read it (bad_free).
+    __shared__ BadKeys bad[2];
+    bad_keys_init(bad[0]);
+    bad_keys_init(bad[1]);
     if (tid == 0) {
         for (int st = 0; st < ST; st++) {
             mbar_init(full(st), 1);
             mbar_init(empty(st), CONSUMER_THREADS + SCRUB_THREADS);
             mbar_init(scrubbed(st), SCRUB_THREADS);
         }
-        mbar_init(q_bar, 1);
+        mbar_init(q_full, 1);
+        mbar_init(q_empty, CONSUMER_THREADS);
+        mbar_init(bad_free, CONSUMER_THREADS);
+        mbar_init(bad_free + 8, CONSUMER_THREADS);
         mbar_fence_init();
     }
     __syncthreads();
 
     if (wg == 0) {
-        regs_dec<24>();
+        regs_dec<40>();
         if (tid < 32) {
-            // The copy warp: every lane walks the visible tiles (a ballot per 32), lane 0 copies.
-            if (lane == 0) {
-                mbar_expect_tx(q_bar, Q_BYTES);
-                #pragma unroll
-                for (int c = 0; c < D / 64; c++) tma_load3(base + c * BM * 128, q_map, q_bar, c * 64, h, m0);
-            }
-            int j = next_visible_tile<2>(qt, k_tiles, n_t64, j_lo, j_hi);
+            // The copy warp: for each item, Q once it is free, then the item's visible tiles
+            // (every lane walks them, a ballot per 32; lane 0 copies) and an end mark.
+            int it = 0;
+            TmaItem w;
             #pragma unroll 1
-            for (int it = 0;; it++) {
-                const int st = it % ST;
-                mbar_wait(empty(st), ((it / ST) & 1) ^ 1);  // the first round passes at once
+            for (int n = 0; item(n, w); n++) {
+                mbar_wait(q_empty, (n & 1) ^ 1);  // the first passes at once
                 if (lane == 0) {
-                    asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_ids + 4 * st), "r"(j < j_hi ? j : -1) : "memory");
-                    if (j < j_hi) {
-                        mbar_expect_tx(full(st), 2 * KV_BYTES);
-                        #pragma unroll
-                        for (int c = 0; c < D / 64; c++) {
-                            tma_load3(sk(st) + c * BN * 128, k_map, full(st), c * 64, kvh, j * BN);
-                            tma_load3(sv(st) + c * BN * 128, v_map, full(st), c * 64, kvh, j * BN);
-                        }
-                    } else {
-                        mbar_arrive(full(st));  // the end: no copies, readers see -1
-                    }
+                    mbar_expect_tx(q_full, Q_BYTES);
+                    #pragma unroll
+                    for (int c = 0; c < D / 64; c++) tma_load3(base + c * BM * 128, q_map, q_full, c * 64, w.h, w.m0);
                 }
-                __syncwarp();
-                if (j >= j_hi) break;
-                j = next_visible_tile<2>(qt, k_tiles, n_t64, j + 1, j_hi);
+                const int kvh = w.h / (nh / nkv);
+                int j = next_visible_tile<2>(w.qt, k_tiles, n_t64, w.j_lo, w.j_hi);
+                #pragma unroll 1
+                for (;; it++) {
+                    const int st = it % ST;
+                    mbar_wait(empty(st), ((it / ST) & 1) ^ 1);
+                    if (lane == 0) {
+                        asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_ids + 4 * st), "r"(j < w.j_hi ? j : -1) : "memory");
+                        if (j < w.j_hi) {
+                            mbar_expect_tx(full(st), 2 * KV_BYTES);
+                            #pragma unroll
+                            for (int c = 0; c < D / 64; c++) {
+                                tma_load3(sk(st) + c * BN * 128, k_map, full(st), c * 64, kvh, j * BN);
+                                tma_load3(sv(st) + c * BN * 128, v_map, full(st), c * 64, kvh, j * BN);
+                            }
+                        } else {
+                            mbar_arrive(full(st));  // the item's end: no copies, readers see -1
+                        }
+                    }
+                    __syncwarp();
+                    if (j >= w.j_hi) {
+                        it++;
+                        break;
+                    }
+                    j = next_visible_tile<2>(w.qt, k_tiles, n_t64, j + 1, w.j_hi);
+                }
             }
         } else {
             // Scrub warps: a tile with masked pairs must hold no non-finite V (see BadKeys).
             const int me = tid - 32;
+            int it = 0;
+            TmaItem w;
             #pragma unroll 1
-            for (int it = 0;; it++) {
-                const int st = it % ST;
-                mbar_wait(full(st), (it / ST) & 1);
-                int j;
-                asm volatile("ld.shared.s32 %0, [%1];" : "=r"(j) : "r"(tile_ids + 4 * st) : "memory");
-                if (j < 0) break;
-                if (classify(qt, ktile(j)) == 2) {
-                    #pragma unroll 1
-                    for (int c = me; c < BN * CH; c += SCRUB_THREADS)
-                        scrub16<BF16>(sv(st) + sw128(BN, c / CH, c % CH), j * BN + c / CH, k_seq, k_pos, bad);
-                    fence_proxy_async();  // generic-proxy writes, read next by wgmma
-                    mbar_arrive(scrubbed(st));
+            for (int n = 0; item(n, w); n++) {
+                BadKeys& b = bad[n & 1];
+                if (n >= 2) {
+                    mbar_wait(bad_free + 8 * (n & 1), ((n >> 1) - 1) & 1);  // item n - 2's readers are done
+                    if (me < BAD_SLOTS) { b.seq[me] = -1; b.pos[me] = 0x7fffffff; }
+                    if (me == 0) b.overflow = 0;
+                    named_sync(3, SCRUB_THREADS);
                 }
-                mbar_arrive(empty(st));
+                #pragma unroll 1
+                for (;; it++) {
+                    const int st = it % ST;
+                    mbar_wait(full(st), (it / ST) & 1);
+                    int j;
+                    asm volatile("ld.shared.s32 %0, [%1];" : "=r"(j) : "r"(tile_ids + 4 * st) : "memory");
+                    if (j >= 0 && classify(w.qt, ktile(j)) == 2) {
+                        #pragma unroll 1
+                        for (int c = me; c < BN * CH; c += SCRUB_THREADS)
+                            scrub16<BF16>(sv(st) + sw128(BN, c / CH, c % CH), j * BN + c / CH, k_seq, k_pos, b);
+                        fence_proxy_async();  // generic-proxy writes, read next by wgmma
+                        mbar_arrive(scrubbed(st));
+                    }
+                    mbar_arrive(empty(st));
+                    if (j < 0) {
+                        it++;
+                        break;
+                    }
+                }
             }
         }
         return;  // no code after the roles: ptxas would allocate it for both register counts
     } else {
         // The consumers: each role is one branch of this if/else, or ptxas ignores setmaxnreg.
-        regs_inc<240>();
+        regs_inc<232>();
         const int c = wg - 1, wq = (tid >> 5) & 3, g = lane >> 2;
         const int r0 = c * 64 + wq * 16 + g;  // this thread's rows (block-local): r0 and r0 + 8
-        const WgRows rows = wg_rows(m0 + r0, tq, q_seq, q_pos);
-        float o[D / 2], s[BN / 2];
-        u32 p[BN / 4];
-        #pragma unroll
-        for (int i = 0; i < D / 2; i++) o[i] = 0.f;
-        #pragma unroll
-        for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
-        float m_run[2] = {NEG_INF, NEG_INF}, l_run[2] = {0.f, 0.f};
         const u32 q_base = base + c * 64 * 128;
         // Ping-pong: warpgroup c issues its products after `named_sync(1 + c)` and then lets the
-        // other go (`named_arrive(2 - c)`); warpgroup 1 lets warpgroup 0 start.
+        // other go (`named_arrive(2 - c)`); warpgroup 1 lets warpgroup 0 start each item.
         auto my_turn = [&]() { if (PINGPONG) named_sync(1 + c, CONSUMER_THREADS); };
         auto your_turn = [&]() { if (PINGPONG) named_arrive(2 - c, CONSUMER_THREADS); };
         u32 scrub_phase = 0;  // per stage: the parity of its next "scrubbed" phase
-        // Waits for the tile of iteration `it`: returns its index (-1: the end) and its mask kind.
-        auto wait_tile = [&](int it, int& kind) {
+        int it = 0;
+        // Waits for the tile of stage iteration `it`: returns its index (-1: the item's end,
+        // whose stage is released here) and its mask kind.
+        auto wait_tile = [&](const int4& qt, int& kind) {
             const int st = it % ST;
             mbar_wait(full(st), (it / ST) & 1);
             int j;
@@ -186,62 +232,84 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                     mbar_wait(scrubbed(st), (scrub_phase >> st) & 1);
                     scrub_phase ^= 1u << st;
                 }
+            } else {
+                mbar_arrive(empty(st));
             }
+            it++;
             return j;
         };
-        mbar_wait(q_bar, 0);  // also when no tile is visible: no copy may outlive the block
-
-        int kind = 0, j = wait_tile(0, kind);
-        if (j >= 0) {  // the same in both warpgroups
-            float corr[2], rsum[2];
-            if (PINGPONG && c == 1) your_turn();
-            my_turn();
-            wg_fence();
-            wg_qk<D, BN, BF16>(s, q_base, BM, sk(0));
-            wg_commit();
-            your_turn();
-            wg_wait<0>();
-            pin<BN / 2>(s);
-            wg_softmax<BN>(s, kind, j, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
-            l_run[0] = rsum[0];
-            l_run[1] = rsum[1];
-            wg_pack<BN, BF16>(p, s);
-            int cs = 0;  // the stage of tile j
-            #pragma unroll 1
-            for (int it = 1;; it++) {
-                const int jn = wait_tile(it, kind), ns = it % ST;
-                if (jn < 0) break;
+        TmaItem w;
+        #pragma unroll 1
+        for (int n = 0; item(n, w); n++) {
+            const WgRows rows = wg_rows(w.m0 + r0, tq, q_seq, q_pos);
+            float o[D / 2], s[BN / 2];
+            u32 p[BN / 4];
+            #pragma unroll
+            for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+            #pragma unroll
+            for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
+            float m_run[2] = {NEG_INF, NEG_INF}, l_run[2] = {0.f, 0.f};
+            mbar_wait(q_full, n & 1);  // also when no tile is visible: no copy may outlive the block
+            int kind = 0, j = wait_tile(w.qt, kind);
+            if (j < 0) {
+                mbar_arrive(q_empty);
+            } else {  // the same in both warpgroups
+                float corr[2], rsum[2];
+                int cs = (it - 1) % ST;  // the stage of tile j
+                if (PINGPONG && c == 1) your_turn();
                 my_turn();
                 wg_fence();
-                wg_qk<D, BN, BF16>(s, q_base, BM, sk(ns));
-                wg_commit();
-                wg_pv<D, BN, BF16>(o, p, sv(cs));
+                wg_qk<D, BN, BF16>(s, q_base, BM, sk(cs));
                 wg_commit();
                 your_turn();
-                wg_wait<1>();  // S of tile jn is ready; P V of tile j may still run
+                wg_wait<0>();
                 pin<BN / 2>(s);
-                wg_softmax<BN>(s, kind, jn, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
-                // Keeps ptxas from hoisting the next wait above the softmax (see the v4 kernel).
-                asm volatile("st.shared.f32 [%0], %1;" ::"r"(scratch), "f"(rsum[0] + rsum[1]) : "memory");
+                wg_softmax<BN>(s, kind, j, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
+                l_run[0] = rsum[0];
+                l_run[1] = rsum[1];
+                wg_pack<BN, BF16>(p, s);
+                #pragma unroll 1
+                for (;;) {
+                    const int jn = wait_tile(w.qt, kind), ns = (it - 1) % ST;
+                    if (jn < 0) break;
+                    my_turn();
+                    wg_fence();
+                    wg_qk<D, BN, BF16>(s, q_base, BM, sk(ns));
+                    wg_commit();
+                    wg_pv<D, BN, BF16>(o, p, sv(cs));
+                    wg_commit();
+                    your_turn();
+                    wg_wait<1>();  // S of tile jn is ready; P V of tile j may still run
+                    pin<BN / 2>(s);
+                    wg_softmax<BN>(s, kind, jn, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
+                    // Keeps ptxas from hoisting the next wait above the softmax (see the v4 kernel).
+                    asm volatile("st.shared.f32 [%0], %1;" ::"r"(scratch), "f"(rsum[0] + rsum[1]) : "memory");
+                    wg_wait<0>();
+                    pin<D / 2>(o);
+                    pin<BN / 4>(p);
+                    mbar_arrive(empty(cs));  // tile j's K and V are read
+                    wg_rescale<D, BN, BF16>(o, p, s, l_run, corr, rsum);
+                    cs = ns;
+                    j = jn;
+                }
+                // Every product that reads Q has completed: the next item's Q may come in.
+                mbar_arrive(q_empty);
+                // Balances the ping-pong: warpgroup 1's last `your_turn` has no turn of warpgroup 0
+                // after it.
+                if (PINGPONG && c == 0) my_turn();
+                wg_fence();
+                wg_pv<D, BN, BF16>(o, p, sv(cs));
+                wg_commit();
                 wg_wait<0>();
                 pin<D / 2>(o);
-                pin<BN / 4>(p);
-                mbar_arrive(empty(cs));  // tile j's K and V are read
-                wg_rescale<D, BN, BF16>(o, p, s, l_run, corr, rsum);
-                cs = ns;
-                j = jn;
+                mbar_arrive(empty(cs));
             }
-            // Balances the ping-pong: warpgroup 1's last `your_turn` has no turn of warpgroup 0 after it.
-            if (PINGPONG && c == 0) my_turn();
-            wg_fence();
-            wg_pv<D, BN, BF16>(o, p, sv(cs));
-            wg_commit();
-            wg_wait<0>();
-            pin<D / 2>(o);
-            mbar_arrive(empty(cs));
+            // `bad` is complete: every tile that could add to it was waited for through "scrubbed".
+            char* out_z = (char*)out + (size_t)w.z * tq * nh * D * (OUT_F32 ? 4 : 2);
+            wg_epilogue<D, BF16, OUT_F32>(o, l_run, m_run, rows, bad[n & 1], w.m0 + r0, tq, nh, w.h, out_z,
+                                          lse + (size_t)w.z * tq * nh);
+            mbar_arrive(bad_free + 8 * (n & 1));
         }
-        // `bad` is complete: every tile that could add to it was waited for through "scrubbed".
-        wg_epilogue<D, BF16, OUT_F32>(o, l_run, m_run, rows, bad, m0 + r0, tq, nh, h, out, lse);
     }
 #else
     asm volatile("trap;");
@@ -253,9 +321,11 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
         const __grid_constant__ TmaMap q_map, const __grid_constant__ TmaMap k_map,                               \
         const __grid_constant__ TmaMap v_map, const u16* q, const u16* k, const u16* v, void* out, float* lse,   \
         const int* q_seq, const int* q_pos, const int* k_seq, const int* k_pos, const int4* q_tiles,             \
-        const int4* k_tiles, int tq, int tk, int nh, int nkv, float scale_log2, int split_tiles) {               \
+        const int4* k_tiles, const int* q_order, int tq, int tk, int nh, int nkv, float scale_log2, int splits,   \
+        int split_tiles) {                                                                                        \
         flash_fwd_tma<D, BF16, OUT_F32, PINGPONG>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, k_pos,  \
-                                                  q_tiles, k_tiles, tq, tk, nh, nkv, scale_log2, split_tiles);    \
+                                                  q_tiles, k_tiles, q_order, tq, tk, nh, nkv, scale_log2, splits, \
+                                                  split_tiles);                                                   \
     }
 // q, k and v are passed beside their tensor maps only so that the host's buffer tracking sees
 // them read; the kernel reads them through the maps.
