@@ -11,7 +11,7 @@ use cudarc::driver::{CudaContext, CudaStream, DevicePtr};
 
 use super::decode::{DecodeArgs, DecodeKernel, DecodeKey, decode_shaped};
 use super::layout::DeviceLayout;
-use super::prefill::PrefillKernel;
+use super::prefill::{ItemSchedule, PrefillKernel};
 use super::table::{FLASH_VARIANTS, Kernels};
 use super::tensor::{DeviceBuffer, capturing};
 use super::{BufferPool, GpuDType, GpuTensor, cuda_err, driver_available};
@@ -155,7 +155,7 @@ impl CudaAttention {
             scale: None,
             partial_dtype: GpuDType::F32,
             prefill: if wgmma {
-                PrefillKernel::Tma { pingpong: false }
+                PrefillKernel::Tma { pingpong: false, schedule: ItemSchedule::ByKeyRange }
             } else {
                 PrefillKernel::Mma { warps: 4, m_tiles: 2 }
             },
@@ -206,9 +206,17 @@ impl CudaAttention {
         let mut all: Vec<PrefillKernel> =
             FLASH_VARIANTS.iter().map(|&(warps, m_tiles, _)| PrefillKernel::Mma { warps, m_tiles }).rev().collect();
         if self.kernels.wgmma {
+            let tma = |pingpong, schedule| PrefillKernel::Tma { pingpong, schedule };
+            let (by_range, zigzag, claimed) = (ItemSchedule::ByKeyRange, ItemSchedule::Zigzag, ItemSchedule::Claimed);
             all.splice(
                 0..0,
-                [PrefillKernel::Tma { pingpong: false }, PrefillKernel::Tma { pingpong: true }, PrefillKernel::Wgmma],
+                [
+                    tma(false, by_range),
+                    tma(false, zigzag),
+                    tma(false, claimed),
+                    tma(true, by_range),
+                    PrefillKernel::Wgmma,
+                ],
             );
         }
         // The default first.

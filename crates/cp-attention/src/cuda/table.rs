@@ -24,9 +24,10 @@ pub(super) fn flash_wg_smem(head_dim: usize) -> usize {
 }
 
 /// Dynamic shared memory of the TMA prefill kernel: the wgmma kernel's Q tile and three stages,
-/// 1024 bytes of alignment slack, and 128 bytes of mbarriers, stage tile indices and scratch.
+/// 1024 bytes of alignment slack, and 256 bytes for mbarriers, each stage's tile and query
+/// block, the current work item and scratch.
 pub(super) fn flash_tma_smem(head_dim: usize) -> usize {
-    1024 + (128 + 3 * 2 * 128) * head_dim * 2 + 128
+    1024 + (128 + 3 * 2 * 128) * head_dim * 2 + 256
 }
 
 /// Dynamic shared memory of the tensor-core decode kernel: 4 warps x 3 stages of 16 keys' K and V.

@@ -70,36 +70,40 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                               float* __restrict__ lse, const int* __restrict__ q_seq, const int* __restrict__ q_pos,
                               const int* __restrict__ k_seq, const int* __restrict__ k_pos,
                               const int4* __restrict__ q_tiles, const int4* __restrict__ k_tiles,
-                              const int* __restrict__ q_order, int tq, int tk, int nh, int nkv, float scale_log2,
-                              int splits, int split_tiles) {
+                              const int* __restrict__ q_order, int* __restrict__ next_item, int dynamic, int tq,
+                              int tk, int nh, int nkv, float scale_log2, int splits, int split_tiles) {
 #if CP_WGMMA
     constexpr int BM = 128, BN = 128, CH = D / 8, ST = 3, SCRUB_THREADS = 96, CONSUMER_THREADS = 256;
     constexpr u32 Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
     const u32 base = (smem_addr(wg_smem) + 1023) & ~1023u;
     auto sk = [&](int st) { return base + Q_BYTES + (u32)st * 2 * KV_BYTES; };
     auto sv = [&](int st) { return base + Q_BYTES + (u32)st * 2 * KV_BYTES + KV_BYTES; };
-    // mbarriers: full[ST], empty[ST], scrubbed[ST], Q full, Q empty, bad_free[2]; then the tile
-    // index of each stage (-1: the end of a work item) and a scratch word.
+    // mbarriers: full[ST], empty[ST], scrubbed[ST], Q full, Q empty, bad_free[2]; then each
+    // stage's tile index (-1: the end of a work item, -2: the end of all) and query block, the
+    // current item (-1: none left) and a scratch word.
     const u32 bars = base + Q_BYTES + ST * 2 * KV_BYTES;
     auto full = [&](int st) { return bars + 8 * st; };
     auto empty = [&](int st) { return bars + 8 * (ST + st); };
     auto scrubbed = [&](int st) { return bars + 8 * (2 * ST + st); };
     const u32 q_full = bars + 8 * 3 * ST, q_empty = q_full + 8, bad_free = q_empty + 8;
-    const u32 tile_ids = bad_free + 16, scratch = tile_ids + 4 * ST;
+    const u32 tile_ids = bad_free + 16, stage_qb = tile_ids + 4 * ST, item_id = stage_qb + 4 * ST;
+    const u32 scratch = item_id + 32;  // the item: index, h, m0, z, qt (8 words)
 
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
     const int n_ktiles = (tk + BN - 1) / BN, n_t64 = (tk + 63) / 64, n_q64 = (tq + 63) / 64;
     const int n_qblocks = (tq + BM - 1) / BM, n_items = n_qblocks * nh * splits;
-    // The n-th work item of this block, or false past the last. Items are numbered heaviest
-    // first (query blocks in `q_order`, by descending last position; the heads of a block
-    // adjacent, sharing K/V in L2) and dealt to the blocks in a zigzag (round r goes left to
-    // right when even, right to left when odd), so that each block's sum of a declining
-    // sequence is about the same. Every role walks the same sequence: no item is ever sent.
-    auto item = [&](int n, TmaItem& it) {
-        const int b = (n & 1) ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-        const long long w = (long long)n * gridDim.x + b;
-        if (w >= n_items) return false;
-        const int wi = (int)w, qbi = wi / (nh * splits), rem = wi - qbi * nh * splits;
+    // Work items are numbered heaviest first: query blocks in `q_order` (by descending last
+    // position, so packed batches are longest-first too), the heads of a block adjacent (they
+    // share K/V in L2), splits last. Each block starts with item blockIdx.x and then takes the
+    // next unclaimed one from the global counter `next_item` (zeroed before the launch) when
+    // `dynamic`: a block whose items ran long takes fewer, so the launch ends when its last,
+    // lightest, items do. Otherwise the items are dealt in a zigzag (block b takes b + rG in
+    // even rounds r, (G - 1 - b) + rG in odd ones), so that every block's share of a declining
+    // sequence is about equal, without the atomics. The copy warp claims items and passes each
+    // on, decoded, through shared memory.
+    auto item = [&](int wi) {
+        TmaItem it;
+        const int qbi = wi / (nh * splits), rem = wi - qbi * nh * splits;
         const int qb = q_order[qbi];
         it.h = rem % nh;
         it.z = rem / nh;
@@ -107,7 +111,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
         it.j_lo = it.z * split_tiles;
         it.j_hi = min(n_ktiles, it.j_lo + split_tiles);
         it.qt = tiles_summary(q_tiles, n_q64, 2 * qb, 2);
-        return true;
+        return it;
     };
     auto ktile = [&](int j) { return tiles_summary(k_tiles, n_t64, 2 * j, 2); };
     // Non-finite V recorded per item, in two sets used by alternate items: scrubbers reuse a set
@@ -134,17 +138,45 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
         if (tid < 32) {
             // The copy warp: for each item, Q once it is free, then the item's visible tiles
             // (every lane walks them, a ballot per 32; lane 0 copies) and an end mark.
-            int it = 0;
-            TmaItem w;
+            int it = 0, wi = blockIdx.x;
             #pragma unroll 1
-            for (int n = 0; item(n, w); n++) {
+            for (int n = 0;; n++) {
+                const bool last = wi >= n_items;
+                const TmaItem w = item(last ? 0 : wi);  // decoded while the consumers finish
+                // The next item, claimed now and used after this item's tiles: the atomic's
+                // latency hides.
+                int claimed = 0;
+                if (dynamic) {
+                    if (lane == 0 && !last) claimed = atomicAdd(next_item, 1) + gridDim.x;
+                } else {
+                    const int r = n + 1, b = (r & 1) ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+                    claimed = (long long)r * gridDim.x + b < n_items ? r * gridDim.x + b : n_items;
+                }
                 mbar_wait(q_empty, (n & 1) ^ 1);  // the first passes at once
                 if (lane == 0) {
-                    mbar_expect_tx(q_full, Q_BYTES);
+                    const int info[8] = {last ? -1 : wi, w.h, w.m0, w.z, w.qt.x, w.qt.y, w.qt.z, w.qt.w};
                     #pragma unroll
-                    for (int c = 0; c < D / 64; c++) tma_load3(base + c * BM * 128, q_map, q_full, c * 64, w.h, w.m0);
+                    for (int i = 0; i < 8; i++)
+                        asm volatile("st.shared.s32 [%0], %1;" ::"r"(item_id + 4 * i), "r"(info[i]) : "memory");
+                    if (last) {
+                        mbar_arrive(q_full);  // no item: the consumers see -1 and stop
+                    } else {
+                        mbar_expect_tx(q_full, Q_BYTES);
+                        #pragma unroll
+                        for (int c = 0; c < D / 64; c++) tma_load3(base + c * BM * 128, q_map, q_full, c * 64, w.h, w.m0);
+                    }
                 }
-                const int kvh = w.h / (nh / nkv);
+                if (last) {
+                    // The scrubbers' end: a stage marked -2.
+                    const int st = it % ST;
+                    mbar_wait(empty(st), ((it / ST) & 1) ^ 1);
+                    if (lane == 0) {
+                        asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_ids + 4 * st), "r"(-2) : "memory");
+                        mbar_arrive(full(st));
+                    }
+                    break;
+                }
+                const int kvh = w.h / (nh / nkv), qb = w.m0 / BM;
                 int j = next_visible_tile<2>(w.qt, k_tiles, n_t64, w.j_lo, w.j_hi);
                 #pragma unroll 1
                 for (;; it++) {
@@ -152,6 +184,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                     mbar_wait(empty(st), ((it / ST) & 1) ^ 1);
                     if (lane == 0) {
                         asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_ids + 4 * st), "r"(j < w.j_hi ? j : -1) : "memory");
+                        asm volatile("st.shared.s32 [%0], %1;" ::"r"(stage_qb + 4 * st), "r"(qb) : "memory");
                         if (j < w.j_hi) {
                             mbar_expect_tx(full(st), 2 * KV_BYTES);
                             #pragma unroll
@@ -170,39 +203,42 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                     }
                     j = next_visible_tile<2>(w.qt, k_tiles, n_t64, j + 1, w.j_hi);
                 }
+                wi = dynamic ? __shfl_sync(0xffffffff, claimed, 0) : claimed;
             }
         } else {
             // Scrub warps: a tile with masked pairs must hold no non-finite V (see BadKeys).
+            // They follow the stages; a -1 tile closes an item, -2 ends the walk.
             const int me = tid - 32;
-            int it = 0;
-            TmaItem w;
+            bool first = true;
             #pragma unroll 1
-            for (int n = 0; item(n, w); n++) {
+            for (int it = 0, n = 0;; it++) {
+                const int st = it % ST;
+                mbar_wait(full(st), (it / ST) & 1);
+                int j, qb;
+                asm volatile("ld.shared.s32 %0, [%1];" : "=r"(j) : "r"(tile_ids + 4 * st) : "memory");
+                if (j == -2) break;
                 BadKeys& b = bad[n & 1];
-                if (n >= 2) {
+                if (first && n >= 2) {
                     mbar_wait(bad_free + 8 * (n & 1), ((n >> 1) - 1) & 1);  // item n - 2's readers are done
                     if (me < BAD_SLOTS) { b.seq[me] = -1; b.pos[me] = 0x7fffffff; }
                     if (me == 0) b.overflow = 0;
                     named_sync(3, SCRUB_THREADS);
                 }
-                #pragma unroll 1
-                for (;; it++) {
-                    const int st = it % ST;
-                    mbar_wait(full(st), (it / ST) & 1);
-                    int j;
-                    asm volatile("ld.shared.s32 %0, [%1];" : "=r"(j) : "r"(tile_ids + 4 * st) : "memory");
-                    if (j >= 0 && classify(w.qt, ktile(j)) == 2) {
+                first = false;
+                if (j >= 0) {
+                    asm volatile("ld.shared.s32 %0, [%1];" : "=r"(qb) : "r"(stage_qb + 4 * st) : "memory");
+                    if (classify(tiles_summary(q_tiles, n_q64, 2 * qb, 2), ktile(j)) == 2) {
                         #pragma unroll 1
                         for (int c = me; c < BN * CH; c += SCRUB_THREADS)
                             scrub16<BF16>(sv(st) + sw128(BN, c / CH, c % CH), j * BN + c / CH, k_seq, k_pos, b);
                         fence_proxy_async();  // generic-proxy writes, read next by wgmma
                         mbar_arrive(scrubbed(st));
                     }
-                    mbar_arrive(empty(st));
-                    if (j < 0) {
-                        it++;
-                        break;
-                    }
+                }
+                mbar_arrive(empty(st));
+                if (j == -1) {
+                    n++;
+                    first = true;
                 }
             }
         }
@@ -238,9 +274,19 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
             it++;
             return j;
         };
-        TmaItem w;
         #pragma unroll 1
-        for (int n = 0; item(n, w); n++) {
+        for (int n = 0;; n++) {
+            mbar_wait(q_full, n & 1);  // also for an item with no visible tile: no copy may outlive the block
+            int info[8];
+            #pragma unroll
+            for (int i = 0; i < 8; i++)
+                asm volatile("ld.shared.s32 %0, [%1];" : "=r"(info[i]) : "r"(item_id + 4 * i) : "memory");
+            if (info[0] < 0) break;
+            TmaItem w;
+            w.h = info[1];
+            w.m0 = info[2];
+            w.z = info[3];
+            w.qt = make_int4(info[4], info[5], info[6], info[7]);
             const WgRows rows = wg_rows(w.m0 + r0, tq, q_seq, q_pos);
             float o[D / 2], s[BN / 2];
             u32 p[BN / 4];
@@ -249,7 +295,6 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
             #pragma unroll
             for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
             float m_run[2] = {NEG_INF, NEG_INF}, l_run[2] = {0.f, 0.f};
-            mbar_wait(q_full, n & 1);  // also when no tile is visible: no copy may outlive the block
             int kind = 0, j = wait_tile(w.qt, kind);
             if (j < 0) {
                 mbar_arrive(q_empty);
@@ -321,11 +366,11 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
         const __grid_constant__ TmaMap q_map, const __grid_constant__ TmaMap k_map,                               \
         const __grid_constant__ TmaMap v_map, const u16* q, const u16* k, const u16* v, void* out, float* lse,   \
         const int* q_seq, const int* q_pos, const int* k_seq, const int* k_pos, const int4* q_tiles,             \
-        const int4* k_tiles, const int* q_order, int tq, int tk, int nh, int nkv, float scale_log2, int splits,   \
-        int split_tiles) {                                                                                        \
+        const int4* k_tiles, const int* q_order, int* next_item, int dynamic, int tq, int tk, int nh, int nkv,   \
+        float scale_log2, int splits, int split_tiles) {                                                          \
         flash_fwd_tma<D, BF16, OUT_F32, PINGPONG>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, k_pos,  \
-                                                  q_tiles, k_tiles, q_order, tq, tk, nh, nkv, scale_log2, splits, \
-                                                  split_tiles);                                                   \
+                                                  q_tiles, k_tiles, q_order, next_item, dynamic, tq, tk, nh, nkv, \
+                                                  scale_log2, splits, split_tiles);                               \
     }
 // q, k and v are passed beside their tensor maps only so that the host's buffer tracking sees
 // them read; the kernel reads them through the maps.
