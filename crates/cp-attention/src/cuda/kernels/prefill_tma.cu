@@ -79,14 +79,15 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
     auto sk = [&](int st) { return base + Q_BYTES + (u32)st * 2 * KV_BYTES; };
     auto sv = [&](int st) { return base + Q_BYTES + (u32)st * 2 * KV_BYTES + KV_BYTES; };
     // mbarriers: full[ST], empty[ST], scrubbed[ST], Q full, Q empty, bad_free[2]; then each
-    // stage's tile index (-1: the end of a work item, -2: the end of all) and query block, the
-    // current item (-1: none left) and a scratch word.
+    // stage's tile index (-1: the end of a work item, -2: the end of all), mask kind and first
+    // key position, the current item (-1: none left) and a scratch word.
     const u32 bars = base + Q_BYTES + ST * 2 * KV_BYTES;
     auto full = [&](int st) { return bars + 8 * st; };
     auto empty = [&](int st) { return bars + 8 * (ST + st); };
     auto scrubbed = [&](int st) { return bars + 8 * (2 * ST + st); };
     const u32 q_full = bars + 8 * 3 * ST, q_empty = q_full + 8, bad_free = q_empty + 8;
-    const u32 tile_ids = bad_free + 16, stage_qb = tile_ids + 4 * ST, item_id = stage_qb + 4 * ST;
+    const u32 tile_ids = bad_free + 16, tile_kind = tile_ids + 4 * ST, tile_pos0 = tile_kind + 4 * ST;
+    const u32 item_id = tile_pos0 + 4 * ST;
     const u32 scratch = item_id + 32;  // the item: index, h, m0, z, qt (8 words)
 
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
@@ -176,15 +177,32 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                     }
                     break;
                 }
-                const int kvh = w.h / (nh / nkv), qb = w.m0 / BM;
+                const int kvh = w.h / (nh / nkv);
                 int j = next_visible_tile<2>(w.qt, k_tiles, n_t64, w.j_lo, w.j_hi);
                 #pragma unroll 1
                 for (;; it++) {
                     const int st = it % ST;
+                    // The tile's mask kind (classify), worked out here, off the consumers' path.
+                    // Kind 3: a masked tile of one sequence whose 128 keys hold consecutive
+                    // positions (checked row by row: the summary alone does not prove it), whose
+                    // mask is arithmetic — no per-element loads of key positions.
+                    int kind = 0, pos0 = 0;
+                    if (j < w.j_hi) {
+                        const int4 kt = ktile(j);
+                        kind = classify(w.qt, kt);
+                        pos0 = kt.y;
+                        if (kind == 2 && w.qt.x >= 0 && kt.x == w.qt.x && kt.w == 0 && kt.z - kt.y == BN - 1) {
+                            bool consecutive = true;
+                            #pragma unroll
+                            for (int r = lane; r < BN; r += 32) consecutive &= k_pos[j * BN + r] == kt.y + r;
+                            if (__all_sync(0xffffffff, consecutive)) kind = 3;
+                        }
+                    }
                     mbar_wait(empty(st), ((it / ST) & 1) ^ 1);
                     if (lane == 0) {
                         asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_ids + 4 * st), "r"(j < w.j_hi ? j : -1) : "memory");
-                        asm volatile("st.shared.s32 [%0], %1;" ::"r"(stage_qb + 4 * st), "r"(qb) : "memory");
+                        asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_kind + 4 * st), "r"(kind) : "memory");
+                        asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_pos0 + 4 * st), "r"(pos0) : "memory");
                         if (j < w.j_hi) {
                             mbar_expect_tx(full(st), 2 * KV_BYTES);
                             #pragma unroll
@@ -214,7 +232,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
             for (int it = 0, n = 0;; it++) {
                 const int st = it % ST;
                 mbar_wait(full(st), (it / ST) & 1);
-                int j, qb;
+                int j, kind;
                 asm volatile("ld.shared.s32 %0, [%1];" : "=r"(j) : "r"(tile_ids + 4 * st) : "memory");
                 if (j == -2) break;
                 BadKeys& b = bad[n & 1];
@@ -226,8 +244,8 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                 }
                 first = false;
                 if (j >= 0) {
-                    asm volatile("ld.shared.s32 %0, [%1];" : "=r"(qb) : "r"(stage_qb + 4 * st) : "memory");
-                    if (classify(tiles_summary(q_tiles, n_q64, 2 * qb, 2), ktile(j)) == 2) {
+                    asm volatile("ld.shared.s32 %0, [%1];" : "=r"(kind) : "r"(tile_kind + 4 * st) : "memory");
+                    if (kind >= 2) {
                         #pragma unroll 1
                         for (int c = me; c < BN * CH; c += SCRUB_THREADS)
                             scrub16<BF16>(sv(st) + sw128(BN, c / CH, c % CH), j * BN + c / CH, k_seq, k_pos, b);
@@ -256,15 +274,16 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
         u32 scrub_phase = 0;  // per stage: the parity of its next "scrubbed" phase
         int it = 0;
         // Waits for the tile of stage iteration `it`: returns its index (-1: the item's end,
-        // whose stage is released here) and its mask kind.
-        auto wait_tile = [&](const int4& qt, int& kind) {
+        // whose stage is released here), its mask kind and first key position.
+        auto wait_tile = [&](int& kind, int& pos0) {
             const int st = it % ST;
             mbar_wait(full(st), (it / ST) & 1);
             int j;
             asm volatile("ld.shared.s32 %0, [%1];" : "=r"(j) : "r"(tile_ids + 4 * st) : "memory");
             if (j >= 0) {
-                kind = classify(qt, ktile(j));
-                if (kind == 2) {
+                asm volatile("ld.shared.s32 %0, [%1];" : "=r"(kind) : "r"(tile_kind + 4 * st) : "memory");
+                asm volatile("ld.shared.s32 %0, [%1];" : "=r"(pos0) : "r"(tile_pos0 + 4 * st) : "memory");
+                if (kind >= 2) {
                     mbar_wait(scrubbed(st), (scrub_phase >> st) & 1);
                     scrub_phase ^= 1u << st;
                 }
@@ -295,7 +314,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
             #pragma unroll
             for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
             float m_run[2] = {NEG_INF, NEG_INF}, l_run[2] = {0.f, 0.f};
-            int kind = 0, j = wait_tile(w.qt, kind);
+            int kind = 0, pos0 = 0, j = wait_tile(kind, pos0);
             if (j < 0) {
                 mbar_arrive(q_empty);
             } else {  // the same in both warpgroups
@@ -309,13 +328,13 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                 your_turn();
                 wg_wait<0>();
                 pin<BN / 2>(s);
-                wg_softmax<BN>(s, kind, j, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
+                wg_softmax<BN>(s, kind, pos0, j, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
                 l_run[0] = rsum[0];
                 l_run[1] = rsum[1];
                 wg_pack<BN, BF16>(p, s);
                 #pragma unroll 1
                 for (;;) {
-                    const int jn = wait_tile(w.qt, kind), ns = (it - 1) % ST;
+                    const int jn = wait_tile(kind, pos0), ns = (it - 1) % ST;
                     if (jn < 0) break;
                     my_turn();
                     wg_fence();
@@ -326,7 +345,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                     your_turn();
                     wg_wait<1>();  // S of tile jn is ready; P V of tile j may still run
                     pin<BN / 2>(s);
-                    wg_softmax<BN>(s, kind, jn, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
+                    wg_softmax<BN>(s, kind, pos0, jn, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
                     // Keeps ptxas from hoisting the next wait above the softmax (see the v4 kernel).
                     asm volatile("st.shared.f32 [%0], %1;" ::"r"(scratch), "f"(rsum[0] + rsum[1]) : "memory");
                     wg_wait<0>();

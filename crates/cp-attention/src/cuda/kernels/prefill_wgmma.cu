@@ -142,14 +142,23 @@ DEVI WgRows wg_rows(int row0, int tq, const int* __restrict__ q_seq, const int* 
 }
 
 // Masks a warpgroup's S tile of key tile j in place (raw scores; -inf where not visible; `kind`
-// from `classify`) and runs the online softmax on it: S becomes 2^(S * scale - m), corr the factor
-// for what came before, rsum this thread's row sums of the tile.
+// from `classify`, or 3: one sequence, every key row present, positions pos0, pos0 + 1, ... —
+// the mask is arithmetic) and runs the online softmax on it: S becomes 2^(S * scale - m), corr
+// the factor for what came before, rsum this thread's row sums of the tile.
 template <int BN>
-DEVI void wg_softmax(float* s, int kind, int j, int tk, const WgRows& rows, const int* __restrict__ k_seq,
+DEVI void wg_softmax(float* s, int kind, int pos0, int j, int tk, const WgRows& rows, const int* __restrict__ k_seq,
                      const int* __restrict__ k_pos, float scale_log2, float* m_run, float* corr, float* rsum) {
     const int t4 = threadIdx.x & 3;
     if (kind == 1 && (j + 1) * BN > tk) kind = 2;  // a short last tile: mask its missing rows
-    if (kind == 2) {
+    if (kind == 3) {
+        #pragma unroll
+        for (int a = 0; a < BN / 8; a++)
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int i = e >> 1;
+                if (rows.seq[i] < 0 || pos0 + a * 8 + 2 * t4 + (e & 1) > rows.pos[i]) s[4 * a + e] = NEG_INF;
+            }
+    } else if (kind == 2) {
         const int n0 = j * BN;
         #pragma unroll
         for (int a = 0; a < BN / 8; a++)
@@ -303,7 +312,7 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
     const u32 q_base = base + wg * 64 * 128;
 
     auto softmax = [&](int j, float* corr, float* rsum) {
-        wg_softmax<BN>(s, classify(qt, ktile(j)), j, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
+        wg_softmax<BN>(s, classify(qt, ktile(j)), 0, j, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
     };
 
     int j = next_visible(j_lo);
