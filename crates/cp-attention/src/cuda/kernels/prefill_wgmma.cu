@@ -227,17 +227,42 @@ DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, co
         const bool pad = rows.seq[i] < 0;
         float inv = l > 0.f ? 1.f / l : 0.f;
         if (bad_keys_seen(bad, rows.seq[i], rows.pos[i])) inv = __int_as_float(0x7fc00000);
-        if (row < tq) {
-            const size_t obase = ((size_t)row * nh + h) * D;
-            #pragma unroll
-            for (int a = 0; a < D / 8; a++) {
-                const int col = a * 8 + 2 * t4;
-                const float x0 = pad ? 0.f : o[4 * a + 2 * i] * inv, x1 = pad ? 0.f : o[4 * a + 2 * i + 1] * inv;
-                if (OUT_F32) *(float2*)((float*)out + obase + col) = make_float2(x0, x1);
-                else *(u32*)((u16*)out + obase + col) = pack2<BF16>(x0, x1);
+        const size_t obase = ((size_t)row * nh + h) * D;
+        if (OUT_F32) {
+            // Each thread's float2 per 8 columns: a quad writes 32 contiguous bytes of the row.
+            if (row < tq) {
+                #pragma unroll
+                for (int a = 0; a < D / 8; a++) {
+                    const float x0 = pad ? 0.f : o[4 * a + 2 * i] * inv, x1 = pad ? 0.f : o[4 * a + 2 * i + 1] * inv;
+                    *(float2*)((float*)out + obase + a * 8 + 2 * t4) = make_float2(x0, x1);
+                }
             }
-            if (t4 == 0) lse[(size_t)row * nh + h] = l > 0.f && !pad ? (m_run[i] + log2f(l)) * LN2 : NEG_INF;
+        } else {
+            // 16-bit pairs: the quad's four threads hold the four pairs of each 8-column chunk.
+            // Shuffled within the quad so that thread t4 holds whole chunks 4c + t4 and writes
+            // 16 bytes at a time (the whole warp shuffles; only the stores depend on the row).
+            u32 pk[D / 8];
+            #pragma unroll
+            for (int a = 0; a < D / 8; a++)
+                pk[a] = pack2<BF16>(pad ? 0.f : o[4 * a + 2 * i] * inv, pad ? 0.f : o[4 * a + 2 * i + 1] * inv);
+            const int quad = (threadIdx.x & 31) & ~3;
+            #pragma unroll
+            for (int c = 0; c < D / 32; c++) {
+                u32 w[4] = {0u, 0u, 0u, 0u};
+                #pragma unroll
+                for (int r = 0; r < 4; r++) {
+                    // As a source, this thread gives the receiver (t4 - r) & 3 its pair of chunk
+                    // 4c + that receiver; as a receiver it takes pair (t4 + r) & 3 of chunk 4c + t4.
+                    const int give_to = (t4 - r) & 3, from = (t4 + r) & 3;
+                    const u32 give = give_to == 0 ? pk[4 * c] : give_to == 1 ? pk[4 * c + 1] : give_to == 2 ? pk[4 * c + 2] : pk[4 * c + 3];
+                    const u32 got = __shfl_sync(0xffffffff, give, quad | from);
+                    #pragma unroll
+                    for (int k = 0; k < 4; k++) w[k] = from == k ? got : w[k];
+                }
+                if (row < tq) *(uint4*)((u16*)out + obase + (4 * c + t4) * 8) = make_uint4(w[0], w[1], w[2], w[3]);
+            }
         }
+        if (row < tq && t4 == 0) lse[(size_t)row * nh + h] = l > 0.f && !pad ? (m_run[i] + log2f(l)) * LN2 : NEG_INF;
     }
 }
 
