@@ -307,13 +307,9 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
             w.z = info[3];
             w.qt = make_int4(info[4], info[5], info[6], info[7]);
             const WgRows rows = wg_rows(w.m0 + r0, tq, q_seq, q_pos);
-            float o[D / 2], s[BN / 2];
+            float o[D / 2], s[BN / 2], m_run[2], l_run[2];
             u32 p[BN / 4];
-            #pragma unroll
-            for (int i = 0; i < D / 2; i++) o[i] = 0.f;
-            #pragma unroll
-            for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
-            float m_run[2] = {NEG_INF, NEG_INF}, l_run[2] = {0.f, 0.f};
+            wg_init<D, BN>(o, s, m_run, l_run);
             int kind = 0, pos0 = 0, j = wait_tile(kind, pos0);
             if (j < 0) {
                 mbar_arrive(q_empty);
@@ -329,9 +325,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                 wg_wait<0>();
                 pin<BN / 2>(s);
                 wg_softmax<BN>(s, kind, pos0, j, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
-                l_run[0] = rsum[0];
-                l_run[1] = rsum[1];
-                wg_pack<BN, BF16>(p, s);
+                wg_first<BN, BF16>(p, s, l_run, rsum);
                 #pragma unroll 1
                 for (;;) {
                     const int jn = wait_tile(kind, pos0), ns = (it - 1) % ST;

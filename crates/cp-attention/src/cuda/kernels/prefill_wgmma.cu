@@ -194,6 +194,23 @@ DEVI void wg_softmax(float* s, int kind, int pos0, int j, int tk, const WgRows& 
     }
 }
 
+// A warpgroup tile's accumulators before its first key tile: O and S zero, nothing seen yet.
+template <int D, int BN> DEVI void wg_init(float* o, float* s, float* m_run, float* l_run) {
+    #pragma unroll
+    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+    #pragma unroll
+    for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
+    m_run[0] = m_run[1] = NEG_INF;
+    l_run[0] = l_run[1] = 0.f;
+}
+
+// After the first key tile's softmax: l starts at its row sums, P packed from S (O is still 0).
+template <int BN, bool BF16> DEVI void wg_first(u32* p, const float* s, float* l_run, const float* rsum) {
+    l_run[0] = rsum[0];
+    l_run[1] = rsum[1];
+    wg_pack<BN, BF16>(p, s);
+}
+
 // O *= corr per row, l = l * corr + rsum, P packed from S: the end of a tile's online softmax
 // once the previous P V product has finished.
 template <int D, int BN, bool BF16>
@@ -327,13 +344,9 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
     // This thread's rows (block-local): wg*64 + wq*16 + g and 8 below.
     const int r0 = wg * 64 + wq * 16 + g;
     const WgRows rows = wg_rows(m0 + r0, tq, q_seq, q_pos);
-    float o[D / 2], s[BN / 2];
+    float o[D / 2], s[BN / 2], m_run[2], l_run[2];
     u32 p[BN / 4];
-    #pragma unroll
-    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
-    #pragma unroll
-    for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
-    float m_run[2] = {NEG_INF, NEG_INF}, l_run[2] = {0.f, 0.f};
+    wg_init<D, BN>(o, s, m_run, l_run);
     const u32 q_base = base + wg * 64 * 128;
 
     auto softmax = [&](int j, float* corr, float* rsum) {
@@ -359,9 +372,7 @@ __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ 
         wg_wait<0>();
         pin<BN / 2>(s);
         softmax(j, corr, rsum);
-        l_run[0] = rsum[0];
-        l_run[1] = rsum[1];
-        wg_pack<BN, BF16>(p, s);
+        wg_first<BN, BF16>(p, s, l_run, rsum);
 
         int cs = 0;  // stage of tile j; tile jn is in the next stage, the third is free
         while (jn < j_hi) {
