@@ -391,7 +391,24 @@ pub fn kv_splits(blocks: usize, key_tiles: usize, sm_count: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::kv_splits;
+    use super::{ItemSchedule, TensorMap, kv_splits};
+    use crate::AttentionError;
+    use crate::cuda::GpuDType;
+
+    #[test]
+    fn items_are_claimed_over_long_key_ranges_only() {
+        assert!(!ItemSchedule::ByKeyRange.claims(255));
+        assert!(ItemSchedule::ByKeyRange.claims(256));
+        assert!(ItemSchedule::Claimed.claims(1));
+        assert!(!ItemSchedule::Zigzag.claims(1 << 20));
+    }
+
+    #[test]
+    fn a_tensor_map_takes_16_bit_values_only() {
+        // Refused before the driver is asked (no GPU needed).
+        let err = TensorMap::rows(0, GpuDType::F32, 128, 8, 128).err().expect("f32 must be refused");
+        assert!(matches!(err, AttentionError::GpuDtype { what: "TMA prefill input", .. }), "{err}");
+    }
 
     #[test]
     fn splits_fill_idle_multiprocessors_and_ragged_waves_only() {
