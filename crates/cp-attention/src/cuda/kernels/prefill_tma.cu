@@ -10,7 +10,10 @@
 //   together, the softmax of j + 1 under the P V). With PINGPONG, two named barriers make the
 //   warpgroups take turns issuing their products, so one's softmax runs while the other's
 //   matrix products occupy the tensor cores (FlashAttention-3's schedule).
-// No block-wide barrier after the set-up: the warpgroups meet only at the mbarriers.
+// The copy warp also classifies each tile (its mask kind travels with the stage) and passes
+// each work item, decoded, to the others. The grid is persistent (v5.1–5.2: one block per
+// multiprocessor walking (query block, head, split) items heaviest first; see `item` below);
+// no block-wide barrier after the set-up: the warpgroups meet only at the mbarriers.
 // The tensor maps describe q [tq, nh, D], k and v [tk, nkv, D] as 3-D tensors (D, heads, rows)
 // with a box of 64 x 1 x 128 and the 128-byte swizzle, so a box lands as one [128][64] column
 // block in the layout `sw128` describes; rows past the end arrive as zeros.
