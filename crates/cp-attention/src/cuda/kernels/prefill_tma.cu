@@ -4,7 +4,8 @@
 //   bulk tensor copies of K and V (and Q once) into a ring of shared-memory stages, each stage
 //   guarded by a "full" mbarrier (the copies' bytes landed) and an "empty" one (every reader is
 //   done); warps 1-3 scrub non-finite V values of tiles with masked pairs (see BadKeys) and
-//   release them through a "scrubbed" mbarrier. The warpgroup gives registers away (setmaxnreg).
+//   release them through a "scrubbed" mbarrier, which also marks each item's end (its record
+//   complete). The warpgroup gives registers away (setmaxnreg).
 // - warpgroups 1 and 2, the consumers: 64 query rows each, the same wgmma products, softmax and
 //   intra-warpgroup overlap as the v4 kernel (the QK^T of tile j + 1 and the P V of tile j issued
 //   together, the softmax of j + 1 under the P V). With PINGPONG, two named barriers make the
@@ -90,8 +91,8 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
     auto scrubbed = [&](int st) { return bars + 8 * (2 * ST + st); };
     const u32 q_full = bars + 8 * 3 * ST, q_empty = q_full + 8, bad_free = q_empty + 8;
     const u32 tile_ids = bad_free + 16, tile_kind = tile_ids + 4 * ST, tile_pos0 = tile_kind + 4 * ST;
-    const u32 item_id = tile_pos0 + 4 * ST;
-    const u32 scratch = item_id + 32;  // the item: index, h, m0, z, qt (8 words)
+    const u32 item_id = tile_pos0 + 4 * ST;  // the item: index, h, m0, z, qt (8 words)
+    const u32 scratch = item_id + 32;
 
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
     const int n_ktiles = (tk + BN - 1) / BN, n_t64 = (tk + 63) / 64, n_q64 = (tq + 63) / 64;
@@ -255,6 +256,13 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                         fence_proxy_async();  // generic-proxy writes, read next by wgmma
                         mbar_arrive(scrubbed(st));
                     }
+                } else {
+                    // The item's end: its record is complete (and was reset at its start). The
+                    // consumers wait for this before their epilogue reads the record and before
+                    // they release it through bad_free — else, with a scrubber lagging behind
+                    // an item of unmasked tiles, they would read item n - 2's record and move
+                    // bad_free a phase past the one this loop waits for.
+                    mbar_arrive(scrubbed(st));
                 }
                 mbar_arrive(empty(st));
                 if (j == -1) {
@@ -291,6 +299,10 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                     scrub_phase ^= 1u << st;
                 }
             } else {
+                // The item's end: wait until the scrubbers have finished the item too (its BadKeys
+                // record is complete and theirs to reuse only after our epilogue).
+                mbar_wait(scrubbed(st), (scrub_phase >> st) & 1);
+                scrub_phase ^= 1u << st;
                 mbar_arrive(empty(st));
             }
             it++;
@@ -353,11 +365,12 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                     cs = ns;
                     j = jn;
                 }
+                // Balances the ping-pong: warpgroup 1's last `your_turn` has no turn of warpgroup 0
+                // after it. Before Q's release, so that warpgroup 1 cannot start the next item's
+                // turns (on the same named barrier) before this one.
+                if (PINGPONG && c == 0) my_turn();
                 // Every product that reads Q has completed: the next item's Q may come in.
                 mbar_arrive(q_empty);
-                // Balances the ping-pong: warpgroup 1's last `your_turn` has no turn of warpgroup 0
-                // after it.
-                if (PINGPONG && c == 0) my_turn();
                 wg_fence();
                 wg_pv<D, BN, BF16>(o, p, sv(cs));
                 wg_commit();
@@ -365,7 +378,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                 pin<D / 2>(o);
                 mbar_arrive(empty(cs));
             }
-            // `bad` is complete: every tile that could add to it was waited for through "scrubbed".
+            // `bad` is complete: every masked tile and the item's end were waited for through "scrubbed".
             char* out_z = (char*)out + (size_t)w.z * tq * nh * D * (OUT_F32 ? 4 : 2);
             wg_epilogue<D, BF16, OUT_F32>(o, l_run, m_run, rows, bad[n & 1], w.m0 + r0, tq, nh, w.h, out_z,
                                           lse + (size_t)w.z * tq * nh);
