@@ -341,7 +341,7 @@ impl CudaAttention {
                 actual: k.shape().to_vec(),
             });
         }
-        if nkv == 0 || !nh.is_multiple_of(nkv) {
+        if nkv == 0 || nh == 0 || !nh.is_multiple_of(nkv) {
             return Err(AttentionError::Heads { n_heads: nh, n_kv_heads: nkv });
         }
         if d != 64 && d != 128 {
