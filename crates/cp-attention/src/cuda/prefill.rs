@@ -127,12 +127,18 @@ impl CudaAttention {
         }
         let out_tag = if out_dtype == GpuDType::F32 { "f32" } else { "b16" };
         let prefix = format!("flash_fwd_d{d}_{}_{out_tag}", q.dtype().tag());
-        let (q_ptr, _q_read) = q.slice().device_ptr(&self.stream);
-        let (k_ptr, _k_read) = k.slice().device_ptr(&self.stream);
-        let (v_ptr, _v_read) = v.slice().device_ptr(&self.stream);
-        // The copy engine needs keys to describe and 16-byte aligned tensors (allocations are).
+        // The TMA kernel's tensor maps take raw addresses (read only for it: with event tracking
+        // each one records an event). The copy engine needs keys to describe and 16-byte aligned
+        // tensors (allocations are); otherwise the v4 kernel runs.
+        let tma_ptrs = match self.prefill {
+            PrefillKernel::Tma { .. } if tk > 0 => {
+                let addr = |t: &GpuTensor| t.slice().device_ptr(&self.stream).0;
+                Some([addr(q), addr(k), addr(v)]).filter(|ptrs| ptrs.iter().all(|p| p % 16 == 0))
+            }
+            _ => None,
+        };
         let kernel = match self.prefill {
-            PrefillKernel::Tma { .. } if tk == 0 || (q_ptr | k_ptr | v_ptr) % 16 != 0 => PrefillKernel::Wgmma,
+            PrefillKernel::Tma { .. } if tma_ptrs.is_none() => PrefillKernel::Wgmma,
             other => other,
         };
         let (name, threads, smem) = match kernel {
@@ -200,24 +206,24 @@ impl CudaAttention {
         };
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (threads as u32, 1, 1), shared_mem_bytes: smem as u32 };
         let (tq_i, tk_i, nh_i, nkv_i, splits_i) = (tq as i32, tk as i32, nh as i32, nkv as i32, splits as i32);
-        let dynamic = match kernel {
-            PrefillKernel::Tma { schedule, .. } => i32::from(schedule.claims(key_tiles)),
-            _ => 0,
-        };
+        let claims = matches!(kernel, PrefillKernel::Tma { schedule, .. } if schedule.claims(key_tiles));
+        let dynamic = i32::from(claims);
         let split_tiles = key_tiles.div_ceil(splits).max(1) as i32;
         let scale = self.scale_log2(d);
-        let tma = match kernel {
-            PrefillKernel::Tma { .. } => Some((
+        let tma = match (kernel, tma_ptrs) {
+            (PrefillKernel::Tma { .. }, Some([q_ptr, k_ptr, v_ptr])) => Some((
                 [
                     TensorMap::rows(q_ptr, q.dtype(), tq, nh, d)?,
                     TensorMap::rows(k_ptr, q.dtype(), tk, nkv, d)?,
                     TensorMap::rows(v_ptr, q.dtype(), tk, nkv, d)?,
                 ],
                 self.block_order(ql)?,
-                self.item_counter()?,
+                // Only a claiming launch reads the counter; a dealt one gets a null pointer.
+                if claims { Some(self.item_counter()?) } else { None },
             )),
             _ => None,
         };
+        let no_counter = 0u64;
         let launch = |name: &str, out: &mut CudaSlice<u8>, lse: &mut CudaSlice<u8>| -> Result<()> {
             let f = self.kernels.get(name)?;
             let mut b = self.stream.launch_builder(f);
@@ -227,7 +233,12 @@ impl CudaAttention {
             b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(out).arg(lse);
             b.arg(&ql.seq).arg(&ql.pos).arg(&kl.seq).arg(&kl.pos).arg(&ql.tiles).arg(&kl.tiles);
             if let Some((_, order, counter)) = &tma {
-                b.arg(*order).arg(&**counter).arg(&dynamic);
+                b.arg(*order);
+                match counter {
+                    Some(counter) => b.arg(&**counter),
+                    None => b.arg(&no_counter),
+                };
+                b.arg(&dynamic);
             }
             b.arg(&tq_i).arg(&tk_i).arg(&nh_i).arg(&nkv_i).arg(&scale);
             if tma.is_some() {
@@ -235,12 +246,12 @@ impl CudaAttention {
             }
             b.arg(&split_tiles);
             // SAFETY: argument types and order match the kernel (the TMA kernels take the three
-            // tensor maps first, describing the q, k and v buffers passed after them, the query
-            // blocks' order, the zeroed item counter and whether to claim from it after the tile
-            // summaries, the split count
-            // before the split length); `out` and `lse` hold one [tq, nh, d] / [tq, nh] partial
-            // per split; the grid covers every query row and key tile (the TMA kernels' blocks
-            // claim every (query block, head, split) item), and the dynamic shared memory is set.
+            // tensor maps first, describing the q, k and v buffers passed after them; after the
+            // tile summaries the query blocks' order, the zeroed item counter — null, and never
+            // read, when the launch does not claim — and whether to claim; the split count before
+            // the split length); `out` and `lse` hold one [tq, nh, d] / [tq, nh] partial per
+            // split; the grid covers every query row and key tile (the TMA kernels' blocks take
+            // every (query block, head, split) item), and the dynamic shared memory is set.
             unsafe { b.launch(cfg) }.map_err(cuda_err("launch flash_fwd"))?;
             Ok(())
         };

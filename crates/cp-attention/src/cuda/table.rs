@@ -24,8 +24,8 @@ pub(super) fn flash_wg_smem(head_dim: usize) -> usize {
 }
 
 /// Dynamic shared memory of the TMA prefill kernel: the wgmma kernel's Q tile and three stages,
-/// 1024 bytes of alignment slack, and 256 bytes for mbarriers, each stage's tile and query
-/// block, the current work item and scratch.
+/// 1024 bytes of alignment slack, and 256 bytes for the mbarriers, each stage's tile index, mask
+/// kind and first key position, the current work item and a scratch word.
 pub(super) fn flash_tma_smem(head_dim: usize) -> usize {
     1024 + (128 + 3 * 2 * 128) * head_dim * 2 + 256
 }
