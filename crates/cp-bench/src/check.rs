@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cp_attention::cuda::GpuDType;
 use cp_attention::reference::{Heads, discrepancy};
-use cp_nccl::{GpuRing, Placement};
+use cp_nccl::{GpuRing, Placement, RingOptions};
 use cp_ring::Algorithm;
 use cp_shard::{CacheMap, DecodePlan, NewTokens, RingLayouts, Span, TurnPlan, gather_rows};
 
@@ -215,8 +215,15 @@ pub fn placements(gpus: usize) -> Vec<(Placement, String)> {
 pub fn check_all(gpus: usize, timeout: Duration) -> anyhow::Result<bool> {
     let seed = 0x5eed ^ u64::from(std::process::id());
     let mut all_ok = true;
-    for (placement, name) in placements(gpus) {
-        let ring = GpuRing::new(placement, timeout)?;
+    let mut rings: Vec<(Placement, String, RingOptions)> =
+        placements(gpus).into_iter().map(|(p, name)| (p, name, RingOptions::default())).collect();
+    if gpus >= 2 {
+        // Multiprocessors left to NCCL: a smaller persistent prefill grid, capped NCCL kernels.
+        let options = RingOptions { transfer_sms: Some(8), ..RingOptions::default() };
+        rings.push((Placement::Gpus((0..gpus).collect()), format!("NCCL {gpus} GPUs, 8 SMs to NCCL"), options));
+    }
+    for (placement, name, options) in rings {
+        let ring = GpuRing::with_options(placement, timeout, options)?;
         for line in check_ring(&ring, &name, seed)? {
             println!("  {} {}", if line.ok { "[ok]    " } else { "[FAILED]" }, line.line);
             all_ok &= line.ok;

@@ -66,6 +66,12 @@ struct Output {
     /// (its non-blocking mode; what cp-rs did before).
     #[arg(long, value_enum, default_value_t = Launch::Inline)]
     nccl_launch: Launch,
+    /// Multiprocessors left to NCCL's transfer kernels on a ring of GPUs over NCCL: NCCL runs at
+    /// most this many thread blocks per kernel and the persistent prefill kernel leaves as many
+    /// free (see `cp_nccl::RingOptions::transfer_sms`). The one-GPU baseline and ranks sharing
+    /// a GPU keep every multiprocessor.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    transfer_sms: Option<u32>,
 }
 
 /// `--nccl-launch`.
@@ -79,19 +85,28 @@ enum Launch {
 
 impl Output {
     /// The ring options these flags ask for.
-    fn options(&self) -> RingOptions {
-        RingOptions {
+    fn options(&self) -> anyhow::Result<RingOptions> {
+        if self.transfer_sms.is_some() && self.transport != Transport::Nccl {
+            anyhow::bail!("--transfer-sms leaves multiprocessors to NCCL's kernels: it needs --transport nccl");
+        }
+        Ok(RingOptions {
             event_tracking: self.event_tracking,
             group_launch: match self.nccl_launch {
                 Launch::Inline => GroupLaunch::Inline,
                 Launch::Background => GroupLaunch::Background,
             },
-        }
+            transfer_sms: self.transfer_sms,
+        })
     }
 
-    /// A ring at `placement` with these options.
+    /// A ring at `placement` with these options (ranks sharing a GPU transfer by copies on
+    /// that GPU: no multiprocessors are left to NCCL there).
     fn ring(&self, placement: Placement) -> anyhow::Result<GpuRing> {
-        Ok(GpuRing::with_options(placement, TIMEOUT, self.options())?)
+        let mut options = self.options()?;
+        if matches!(placement, Placement::SameGpu { .. }) {
+            options.transfer_sms = None;
+        }
+        Ok(GpuRing::with_options(placement, TIMEOUT, options)?)
     }
 
     /// The one-GPU baseline: a ring of one on GPU 0.
@@ -208,6 +223,19 @@ enum Mode {
     },
 }
 
+impl Mode {
+    /// The ring flags of a timed mode.
+    fn output(&self) -> Option<&Output> {
+        match self {
+            Mode::Bench { output, .. }
+            | Mode::Sweep { output, .. }
+            | Mode::Decode { output, .. }
+            | Mode::Links { output, .. } => Some(output),
+            Mode::Check { .. } | Mode::NcclProcess { .. } => None,
+        }
+    }
+}
+
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn heads(shape: Shape) -> anyhow::Result<Heads> {
@@ -269,6 +297,10 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
              the rank threads at run time, which a graph cannot replay)"
         );
     }
+    // Flags that contradict each other are refused before any device is looked at.
+    if let Some(output) = cli.mode.output() {
+        output.options()?;
+    }
     let gpus = device_count();
     match cli.mode {
         Mode::NcclProcess { die_at_shift, timeout_s } => process::run(die_at_shift, Duration::from_secs(timeout_s)),
@@ -290,7 +322,7 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
                 h.head_dim,
                 timing.warmup,
                 timing.iters,
-                output.options()
+                output.options()?
             );
             let (link_bytes_per_s, link_latency_s) = link_of(&ring)?;
             let rings = Rings { single: &single, ring: &ring, link_bytes_per_s, link_latency_s, heads: h };
@@ -339,7 +371,7 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
                 h.n_heads,
                 h.n_kv_heads,
                 h.head_dim,
-                output.options()
+                output.options()?
             );
             let issues: &[Issue] = if graphs { &[Issue::Steady, Issue::Graph] } else { &[Issue::Steady] };
             let mut rows = Vec::new();

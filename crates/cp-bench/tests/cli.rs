@@ -22,6 +22,8 @@ const CASES: &[(&[&str], &str)] = &[
     (&["decode", "--event-tracking", "yes"], "unexpected argument 'yes'"),
     (&["decode", "--graphs"], "no NVIDIA GPU"),
     (&["links", "--world-size", "1"], "invalid value '1'"),
+    (&["bench", "--transfer-sms", "0"], "invalid value '0'"),
+    (&["sweep", "--transfer-sms", "8", "--transport", "peer"], "--transfer-sms leaves multiprocessors to NCCL"),
     (&["nccl-process", "--timeout-s", "0"], "invalid value '0'"),
     (&["check"], "no NVIDIA GPU"),
     (&["bench"], "no NVIDIA GPU"),

@@ -28,7 +28,7 @@ mod rendezvous;
 mod runner;
 
 pub use error::GpuRingError;
-pub use nccl::{GroupLaunch, NcclTransport, WaitMode, nccl_available};
+pub use nccl::{GroupLaunch, NcclSetup, NcclTransport, WaitMode, nccl_available};
 pub use peer::{PeerTransport, enable_peer_access};
 pub use probe::{CudaProbe, PhaseTimes};
 pub use rendezvous::{MAX_WORLD_SIZE, Rendezvous, RendezvousError, timeout_from_env as rendezvous_timeout_from_env};

@@ -56,9 +56,10 @@ impl RawComm {
     }
 }
 
-/// A communicator configuration with `blocking = 0` and everything else left to NCCL (what
-/// `NCCL_CONFIG_INITIALIZER` sets), for the NCCL version `version`.
-fn nonblocking_config(version: i32) -> sys::ncclConfig_t {
+/// A communicator configuration with `blocking = 0`, at most `max_ctas` thread blocks per NCCL
+/// kernel where given, and everything else left to NCCL (what `NCCL_CONFIG_INITIALIZER` sets),
+/// for the NCCL version `version`.
+fn nonblocking_config(version: i32, max_ctas: Option<u32>) -> sys::ncclConfig_t {
     const UNDEF: i32 = i32::MIN; // NCCL_CONFIG_UNDEF_INT
     let null = std::ptr::null();
     sys::ncclConfig_t {
@@ -68,7 +69,7 @@ fn nonblocking_config(version: i32) -> sys::ncclConfig_t {
         blocking: 0,
         cgaClusterSize: UNDEF,
         minCTAs: UNDEF,
-        maxCTAs: UNDEF,
+        maxCTAs: max_ctas.map_or(UNDEF, |n| n.min(i32::MAX as u32) as i32),
         netName: null,
         splitShare: UNDEF,
         trafficClass: UNDEF,
@@ -88,8 +89,8 @@ fn nonblocking_config(version: i32) -> sys::ncclConfig_t {
 /// The configuration of the blocking communicator split off the non-blocking one: blocking, and
 /// sharing the parent's resources, its connections to the peers included — the child's first
 /// transfers then set nothing up, which a blocking communicator would wait for with no deadline.
-fn blocking_split_config(version: i32) -> sys::ncclConfig_t {
-    sys::ncclConfig_t { blocking: 1, splitShare: 1, ..nonblocking_config(version) }
+fn blocking_split_config(version: i32, max_ctas: Option<u32>) -> sys::ncclConfig_t {
+    sys::ncclConfig_t { blocking: 1, splitShare: 1, ..nonblocking_config(version, max_ctas) }
 }
 
 impl RawComm {
@@ -139,12 +140,18 @@ impl RawComm {
     /// A blocking communicator of the same ranks, split off this (non-blocking, initialised)
     /// one; every rank must call it. The split runs in NCCL's background thread (the parent is
     /// non-blocking) and is waited for at most until `deadline`.
-    fn split_blocking(&mut self, rank: usize, version: i32, deadline: Instant, peers: &[usize]) -> Result<RawComm> {
+    fn split_blocking(
+        &mut self,
+        rank: usize,
+        (version, max_ctas): (i32, Option<u32>),
+        deadline: Instant,
+        peers: &[usize],
+    ) -> Result<RawComm> {
         const OP: &str = "ncclCommSplit";
         if self.0.is_null() {
             return Err(GpuRingError::Aborted { rank, op: OP });
         }
-        let mut config = blocking_split_config(version);
+        let mut config = blocking_split_config(version, max_ctas);
         // NCCL's thread writes the new handle when the split completes, which may be after this
         // function gave up waiting: the slot is leaked then rather than freed under it.
         let mut slot: Box<sys::ncclComm_t> = Box::new(std::ptr::null_mut());
@@ -211,6 +218,19 @@ pub enum GroupLaunch {
     /// has launched: tens of microseconds a group, which a decode step or a short ring step
     /// pays several times. Kept to measure the difference.
     Background,
+}
+
+/// How a rank's NCCL communicator is set up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NcclSetup {
+    /// How groups launch.
+    pub launch: GroupLaunch,
+    /// At most this many thread blocks (one per channel, each on its own multiprocessor) in
+    /// each NCCL kernel; `None` leaves it to NCCL (tens on NVLink). A transfer that is to run
+    /// beside a kernel holding every multiprocessor (the persistent prefill kernel) needs as
+    /// many multiprocessors left free for it (`CudaAttention::reserve_sms`), or it waits for
+    /// that kernel's end.
+    pub max_ctas: Option<u32>,
 }
 
 /// One rank's end of an NCCL ring.
@@ -284,18 +304,25 @@ impl NcclTransport {
         id: [u8; 128],
         timeout: Duration,
     ) -> Result<NcclTransport> {
-        NcclTransport::init_rank_with(compute, rank, world_size, id, timeout, GroupLaunch::Inline)
+        NcclTransport::init_rank_with(compute, rank, world_size, id, timeout, NcclSetup::default())
     }
 
-    /// [`NcclTransport::init_rank`] with the way groups launch chosen.
+    /// [`NcclTransport::init_rank`] with the communicator's set-up chosen.
     pub fn init_rank_with(
         compute: Arc<CudaStream>,
         rank: usize,
         world_size: usize,
         id: [u8; 128],
         timeout: Duration,
-        launch: GroupLaunch,
+        setup: NcclSetup,
     ) -> Result<NcclTransport> {
+        if setup.max_ctas == Some(0) {
+            return Err(GpuRingError::Misuse {
+                rank,
+                op: "NcclTransport::init_rank_with",
+                what: "NCCL's thread blocks per kernel (max_ctas) is 0: give at least 1, or None for NCCL's choice",
+            });
+        }
         if !nccl_available() {
             return Err(GpuRingError::MissingLibrary {
                 library: "libnccl",
@@ -312,7 +339,7 @@ impl NcclTransport {
         // Non-blocking: initialisation and every group return at once and are polled with a
         // deadline (`RawComm::settle`), so a peer that never joins or dies cannot block this
         // thread inside NCCL.
-        let mut config = nonblocking_config(version);
+        let mut config = nonblocking_config(version, setup.max_ctas);
         let mut raw: sys::ncclComm_t = std::ptr::null_mut();
         // SAFETY: `raw` is written by NCCL; the id and the config outlive the call.
         let started = unsafe { sys::ncclCommInitRankConfig(&mut raw, n, id, r, &mut config) };
@@ -336,8 +363,9 @@ impl NcclTransport {
         };
         // Connected while still non-blocking: a peer that died since joining is a bounded error.
         t.connect_all()?;
-        if launch == GroupLaunch::Inline {
-            let blocking = t.comm.split_blocking(rank, version, Instant::now() + timeout, &everyone)?;
+        if setup.launch == GroupLaunch::Inline {
+            let config = (version, setup.max_ctas);
+            let blocking = t.comm.split_blocking(rank, config, Instant::now() + timeout, &everyone)?;
             t.parent = Some(std::mem::replace(&mut t.comm, blocking));
             // Over the parent's connections (shared): a first transfer that sets nothing up.
             t.connect_all()?;
@@ -678,12 +706,21 @@ mod tests {
 
     #[test]
     fn the_split_communicator_blocks_and_shares_the_parents_connections() {
-        let parent = nonblocking_config(22_803);
+        let parent = nonblocking_config(22_803, None);
         assert_eq!((parent.blocking, parent.magic, parent.version), (0, 0xcafe_beef, 22_803));
         assert_eq!(parent.size, std::mem::size_of::<sys::ncclConfig_t>());
         assert_eq!(parent.splitShare, i32::MIN, "left to NCCL (undefined) in the parent");
-        let child = blocking_split_config(22_803);
+        assert_eq!(parent.maxCTAs, i32::MIN, "left to NCCL (undefined) unless asked");
+        let child = blocking_split_config(22_803, None);
         assert_eq!((child.blocking, child.splitShare), (1, 1));
         assert_eq!((child.magic, child.version, child.size), (parent.magic, parent.version, parent.size));
+    }
+
+    #[test]
+    fn a_thread_block_limit_reaches_both_communicators() {
+        let parent = nonblocking_config(22_803, Some(8));
+        let child = blocking_split_config(22_803, Some(8));
+        assert_eq!((parent.maxCTAs, child.maxCTAs), (8, 8));
+        assert_eq!(parent.minCTAs, i32::MIN, "the floor stays NCCL's");
     }
 }

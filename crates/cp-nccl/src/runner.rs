@@ -12,7 +12,9 @@ use cudarc::driver::CudaEvent;
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 
 use crate::error::cuda;
-use crate::{CudaProbe, GpuRingError, GroupLaunch, NcclTransport, PeerTransport, PhaseTimes, Result, WaitMode};
+use crate::{
+    CudaProbe, GpuRingError, GroupLaunch, NcclSetup, NcclTransport, PeerTransport, PhaseTimes, Result, WaitMode,
+};
 
 /// A rank's own tensors (see `cp_ring::Local`).
 #[derive(Clone, Debug)]
@@ -401,11 +403,16 @@ pub struct RingOptions {
     pub event_tracking: bool,
     /// How NCCL launches a group.
     pub group_launch: GroupLaunch,
+    /// On a ring of 2+ GPUs over NCCL: multiprocessors left to NCCL's transfer kernels. NCCL
+    /// runs at most this many thread blocks per kernel and the persistent prefill kernel leaves
+    /// as many multiprocessors free ([`CudaAttention::reserve_sms`]), so a ring step's transfer
+    /// runs beside its compute instead of after it. `None`: NCCL's own choice and no reservation.
+    pub transfer_sms: Option<u32>,
 }
 
 impl Default for RingOptions {
     fn default() -> RingOptions {
-        RingOptions { event_tracking: false, group_launch: GroupLaunch::Inline }
+        RingOptions { event_tracking: false, group_launch: GroupLaunch::Inline, transfer_sms: None }
     }
 }
 
@@ -430,16 +437,16 @@ impl GpuRing {
                 RankPool::new_filtered(
                     n,
                     move |rank| {
-                        let ops = open(devices[rank])?;
+                        let mut ops = open(devices[rank])?;
                         ops.stream().context().bind_to_thread().map_err(cuda(rank, "cuCtxSetCurrent"))?;
-                        let mut nccl = NcclTransport::init_rank_with(
-                            ops.stream().clone(),
-                            rank,
-                            n,
-                            id,
-                            timeout,
-                            options.group_launch,
-                        )?;
+                        // A ring of one transfers nothing: nothing to leave room for.
+                        let max_ctas = options.transfer_sms.filter(|_| n > 1);
+                        if let Some(sms) = max_ctas {
+                            ops.reserve_sms(sms as usize)?;
+                        }
+                        let setup = NcclSetup { launch: options.group_launch, max_ctas };
+                        let mut nccl =
+                            NcclTransport::init_rank_with(ops.stream().clone(), rank, n, id, timeout, setup)?;
                         nccl.set_wait_mode(WaitMode::Device)?;
                         Ok(GpuRank {
                             rank,

@@ -47,6 +47,8 @@ pub struct CudaAttention {
     pub(super) stream: Arc<CudaStream>,
     pub(super) kernels: Arc<Kernels>,
     pub(super) sm_count: usize,
+    /// Multiprocessors the persistent prefill grid leaves free ([`CudaAttention::reserve_sms`]).
+    pub(super) reserved_sms: usize,
     /// Uploaded layouts, shared by the clones of [`CudaAttention::with_stream`] (an entry is
     /// complete before it is shared: its upload stream is synchronised first).
     layouts: Arc<Mutex<HashMap<Layout, Arc<DeviceLayout>>>>,
@@ -80,6 +82,7 @@ impl std::fmt::Debug for CudaAttention {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CudaAttention")
             .field("sm_count", &self.sm_count)
+            .field("reserved_sms", &self.reserved_sms)
             .field("scale", &self.scale)
             .finish_non_exhaustive()
     }
@@ -151,6 +154,7 @@ impl CudaAttention {
         Ok(CudaAttention {
             kernels,
             sm_count,
+            reserved_sms: 0,
             layouts: Arc::default(),
             scale: None,
             partial_dtype: GpuDType::F32,
@@ -177,6 +181,7 @@ impl CudaAttention {
         CudaAttention {
             kernels: self.kernels.clone(),
             sm_count: self.sm_count,
+            reserved_sms: self.reserved_sms,
             layouts: if share { self.layouts.clone() } else { Arc::default() },
             scale: self.scale,
             partial_dtype: self.partial_dtype,
@@ -199,6 +204,30 @@ impl CudaAttention {
     /// Multiprocessors of the device.
     pub fn sm_count(&self) -> usize {
         self.sm_count
+    }
+
+    /// Leaves `n` multiprocessors to kernels that run beside this handle's prefill (NCCL's
+    /// transfer kernels on a ring): the persistent TMA kernel's grid takes at most
+    /// `sm_count - n` of them and splits key ranges for that many. A persistent grid that holds
+    /// every multiprocessor delays any concurrent kernel until it ends, which serialises a ring
+    /// step's transfer behind its compute; grids of the other kernels are not persistent (their
+    /// blocks leave multiprocessors as they finish) and are not changed. `n` must leave at least
+    /// one multiprocessor.
+    pub fn reserve_sms(&mut self, n: usize) -> Result<()> {
+        if n >= self.sm_count {
+            return Err(AttentionError::TooLarge {
+                what: "the multiprocessors reserved beside the prefill kernel",
+                value: n,
+                max: self.sm_count - 1,
+            });
+        }
+        self.reserved_sms = n;
+        Ok(())
+    }
+
+    /// Multiprocessors left to concurrent kernels ([`CudaAttention::reserve_sms`]); 0 by default.
+    pub fn reserved_sms(&self) -> usize {
+        self.reserved_sms
     }
 
     /// The prefill kernels this device can run, the default first.

@@ -160,7 +160,10 @@ impl CudaAttention {
         };
         let blocks = tq.div_ceil(kernel.block_rows());
         let key_tiles = tk.div_ceil(kernel.key_tile());
-        let splits = if self.split_kv { kv_splits(blocks * nh, key_tiles, self.sm_count) } else { 1 };
+        // The persistent kernel runs on the multiprocessors left after the reservation.
+        let sms =
+            if matches!(kernel, PrefillKernel::Tma { .. }) { self.sm_count - self.reserved_sms } else { self.sm_count };
+        let splits = if self.split_kv { kv_splits(blocks * nh, key_tiles, sms) } else { 1 };
         let mut out = self.alloc(out_dtype, &[tq, nh, d])?;
         let mut lse = self.alloc(GpuDType::F32, &[tq, nh])?;
         if tq == 0 {
@@ -181,7 +184,7 @@ impl CudaAttention {
                         max: i32::MAX as usize,
                     });
                 }
-                (items.min(self.sm_count).max(1) as u32, 1, 1)
+                (items.min(sms).max(1) as u32, 1, 1)
             }
             // The wgmma kernel takes (heads, query blocks, splits); the mma.sync ones (query
             // blocks, heads, splits).
