@@ -8,7 +8,7 @@ use cp_attention::cuda::GpuDType;
 use cp_attention::reference::{Heads, discrepancy};
 use cp_nccl::{GpuRing, Placement, RingOptions};
 use cp_ring::Algorithm;
-use cp_shard::{CacheMap, DecodePlan, NewTokens, RingLayouts, Span, TurnPlan, gather_rows};
+use cp_shard::{CacheMap, DecodePlan, Layout, NewTokens, RingLayouts, Run, Span, TurnPlan, gather_rows};
 
 use crate::workload;
 
@@ -107,22 +107,7 @@ pub fn check_graph(
     let mut lines = Vec::new();
     for i in 0..replays {
         let s_i = seed.wrapping_add(1 + i as u64);
-        let l = layouts.clone();
-        let per_rank = ring.run(move |rank| {
-            let fresh = workload::draw(&rank.ops, rank.rank, &l, heads, s_i)?;
-            let inputs = captured(rank, index)?.inputs();
-            let (mut q, mut k, mut v) = (inputs.q.clone(), inputs.k.clone(), inputs.v.clone());
-            use cp_ring::KvOps;
-            for (dst, src) in [(&mut q, &fresh.q), (&mut k, &fresh.k), (&mut v, &fresh.v)] {
-                let rows = src.shape()[0];
-                rank.ops.copy_rows(dst, 0, src, 0, rows)?;
-            }
-            rank.replay(index)?;
-            let output = captured(rank, index)?.output();
-            let s = rank.ops.stream().clone();
-            Ok((output.out.download(&s)?, output.lse.download(&s)?))
-        })?;
-        lines.push(judge(heads, s_i, layouts, &per_rank, wanted, format!("{label} replay {i}"))?);
+        lines.push(replay_checked(ring, heads, s_i, index, (layouts, wanted), format!("{label} replay {i}"))?);
     }
     ring.forget_captured()?;
     Ok(lines)
@@ -167,6 +152,133 @@ pub fn check_graphs(ring: &GpuRing, name: &str, seed: u64, replays: usize) -> an
         cache.commit_decode(&plan)?;
     }
     Ok(lines)
+}
+
+/// `layouts` with each rank's keys laid out in regions, as a model's cache keeps them
+/// (cp-model): `region` rows per sequence of `n_seqs`, its tokens first, padding after. Every
+/// rank's key block then keeps its rows while the sequences grow.
+pub fn in_regions(layouts: &RingLayouts, n_seqs: usize, region: usize) -> anyhow::Result<RingLayouts> {
+    let kv = layouts
+        .kv
+        .iter()
+        .map(|compact| {
+            let mut spans: Vec<Vec<Span>> = vec![Vec::new(); n_seqs];
+            for run in compact.runs() {
+                if let Run::Tokens { seq, span } = *run {
+                    spans.get_mut(seq).ok_or_else(|| anyhow::anyhow!("sequence {seq} of {n_seqs}"))?.push(span);
+                }
+            }
+            let mut l = Layout::new();
+            for (seq, spans) in spans.into_iter().enumerate() {
+                let start = l.len();
+                spans.into_iter().for_each(|span| l.push_tokens(seq, span));
+                if l.len() - start > region {
+                    anyhow::bail!(
+                        "sequence {seq} has {} rows on a rank, more than its region of {region}",
+                        l.len() - start
+                    );
+                }
+                l.pad_to(start + region);
+            }
+            Ok(l)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(RingLayouts { q: layouts.q.clone(), kv })
+}
+
+/// One graph per shape, not per token: a decode step of three sequences of different lengths
+/// (keys in regions, [`in_regions`]) is captured once and, for `tokens` tokens, rebound to the
+/// next token's layouts ([`GpuRing::rebind`]) and replayed with new inputs, each replay checked
+/// against the oracle — the placement wrapping around the ring twice, the cache growing on a
+/// different rank each token. Near the end sequence 1 finishes: where that changes the query
+/// blocks' rows (N < 3) the rebind must refuse and the step is captured anew; otherwise the
+/// same graph goes on. Pass-Q and gather-Q. The last line counts the captures against what the
+/// shapes require.
+pub fn check_rebound(ring: &GpuRing, name: &str, seed: u64, tokens: usize) -> anyhow::Result<Vec<CheckLine>> {
+    let heads = Heads { n_heads: 8, n_kv_heads: 2, head_dim: 128 };
+    let n = ring.world_size();
+    let mut lines = Vec::new();
+    for algorithm in [Algorithm::PassQ, Algorithm::GatherQ] {
+        let mut cache = CacheMap::new(n, 3)?;
+        let prompt =
+            [NewTokens { seq: 0, count: 300 }, NewTokens { seq: 1, count: 77 }, NewTokens { seq: 2, count: 1200 }];
+        let first = TurnPlan::new(&cache, &prompt)?;
+        cache.commit_turn(&first)?;
+        let region = 1200usize.div_ceil(n) + tokens + 16;
+        ring.forget_captured()?;
+        let mut captured: Option<(usize, Vec<usize>, Vec<usize>)> = None;
+        let (mut captures, mut wanted_captures, mut refusals_ok) = (0, 0, true);
+        for it in 0..tokens {
+            let seqs: &[usize] = if it + 2 < tokens { &[0, 1, 2] } else { &[0, 2] };
+            let plan = DecodePlan::new(&cache, seqs, it)?;
+            let layouts = Arc::new(in_regions(plan.layouts(), 3, region)?);
+            let shape = |l: &[Layout]| l.iter().map(Layout::len).collect::<Vec<_>>();
+            let (q_rows, kv_rows) = (shape(&layouts.q), shape(&layouts.kv));
+            let s_i = seed.wrapping_add(0x100 * it as u64 + 1);
+            let same = captured.as_ref().is_some_and(|(_, q, kv)| *q == q_rows && *kv == kv_rows);
+            let index = match &captured {
+                Some((index, ..)) if same => {
+                    ring.rebind(*index, layouts.clone())?;
+                    *index
+                }
+                _ => {
+                    if let Some((index, ..)) = &captured {
+                        // Another shape: the rebind must refuse (and the ring forget the step).
+                        let refused = ring.rebind(*index, layouts.clone()).err().map(|e| e.to_string());
+                        refusals_ok &= refused.is_some_and(|e| e.contains("rows differ"));
+                    }
+                    wanted_captures += 1;
+                    captures += 1;
+                    let inputs = workload::draw_all(ring, &layouts, heads, s_i)?;
+                    let index = ring.capture(algorithm, layouts.clone(), inputs)?;
+                    captured = Some((index, q_rows, kv_rows));
+                    index
+                }
+            };
+            let label = format!("N={n} {name} graph {algorithm} rebound token {it} of {seqs:?}");
+            lines.push(replay_checked(ring, heads, s_i, index, (&layouts, &plan.new_spans()), label)?);
+            cache.commit_decode(&plan)?;
+        }
+        ring.forget_captured()?;
+        let ok = captures == wanted_captures && refusals_ok;
+        lines.push(CheckLine {
+            label: format!("N={n} {name} {algorithm} captures"),
+            ok,
+            line: format!(
+                "N={n} {name} graph {algorithm}: {tokens} tokens on {captures} capture(s) (one per shape:                  {wanted_captures}); rebinds across shapes refused: {refusals_ok}"
+            ),
+        });
+    }
+    Ok(lines)
+}
+
+/// Writes new inputs (drawn from `seed` for `layouts`) into the buffers of the step captured as
+/// `index` on every rank, replays it, and checks the `wanted` rows against the oracle.
+fn replay_checked(
+    ring: &GpuRing,
+    heads: Heads,
+    seed: u64,
+    index: usize,
+    step: (&Arc<RingLayouts>, &[(usize, Span)]),
+    label: String,
+) -> anyhow::Result<CheckLine> {
+    let (layouts, wanted) = step;
+    let l = layouts.clone();
+    let per_rank = ring.run(move |rank| {
+        let fresh = workload::draw(&rank.ops, rank.rank, &l, heads, seed)?;
+        let inputs = captured(rank, index)?.inputs();
+        let (mut q, mut k, mut v) = (inputs.q.clone(), inputs.k.clone(), inputs.v.clone());
+        use cp_ring::KvOps;
+        for (dst, src) in [(&mut q, &fresh.q), (&mut k, &fresh.k), (&mut v, &fresh.v)] {
+            let rows = src.shape()[0];
+            rank.ops.copy_rows(dst, 0, src, 0, rows)?;
+        }
+        rank.replay(index)?;
+        let output = captured(rank, index)?.output();
+        let s = rank.ops.stream().clone();
+        Ok((output.out.download(&s)?, output.lse.download(&s)?))
+    })?;
+    judge(heads, seed, layouts, &per_rank, wanted, label)
 }
 
 /// A partial-prefill turn of two sequences (300 and 77 cached; 203 and 61 new: lengths that

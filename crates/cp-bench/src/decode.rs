@@ -248,6 +248,52 @@ pub fn growing(
     Ok(row(context, batch, n, algorithm, "growing", &steps))
 }
 
+/// `algorithm` on `ring`, `iters` successive steps like [`growing`], as one CUDA graph per
+/// shape: the keys laid out in regions (a model's cache, [`crate::check::in_regions`]), the
+/// step captured once, then each token rebound to the new layouts ([`GpuRing::rebind`]) and
+/// replayed. Wall time per token counts the rebind (host work and its small copies) and the
+/// replay; the capture (first token) is not counted. Inputs are written once: the values do not
+/// change the time.
+pub fn rebound(
+    ring: &GpuRing,
+    heads: Heads,
+    algorithm: Algorithm,
+    context: usize,
+    batch: usize,
+    iters: usize,
+) -> anyhow::Result<DecodeRow> {
+    let n = ring.world_size();
+    let (mut cache, _) = workload::decode_plan(n, batch, context, 0)?;
+    let seqs: Vec<usize> = (0..batch).collect();
+    // Each rank holds about context / N tokens of a sequence and gains at most one every N tokens.
+    let region = context.div_ceil(n) + iters + 16;
+    ring.forget_captured()?;
+    let mut index = None;
+    let mut steps = Vec::new();
+    for it in 0..iters {
+        let plan = cp_shard::DecodePlan::new(&cache, &seqs, it)?;
+        let layouts = Arc::new(crate::check::in_regions(plan.layouts(), batch, region)?);
+        let started = Instant::now();
+        let i = match index {
+            Some(i) => {
+                ring.rebind(i, layouts.clone())?;
+                i
+            }
+            None => {
+                let inputs = workload::draw_all(ring, &layouts, heads, 11)?;
+                *index.insert(ring.capture(algorithm, layouts.clone(), inputs)?)
+            }
+        };
+        let (times, _) = replay(ring, i)?;
+        if it > 0 {
+            steps.push((times, started.elapsed().as_secs_f64() * 1e3));
+        }
+        cache.commit_decode(&plan)?;
+    }
+    ring.forget_captured()?;
+    Ok(row(context, batch, n, algorithm, "rebound", &steps))
+}
+
 /// Prints one row.
 pub fn print(r: &DecodeRow, single: Option<&DecodeRow>) {
     let vs = single.map_or(String::new(), |s| {

@@ -192,7 +192,8 @@ enum Mode {
         /// Steady-mode steps timed (after 10% as warm-up).
         #[arg(long, default_value_t = 200)]
         iters: usize,
-        /// Growing-mode steps (0: none).
+        /// Growing-mode steps (0: none); with --graphs also as one graph per shape, rebound
+        /// every token.
         #[arg(long, default_value_t = 0)]
         growing_iters: usize,
         /// Also capture each step as a CUDA graph per rank and time its replays (NCCL only).
@@ -397,6 +398,11 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
                                 let g = decode::growing(ring, h, algorithm, context, batch, growing_iters)?;
                                 decode::print(&g, Some(&base));
                                 rows.push(g);
+                                if graphs {
+                                    let g = decode::rebound(ring, h, algorithm, context, batch, growing_iters)?;
+                                    decode::print(&g, Some(&base));
+                                    rows.push(g);
+                                }
                             }
                         }
                     }

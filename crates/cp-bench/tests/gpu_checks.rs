@@ -115,7 +115,11 @@ fn graph_replays_match_the_oracle() {
     let mut all_ok = true;
     for (placement, name) in placements {
         let ring = GpuRing::new(placement, Duration::from_secs(60)).expect("ring");
-        for line in check::check_graphs(&ring, &name, seed, 3).expect("graph check ran") {
+        let mut lines = check::check_graphs(&ring, &name, seed, 3).expect("graph check ran");
+        // One graph per shape: rebound token after token, the placement wrapping twice.
+        let tokens = 2 * ring.world_size() + 2;
+        lines.extend(check::check_rebound(&ring, &name, seed, tokens).expect("rebound graph check ran"));
+        for line in lines {
             println!("  {} {}", if line.ok { "[ok]    " } else { "[FAILED]" }, line.line);
             all_ok &= line.ok;
         }

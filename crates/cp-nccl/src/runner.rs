@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cp_attention::Partial;
-use cp_attention::cuda::{BufferPool, CudaAttention, GpuTensor};
+use cp_attention::cuda::{BoundDecode, BufferPool, CudaAttention, DecodeBindings, GpuTensor};
 use cp_ring::{Algorithm, Local, PoolError, RankPool, RingError, RingLayouts, RingTransport, run};
 use cudarc::driver::CudaEvent;
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -133,6 +133,38 @@ pub struct CapturedStep {
     _held: Vec<cudarc::driver::CudaSlice<u8>>,
     /// The uploaded layouts and decode arguments the graph reads.
     _pinned: Vec<cp_attention::cuda::Pinned>,
+    /// Rows of every rank's query and key blocks at capture: the shape a rebind must keep.
+    shape: (Vec<usize>, Vec<usize>),
+    /// Each decode launch with the indices (in `RingLayouts::q` and `::kv`) of the layouts it
+    /// was given, or why the graph cannot serve other layouts ([`GpuRank::rebind`]).
+    bindings: Bindings,
+    /// A rebind failed part-way: some launches read the new layouts, some the old; never
+    /// replayed again.
+    broken: bool,
+}
+
+/// A captured step's decode launches, each with the indices of its query and key layouts in
+/// the ring's layouts; or why the step cannot be rebound.
+type Bindings = std::result::Result<Vec<(usize, usize, Arc<BoundDecode>)>, &'static str>;
+
+/// Where `bindings`' launches' layouts sit in `layouts` (found by address: the algorithms hand
+/// the ops references into the ring's layouts), or why the step cannot be rebound.
+fn bind_to_layouts(bindings: Option<DecodeBindings>, layouts: &RingLayouts) -> Bindings {
+    let b = bindings.ok_or("no decode launches were recorded")?;
+    if let Some(why) = b.unbindable {
+        return Err(why);
+    }
+    let index = |all: &[cp_shard::Layout], addr: usize| all.iter().position(|l| std::ptr::eq(l, addr as *const _));
+    b.slots
+        .into_iter()
+        .map(|slot| {
+            let (q, kv) = slot.layout_addrs;
+            match (index(&layouts.q, q), index(&layouts.kv, kv)) {
+                (Some(qi), Some(ki)) => Ok((qi, ki, slot)),
+                _ => Err("a decode launch was given layouts that are not the ring's own (built during the step)"),
+            }
+        })
+        .collect()
 }
 
 /// cudarc's graph, which has no `Debug`.
@@ -223,6 +255,7 @@ impl GpuRank {
         let captured = self.capture_held(algorithm, layouts, inputs, &pools);
         let held: Vec<_> = pools.iter().flat_map(|p| p.release_held()).collect();
         let pinned = self.ops.unpin_uploads();
+        let bindings = bind_to_layouts(self.ops.take_decode_bindings(), layouts);
         let (graph, output) = captured?;
         let s = self.ops.stream().clone();
         let event =
@@ -235,6 +268,9 @@ impl GpuRank {
             end: event()?,
             _held: held,
             _pinned: pinned,
+            shape: (layouts.q.iter().map(|l| l.len()).collect(), layouts.kv.iter().map(|l| l.len()).collect()),
+            bindings,
+            broken: false,
         });
         Ok(self.captured.len() - 1)
     }
@@ -255,8 +291,10 @@ impl GpuRank {
         for p in pools {
             p.hold();
         }
-        // Pinned from the warm-up on: the caches evict nothing the capture will look up.
+        // Pinned from the warm-up on: the caches evict nothing the capture will look up. Decode
+        // launches get arguments of their own, recorded, so that the graph can be rebound.
         self.ops.pin_uploads();
+        self.ops.record_decode_bindings();
         let warm = run(algorithm, &self.ops, &mut self.transport, layouts, local, &mut ());
         let drained = self.transport.drain();
         drop(warm?);
@@ -269,6 +307,7 @@ impl GpuRank {
         }
 
         let s = self.ops.stream().clone();
+        self.ops.reuse_decode_bindings();
         if let RankTransport::Nccl(n) = &mut self.transport {
             n.set_capturing(true)?;
         }
@@ -294,6 +333,33 @@ impl GpuRank {
         })?;
         graph.upload().map_err(cuda(rank, "cuGraphUpload"))?;
         Ok((graph, output))
+    }
+
+    /// Points the step captured as `index` at `layouts`, for its next replay: the next token of
+    /// a decode batch (the caches grown by a token, the placement moved, positions advanced).
+    /// `layouts` must have the captured shape — every rank's query and key blocks of the same
+    /// rows (key buffers with room, e.g. cp-model's regions, keep it while sequences grow) — and
+    /// every partial attention of the step must have run the decode kernel; otherwise this is
+    /// an error and the step must be captured anew. Writes only the decode arguments that
+    /// changed (a few elements a token), on this rank's stream, ordered before the next replay.
+    /// Every rank rebinds its own step; the values of the new rows (Q, the new K/V rows) go into
+    /// the captured inputs as before.
+    pub fn rebind(&mut self, index: usize, layouts: &RingLayouts) -> Result<()> {
+        let rank = self.rank;
+        let misuse = |what: &'static str| GpuRingError::Misuse { rank, op: "GpuRank::rebind", what };
+        let step = self.captured.get(index).ok_or(misuse("no step was captured under that index"))?;
+        let slots = step.bindings.as_ref().map_err(|&why| misuse(why))?;
+        let same_shape = layouts.q.iter().map(|l| l.len()).eq(step.shape.0.iter().copied())
+            && layouts.kv.iter().map(|l| l.len()).eq(step.shape.1.iter().copied());
+        if !same_shape {
+            return Err(misuse("the layouts' rows differ from the captured step's (a new shape needs a new capture)"));
+        }
+        let rebound =
+            slots.iter().try_for_each(|(qi, ki, slot)| self.ops.rebind_decode(slot, &layouts.q[*qi], &layouts.kv[*ki]));
+        if rebound.is_err() {
+            self.captured[index].broken = true;
+        }
+        Ok(rebound?)
     }
 
     /// The step captured as `index`.
@@ -322,6 +388,13 @@ impl GpuRank {
             op: "GpuRank::replay",
             what: "no step was captured under that index",
         })?;
+        if step.broken {
+            return Err(GpuRingError::Misuse {
+                rank,
+                op: "GpuRank::replay",
+                what: "a rebind of this step failed part-way (its launches disagree on the layouts): capture anew",
+            });
+        }
         let s = self.ops.stream();
         step.start.record(s).map_err(cuda(rank, "cuEventRecord"))?;
         step.graph.0.launch().map_err(cuda(rank, "cuGraphLaunch"))?;
@@ -554,6 +627,21 @@ impl GpuRing {
         }
     }
 
+    /// Points every rank's step captured as `index` at `layouts` ([`GpuRank::rebind`]): the
+    /// next token of a decode batch replays the same graphs. All or nothing: if any rank
+    /// cannot rebind (another shape, a step that ran the prefill kernel), every rank forgets
+    /// its captured steps — a graph left at the old layouts on one rank would give a wrong
+    /// answer — and the error says why; capture anew.
+    pub fn rebind(&self, index: usize, layouts: Arc<RingLayouts>) -> Result<()> {
+        self.check_per_rank("GpuRing::rebind", &layouts, &vec![(); self.world_size()])?;
+        let rebound = self.run(move |rank| rank.rebind(index, &layouts));
+        if let Err(e) = rebound {
+            self.forget_captured()?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Drops every rank's captured steps ([`GpuRank::forget_captured`]).
     pub fn forget_captured(&self) -> Result<()> {
         self.run(|rank| {
@@ -564,7 +652,7 @@ impl GpuRing {
     }
 
     /// Checks that `layouts` and `inputs` are for this ring's ranks, one each.
-    fn check_per_rank(&self, op: &'static str, layouts: &RingLayouts, inputs: &[RankInputs]) -> Result<()> {
+    fn check_per_rank<T>(&self, op: &'static str, layouts: &RingLayouts, inputs: &[T]) -> Result<()> {
         let n = self.world_size();
         for (what, actual) in [("inputs (one per rank)", inputs.len()), ("layouts' ranks", layouts.world_size())] {
             if actual != n {

@@ -1,18 +1,19 @@
 //! Decode launches: the split-KV decode kernels (tensor-core and SIMT), their per-layout
 //! arguments, and when a partial attention takes them.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use cp_ring::Partial;
 use cp_shard::Layout;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::layout::DeviceLayout;
 use super::merge::elementwise;
 use super::ops::CudaAttention;
 use super::table::decode_mma_smem;
 use super::{GpuDType, GpuTensor, cuda_err};
-use crate::Result;
+use crate::{AttentionError, Result};
 
 /// Which split-KV decode kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,6 +34,100 @@ pub struct DecodeArgs {
     pos: CudaSlice<i32>,
     splits: usize,
     split_len: usize,
+    /// Arguments of a captured step ([`CudaAttention::record_decode_bindings`]): the key
+    /// positions are their own copy, and every array is rewritten in place for the next token.
+    bound: Option<Bound>,
+}
+
+/// The private state of bound decode arguments.
+#[derive(Debug)]
+struct Bound {
+    /// The key positions the kernel reads (instead of the key layout's).
+    key_pos: CudaSlice<i32>,
+    /// What the device arrays hold now, so a rebind writes only what changed.
+    mirror: Mutex<HostArgs>,
+}
+
+/// The decode kernel's arguments on the host: per query row its sequence's key range and its
+/// position; per key row its position.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct HostArgs {
+    start: Vec<i32>,
+    len: Vec<i32>,
+    pos: Vec<i32>,
+    key_pos: Vec<i32>,
+}
+
+impl HostArgs {
+    /// The query rows' arguments for `q_layout` against keys whose sequences span `ranges`.
+    fn rows(q_layout: &Layout, ranges: &HashMap<usize, (usize, usize)>) -> HostArgs {
+        let mut a = HostArgs::default();
+        for t in q_layout.rows() {
+            let (s, l, p) = match t.and_then(|t| ranges.get(&t.seq).map(|r| (*r, t.pos))) {
+                Some(((first, count), p)) => (first as i32, count as i32, p as i32),
+                None => (0, 0, 0),
+            };
+            a.start.push(s);
+            a.len.push(l);
+            a.pos.push(p);
+        }
+        a
+    }
+
+    /// The longest key range of a query row (at least 1).
+    fn max_len(&self) -> usize {
+        self.len.iter().copied().max().unwrap_or(0).max(1) as usize
+    }
+}
+
+/// The key positions of a layout's rows as the kernels see them (padding rows: 0), as
+/// `expand_runs` writes them.
+fn row_positions(layout: &Layout) -> Vec<i32> {
+    layout.rows().map(|t| t.map_or(0, |t| t.pos as i32)).collect()
+}
+
+/// `(split_len, splits)` for keys of at most `max_len` rows per query row. Many small splits
+/// (at most 256 of them): a grid of many waves has no half-empty last wave (576 blocks on 528
+/// slots ran at half speed). The tensor-core kernel takes longer splits (2048 keys: 32 per
+/// warp-chunk ring pass) to amortise filling its rings.
+fn split_plan(kernel: DecodeKernel, max_len: usize) -> (usize, usize) {
+    let min_split = match kernel {
+        DecodeKernel::TensorCore => 2048,
+        DecodeKernel::Simt => 1024,
+    };
+    let split_len = max_len.div_ceil(256).max(min_split).div_ceil(64) * 64;
+    (split_len, max_len.div_ceil(split_len))
+}
+
+/// One decode launch of a captured step, bound to buffers of its own so that the step's graph
+/// can serve the next token of the same shape ([`CudaAttention::rebind_decode`]).
+#[derive(Debug)]
+pub struct BoundDecode {
+    /// The addresses of the query and key layouts the launch was given (the ring's runner maps
+    /// them back to its `RingLayouts`; they are not dereferenced).
+    pub layout_addrs: (usize, usize),
+    q_layout: Layout,
+    kv_layout: Layout,
+    args: Arc<DecodeArgs>,
+}
+
+/// The decode launches a captured step made, in order, or why its graph cannot be rebound.
+#[derive(Debug, Default)]
+pub struct DecodeBindings {
+    /// One per decode launch.
+    pub slots: Vec<Arc<BoundDecode>>,
+    /// Set when some partial attention of the step did not run the decode kernel (its layouts
+    /// are in the graph as uploaded), or the capture's calls did not match the warm-up's.
+    pub unbindable: Option<&'static str>,
+}
+
+/// The binding state of a handle: recording during a capture's warm-up run, then handing the
+/// recorded slots out in the same order to the capture itself.
+#[derive(Debug, Default)]
+pub(super) struct Binding {
+    recorded: DecodeBindings,
+    /// `Some(next slot)` once the capture run reuses the slots.
+    reuse: Option<usize>,
 }
 
 /// Decode arguments are prepared per kernel and pair of (query, key) layouts.
@@ -50,6 +145,20 @@ impl CudaAttention {
         nh: usize,
         nkv: usize,
     ) -> Result<Option<DecodeArgs>> {
+        self.prepare_decode_as(ql, kl, nh, nkv, false)
+    }
+
+    /// [`CudaAttention::prepare_decode`]; `bound`: arguments of their own for a captured step,
+    /// with the keys split for the key buffer's every row (what the sequences may grow to
+    /// without a new capture) instead of the longest range of these layouts.
+    fn prepare_decode_as(
+        &self,
+        ql: &DeviceLayout,
+        kl: &DeviceLayout,
+        nh: usize,
+        nkv: usize,
+        bound: bool,
+    ) -> Result<Option<DecodeArgs>> {
         let Some(ranges) = &kl.seq_ranges else { return Ok(None) };
         let kernel = self.decode_kernel;
         let group_ok = match kernel {
@@ -59,28 +168,127 @@ impl CudaAttention {
         if nkv == 0 || !group_ok || ql.rows == 0 {
             return Ok(None);
         }
-        let (mut start, mut len, mut pos) = (Vec::new(), Vec::new(), Vec::new());
-        for t in ql.layout.rows() {
-            let (s, l, p) = match t.and_then(|t| ranges.get(&t.seq).map(|r| (*r, t.pos))) {
-                Some(((first, count), p)) => (first as i32, count as i32, p as i32),
-                None => (0, 0, 0),
-            };
-            start.push(s);
-            len.push(l);
-            pos.push(p);
-        }
-        let max_len = len.iter().copied().max().unwrap_or(0).max(1) as usize;
-        // Many small splits (at most 256 of them): a grid of many waves has no half-empty last
-        // wave (576 blocks on 528 slots ran at half speed). The tensor-core kernel takes longer
-        // splits (2048 keys: 32 per warp-chunk ring pass) to amortise filling its rings.
-        let min_split = match kernel {
-            DecodeKernel::TensorCore => 2048,
-            DecodeKernel::Simt => 1024,
-        };
-        let split_len = max_len.div_ceil(256).max(min_split).div_ceil(64) * 64;
-        let splits = max_len.div_ceil(split_len);
+        let mut host = HostArgs::rows(&ql.layout, ranges);
+        let (split_len, splits) = split_plan(kernel, if bound { kl.rows.max(1) } else { host.max_len() });
         let up = |v: &[i32]| self.stream.clone_htod(v).map_err(cuda_err("cuMemcpyHtoD(decode ranges)"));
-        Ok(Some(DecodeArgs { kernel, start: up(&start)?, len: up(&len)?, pos: up(&pos)?, splits, split_len }))
+        let (start, len, pos) = (up(&host.start)?, up(&host.len)?, up(&host.pos)?);
+        let bound = if bound {
+            host.key_pos = row_positions(&kl.layout);
+            let key_pos = if host.key_pos.is_empty() { up(&[0])? } else { up(&host.key_pos)? };
+            Some(Bound { key_pos, mirror: Mutex::new(host) })
+        } else {
+            None
+        };
+        Ok(Some(DecodeArgs { kernel, start, len, pos, splits, split_len, bound }))
+    }
+
+    /// Starts recording the decode launches of a step about to be captured: from now until
+    /// [`CudaAttention::take_decode_bindings`], each decode launch prepares arguments of its own
+    /// (not shared through the cache) and records them; [`CudaAttention::reuse_decode_bindings`]
+    /// then hands them to the capture run in the same order.
+    pub fn record_decode_bindings(&self) {
+        *self.binding.lock().unwrap_or_else(|p| p.into_inner()) = Some(Binding::default());
+    }
+
+    /// The capture run that follows the recorded warm-up takes the recorded arguments, launch
+    /// by launch (and uploads nothing).
+    pub fn reuse_decode_bindings(&self) {
+        if let Some(b) = self.binding.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            b.reuse = Some(0);
+        }
+    }
+
+    /// Ends the recording; returns what was recorded (`None` if nothing was being recorded).
+    pub fn take_decode_bindings(&self) -> Option<DecodeBindings> {
+        let b = self.binding.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        let mut recorded = b.recorded;
+        if b.reuse.is_some_and(|next| next != recorded.slots.len()) && recorded.unbindable.is_none() {
+            recorded.unbindable = Some("the capture made fewer decode launches than its warm-up run");
+        }
+        Some(recorded)
+    }
+
+    /// Notes, while recording, that a partial attention took the prefill kernel: the step's
+    /// graph reads that launch's layouts as uploaded and cannot be rebound.
+    pub(super) fn note_unbindable(&self, why: &'static str) {
+        if let Some(b) = self.binding.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            b.recorded.unbindable.get_or_insert(why);
+        }
+    }
+
+    /// Rewrites a bound decode launch's arguments for the next token: `q_layout` and
+    /// `kv_layout` must have the rows of the captured ones (same shape), every sequence's keys
+    /// contiguous, and no key range longer than the captured split covers (the key buffer's
+    /// rows). Writes, on this handle's stream, only the elements that changed; the graph
+    /// replayed after it on this stream reads the new values. The previous replay must be over
+    /// (a replay is waited for before it returns).
+    pub fn rebind_decode(&self, slot: &BoundDecode, q_layout: &Layout, kv_layout: &Layout) -> Result<()> {
+        let args = &slot.args;
+        let Some(bound) = &args.bound else {
+            return Err(AttentionError::Cuda {
+                op: "rebind_decode",
+                code: "these decode arguments were not prepared for a captured step".into(),
+            });
+        };
+        for (what, got, captured) in [
+            ("the captured step's query block", q_layout.len(), slot.q_layout.len()),
+            ("the captured step's key block", kv_layout.len(), slot.kv_layout.len()),
+        ] {
+            if got != captured {
+                return Err(AttentionError::LayoutRows { what, rows: captured, layout_rows: got });
+            }
+        }
+        if !decode_shaped(q_layout) {
+            return Err(AttentionError::Cuda {
+                op: "rebind_decode",
+                code: "the query rows are no decode batch any more (more than 16 rows, a sequence twice)".into(),
+            });
+        }
+        let ranges = super::layout::seq_ranges(kv_layout).ok_or(AttentionError::Cuda {
+            op: "rebind_decode",
+            code: "a sequence's keys are not contiguous in the key layout (the decode kernel needs one range per sequence)"
+                .into(),
+        })?;
+        let mut host = HostArgs::rows(q_layout, &ranges);
+        if host.max_len() > args.splits * args.split_len {
+            return Err(AttentionError::TooLarge {
+                what: "the keys of one sequence, against the captured step's key split",
+                value: host.max_len(),
+                max: args.splits * args.split_len,
+            });
+        }
+        if let Some(p) =
+            q_layout.rows().chain(kv_layout.rows()).flatten().map(|t| t.pos).find(|&p| p > i32::MAX as usize)
+        {
+            return Err(AttentionError::TooLarge { what: "a position", value: p, max: i32::MAX as usize });
+        }
+        host.key_pos = row_positions(kv_layout);
+        let mut mirror = bound.mirror.lock().unwrap_or_else(|p| p.into_inner());
+        for (dst, old, new) in [
+            (&args.start, &mirror.start, &host.start),
+            (&args.len, &mirror.len, &host.len),
+            (&args.pos, &mirror.pos, &host.pos),
+            (&bound.key_pos, &mirror.key_pos, &host.key_pos),
+        ] {
+            self.write_changed(dst, old, new)?;
+        }
+        *mirror = host;
+        Ok(())
+    }
+
+    /// Copies the elements of `new` from the first to the last that differs from `old` (what
+    /// `dst` holds) into `dst`, on this handle's stream.
+    fn write_changed(&self, dst: &CudaSlice<i32>, old: &[i32], new: &[i32]) -> Result<()> {
+        debug_assert_eq!(old.len(), new.len());
+        let Some(first) = old.iter().zip(new).position(|(a, b)| a != b) else { return Ok(()) };
+        let last = old.iter().zip(new).rposition(|(a, b)| a != b).unwrap_or(first);
+        let (ptr, _record) = dst.device_ptr(&self.stream);
+        let offset = (first * std::mem::size_of::<i32>()) as u64;
+        // SAFETY: `dst` holds `new.len()` i32 (the mirror's length, checked above to be the
+        // captured rows), so `first..=last` lies inside it. From pageable host memory the copy
+        // is staged before the call returns, so `new` may go right after.
+        unsafe { cudarc::driver::result::memcpy_htod_async(ptr + offset, &new[first..=last], self.stream.cu_stream()) }
+            .map_err(cuda_err("cuMemcpyHtoDAsync(decode rebind)"))
     }
 
     /// Split-KV decode with prepared arguments: the decode kernel writes one partial per split,
@@ -113,7 +321,8 @@ impl CudaAttention {
             shared_mem_bytes: smem as u32,
         };
         let mut b = self.stream.launch_builder(f);
-        b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&args.start).arg(&args.len).arg(&args.pos).arg(&kl.pos);
+        let key_pos = args.bound.as_ref().map_or(&kl.pos, |b| &b.key_pos);
+        b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&args.start).arg(&args.len).arg(&args.pos).arg(key_pos);
         b.arg(&mut *part_out).arg(&mut *part_lse).arg(&bq_i).arg(&nh_i).arg(&nkv_i).arg(&split_i).arg(&scale);
         // SAFETY: argument types and order match the kernel; every row range lies inside k/v.
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch decode"))?;
@@ -142,6 +351,53 @@ impl CudaAttention {
         })
     }
 
+    /// While a step is being captured ([`CudaAttention::record_decode_bindings`]): the warm-up
+    /// run's launch prepares and records arguments of its own, the capture run's takes the one
+    /// recorded at its place (checked to be for the same layouts). `Ok(None)` otherwise, and for
+    /// layouts the decode kernel does not take (the prefill kernel then serves, and the step is
+    /// marked unbindable by the caller).
+    fn bound_decode(
+        &self,
+        q_layout: &Layout,
+        ql: &DeviceLayout,
+        kv_layout: &Layout,
+        kl: &DeviceLayout,
+        nh: usize,
+        nkv: usize,
+    ) -> Result<Option<Arc<DecodeArgs>>> {
+        let mut guard = self.binding.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(b) = guard.as_mut() else { return Ok(None) };
+        let addrs = (q_layout as *const Layout as usize, kv_layout as *const Layout as usize);
+        if let Some(next) = b.reuse.as_mut() {
+            let slot = b.recorded.slots.get(*next).cloned();
+            let Some(slot) = slot.filter(|s| s.q_layout == *q_layout && s.kv_layout == *kv_layout) else {
+                b.recorded.unbindable.get_or_insert("the capture's decode launches differ from its warm-up run's");
+                return Err(AttentionError::Cuda {
+                    op: "decode during a CUDA graph capture",
+                    code: "the launch differs from the warm-up run's at the same place (no arguments uploaded for it)"
+                        .into(),
+                });
+            };
+            *next += 1;
+            self.pin(slot.args.clone());
+            return Ok(Some(slot.args.clone()));
+        }
+        drop(guard);
+        let Some(args) = self.prepare_decode_as(ql, kl, nh, nkv, true)? else { return Ok(None) };
+        let args = Arc::new(args);
+        let slot = BoundDecode {
+            layout_addrs: addrs,
+            q_layout: q_layout.clone(),
+            kv_layout: kv_layout.clone(),
+            args: args.clone(),
+        };
+        if let Some(b) = self.binding.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            b.recorded.slots.push(Arc::new(slot));
+        }
+        self.pin(args.clone());
+        Ok(Some(args))
+    }
+
     /// Split-KV decode of a few query rows (one per sequence) against their sequences' keys;
     /// `None` when the layouts or head ratio do not suit the decode kernel. Arguments are
     /// prepared once per pair of layouts and cached.
@@ -156,6 +412,9 @@ impl CudaAttention {
         let ql = self.device_layout(q_layout)?;
         let kl = self.device_layout(kv_layout)?;
         let (_, _, nh, nkv, _) = self.check(q, ql.rows, k, v, kl.rows)?;
+        if let Some(args) = self.bound_decode(q_layout, &ql, kv_layout, &kl, nh, nkv)? {
+            return self.decode_with(&args, q, &ql, k, v, &kl).map(Some);
+        }
         let key = (self.decode_kernel, q_layout.clone(), kv_layout.clone());
         let cached = self.decode_args.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
         let args = match cached {

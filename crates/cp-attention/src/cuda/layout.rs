@@ -129,7 +129,7 @@ pub(crate) fn tile_summaries_of_runs(layout: &Layout, tile: usize) -> Vec<i32> {
 
 /// Each sequence's row range `(first, len)`, or `None` if some sequence's rows are not
 /// contiguous (or interleaved with padding), from the runs.
-fn seq_ranges(layout: &Layout) -> Option<std::collections::HashMap<usize, (usize, usize)>> {
+pub(super) fn seq_ranges(layout: &Layout) -> Option<std::collections::HashMap<usize, (usize, usize)>> {
     let mut ranges: std::collections::HashMap<usize, (usize, usize)> = std::collections::HashMap::new();
     let mut last: Option<usize> = None;
     let mut row = 0;

@@ -26,7 +26,7 @@ mod table;
 mod tensor;
 
 pub use compile::{SOURCE, compile, cubin, nvrtc_available};
-pub use decode::{DecodeArgs, DecodeKernel};
+pub use decode::{BoundDecode, DecodeArgs, DecodeBindings, DecodeKernel};
 pub use layout::DeviceLayout;
 pub use ops::{CudaAttention, Pinned};
 pub use prefill::{ItemSchedule, PrefillKernel, kv_splits};

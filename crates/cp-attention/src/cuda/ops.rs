@@ -9,7 +9,7 @@ use cp_ring::{AttentionOps, Partial};
 use cp_shard::Layout;
 use cudarc::driver::{CudaContext, CudaStream, DevicePtr};
 
-use super::decode::{DecodeArgs, DecodeKernel, DecodeKey, decode_shaped};
+use super::decode::{Binding, DecodeArgs, DecodeKernel, DecodeKey, decode_shaped};
 use super::layout::DeviceLayout;
 use super::prefill::{ItemSchedule, PrefillKernel};
 use super::table::{FLASH_VARIANTS, Kernels};
@@ -68,6 +68,8 @@ pub struct CudaAttention {
     /// so a check can prove every element was written. Off by default (a memset per output).
     pub poison_outputs: bool,
     pub(super) decode_args: Arc<Mutex<HashMap<DecodeKey, Arc<DecodeArgs>>>>,
+    /// Decode launches being recorded for a capture (this handle's own, never shared).
+    pub(super) binding: Arc<Mutex<Option<Binding>>>,
     /// Buffers of this stream kept for reuse (explicit-sync handles only).
     pool: Option<Arc<BufferPool>>,
     /// While pinning ([`CudaAttention::pin_uploads`]): every uploaded layout and decode argument
@@ -167,6 +169,7 @@ impl CudaAttention {
             split_kv: true,
             poison_outputs: false,
             decode_args: Arc::default(),
+            binding: Arc::default(),
             pool: BufferPool::new(&stream),
             pinned: Arc::default(),
             stream,
@@ -190,6 +193,7 @@ impl CudaAttention {
             split_kv: self.split_kv,
             poison_outputs: self.poison_outputs,
             decode_args: if share { self.decode_args.clone() } else { Arc::default() },
+            binding: Arc::default(),
             pool: BufferPool::new(&stream),
             pinned: Arc::default(),
             stream,
@@ -422,6 +426,7 @@ impl AttentionOps for CudaAttention {
         {
             return Ok(p);
         }
+        self.note_unbindable("a partial attention of the step ran the prefill kernel (its layouts are in the graph)");
         let ql = self.device_layout(q_layout)?;
         let kl = self.device_layout(kv_layout)?;
         self.flash(q, &ql, k, v, &kl, self.partial_dtype)
