@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cp_ring::Partial;
-use cp_shard::Layout;
+use cp_shard::{Layout, Run};
 use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::layout::DeviceLayout;
@@ -44,18 +44,18 @@ pub struct DecodeArgs {
 struct Bound {
     /// The key positions the kernel reads (instead of the key layout's).
     key_pos: CudaSlice<i32>,
-    /// What the device arrays hold now, so a rebind writes only what changed.
-    mirror: Mutex<HostArgs>,
+    /// What the device arrays hold now (the query rows' arguments, and the key layout whose
+    /// positions `key_pos` holds), so a rebind writes only what changed.
+    mirror: Mutex<(HostArgs, Layout)>,
 }
 
-/// The decode kernel's arguments on the host: per query row its sequence's key range and its
-/// position; per key row its position.
+/// The decode kernel's per-query-row arguments on the host: its sequence's key range and its
+/// position.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct HostArgs {
     start: Vec<i32>,
     len: Vec<i32>,
     pos: Vec<i32>,
-    key_pos: Vec<i32>,
 }
 
 impl HostArgs {
@@ -80,10 +80,72 @@ impl HostArgs {
     }
 }
 
-/// The key positions of a layout's rows as the kernels see them (padding rows: 0), as
-/// `expand_runs` writes them.
-fn row_positions(layout: &Layout) -> Vec<i32> {
-    layout.rows().map(|t| t.map_or(0, |t| t.pos as i32)).collect()
+/// The key positions of a layout's rows `rows` as the kernels see them (padding rows: 0), as
+/// `expand_runs` writes them; walks the runs, not every row.
+fn row_positions(layout: &Layout, rows: std::ops::Range<usize>) -> Vec<i32> {
+    let mut out = Vec::with_capacity(rows.len());
+    let mut first = 0;
+    for run in layout.runs() {
+        let (lo, hi) = (first.max(rows.start), (first + run.len()).min(rows.end));
+        if lo < hi {
+            match *run {
+                Run::Padding { .. } => out.extend(std::iter::repeat_n(0, hi - lo)),
+                Run::Tokens { span, .. } => out.extend((lo - first..hi - first).map(|i| (span.start + i) as i32)),
+            }
+        }
+        first += run.len();
+        if first >= rows.end {
+            break;
+        }
+    }
+    out
+}
+
+/// The rows (first to last) whose key position or sequence differs between two layouts of the
+/// same rows, found from their runs (a token appended to a region changes one row, whatever
+/// the region's size); `None` when every row is the same.
+fn changed_rows(old: &Layout, new: &Layout) -> Option<std::ops::Range<usize>> {
+    // Per run: (first row, rows, Some((seq, first position)) or None for padding).
+    let spans = |l: &Layout| {
+        let mut first = 0;
+        l.runs()
+            .iter()
+            .map(|r| {
+                let key = match *r {
+                    Run::Tokens { seq, span } => Some((seq, span.start)),
+                    Run::Padding { .. } => None,
+                };
+                let item = (first, r.len(), key);
+                first += r.len();
+                item
+            })
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (spans(old), spans(new));
+    let (mut i, mut j) = (0, 0);
+    let mut changed: Option<std::ops::Range<usize>> = None;
+    // Walk both run lists over their overlapping row segments: a segment is unchanged when both
+    // are padding, or tokens of one sequence whose positions agree at its first row.
+    while i < a.len() && j < b.len() {
+        let ((a0, alen, akey), (b0, blen, bkey)) = (a[i], b[j]);
+        let (lo, hi) = (a0.max(b0), (a0 + alen).min(b0 + blen));
+        if lo < hi {
+            let same = match (akey, bkey) {
+                (None, None) => true,
+                (Some((sa, pa)), Some((sb, pb))) => sa == sb && pa + (lo - a0) == pb + (lo - b0),
+                _ => false,
+            };
+            if !same {
+                changed = Some(changed.map_or(lo..hi, |c| c.start.min(lo)..c.end.max(hi)));
+            }
+        }
+        if a0 + alen <= b0 + blen {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    changed
 }
 
 /// `(split_len, splits)` for keys of at most `max_len` rows per query row. Many small splits
@@ -168,14 +230,14 @@ impl CudaAttention {
         if nkv == 0 || !group_ok || ql.rows == 0 {
             return Ok(None);
         }
-        let mut host = HostArgs::rows(&ql.layout, ranges);
+        let host = HostArgs::rows(&ql.layout, ranges);
         let (split_len, splits) = split_plan(kernel, if bound { kl.rows.max(1) } else { host.max_len() });
         let up = |v: &[i32]| self.stream.clone_htod(v).map_err(cuda_err("cuMemcpyHtoD(decode ranges)"));
         let (start, len, pos) = (up(&host.start)?, up(&host.len)?, up(&host.pos)?);
         let bound = if bound {
-            host.key_pos = row_positions(&kl.layout);
-            let key_pos = if host.key_pos.is_empty() { up(&[0])? } else { up(&host.key_pos)? };
-            Some(Bound { key_pos, mirror: Mutex::new(host) })
+            let positions = row_positions(&kl.layout, 0..kl.rows);
+            let key_pos = if positions.is_empty() { up(&[0])? } else { up(&positions)? };
+            Some(Bound { key_pos, mirror: Mutex::new((host.clone(), kl.layout.clone())) })
         } else {
             None
         };
@@ -249,7 +311,7 @@ impl CudaAttention {
             code: "a sequence's keys are not contiguous in the key layout (the decode kernel needs one range per sequence)"
                 .into(),
         })?;
-        let mut host = HostArgs::rows(q_layout, &ranges);
+        let host = HostArgs::rows(q_layout, &ranges);
         if host.max_len() > args.splits * args.split_len {
             return Err(AttentionError::TooLarge {
                 what: "the keys of one sequence, against the captured step's key split",
@@ -257,37 +319,50 @@ impl CudaAttention {
                 max: args.splits * args.split_len,
             });
         }
-        if let Some(p) =
-            q_layout.rows().chain(kv_layout.rows()).flatten().map(|t| t.pos).find(|&p| p > i32::MAX as usize)
-        {
+        let last_pos = |l: &Layout| {
+            l.runs()
+                .iter()
+                .filter_map(|r| match *r {
+                    Run::Tokens { span, .. } => Some(span.end() - 1),
+                    Run::Padding { .. } => None,
+                })
+                .max()
+        };
+        if let Some(p) = last_pos(q_layout).into_iter().chain(last_pos(kv_layout)).find(|&p| p > i32::MAX as usize) {
             return Err(AttentionError::TooLarge { what: "a position", value: p, max: i32::MAX as usize });
         }
-        host.key_pos = row_positions(kv_layout);
         let mut mirror = bound.mirror.lock().unwrap_or_else(|p| p.into_inner());
-        for (dst, old, new) in [
-            (&args.start, &mirror.start, &host.start),
-            (&args.len, &mirror.len, &host.len),
-            (&args.pos, &mirror.pos, &host.pos),
-            (&bound.key_pos, &mirror.key_pos, &host.key_pos),
-        ] {
-            self.write_changed(dst, old, new)?;
+        let (old, old_keys) = &*mirror;
+        for (dst, old, new) in
+            [(&args.start, &old.start, &host.start), (&args.len, &old.len, &host.len), (&args.pos, &old.pos, &host.pos)]
+        {
+            let first = old.iter().zip(new).position(|(a, b)| a != b);
+            if let Some(first) = first {
+                let last = old.iter().zip(new).rposition(|(a, b)| a != b).unwrap_or(first);
+                self.write_rows(dst, first, &new[first..=last])?;
+            }
         }
-        *mirror = host;
+        if let Some(rows) = changed_rows(old_keys, kv_layout) {
+            self.write_rows(&bound.key_pos, rows.start, &row_positions(kv_layout, rows))?;
+        }
+        *mirror = (host, kv_layout.clone());
         Ok(())
     }
 
-    /// Copies the elements of `new` from the first to the last that differs from `old` (what
-    /// `dst` holds) into `dst`, on this handle's stream.
-    fn write_changed(&self, dst: &CudaSlice<i32>, old: &[i32], new: &[i32]) -> Result<()> {
-        debug_assert_eq!(old.len(), new.len());
-        let Some(first) = old.iter().zip(new).position(|(a, b)| a != b) else { return Ok(()) };
-        let last = old.iter().zip(new).rposition(|(a, b)| a != b).unwrap_or(first);
+    /// Copies `values` into `dst` from element `first` on, on this handle's stream.
+    fn write_rows(&self, dst: &CudaSlice<i32>, first: usize, values: &[i32]) -> Result<()> {
+        if first + values.len() > dst.len() {
+            return Err(AttentionError::TooLarge {
+                what: "the elements a decode rebind writes",
+                value: first + values.len(),
+                max: dst.len(),
+            });
+        }
         let (ptr, _record) = dst.device_ptr(&self.stream);
         let offset = (first * std::mem::size_of::<i32>()) as u64;
-        // SAFETY: `dst` holds `new.len()` i32 (the mirror's length, checked above to be the
-        // captured rows), so `first..=last` lies inside it. From pageable host memory the copy
-        // is staged before the call returns, so `new` may go right after.
-        unsafe { cudarc::driver::result::memcpy_htod_async(ptr + offset, &new[first..=last], self.stream.cu_stream()) }
+        // SAFETY: `first..first + values.len()` lies inside `dst` (checked above). From pageable
+        // host memory the copy is staged before the call returns, so `values` may go right after.
+        unsafe { cudarc::driver::result::memcpy_htod_async(ptr + offset, values, self.stream.cu_stream()) }
             .map_err(cuda_err("cuMemcpyHtoDAsync(decode rebind)"))
     }
 
@@ -457,4 +532,87 @@ pub(super) fn decode_shaped(q_layout: &Layout) -> bool {
     }
     let mut seen = std::collections::HashSet::new();
     q_layout.rows().flatten().all(|t| seen.insert(t.seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cp_shard::Span;
+
+    /// Row by row: (sequence or none, position as the kernels see it).
+    fn rows(l: &Layout) -> Vec<(Option<usize>, i32)> {
+        l.rows().map(|t| t.map_or((None, 0), |t| (Some(t.seq), t.pos as i32))).collect()
+    }
+
+    #[test]
+    fn key_positions_of_a_row_range_follow_the_runs() {
+        let mut l = Layout::new();
+        l.push_tokens(0, Span::new(5, 3));
+        l.push_padding(2);
+        l.push_tokens(1, Span::new(0, 4));
+        let all: Vec<i32> = rows(&l).into_iter().map(|r| r.1).collect();
+        assert_eq!(all, [5, 6, 7, 0, 0, 0, 1, 2, 3]);
+        for a in 0..=l.len() {
+            for b in a..=l.len() {
+                assert_eq!(row_positions(&l, a..b), all[a..b], "rows {a}..{b}");
+            }
+        }
+    }
+
+    #[test]
+    fn changed_rows_cover_every_row_that_differs_and_only_runs_around_them() {
+        // Regions of 40 rows for three sequences, tokens appended one at a time (what a decode
+        // token does to a rank's cache), and random layouts of equal rows against each other.
+        let region = |lens: [usize; 3]| {
+            let mut l = Layout::new();
+            for (seq, &n) in lens.iter().enumerate() {
+                let start = l.len();
+                if n > 0 {
+                    l.push_tokens(seq, Span::new(0, n));
+                }
+                l.pad_to(start + 40);
+            }
+            l
+        };
+        let (old, new) = (region([10, 0, 30]), region([11, 0, 30]));
+        assert_eq!(changed_rows(&old, &new), Some(10..11), "one appended token: one row");
+        assert_eq!(changed_rows(&new, &new), None);
+        assert_eq!(changed_rows(&region([10, 0, 30]), &region([10, 1, 30])), Some(40..41));
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |m: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % m as u64) as usize
+        };
+        for _ in 0..300 {
+            let mut make = || {
+                let mut l = Layout::new();
+                while l.len() < 60 {
+                    match next(3) {
+                        0 => l.push_padding(1 + next(8)),
+                        _ => l.push_tokens(next(2), Span::new(next(50), 1 + next(12))),
+                    }
+                }
+                let mut cut = Layout::new();
+                for (seq_pos, _) in l.rows().zip(0..60) {
+                    match seq_pos {
+                        Some(t) => cut.push_tokens(t.seq, Span::new(t.pos, 1)),
+                        None => cut.push_padding(1),
+                    }
+                }
+                cut
+            };
+            let (a, b) = (make(), make());
+            let (ra, rb) = (rows(&a), rows(&b));
+            let differ: Vec<usize> = (0..60).filter(|&i| ra[i] != rb[i]).collect();
+            match changed_rows(&a, &b) {
+                None => assert!(differ.is_empty(), "{a:?} {b:?}"),
+                Some(r) => {
+                    assert!(!differ.is_empty());
+                    assert_eq!((r.start, r.end), (differ[0], differ[differ.len() - 1] + 1), "{a:?} {b:?}");
+                }
+            }
+        }
+    }
 }
