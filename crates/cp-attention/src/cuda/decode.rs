@@ -101,10 +101,11 @@ fn row_positions(layout: &Layout, rows: std::ops::Range<usize>) -> Vec<i32> {
     out
 }
 
-/// The rows (first to last) whose key position or sequence differs between two layouts of the
-/// same rows, found from their runs (a token appended to a region changes one row, whatever
-/// the region's size); `None` when every row is the same.
-fn changed_rows(old: &Layout, new: &Layout) -> Option<std::ops::Range<usize>> {
+/// The ranges of rows whose key position or sequence differs between two layouts of the same
+/// rows, in order, found from their runs (a token appended to a region changes one row,
+/// whatever the region's size). Ranges closer than `gap` rows are joined (one copy instead of
+/// two tiny ones); every range starts and ends on a row that differs.
+fn changed_rows(old: &Layout, new: &Layout, gap: usize) -> Vec<std::ops::Range<usize>> {
     // Per run: (first row, rows, Some((seq, first position)) or None for padding).
     let spans = |l: &Layout| {
         let mut first = 0;
@@ -123,7 +124,7 @@ fn changed_rows(old: &Layout, new: &Layout) -> Option<std::ops::Range<usize>> {
     };
     let (a, b) = (spans(old), spans(new));
     let (mut i, mut j) = (0, 0);
-    let mut changed: Option<std::ops::Range<usize>> = None;
+    let mut changed: Vec<std::ops::Range<usize>> = Vec::new();
     // Walk both run lists over their overlapping row segments: a segment is unchanged when both
     // are padding, or tokens of one sequence whose positions agree at its first row.
     while i < a.len() && j < b.len() {
@@ -136,7 +137,11 @@ fn changed_rows(old: &Layout, new: &Layout) -> Option<std::ops::Range<usize>> {
                 _ => false,
             };
             if !same {
-                changed = Some(changed.map_or(lo..hi, |c| c.start.min(lo)..c.end.max(hi)));
+                // Segments come in increasing row order.
+                match changed.last_mut() {
+                    Some(last) if lo <= last.end + gap => last.end = hi,
+                    _ => changed.push(lo..hi),
+                }
             }
         }
         if a0 + alen <= b0 + blen {
@@ -342,7 +347,8 @@ impl CudaAttention {
                 self.write_rows(dst, first, &new[first..=last])?;
             }
         }
-        if let Some(rows) = changed_rows(old_keys, kv_layout) {
+        // A batch's tokens land in several regions of a rank: one small copy per region.
+        for rows in changed_rows(old_keys, kv_layout, 1024) {
             self.write_rows(&bound.key_pos, rows.start, &row_positions(kv_layout, rows))?;
         }
         *mirror = (host, kv_layout.clone());
@@ -575,9 +581,12 @@ mod tests {
             l
         };
         let (old, new) = (region([10, 0, 30]), region([11, 0, 30]));
-        assert_eq!(changed_rows(&old, &new), Some(10..11), "one appended token: one row");
-        assert_eq!(changed_rows(&new, &new), None);
-        assert_eq!(changed_rows(&region([10, 0, 30]), &region([10, 1, 30])), Some(40..41));
+        assert_eq!(changed_rows(&old, &new, 0), [10..11], "one appended token: one row");
+        assert!(changed_rows(&new, &new, 0).is_empty());
+        assert_eq!(changed_rows(&region([10, 0, 30]), &region([10, 1, 30]), 0), [40..41]);
+        let (old, new) = (region([10, 0, 30]), region([11, 0, 31]));
+        assert_eq!(changed_rows(&old, &new, 0), [10..11, 110..111], "tokens in two regions: two rows");
+        assert_eq!(changed_rows(&old, &new, 100), [10..111], "joined within the gap");
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = |m: usize| {
             state ^= state << 13;
@@ -606,13 +615,16 @@ mod tests {
             let (a, b) = (make(), make());
             let (ra, rb) = (rows(&a), rows(&b));
             let differ: Vec<usize> = (0..60).filter(|&i| ra[i] != rb[i]).collect();
-            match changed_rows(&a, &b) {
-                None => assert!(differ.is_empty(), "{a:?} {b:?}"),
-                Some(r) => {
-                    assert!(!differ.is_empty());
-                    assert_eq!((r.start, r.end), (differ[0], differ[differ.len() - 1] + 1), "{a:?} {b:?}");
-                }
+            // Without joining: exactly the rows that differ.
+            let exact: Vec<usize> = changed_rows(&a, &b, 0).into_iter().flatten().collect();
+            assert_eq!(exact, differ, "{a:?} {b:?}");
+            // Joined: a cover of them, each range starting and ending on a differing row.
+            let gap = next(10);
+            for r in changed_rows(&a, &b, gap) {
+                assert!(differ.contains(&r.start) && differ.contains(&(r.end - 1)), "{r:?} {a:?} {b:?}");
             }
+            let cover: Vec<usize> = changed_rows(&a, &b, gap).into_iter().flatten().collect();
+            assert!(differ.iter().all(|d| cover.contains(d)), "{a:?} {b:?}");
         }
     }
 }
