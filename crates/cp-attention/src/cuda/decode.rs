@@ -566,6 +566,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // a list of row ranges that holds one range
     fn changed_rows_cover_every_row_that_differs_and_only_runs_around_them() {
         // Regions of 40 rows for three sequences, tokens appended one at a time (what a decode
         // token does to a rank's cache), and random layouts of equal rows against each other.
