@@ -33,7 +33,8 @@ struct Shape {
     head_dim: u32,
 }
 
-fn head_dim(s: &str) -> Result<u32, String> {
+/// `--head-dim`: 64 or 128 (what the kernels take), refused by name otherwise.
+pub fn head_dim(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
         Ok(d @ (64 | 128)) => Ok(d),
         _ => Err(format!("{s:?}: the kernels take head dim 64 or 128")),

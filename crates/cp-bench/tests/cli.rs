@@ -63,6 +63,7 @@ fn cp_gpu_bench_refuses_bad_arguments_and_says_when_there_is_no_gpu() {
         (&["bench", "--json"][..], "a value is required"),
         (&["check", "extra"][..], "unexpected argument 'extra'"),
         (&["bench", "--fast"][..], "unexpected argument '--fast'"),
+        (&["profile", "--head-dim", "96"][..], "head dim 64 or 128"),
     ] {
         let (code, text) = run(args);
         assert_eq!(code, Some(2), "{args:?}: {text}");

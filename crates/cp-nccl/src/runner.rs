@@ -338,9 +338,10 @@ impl GpuRank {
     /// Points the step captured as `index` at `layouts`, for its next replay: the next token of
     /// a decode batch (the caches grown by a token, the placement moved, positions advanced).
     /// `layouts` must have the captured shape — every rank's query and key blocks of the same
-    /// rows (key buffers with room, e.g. cp-model's regions, keep it while sequences grow) — and
-    /// every partial attention of the step must have run the decode kernel; otherwise this is
-    /// an error and the step must be captured anew. Writes only the decode arguments that
+    /// rows (key buffers with room, e.g. cp-model's regions, keep it while sequences grow) —,
+    /// every partial attention of the step must have run the decode kernel, and no sequence may
+    /// have outgrown the key split fixed at capture (about an eighth more keys per rank than
+    /// the longest then); otherwise this is an error and the step must be captured anew. Writes only the decode arguments that
     /// changed (a few elements a token), on this rank's stream, ordered before the next replay.
     /// Every rank rebinds its own step; the values of the new rows (Q, the new K/V rows) go into
     /// the captured inputs as before.

@@ -216,8 +216,7 @@ impl CudaAttention {
     }
 
     /// [`CudaAttention::prepare_decode`]; `bound`: arguments of their own for a captured step,
-    /// with the keys split for the key buffer's every row (what the sequences may grow to
-    /// without a new capture) instead of the longest range of these layouts.
+    /// with spare key splits for the sequences to grow into before a rebind must refuse.
     fn prepare_decode_as(
         &self,
         ql: &DeviceLayout,
@@ -236,7 +235,13 @@ impl CudaAttention {
             return Ok(None);
         }
         let host = HostArgs::rows(&ql.layout, ranges);
-        let (split_len, splits) = split_plan(kernel, if bound { kl.rows.max(1) } else { host.max_len() });
+        let (split_len, mut splits) = split_plan(kernel, host.max_len());
+        if bound {
+            // Room to grow without a new capture: an eighth more splits and one (a sequence of
+            // 64K keys here may reach 75K), never more than the key buffer's rows need. Each
+            // spare split costs its blocks an early exit and the merge one more partial.
+            splits = (splits + splits.div_ceil(8) + 1).min(kl.rows.div_ceil(split_len)).max(splits);
+        }
         let up = |v: &[i32]| self.stream.clone_htod(v).map_err(cuda_err("cuMemcpyHtoD(decode ranges)"));
         let (start, len, pos) = (up(&host.start)?, up(&host.len)?, up(&host.pos)?);
         let bound = if bound {
@@ -285,8 +290,8 @@ impl CudaAttention {
 
     /// Rewrites a bound decode launch's arguments for the next token: `q_layout` and
     /// `kv_layout` must have the rows of the captured ones (same shape), every sequence's keys
-    /// contiguous, and no key range longer than the captured split covers (the key buffer's
-    /// rows). Writes, on this handle's stream, only the elements that changed; the graph
+    /// contiguous, and no key range longer than the captured split covers (the longest range at
+    /// capture and about an eighth more; past it, capture anew). Writes, on this handle's stream, only the elements that changed; the graph
     /// replayed after it on this stream reads the new values. The previous replay must be over
     /// (a replay is waited for before it returns).
     pub fn rebind_decode(&self, slot: &BoundDecode, q_layout: &Layout, kv_layout: &Layout) -> Result<()> {

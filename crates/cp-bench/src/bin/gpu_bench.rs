@@ -33,8 +33,12 @@ enum Mode {
     },
     /// The self-test, the check and the timings (the default).
     All,
-    /// One prefill launch, for ncu.
-    Profile,
+    /// One causal prefill launch at T=16K, for ncu.
+    Profile {
+        /// Head dimension: 64 or 128.
+        #[arg(long, default_value_t = 128, value_parser = cp_bench::ring_cli::head_dim)]
+        head_dim: u32,
+    },
     /// One prefill's inputs and outputs as safetensors (for scripts/compare_sdpa.py).
     Dump {
         /// Where to write them.
@@ -73,7 +77,7 @@ fn run(mode: Mode) -> anyhow::Result<bool> {
         }
     }
     match mode {
-        Mode::Profile => kernels::profile(&ops)?,
+        Mode::Profile { head_dim } => kernels::profile(&ops, head_dim as usize)?,
         Mode::Dump { dir } => kernels::dump(&ops, &dir)?,
         _ => {}
     }
