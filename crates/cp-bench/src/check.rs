@@ -192,26 +192,51 @@ pub fn in_regions(layouts: &RingLayouts, n_seqs: usize, region: usize) -> anyhow
 /// against the oracle — the placement wrapping around the ring twice, the cache growing on a
 /// different rank each token. Near the end sequence 1 finishes: where that changes the query
 /// blocks' rows (N < 3) the rebind must refuse and the step is captured anew; otherwise the
-/// same graph goes on. Pass-Q and gather-Q. The last line counts the captures against what the
-/// shapes require.
+/// same graph goes on. Then one long sequence (9000 tokens): query blocks of padding only
+/// rebound to real queries as the placement moves, keys in several splits. Pass-Q and
+/// gather-Q. Each run's last line counts the captures against what the shapes require.
 pub fn check_rebound(ring: &GpuRing, name: &str, seed: u64, tokens: usize) -> anyhow::Result<Vec<CheckLine>> {
+    let mut lines = Vec::new();
+    for algorithm in [Algorithm::PassQ, Algorithm::GatherQ] {
+        lines.extend(rebound_run(ring, name, seed, algorithm, &[300, 77, 1200], tokens, true)?);
+        // One long sequence: every rank but one holds a query block of padding only (rebound
+        // next to a real query), and the keys take several splits.
+        lines.extend(rebound_run(ring, name, seed ^ 0x77, algorithm, &[9000], tokens, false)?);
+    }
+    Ok(lines)
+}
+
+/// [`check_rebound`] for one algorithm and prompt (`lens`: tokens per sequence); with `finish`,
+/// sequence 1 leaves the batch for the last two tokens.
+fn rebound_run(
+    ring: &GpuRing,
+    name: &str,
+    seed: u64,
+    algorithm: Algorithm,
+    lens: &[usize],
+    tokens: usize,
+    finish: bool,
+) -> anyhow::Result<Vec<CheckLine>> {
     let heads = Heads { n_heads: 8, n_kv_heads: 2, head_dim: 128 };
     let n = ring.world_size();
     let mut lines = Vec::new();
-    for algorithm in [Algorithm::PassQ, Algorithm::GatherQ] {
-        let mut cache = CacheMap::new(n, 3)?;
-        let prompt =
-            [NewTokens { seq: 0, count: 300 }, NewTokens { seq: 1, count: 77 }, NewTokens { seq: 2, count: 1200 }];
+    {
+        let n_seqs = lens.len();
+        let mut cache = CacheMap::new(n, n_seqs)?;
+        let prompt: Vec<NewTokens> = lens.iter().enumerate().map(|(seq, &count)| NewTokens { seq, count }).collect();
         let first = TurnPlan::new(&cache, &prompt)?;
         cache.commit_turn(&first)?;
-        let region = 1200usize.div_ceil(n) + tokens + 16;
+        let longest = lens.iter().copied().max().unwrap_or(0);
+        let region = longest.div_ceil(n) + tokens + 16;
+        let all: Vec<usize> = (0..n_seqs).collect();
+        let fewer: Vec<usize> = all.iter().copied().filter(|&s| s != 1).collect();
         ring.forget_captured()?;
         let mut captured: Option<(usize, Vec<usize>, Vec<usize>)> = None;
         let (mut captures, mut wanted_captures, mut refusals_ok) = (0, 0, true);
         for it in 0..tokens {
-            let seqs: &[usize] = if it + 2 < tokens { &[0, 1, 2] } else { &[0, 2] };
+            let seqs: &[usize] = if finish && it + 2 >= tokens { &fewer } else { &all };
             let plan = DecodePlan::new(&cache, seqs, it)?;
-            let layouts = Arc::new(in_regions(plan.layouts(), 3, region)?);
+            let layouts = Arc::new(in_regions(plan.layouts(), n_seqs, region)?);
             let shape = |l: &[Layout]| l.iter().map(Layout::len).collect::<Vec<_>>();
             let (q_rows, kv_rows) = (shape(&layouts.q), shape(&layouts.kv));
             let s_i = seed.wrapping_add(0x100 * it as u64 + 1);
@@ -235,7 +260,7 @@ pub fn check_rebound(ring: &GpuRing, name: &str, seed: u64, tokens: usize) -> an
                     index
                 }
             };
-            let label = format!("N={n} {name} graph {algorithm} rebound token {it} of {seqs:?}");
+            let label = format!("N={n} {name} graph {algorithm} rebound {lens:?}: token {it} of {seqs:?}");
             lines.push(replay_checked(ring, heads, s_i, index, (&layouts, &plan.new_spans()), label)?);
             cache.commit_decode(&plan)?;
         }
@@ -245,7 +270,8 @@ pub fn check_rebound(ring: &GpuRing, name: &str, seed: u64, tokens: usize) -> an
             label: format!("N={n} {name} {algorithm} captures"),
             ok,
             line: format!(
-                "N={n} {name} graph {algorithm}: {tokens} tokens on {captures} capture(s) (one per shape:                  {wanted_captures}); rebinds across shapes refused: {refusals_ok}"
+                "N={n} {name} graph {algorithm} {lens:?}: {tokens} tokens on {captures} capture(s) (one per \
+                 shape: {wanted_captures}); rebinds across shapes refused: {refusals_ok}"
             ),
         });
     }

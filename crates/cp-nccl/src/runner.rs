@@ -341,7 +341,7 @@ impl GpuRank {
     /// rows (key buffers with room, e.g. cp-model's regions, keep it while sequences grow) —,
     /// every partial attention of the step must have run the decode kernel, and no sequence may
     /// have outgrown the key split fixed at capture (about an eighth more keys per rank than
-    /// the longest then); otherwise this is an error and the step must be captured anew. Writes only the decode arguments that
+    /// the longest sequence then); otherwise this is an error and the step must be captured anew. Writes only the decode arguments that
     /// changed (a few elements a token), on this rank's stream, ordered before the next replay.
     /// Every rank rebinds its own step; the values of the new rows (Q, the new K/V rows) go into
     /// the captured inputs as before.

@@ -235,7 +235,12 @@ impl CudaAttention {
             return Ok(None);
         }
         let host = HostArgs::rows(&ql.layout, ranges);
-        let (split_len, mut splits) = split_plan(kernel, host.max_len());
+        // A bound launch serves later tokens whose query rows may belong to any sequence of the
+        // keys (the placement moves them between ranks; a block of padding now may hold a
+        // token next): split for the longest sequence of the keys, not only of these rows.
+        let longest =
+            if bound { ranges.values().map(|r| r.1).max().unwrap_or(0).max(host.max_len()) } else { host.max_len() };
+        let (split_len, mut splits) = split_plan(kernel, longest);
         if bound {
             // Room to grow without a new capture: an eighth more splits and one (a sequence of
             // 64K keys here may reach 75K), never more than the key buffer's rows need. Each
@@ -290,8 +295,8 @@ impl CudaAttention {
 
     /// Rewrites a bound decode launch's arguments for the next token: `q_layout` and
     /// `kv_layout` must have the rows of the captured ones (same shape), every sequence's keys
-    /// contiguous, and no key range longer than the captured split covers (the longest range at
-    /// capture and about an eighth more; past it, capture anew). Writes, on this handle's stream, only the elements that changed; the graph
+    /// contiguous, and no key range longer than the captured split covers (the longest sequence
+    /// of the keys at capture and about an eighth more; past it, capture anew). Writes, on this handle's stream, only the elements that changed; the graph
     /// replayed after it on this stream reads the new values. The previous replay must be over
     /// (a replay is waited for before it returns).
     pub fn rebind_decode(&self, slot: &BoundDecode, q_layout: &Layout, kv_layout: &Layout) -> Result<()> {
