@@ -284,8 +284,9 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
         auto your_turn = [&]() { if (PINGPONG) named_arrive(2 - c, CONSUMER_THREADS); };
         u32 scrub_phase = 0;  // per stage: the parity of its next "scrubbed" phase
         int it = 0;
-        // Waits for the tile of stage iteration `it`: returns its index (-1: the item's end,
-        // whose stage is released here), its mask kind and first key position.
+        int end_st = 0;  // the stage of the item's end, released by `finish_item`
+        // Waits for the tile of stage iteration `it`: returns its index (-1: the item's end, whose
+        // stage `finish_item` releases), its mask kind and first key position.
         auto wait_tile = [&](int& kind, int& pos0) {
             const int st = it % ST;
             mbar_wait(full(st), (it / ST) & 1);
@@ -299,14 +300,19 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                     scrub_phase ^= 1u << st;
                 }
             } else {
-                // The item's end: wait until the scrubbers have finished the item too (its BadKeys
-                // record is complete and theirs to reuse only after our epilogue).
-                mbar_wait(scrubbed(st), (scrub_phase >> st) & 1);
-                scrub_phase ^= 1u << st;
-                mbar_arrive(empty(st));
+                end_st = st;
             }
             it++;
             return j;
+        };
+        // The item's end, before the epilogue reads the BadKeys record: wait until the scrubbers
+        // have finished the item too (the record is complete, and theirs to reuse only after the
+        // epilogue), then release the end's stage. Not in `wait_tile`: there it held the item's
+        // last P V back until the scrubbers caught up (v5.5: 7% at D=64).
+        auto finish_item = [&]() {
+            mbar_wait(scrubbed(end_st), (scrub_phase >> end_st) & 1);
+            scrub_phase ^= 1u << end_st;
+            mbar_arrive(empty(end_st));
         };
         #pragma unroll 1
         for (int n = 0;; n++) {
@@ -328,6 +334,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
             int kind = 0, pos0 = 0, j = wait_tile(kind, pos0);
             if (j < 0) {
                 mbar_arrive(q_empty);
+                finish_item();
             } else {  // the same in both warpgroups
                 float corr[2], rsum[2];
                 int cs = (it - 1) % ST;  // the stage of tile j
@@ -377,6 +384,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                 wg_wait<0>();
                 pin<D / 2>(o);
                 mbar_arrive(empty(cs));
+                finish_item();
             }
             // `bad` is complete: every masked tile and the item's end were waited for through "scrubbed".
             char* out_z = (char*)out + (size_t)w.z * tq * nh * D * (OUT_F32 ? 4 : 2);
