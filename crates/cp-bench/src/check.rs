@@ -261,7 +261,13 @@ fn rebound_run(
                 }
             };
             let label = format!("N={n} {name} graph {algorithm} rebound {lens:?}: token {it} of {seqs:?}");
-            lines.push(replay_checked(ring, heads, s_i, index, (&layouts, &plan.new_spans()), label)?);
+            let mut line = replay_checked(ring, heads, s_i, index, (&layouts, &plan.new_spans()), label)?;
+            // The device arguments, element by element (a stale key position of a new row
+            // would hide in the output's tolerance: every key of a decode row is visible).
+            let exact = ring.run(move |rank| rank.bindings_match(index))?.iter().all(|&m| m);
+            line.ok &= exact;
+            line.line.push_str(if exact { ", device arguments exact" } else { ", device arguments STALE" });
+            lines.push(line);
             cache.commit_decode(&plan)?;
         }
         ring.forget_captured()?;

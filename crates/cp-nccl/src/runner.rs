@@ -349,6 +349,9 @@ impl GpuRank {
         let rank = self.rank;
         let misuse = |what: &'static str| GpuRingError::Misuse { rank, op: "GpuRank::rebind", what };
         let step = self.captured.get(index).ok_or(misuse("no step was captured under that index"))?;
+        if step.broken {
+            return Err(misuse("an earlier rebind of this step failed part-way: capture anew"));
+        }
         let slots = step.bindings.as_ref().map_err(|&why| misuse(why))?;
         let same_shape = layouts.q.iter().map(|l| l.len()).eq(step.shape.0.iter().copied())
             && layouts.kv.iter().map(|l| l.len()).eq(step.shape.1.iter().copied());
@@ -361,6 +364,21 @@ impl GpuRank {
             self.captured[index].broken = true;
         }
         Ok(rebound?)
+    }
+
+    /// Whether every decode launch of the step captured as `index` reads exactly the arguments
+    /// its last rebind computed (downloads them all: for checks, not for a decode loop).
+    pub fn bindings_match(&self, index: usize) -> Result<bool> {
+        let rank = self.rank;
+        let misuse = |what: &'static str| GpuRingError::Misuse { rank, op: "GpuRank::bindings_match", what };
+        let step = self.captured.get(index).ok_or(misuse("no step was captured under that index"))?;
+        let slots = step.bindings.as_ref().map_err(|&why| misuse(why))?;
+        for (_, _, slot) in slots {
+            if !self.ops.bound_decode_matches(slot)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The step captured as `index`.
@@ -637,7 +655,8 @@ impl GpuRing {
         self.check_per_rank("GpuRing::rebind", &layouts, &vec![(); self.world_size()])?;
         let rebound = self.run(move |rank| rank.rebind(index, &layouts));
         if let Err(e) = rebound {
-            self.forget_captured()?;
+            // The rebind's error says why; a failure to forget (a rank gone) would only echo it.
+            let _ = self.forget_captured();
             return Err(e);
         }
         Ok(())

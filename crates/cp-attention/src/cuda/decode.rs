@@ -226,14 +226,10 @@ impl CudaAttention {
         bound: bool,
     ) -> Result<Option<DecodeArgs>> {
         let Some(ranges) = &kl.seq_ranges else { return Ok(None) };
-        let kernel = self.decode_kernel;
-        let group_ok = match kernel {
-            DecodeKernel::TensorCore => (1..=16).contains(&(nh / nkv.max(1))),
-            DecodeKernel::Simt => [1, 4, 8].contains(&(nh / nkv.max(1))),
-        };
-        if nkv == 0 || !group_ok || ql.rows == 0 {
+        if !self.decode_takes(ql, kl, nh, nkv) {
             return Ok(None);
         }
+        let kernel = self.decode_kernel;
         let host = HostArgs::rows(&ql.layout, ranges);
         // A bound launch serves later tokens whose query rows may belong to any sequence of the
         // keys (the placement moves them between ranks; a block of padding now may hold a
@@ -257,6 +253,17 @@ impl CudaAttention {
             None
         };
         Ok(Some(DecodeArgs { kernel, start, len, pos, splits, split_len, bound }))
+    }
+
+    /// Whether the decode kernel takes these layouts and heads: every sequence's keys contiguous,
+    /// a head ratio the kernel has (at most 16 for the tensor-core kernel; 1, 4 or 8 for the
+    /// SIMT one), some query rows. Otherwise the prefill kernel serves.
+    fn decode_takes(&self, ql: &DeviceLayout, kl: &DeviceLayout, nh: usize, nkv: usize) -> bool {
+        let group_ok = match self.decode_kernel {
+            DecodeKernel::TensorCore => (1..=16).contains(&(nh / nkv.max(1))),
+            DecodeKernel::Simt => [1, 4, 8].contains(&(nh / nkv.max(1))),
+        };
+        kl.seq_ranges.is_some() && nkv > 0 && group_ok && ql.rows > 0
     }
 
     /// Starts recording the decode launches of a step about to be captured: from now until
@@ -365,6 +372,24 @@ impl CudaAttention {
         Ok(())
     }
 
+    /// Whether a bound launch's device arguments hold exactly what its last rebind (or its
+    /// capture) computed for its layouts: every array downloaded (waits for this stream) and
+    /// compared element by element. For checks: a rebind writes only what changed, and this
+    /// proves the rest was right already.
+    pub fn bound_decode_matches(&self, slot: &BoundDecode) -> Result<bool> {
+        let args = &slot.args;
+        let Some(bound) = &args.bound else { return Ok(false) };
+        let down = |d: &CudaSlice<i32>| self.stream.clone_dtoh(d).map_err(cuda_err("cuMemcpyDtoH(decode check)"));
+        let mirror = bound.mirror.lock().unwrap_or_else(|p| p.into_inner());
+        let (host, keys) = &*mirror;
+        let mut key_pos = down(&bound.key_pos)?;
+        key_pos.truncate(keys.len());
+        Ok(down(&args.start)? == host.start
+            && down(&args.len)? == host.len
+            && down(&args.pos)? == host.pos
+            && key_pos == row_positions(keys, 0..keys.len()))
+    }
+
     /// Copies `values` into `dst` from element `first` on, on this handle's stream.
     fn write_rows(&self, dst: &CudaSlice<i32>, first: usize, values: &[i32]) -> Result<()> {
         if first + values.len() > dst.len() {
@@ -456,6 +481,11 @@ impl CudaAttention {
         nh: usize,
         nkv: usize,
     ) -> Result<Option<Arc<DecodeArgs>>> {
+        // A launch the decode kernel declines takes no slot (the caller checked; it runs the
+        // prefill kernel and `partial` marks the step unbindable).
+        if !self.decode_takes(ql, kl, nh, nkv) {
+            return Ok(None);
+        }
         let mut guard = self.binding.lock().unwrap_or_else(|p| p.into_inner());
         let Some(b) = guard.as_mut() else { return Ok(None) };
         let addrs = (q_layout as *const Layout as usize, kv_layout as *const Layout as usize);
@@ -503,6 +533,11 @@ impl CudaAttention {
         let ql = self.device_layout(q_layout)?;
         let kl = self.device_layout(kv_layout)?;
         let (_, _, nh, nkv, _) = self.check(q, ql.rows, k, v, kl.rows)?;
+        // Declined launches go to the prefill kernel before any cache or binding is consulted
+        // (during a capture, a cache miss would be refused as an upload).
+        if !self.decode_takes(&ql, &kl, nh, nkv) {
+            return Ok(None);
+        }
         if let Some(args) = self.bound_decode(q_layout, &ql, kv_layout, &kl, nh, nkv)? {
             return self.decode_with(&args, q, &ql, k, v, &kl).map(Some);
         }
