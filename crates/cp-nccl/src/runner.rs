@@ -145,7 +145,11 @@ pub struct CapturedStep {
 
 /// A captured step's decode launches, each with the indices of its query and key layouts in
 /// the ring's layouts; or why the step cannot be rebound.
-type Bindings = std::result::Result<Vec<(usize, usize, Arc<BoundDecode>)>, &'static str>;
+type Bindings = std::result::Result<Vec<BoundSlot>, &'static str>;
+
+/// One decode launch of a captured step: the indices of its query and key layouts in the
+/// ring's layouts, and its bound arguments.
+type BoundSlot = (usize, usize, Arc<BoundDecode>);
 
 /// Where `bindings`' launches' layouts sit in `layouts` (found by address: the algorithms hand
 /// the ops references into the ring's layouts), or why the step cannot be rebound.
@@ -341,18 +345,20 @@ impl GpuRank {
     /// rows (key buffers with room, e.g. cp-model's regions, keep it while sequences grow) —,
     /// every partial attention of the step must have run the decode kernel, and no sequence may
     /// have outgrown the key split fixed at capture (about an eighth more keys per rank than
-    /// the longest sequence then); otherwise this is an error and the step must be captured anew. Writes only the decode arguments that
-    /// changed (a few elements a token), on this rank's stream, ordered before the next replay.
-    /// Every rank rebinds its own step; the values of the new rows (Q, the new K/V rows) go into
-    /// the captured inputs as before.
+    /// the longest sequence then); otherwise this is an error and the step must be captured
+    /// anew. Writes only the decode arguments that changed (a few elements a token), on this
+    /// rank's stream, ordered before the next replay. Every rank rebinds its own step; the
+    /// values of the new rows (Q, the new K/V rows) go into the captured inputs as before.
     pub fn rebind(&mut self, index: usize, layouts: &RingLayouts) -> Result<()> {
-        let rank = self.rank;
-        let misuse = |what: &'static str| GpuRingError::Misuse { rank, op: "GpuRank::rebind", what };
-        let step = self.captured.get(index).ok_or(misuse("no step was captured under that index"))?;
+        let (step, slots) = self.bound_step(index, "GpuRank::rebind")?;
         if step.broken {
-            return Err(misuse("an earlier rebind of this step failed part-way: capture anew"));
+            return Err(GpuRingError::Misuse {
+                rank: self.rank,
+                op: "GpuRank::rebind",
+                what: "an earlier rebind of this step failed part-way: capture anew",
+            });
         }
-        let slots = step.bindings.as_ref().map_err(|&why| misuse(why))?;
+        let misuse = |what: &'static str| GpuRingError::Misuse { rank: self.rank, op: "GpuRank::rebind", what };
         let same_shape = layouts.q.iter().map(|l| l.len()).eq(step.shape.0.iter().copied())
             && layouts.kv.iter().map(|l| l.len()).eq(step.shape.1.iter().copied());
         if !same_shape {
@@ -369,16 +375,22 @@ impl GpuRank {
     /// Whether every decode launch of the step captured as `index` reads exactly the arguments
     /// its last rebind computed (downloads them all: for checks, not for a decode loop).
     pub fn bindings_match(&self, index: usize) -> Result<bool> {
-        let rank = self.rank;
-        let misuse = |what: &'static str| GpuRingError::Misuse { rank, op: "GpuRank::bindings_match", what };
-        let step = self.captured.get(index).ok_or(misuse("no step was captured under that index"))?;
-        let slots = step.bindings.as_ref().map_err(|&why| misuse(why))?;
+        let (_, slots) = self.bound_step(index, "GpuRank::bindings_match")?;
         for (_, _, slot) in slots {
             if !self.ops.bound_decode_matches(slot)? {
                 return Ok(false);
             }
         }
         Ok(true)
+    }
+
+    /// The step captured as `index` and its decode launches, or a misuse error for `op` saying
+    /// that there is no such step or why it cannot be rebound.
+    fn bound_step(&self, index: usize, op: &'static str) -> Result<(&CapturedStep, &[BoundSlot])> {
+        let misuse = |what: &'static str| GpuRingError::Misuse { rank: self.rank, op, what };
+        let step = self.captured.get(index).ok_or(misuse("no step was captured under that index"))?;
+        let slots = step.bindings.as_ref().map_err(|&why| misuse(why))?;
+        Ok((step, slots))
     }
 
     /// The step captured as `index`.
@@ -633,7 +645,7 @@ impl GpuRing {
         layouts: Arc<RingLayouts>,
         inputs: Arc<Vec<RankInputs>>,
     ) -> Result<usize> {
-        self.check_per_rank("GpuRing::capture", &layouts, &inputs)?;
+        self.check_per_rank("GpuRing::capture", &layouts, Some(&inputs))?;
         let captured = self.run(move |rank| rank.capture(algorithm, &layouts, &inputs[rank.rank]));
         match captured {
             Ok(indices) if indices.windows(2).all(|w| w[0] == w[1]) => Ok(indices[0]),
@@ -652,7 +664,7 @@ impl GpuRing {
     /// its captured steps — a graph left at the old layouts on one rank would give a wrong
     /// answer — and the error says why; capture anew.
     pub fn rebind(&self, index: usize, layouts: Arc<RingLayouts>) -> Result<()> {
-        self.check_per_rank("GpuRing::rebind", &layouts, &vec![(); self.world_size()])?;
+        self.check_per_rank("GpuRing::rebind", &layouts, None)?;
         let rebound = self.run(move |rank| rank.rebind(index, &layouts));
         if let Err(e) = rebound {
             // The rebind's error says why; a failure to forget (a rank gone) would only echo it.
@@ -671,10 +683,12 @@ impl GpuRing {
         .map(|_| ())
     }
 
-    /// Checks that `layouts` and `inputs` are for this ring's ranks, one each.
-    fn check_per_rank<T>(&self, op: &'static str, layouts: &RingLayouts, inputs: &[T]) -> Result<()> {
+    /// Checks that `layouts` and `inputs` (where given) are for this ring's ranks, one each.
+    fn check_per_rank(&self, op: &'static str, layouts: &RingLayouts, inputs: Option<&[RankInputs]>) -> Result<()> {
         let n = self.world_size();
-        for (what, actual) in [("inputs (one per rank)", inputs.len()), ("layouts' ranks", layouts.world_size())] {
+        let counts =
+            [("inputs (one per rank)", inputs.map_or(n, <[_]>::len)), ("layouts' ranks", layouts.world_size())];
+        for (what, actual) in counts {
             if actual != n {
                 return Err(GpuRingError::Count { rank: 0, op, what, expected: n, actual });
             }
@@ -689,7 +703,7 @@ impl GpuRing {
         layouts: Arc<RingLayouts>,
         inputs: Arc<Vec<RankInputs>>,
     ) -> Result<Vec<RankOutput>> {
-        self.check_per_rank("GpuRing::run_algorithm", &layouts, &inputs)?;
+        self.check_per_rank("GpuRing::run_algorithm", &layouts, Some(&inputs))?;
         self.run(move |rank| rank.run_algorithm(algorithm, &layouts, &inputs[rank.rank]))
     }
 }

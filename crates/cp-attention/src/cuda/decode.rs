@@ -303,9 +303,10 @@ impl CudaAttention {
     /// Rewrites a bound decode launch's arguments for the next token: `q_layout` and
     /// `kv_layout` must have the rows of the captured ones (same shape), every sequence's keys
     /// contiguous, and no key range longer than the captured split covers (the longest sequence
-    /// of the keys at capture and about an eighth more; past it, capture anew). Writes, on this handle's stream, only the elements that changed; the graph
-    /// replayed after it on this stream reads the new values. The previous replay must be over
-    /// (a replay is waited for before it returns).
+    /// of the keys at capture and about an eighth more; past it, capture anew). Writes, on this
+    /// handle's stream, only the elements that changed; the graph replayed after it on this
+    /// stream reads the new values. The previous replay must be over (a replay is waited for
+    /// before it returns).
     pub fn rebind_decode(&self, slot: &BoundDecode, q_layout: &Layout, kv_layout: &Layout) -> Result<()> {
         let args = &slot.args;
         let Some(bound) = &args.bound else {
@@ -469,9 +470,9 @@ impl CudaAttention {
 
     /// While a step is being captured ([`CudaAttention::record_decode_bindings`]): the warm-up
     /// run's launch prepares and records arguments of its own, the capture run's takes the one
-    /// recorded at its place (checked to be for the same layouts). `Ok(None)` otherwise, and for
-    /// layouts the decode kernel does not take (the prefill kernel then serves, and the step is
-    /// marked unbindable by the caller).
+    /// recorded at its place (checked to be for the same layouts). `Ok(None)` when nothing is
+    /// being recorded. The caller has checked that the decode kernel takes these layouts
+    /// ([`CudaAttention::decode_takes`]): a declined launch takes no slot.
     fn bound_decode(
         &self,
         q_layout: &Layout,
@@ -481,11 +482,6 @@ impl CudaAttention {
         nh: usize,
         nkv: usize,
     ) -> Result<Option<Arc<DecodeArgs>>> {
-        // A launch the decode kernel declines takes no slot (the caller checked; it runs the
-        // prefill kernel and `partial` marks the step unbindable).
-        if !self.decode_takes(ql, kl, nh, nkv) {
-            return Ok(None);
-        }
         let mut guard = self.binding.lock().unwrap_or_else(|p| p.into_inner());
         let Some(b) = guard.as_mut() else { return Ok(None) };
         let addrs = (q_layout as *const Layout as usize, kv_layout as *const Layout as usize);
