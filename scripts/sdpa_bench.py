@@ -7,6 +7,7 @@ Run on the GPU machine in the same call as the Rust benchmark:
 """
 import argparse
 import json
+import time
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +17,14 @@ NH, NKV, D = 32, 8, 128
 
 
 def median_ms(fn, reps):
-    for _ in range(3):
+    # At least half a second of warm-up: an H100 running attention sits at its power limit, and
+    # a kernel timed straight after idling or a lighter kernel runs at a higher clock than in a
+    # long run (cp-gpu-bench warms up the same way before its timings).
+    started, n = time.perf_counter(), 0
+    while n < 3 or time.perf_counter() - started < 0.5:
         fn()
-    torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        n += 1
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

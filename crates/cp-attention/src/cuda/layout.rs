@@ -28,22 +28,27 @@ pub struct DeviceLayout {
     pub(crate) pos: CudaSlice<i32>,
     pub(crate) tiles: CudaSlice<i32>,
     pub(crate) seq_ranges: Option<std::collections::HashMap<usize, (usize, usize)>>,
-    /// The 128-row query blocks heaviest first ([`heavy_first_blocks`]), uploaded by the first
-    /// prefill launch that takes this layout as its queries.
-    pub(crate) block_order: std::sync::OnceLock<CudaSlice<i32>>,
+    /// The query blocks heaviest first ([`heavy_first_blocks`]) — of 128 rows, then of 192 —
+    /// each uploaded by the first prefill launch that takes this layout as its queries in blocks
+    /// of that size.
+    pub(crate) block_order: [std::sync::OnceLock<CudaSlice<i32>>; 2],
 }
 
-/// The 128-row blocks of a layout with 64-row tile summaries `summaries`, heaviest first: by
+/// The blocks of `tiles_per_block` 64-row tiles (2: 128 rows, 3: 192) of a layout with 64-row
+/// tile summaries `summaries`, heaviest first: by
 /// descending last position among their real rows (a causal query block sees about that many
 /// keys), later blocks first among equals, blocks of padding only last. The TMA prefill kernel's
 /// persistent blocks take their work in this order, so that the longest items start first and
 /// the last ones are short: longest-first for one causal sequence and for packed batches alike.
-pub(crate) fn heavy_first_blocks(summaries: &[i32]) -> Vec<i32> {
-    let n64 = summaries.len() / 4;
+pub(crate) fn heavy_first_blocks(summaries: &[i32], tiles_per_block: usize) -> Vec<i32> {
+    let (n64, per) = (summaries.len() / 4, tiles_per_block);
     let weight = |b: usize| {
-        (2 * b..(2 * b + 2).min(n64)).filter(|&t| summaries[4 * t] != -1).map(|t| summaries[4 * t + 2] as i64).max()
+        (per * b..(per * b + per).min(n64))
+            .filter(|&t| summaries[4 * t] != -1)
+            .map(|t| summaries[4 * t + 2] as i64)
+            .max()
     };
-    let mut order: Vec<usize> = (0..n64.div_ceil(2)).collect();
+    let mut order: Vec<usize> = (0..n64.div_ceil(per)).collect();
     order.sort_by_key(|&b| std::cmp::Reverse((weight(b).unwrap_or(-1), b)));
     order.into_iter().map(|b| b as i32).collect()
 }
@@ -207,7 +212,7 @@ impl DeviceLayout {
             tiles: up(&tile_summaries_of_runs(layout, TILE))?,
             seq_ranges: seq_ranges(layout),
             layout: layout.clone(),
-            block_order: std::sync::OnceLock::new(),
+            block_order: Default::default(),
         })
     }
 
@@ -232,19 +237,24 @@ mod tests {
         // One causal sequence of 300 rows: the last block sees the most keys.
         let mut one = Layout::new();
         one.push_tokens(0, Span::new(0, 300));
-        assert_eq!(heavy_first_blocks(&tile_summaries_of_runs(&one, TILE)), vec![2, 1, 0]);
+        assert_eq!(heavy_first_blocks(&tile_summaries_of_runs(&one, TILE), 2), vec![2, 1, 0]);
+        // In 192-row blocks: two, the second (rows 192..300) heavier.
+        assert_eq!(heavy_first_blocks(&tile_summaries_of_runs(&one, TILE), 3), vec![1, 0]);
         // A packed batch (256 rows of sequence 0, then 128 of sequence 1 after a cached prefix
         // of 1000) and a block of padding only: sequence 1's block first, padding last.
         let mut packed = Layout::new();
         packed.push_tokens(0, Span::new(0, 256));
         packed.push_tokens(1, Span::new(1000, 128));
         packed.push_padding(130);
-        assert_eq!(heavy_first_blocks(&tile_summaries_of_runs(&packed, TILE)), vec![2, 1, 0, 4, 3]);
+        assert_eq!(heavy_first_blocks(&tile_summaries_of_runs(&packed, TILE), 2), vec![2, 1, 0, 4, 3]);
+        // 192-row blocks: [0, 192) of sequence 0; [192, 384) ends sequence 0 and holds sequence
+        // 1 (last position 1127); [384, 514) is padding only: last.
+        assert_eq!(heavy_first_blocks(&tile_summaries_of_runs(&packed, TILE), 3), vec![1, 0, 2]);
         // Equal weights (every block ends at the same position in its sequence): later first.
         let mut equal = Layout::new();
         equal.push_tokens(0, Span::new(0, 128));
         equal.push_tokens(1, Span::new(0, 128));
-        assert_eq!(heavy_first_blocks(&tile_summaries_of_runs(&equal, TILE)), vec![1, 0]);
+        assert_eq!(heavy_first_blocks(&tile_summaries_of_runs(&equal, TILE), 2), vec![1, 0]);
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl CudaAttention {
             scale: None,
             partial_dtype: GpuDType::F32,
             prefill: if wgmma {
-                PrefillKernel::Tma { pingpong: false, schedule: ItemSchedule::ByKeyRange }
+                PrefillKernel::Tma { pingpong: false, schedule: ItemSchedule::ByKeyRange, wide: true }
             } else {
                 PrefillKernel::Mma { warps: 4, m_tiles: 2 }
             },
@@ -239,15 +239,19 @@ impl CudaAttention {
         let mut all: Vec<PrefillKernel> =
             FLASH_VARIANTS.iter().map(|&(warps, m_tiles, _)| PrefillKernel::Mma { warps, m_tiles }).rev().collect();
         if self.kernels.wgmma {
-            let tma = |pingpong, schedule| PrefillKernel::Tma { pingpong, schedule };
+            let tma = |pingpong, schedule, wide| PrefillKernel::Tma { pingpong, schedule, wide };
             let (by_range, zigzag, claimed) = (ItemSchedule::ByKeyRange, ItemSchedule::Zigzag, ItemSchedule::Claimed);
             all.splice(
                 0..0,
                 [
-                    tma(false, by_range),
-                    tma(false, zigzag),
-                    tma(false, claimed),
-                    tma(true, by_range),
+                    tma(false, by_range, true),
+                    tma(false, by_range, false),
+                    tma(false, zigzag, true),
+                    tma(false, claimed, true),
+                    tma(true, by_range, true),
+                    tma(true, by_range, false),
+                    tma(true, zigzag, true),
+                    tma(true, claimed, true),
                     PrefillKernel::Wgmma,
                 ],
             );

@@ -17,17 +17,25 @@ use crate::{AttentionError, Result};
 pub enum PrefillKernel {
     /// Hopper, warp-specialised (sm_90a only): a producer warpgroup brings Q, K and V in with
     /// TMA bulk tensor copies into a 3-stage ring guarded by mbarriers and scrubs tiles with
-    /// masked pairs; two consumer warpgroups of 64 query rows (registers moved to them with
-    /// `setmaxnreg`) run the wgmma products and the softmax, optionally (`pingpong`) taking
-    /// turns at the tensor cores. A persistent grid (one block per multiprocessor) walks the
-    /// (query block, head, split) items heaviest first, loading the next item's Q and tiles
-    /// under the current one's last products and epilogue. Inputs the copy engine cannot
-    /// describe (no keys) run on [`PrefillKernel::Wgmma`].
+    /// masked pairs; two consumer warpgroups of 64 query rows (three at head dim 64 when
+    /// `wide`; registers moved to them with `setmaxnreg`) run the wgmma products and the
+    /// softmax, optionally (`pingpong`) taking turns at the tensor cores. A persistent grid
+    /// (one block per multiprocessor) walks the (query block, head, split) items heaviest
+    /// first, loading the next item's Q and tiles under the current one's last products and
+    /// epilogue. Inputs the copy engine cannot describe (no keys) run on
+    /// [`PrefillKernel::Wgmma`]. The default on sm_90a: no ping-pong, [`ItemSchedule::ByKeyRange`],
+    /// wide (the ping-pong is faster on one GPU's long causal launches, slower on the ring's
+    /// steps: `docs/perf-notes.md`, v5.7).
     Tma {
-        /// The two consumer warpgroups take turns issuing their products (named barriers).
+        /// The consumer warpgroups take turns issuing their products (named barriers).
         pingpong: bool,
         /// How the persistent blocks share the work items.
         schedule: ItemSchedule,
+        /// At head dim 64, three consumer warpgroups and 192-row query blocks (as
+        /// FlashAttention-3 there: a warpgroup's products are half as long as at 128, so two
+        /// warpgroups leave the tensor cores waiting). Head dim 128 always takes two: three
+        /// would not fit their registers.
+        wide: bool,
     },
     /// Hopper's warpgroup MMA (`wgmma`, sm_90a only): two warpgroups of 64 query rows sharing
     /// 128-key tiles from a 3-stage ring, the softmax of one tile overlapping the P V product of
@@ -69,9 +77,10 @@ impl ItemSchedule {
 }
 
 impl PrefillKernel {
-    /// Query rows per thread block.
-    pub fn block_rows(self) -> usize {
+    /// Query rows per thread block (a work item of the persistent kernel) at `head_dim`.
+    pub fn block_rows(self, head_dim: usize) -> usize {
         match self {
+            PrefillKernel::Tma { wide: true, .. } if head_dim == 64 => 192,
             PrefillKernel::Tma { .. } | PrefillKernel::Wgmma => 128,
             PrefillKernel::Mma { warps, m_tiles } => 16 * warps * m_tiles,
         }
@@ -89,10 +98,11 @@ impl PrefillKernel {
 impl std::fmt::Display for PrefillKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PrefillKernel::Tma { pingpong, schedule } => write!(
+            PrefillKernel::Tma { pingpong, schedule, wide } => write!(
                 f,
-                "tma+wgmma{}{}",
+                "tma+wgmma{}{}{}",
                 if *pingpong { " ping-pong" } else { "" },
+                if *wide { " wide" } else { "" },
                 match schedule {
                     ItemSchedule::Zigzag => " zigzag",
                     ItemSchedule::Claimed => " claimed",
@@ -146,7 +156,13 @@ impl CudaAttention {
                 return Err(AttentionError::KernelMissing { name: format!("{prefix} {kernel} (sm_90a only)") });
             }
             PrefillKernel::Tma { pingpong, .. } => {
-                (format!("{prefix}_tma{}", if pingpong { "" } else { "_np" }), 384, flash_tma_smem(d))
+                let consumers = kernel.block_rows(d) / 64;
+                let name = format!(
+                    "{prefix}_tma{}{}",
+                    if consumers == 3 { "3" } else { "" },
+                    if pingpong { "" } else { "_np" }
+                );
+                (name, 128 * (consumers + 1), flash_tma_smem(d, kernel.block_rows(d)))
             }
             PrefillKernel::Wgmma => (format!("{prefix}_wg"), 256, flash_wg_smem(d)),
             PrefillKernel::Mma { warps, m_tiles } => {
@@ -158,7 +174,7 @@ impl CudaAttention {
                 (format!("{prefix}_{suffix}"), 32 * warps, flash_smem(d, warps, m_tiles))
             }
         };
-        let blocks = tq.div_ceil(kernel.block_rows());
+        let blocks = tq.div_ceil(kernel.block_rows(d));
         let key_tiles = tk.div_ceil(kernel.key_tile());
         // The persistent kernel runs on the multiprocessors left after the reservation.
         let sms =
@@ -216,11 +232,11 @@ impl CudaAttention {
         let tma = match (kernel, tma_ptrs) {
             (PrefillKernel::Tma { .. }, Some([q_ptr, k_ptr, v_ptr])) => Some((
                 [
-                    TensorMap::rows(q_ptr, q.dtype(), tq, nh, d)?,
-                    TensorMap::rows(k_ptr, q.dtype(), tk, nkv, d)?,
-                    TensorMap::rows(v_ptr, q.dtype(), tk, nkv, d)?,
+                    TensorMap::rows(q_ptr, q.dtype(), tq, nh, d, kernel.block_rows(d))?,
+                    TensorMap::rows(k_ptr, q.dtype(), tk, nkv, d, kernel.key_tile())?,
+                    TensorMap::rows(v_ptr, q.dtype(), tk, nkv, d, kernel.key_tile())?,
                 ],
-                self.block_order(ql)?,
+                self.block_order(ql, kernel.block_rows(d))?,
                 // Only a claiming launch reads the counter; a dealt one gets a null pointer.
                 if claims { Some(self.item_counter()?) } else { None },
             )),
@@ -281,15 +297,18 @@ impl CudaAttention {
         })
     }
 
-    /// The query blocks of `ql` heaviest first, on the device (computed once per layout).
-    fn block_order<'a>(&self, ql: &'a DeviceLayout) -> Result<&'a CudaSlice<i32>> {
-        if let Some(order) = ql.block_order.get() {
+    /// The query blocks of `block_rows` rows (128 or 192) of `ql` heaviest first, on the device
+    /// (computed once per layout and block size).
+    fn block_order<'a>(&self, ql: &'a DeviceLayout, block_rows: usize) -> Result<&'a CudaSlice<i32>> {
+        let cell = &ql.block_order[usize::from(block_rows == 192)];
+        if let Some(order) = cell.get() {
             return Ok(order);
         }
         self.refuse_upload_while_capturing("a query block order")?;
-        let order = heavy_first_blocks(&tile_summaries_of_runs(&ql.layout, super::layout::TILE));
+        let tiles_per_block = block_rows / super::layout::TILE;
+        let order = heavy_first_blocks(&tile_summaries_of_runs(&ql.layout, super::layout::TILE), tiles_per_block);
         let uploaded = self.stream.clone_htod(&order).map_err(cuda_err("cuMemcpyHtoD(block order)"))?;
-        Ok(ql.block_order.get_or_init(|| uploaded))
+        Ok(cell.get_or_init(|| uploaded))
     }
 
     /// A zeroed 32-bit counter on this stream: the TMA kernel's next unclaimed work item.
@@ -340,10 +359,17 @@ unsafe impl DeviceRepr for TensorMap {}
 
 impl TensorMap {
     /// Describes a token-major [rows, heads, head_dim] tensor of 16-bit values at `ptr` as the
-    /// 3-D tensor (head_dim, heads, rows) read in boxes of 64 x 1 x 128 with the 128-byte
-    /// swizzle: one box is one [128][64] column block of the kernels' shared-memory tiles. Rows
-    /// past the end read as zeros.
-    fn rows(ptr: cu::CUdeviceptr, dtype: GpuDType, rows: usize, heads: usize, head_dim: usize) -> Result<TensorMap> {
+    /// 3-D tensor (head_dim, heads, rows) read in boxes of 64 x 1 x `box_rows` (at most 256) with
+    /// the 128-byte swizzle: one box is one [box_rows][64] column block of the kernels'
+    /// shared-memory tiles. Rows past the end read as zeros.
+    fn rows(
+        ptr: cu::CUdeviceptr,
+        dtype: GpuDType,
+        rows: usize,
+        heads: usize,
+        head_dim: usize,
+        box_rows: usize,
+    ) -> Result<TensorMap> {
         let data_type = match dtype {
             GpuDType::Bf16 => cu::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
             GpuDType::F16 => cu::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
@@ -357,7 +383,7 @@ impl TensorMap {
         };
         let dims = [head_dim as u64, heads as u64, rows as u64];
         let strides = [(head_dim * 2) as u64, (heads * head_dim * 2) as u64];
-        let boxes = [64u32, 1, 128];
+        let boxes = [64u32, 1, box_rows as u32];
         let element_strides = [1u32; 3];
         let mut map = TensorMap(cu::CUtensorMap { opaque: [0; 16] });
         // SAFETY: every array has the rank's length (strides: rank - 1) and lives across the
@@ -420,7 +446,7 @@ mod tests {
     #[test]
     fn a_tensor_map_takes_16_bit_values_only() {
         // Refused before the driver is asked (no GPU needed).
-        let err = TensorMap::rows(0, GpuDType::F32, 128, 8, 128).err().expect("f32 must be refused");
+        let err = TensorMap::rows(0, GpuDType::F32, 128, 8, 128, 128).err().expect("f32 must be refused");
         assert!(matches!(err, AttentionError::GpuDtype { what: "TMA prefill input", .. }), "{err}");
     }
 

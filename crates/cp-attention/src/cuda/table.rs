@@ -23,11 +23,12 @@ pub(super) fn flash_wg_smem(head_dim: usize) -> usize {
     1024 + (128 + 3 * 2 * 128) * head_dim * 2 + 16
 }
 
-/// Dynamic shared memory of the TMA prefill kernel: the wgmma kernel's Q tile and three stages,
-/// 1024 bytes of alignment slack, and 256 bytes for the mbarriers, each stage's tile index, mask
-/// kind and first key position, the current work item and a scratch word.
-pub(super) fn flash_tma_smem(head_dim: usize) -> usize {
-    1024 + (128 + 3 * 2 * 128) * head_dim * 2 + 256
+/// Dynamic shared memory of the TMA prefill kernel: a Q tile of `block_rows` rows (128, or 192
+/// with three consumer warpgroups) and three stages of 128-row K and V tiles, 1024 bytes of
+/// alignment slack, and 256 bytes for the mbarriers, each stage's tile index, mask kind and
+/// first key position, the current work item and a scratch word.
+pub(super) fn flash_tma_smem(head_dim: usize, block_rows: usize) -> usize {
+    1024 + (block_rows + 3 * 2 * 128) * head_dim * 2 + 256
 }
 
 /// Dynamic shared memory of the tensor-core decode kernel: 4 warps x 3 stages of 16 keys' K and V.
@@ -63,7 +64,10 @@ pub fn kernel_table(wgmma: bool) -> Vec<KernelEntry> {
                 if wgmma {
                     all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_wg"), flash_wg_smem(d)));
                     for pingpong in ["", "_np"] {
-                        all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_tma{pingpong}"), flash_tma_smem(d)));
+                        all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_tma{pingpong}"), flash_tma_smem(d, 128)));
+                        if d == 64 {
+                            all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_tma3{pingpong}"), flash_tma_smem(d, 192)));
+                        }
                     }
                 }
             }

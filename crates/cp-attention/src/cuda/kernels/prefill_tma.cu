@@ -6,18 +6,21 @@
 //   done); warps 1-3 scrub non-finite V values of tiles with masked pairs (see BadKeys) and
 //   release them through a "scrubbed" mbarrier, which also marks each item's end (its record
 //   complete). The warpgroup gives registers away (setmaxnreg).
-// - warpgroups 1 and 2, the consumers: 64 query rows each, the same wgmma products, softmax and
-//   intra-warpgroup overlap as the v4 kernel (the QK^T of tile j + 1 and the P V of tile j issued
-//   together, the softmax of j + 1 under the P V). With PINGPONG, two named barriers make the
-//   warpgroups take turns issuing their products, so one's softmax runs while the other's
-//   matrix products occupy the tensor cores (FlashAttention-3's schedule).
+// - warpgroups 1..NC, the consumers (NC = 2, or 3 at head dim 64: a 192-row query block, as
+//   FlashAttention-3 takes there, where one warpgroup's short products leave the tensor cores
+//   idle unless more warps are ready to issue): 64 query rows each, the same wgmma products,
+//   softmax and intra-warpgroup overlap as the v4 kernel (the QK^T of tile j + 1 and the P V of
+//   tile j issued together, the softmax of j + 1 under the P V). With PINGPONG, named barriers
+//   make the warpgroups take turns issuing their products in a round, so one's softmax runs
+//   while another's matrix products occupy the tensor cores (FlashAttention-3's schedule).
 // The copy warp also classifies each tile (its mask kind travels with the stage) and passes
 // each work item, decoded, to the others. The grid is persistent (v5.1–5.2: one block per
 // multiprocessor walking (query block, head, split) items heaviest first; see `item` below);
 // no block-wide barrier after the set-up: the warpgroups meet only at the mbarriers.
 // The tensor maps describe q [tq, nh, D], k and v [tk, nkv, D] as 3-D tensors (D, heads, rows)
-// with a box of 64 x 1 x 128 and the 128-byte swizzle, so a box lands as one [128][64] column
-// block in the layout `sw128` describes; rows past the end arrive as zeros.
+// with a box of 64 x 1 x 128 (Q: 64 x 1 x BM) and the 128-byte swizzle, so a box lands as one
+// [128][64] (Q: [BM][64]) column block in the layout `sw128` describes; rows past the end arrive
+// as zeros.
 // ---------------------------------------------------------------------------------------------
 
 // The driver's tensor map (CUtensorMap: 128 opaque bytes), passed by value as a
@@ -65,11 +68,11 @@ template <int R> DEVI void regs_dec() { asm volatile("setmaxnreg.dec.sync.aligne
 template <int R> DEVI void regs_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R)); }
 #endif  // CP_WGMMA
 
-// One work item of the persistent grid: a 128-row query block of one head over one split of
-// the key range.
+// One work item of the persistent grid: a query block (64 x NC rows) of one head over one split
+// of the key range.
 struct TmaItem { int h, m0, z, j_lo, j_hi; int4 qt; };
 
-template <int D, bool BF16, bool OUT_F32, bool PINGPONG>
+template <int D, int NC, bool BF16, bool OUT_F32, bool PINGPONG>
 __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const TmaMap* v_map, void* __restrict__ out,
                               float* __restrict__ lse, const int* __restrict__ q_seq, const int* __restrict__ q_pos,
                               const int* __restrict__ k_seq, const int* __restrict__ k_pos,
@@ -77,7 +80,12 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                               const int* __restrict__ q_order, int* __restrict__ next_item, int dynamic, int tq,
                               int tk, int nh, int nkv, float scale_log2, int splits, int split_tiles) {
 #if CP_WGMMA
-    constexpr int BM = 128, BN = 128, CH = D / 8, ST = 3, SCRUB_THREADS = 96, CONSUMER_THREADS = 256;
+    static_assert(NC == 2 || (NC == 3 && D == 64), "three consumer warpgroups only at head dim 64 (registers)");
+    constexpr int BM = 64 * NC, BN = 128, CH = D / 8, ST = 3, SCRUB_THREADS = 96, CONSUMER_THREADS = 128 * NC;
+    // Registers per thread after setmaxnreg: the block has 65536, 128 x (NC + 1) threads.
+    constexpr int PRODUCER_REGS = NC == 2 ? 40 : 32, CONSUMER_REGS = NC == 2 ? 232 : 160;
+    static_assert(128 * PRODUCER_REGS + CONSUMER_THREADS * CONSUMER_REGS <= 65536, "register budget");
+    constexpr int SCRUB_BAR = NC + 1;  // named barriers: 1..NC the consumers' turns, then the scrubbers'
     constexpr u32 Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
     const u32 base = (smem_addr(wg_smem) + 1023) & ~1023u;
     auto sk = [&](int st) { return base + Q_BYTES + (u32)st * 2 * KV_BYTES; };
@@ -115,7 +123,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
         it.m0 = qb * BM;
         it.j_lo = it.z * split_tiles;
         it.j_hi = min(n_ktiles, it.j_lo + split_tiles);
-        it.qt = tiles_summary(q_tiles, n_q64, 2 * qb, 2);
+        it.qt = tiles_summary(q_tiles, n_q64, NC * qb, NC);
         return it;
     };
     auto ktile = [&](int j) { return tiles_summary(k_tiles, n_t64, 2 * j, 2); };
@@ -139,7 +147,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
     __syncthreads();
 
     if (wg == 0) {
-        regs_dec<40>();
+        regs_dec<PRODUCER_REGS>();
         if (tid < 32) {
             // The copy warp: for each item, Q once it is free, then the item's visible tiles
             // (every lane walks them, a ballot per 32; lane 0 copies) and an end mark.
@@ -244,7 +252,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                     mbar_wait(bad_free + 8 * (n & 1), ((n >> 1) - 1) & 1);  // item n - 2's readers are done
                     if (me < BAD_SLOTS) { b.seq[me] = -1; b.pos[me] = 0x7fffffff; }
                     if (me == 0) b.overflow = 0;
-                    named_sync(3, SCRUB_THREADS);
+                    named_sync(SCRUB_BAR, SCRUB_THREADS);
                 }
                 first = false;
                 if (j >= 0) {
@@ -274,14 +282,15 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
         return;  // no code after the roles: ptxas would allocate it for both register counts
     } else {
         // The consumers: each role is one branch of this if/else, or ptxas ignores setmaxnreg.
-        regs_inc<232>();
+        regs_inc<CONSUMER_REGS>();
         const int c = wg - 1, wq = (tid >> 5) & 3, g = lane >> 2;
         const int r0 = c * 64 + wq * 16 + g;  // this thread's rows (block-local): r0 and r0 + 8
         const u32 q_base = base + c * 64 * 128;
         // Ping-pong: warpgroup c issues its products after `named_sync(1 + c)` and then lets the
-        // other go (`named_arrive(2 - c)`); warpgroup 1 lets warpgroup 0 start each item.
-        auto my_turn = [&]() { if (PINGPONG) named_sync(1 + c, CONSUMER_THREADS); };
-        auto your_turn = [&]() { if (PINGPONG) named_arrive(2 - c, CONSUMER_THREADS); };
+        // next go (`named_arrive` on the barrier of c + 1, mod NC; each barrier counts the two
+        // warpgroups that meet there); the last warpgroup lets warpgroup 0 start each item.
+        auto my_turn = [&]() { if (PINGPONG) named_sync(1 + c, 256); };
+        auto your_turn = [&]() { if (PINGPONG) named_arrive(1 + (c + 1) % NC, 256); };
         u32 scrub_phase = 0;  // per stage: the parity of its next "scrubbed" phase
         int it = 0;
         int end_st = 0;  // the stage of the item's end, released by `finish_item`
@@ -338,7 +347,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
             } else {  // the same in both warpgroups
                 float corr[2], rsum[2];
                 int cs = (it - 1) % ST;  // the stage of tile j
-                if (PINGPONG && c == 1) your_turn();
+                if (PINGPONG && c == NC - 1) your_turn();
                 my_turn();
                 wg_fence();
                 wg_qk<D, BN, BF16>(s, q_base, BM, sk(cs));
@@ -372,9 +381,9 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                     cs = ns;
                     j = jn;
                 }
-                // Balances the ping-pong: warpgroup 1's last `your_turn` has no turn of warpgroup 0
-                // after it. Before Q's release, so that warpgroup 1 cannot start the next item's
-                // turns (on the same named barrier) before this one.
+                // Balances the ping-pong: the last warpgroup's last `your_turn` has no turn of
+                // warpgroup 0 after it. Before Q's release, so that the last warpgroup cannot start
+                // the next item's turns (on the same named barrier) before this one.
                 if (PINGPONG && c == 0) my_turn();
                 // Every product that reads Q has completed: the next item's Q may come in.
                 mbar_arrive(q_empty);
@@ -398,33 +407,42 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
 #endif
 }
 
-#define FLASH_TMA_ENTRY(NAME, D, BF16, OUT_F32, PINGPONG)                                                         \
-    extern "C" __global__ void __launch_bounds__(384, 1) NAME(                                                    \
+#define FLASH_TMA_ENTRY(NAME, D, NC, BF16, OUT_F32, PINGPONG)                                                     \
+    extern "C" __global__ void __launch_bounds__(128 * (NC + 1), 1) NAME(                                                    \
         const __grid_constant__ TmaMap q_map, const __grid_constant__ TmaMap k_map,                               \
         const __grid_constant__ TmaMap v_map, const u16* q, const u16* k, const u16* v, void* out, float* lse,   \
         const int* q_seq, const int* q_pos, const int* k_seq, const int* k_pos, const int4* q_tiles,             \
         const int4* k_tiles, const int* q_order, int* next_item, int dynamic, int tq, int tk, int nh, int nkv,   \
         float scale_log2, int splits, int split_tiles) {                                                          \
-        flash_fwd_tma<D, BF16, OUT_F32, PINGPONG>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, k_pos,  \
+        flash_fwd_tma<D, NC, BF16, OUT_F32, PINGPONG>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, k_pos,  \
                                                   q_tiles, k_tiles, q_order, next_item, dynamic, tq, tk, nh, nkv, \
                                                   scale_log2, splits, split_tiles);                               \
     }
 // q, k and v are passed beside their tensor maps only so that the host's buffer tracking sees
 // them read; the kernel reads them through the maps.
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma, 64, true, true, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma, 64, true, false, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma, 64, false, true, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma, 64, false, false, true)
-FLASH_TMA_ENTRY(flash_fwd_d128_bf16_f32_tma, 128, true, true, true)
-FLASH_TMA_ENTRY(flash_fwd_d128_bf16_b16_tma, 128, true, false, true)
-FLASH_TMA_ENTRY(flash_fwd_d128_f16_f32_tma, 128, false, true, true)
-FLASH_TMA_ENTRY(flash_fwd_d128_f16_b16_tma, 128, false, false, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma, 64, 2, true, true, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma, 64, 2, true, false, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma, 64, 2, false, true, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma, 64, 2, false, false, true)
+FLASH_TMA_ENTRY(flash_fwd_d128_bf16_f32_tma, 128, 2, true, true, true)
+FLASH_TMA_ENTRY(flash_fwd_d128_bf16_b16_tma, 128, 2, true, false, true)
+FLASH_TMA_ENTRY(flash_fwd_d128_f16_f32_tma, 128, 2, false, true, true)
+FLASH_TMA_ENTRY(flash_fwd_d128_f16_b16_tma, 128, 2, false, false, true)
 // Without the ping-pong, for measuring what it brings.
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma_np, 64, true, true, false)
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma_np, 64, true, false, false)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma_np, 64, false, true, false)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma_np, 64, false, false, false)
-FLASH_TMA_ENTRY(flash_fwd_d128_bf16_f32_tma_np, 128, true, true, false)
-FLASH_TMA_ENTRY(flash_fwd_d128_bf16_b16_tma_np, 128, true, false, false)
-FLASH_TMA_ENTRY(flash_fwd_d128_f16_f32_tma_np, 128, false, true, false)
-FLASH_TMA_ENTRY(flash_fwd_d128_f16_b16_tma_np, 128, false, false, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma_np, 64, 2, true, true, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma_np, 64, 2, true, false, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma_np, 64, 2, false, true, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma_np, 64, 2, false, false, false)
+FLASH_TMA_ENTRY(flash_fwd_d128_bf16_f32_tma_np, 128, 2, true, true, false)
+FLASH_TMA_ENTRY(flash_fwd_d128_bf16_b16_tma_np, 128, 2, true, false, false)
+FLASH_TMA_ENTRY(flash_fwd_d128_f16_f32_tma_np, 128, 2, false, true, false)
+FLASH_TMA_ENTRY(flash_fwd_d128_f16_b16_tma_np, 128, 2, false, false, false)
+// Head dim 64 with three consumer warpgroups (192-row query blocks).
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma3, 64, 3, true, true, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma3, 64, 3, true, false, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma3, 64, 3, false, true, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma3, 64, 3, false, false, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma3_np, 64, 3, true, true, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma3_np, 64, 3, true, false, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma3_np, 64, 3, false, true, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma3_np, 64, 3, false, false, false)
