@@ -179,7 +179,8 @@ DEVI void wg_softmax(float* s, int kind, int pos0, int j, int tk, const WgRows& 
         const float m_new = fmaxf(m_run[i], mx * scale_log2);
         // Rows that have seen nothing yet keep m = -inf; subtract 0 so exp2 gives 0, not NaN.
         const float m_use = m_new == NEG_INF ? 0.f : m_new;
-        corr[i] = ex2(m_run[i] - m_use);
+        // Exactly 1 where the maximum stays (wg_rescale then skips O's rescaling).
+        corr[i] = m_new == m_run[i] ? 1.f : ex2(m_run[i] - m_use);
         m_run[i] = m_new;
         float sum = 0.f;
         #pragma unroll
@@ -212,15 +213,19 @@ template <int BN, bool BF16> DEVI void wg_first(u32* p, const float* s, float* l
 }
 
 // O *= corr per row, l = l * corr + rsum, P packed from S: the end of a tile's online softmax
-// once the previous P V product has finished.
+// once the previous P V product has finished. A tile that raised no running maximum of the warp's
+// rows (corr exactly 1 for all, see wg_softmax) leaves O as it is — exact, and most tiles once the
+// maxima settle: D / 2 multiplies per thread off the path between two P V products.
 template <int D, int BN, bool BF16>
 DEVI void wg_rescale(float* o, u32* p, const float* s, float* l_run, const float* corr, const float* rsum) {
-    #pragma unroll
-    for (int a = 0; a < D / 8; a++) {
-        o[4 * a] *= corr[0];
-        o[4 * a + 1] *= corr[0];
-        o[4 * a + 2] *= corr[1];
-        o[4 * a + 3] *= corr[1];
+    if (__any_sync(0xffffffff, corr[0] != 1.f || corr[1] != 1.f)) {
+        #pragma unroll
+        for (int a = 0; a < D / 8; a++) {
+            o[4 * a] *= corr[0];
+            o[4 * a + 1] *= corr[0];
+            o[4 * a + 2] *= corr[1];
+            o[4 * a + 3] *= corr[1];
+        }
     }
     l_run[0] = l_run[0] * corr[0] + rsum[0];
     l_run[1] = l_run[1] * corr[1] + rsum[1];
