@@ -69,8 +69,9 @@ struct Output {
     nccl_launch: Launch,
     /// Multiprocessors left to NCCL's transfer kernels on a ring of GPUs over NCCL: NCCL runs at
     /// most this many thread blocks per kernel and the persistent prefill kernel leaves as many
-    /// free (see `cp_nccl::RingOptions::transfer_sms`). The one-GPU baseline and ranks sharing
-    /// a GPU keep every multiprocessor.
+    /// free (see `cp_nccl::RingOptions::transfer_sms`; an experiment: on 4 H100s it made the
+    /// exposed transfers longer). The one-GPU baseline and ranks sharing a GPU keep every
+    /// multiprocessor.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
     transfer_sms: Option<u32>,
 }

@@ -508,9 +508,14 @@ pub struct RingOptions {
     /// How NCCL launches a group.
     pub group_launch: GroupLaunch,
     /// On a ring of 2+ GPUs over NCCL: multiprocessors left to NCCL's transfer kernels. NCCL
-    /// runs at most this many thread blocks per kernel and the persistent prefill kernel leaves
-    /// as many multiprocessors free ([`CudaAttention::reserve_sms`]), so a ring step's transfer
-    /// runs beside its compute instead of after it. `None`: NCCL's own choice and no reservation.
+    /// is configured for at most this many thread blocks per kernel (`maxCTAs`) and the
+    /// persistent prefill kernel leaves as many multiprocessors free
+    /// ([`CudaAttention::reserve_sms`]), meant to let a ring step's transfer run beside its
+    /// compute. Measured, it does not: on 4 × H100 with 8 the shifts pass-KV waits for grew
+    /// from 1.6–1.8 to 3.2–4.3 ms a run (`docs/benchmarks.md`, session 8); on 2 GPUs nothing
+    /// is exposed to begin with and it only costs compute. Kept off by default, for measuring
+    /// other NCCL versions and settings; within one node the peer transport is what hides the
+    /// shifts. `None`: NCCL's own choice and no reservation.
     pub transfer_sms: Option<u32>,
 }
 
