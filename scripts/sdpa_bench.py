@@ -25,15 +25,17 @@ def median_ms(fn, reps):
         fn()
         torch.cuda.synchronize()
         n += 1
-    times = []
+    # Every rep queued before the first wait, as cp-gpu-bench does: a wait per rep would drain the
+    # stream, and each timing would then include Python's dispatch of the next call.
+    events = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
         end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
+        events.append((start, end))
+    torch.cuda.synchronize()
+    times = sorted(start.elapsed_time(end) for start, end in events)
     return times[len(times) // 2]
 
 

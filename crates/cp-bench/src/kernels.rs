@@ -511,6 +511,9 @@ fn time_kernels(
     reps: usize,
     mut f: impl FnMut(&CudaAttention) -> std::result::Result<(), AttentionError>,
 ) -> Result<Vec<f64>> {
+    if kernels.is_empty() {
+        return Ok(Vec::new());
+    }
     let default = ops.prefill;
     let warm_up = std::time::Instant::now();
     for round in 0.. {
@@ -525,19 +528,21 @@ fn time_kernels(
     }
     let err = |e| AttentionError::Cuda { op: "event", code: format!("{e:?}") };
     let s = ops.stream().clone();
+    // Odd rounds go in reverse order, so that no kernel always follows the same one.
     let mut events = Vec::with_capacity(reps * kernels.len());
-    for _ in 0..reps {
-        for &k in kernels {
-            ops.prefill = k;
+    for rep in 0..reps {
+        for i in 0..kernels.len() {
+            let i = if rep % 2 == 0 { i } else { kernels.len() - 1 - i };
+            ops.prefill = kernels[i];
             let start = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err)?;
             f(ops)?;
-            events.push((start, s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err)?));
+            events.push((i, start, s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err)?));
         }
     }
     ops.prefill = default;
     let mut times = vec![Vec::with_capacity(reps); kernels.len()];
-    for (i, (start, end)) in events.iter().enumerate() {
-        times[i % kernels.len()].push(start.elapsed_ms(end).map_err(err)? as f64);
+    for (i, start, end) in &events {
+        times[*i].push(start.elapsed_ms(end).map_err(err)? as f64);
     }
     Ok(times
         .into_iter()
@@ -641,7 +646,9 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
                 record(&format!("off-diagonal block 16K x 16K ({prefill})"), ms, flops / ms / 1e9, "TFLOP/s");
             }
         }
-        let ms = time_ms(ops, reps, || ops.flash(&q, &dq, &k, &v, &dk, GpuDType::F32).map(|_| ()))?;
+        let default = [ops.prefill];
+        let ms =
+            time_kernels(ops, &default, reps, |ops| ops.flash(&q, &dq, &k, &v, &dk, GpuDType::F32).map(|_| ()))?[0];
         record("off-diagonal block 16K x 16K (f32 O)", ms, flops / ms / 1e9, "TFLOP/s");
     }
     // Host time to issue one prefill launch (no synchronisation between launches): the fixed

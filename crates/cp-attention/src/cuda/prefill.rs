@@ -102,7 +102,7 @@ impl std::fmt::Display for PrefillKernel {
                 f,
                 "tma+wgmma{}{}{}",
                 if *pingpong { " ping-pong" } else { "" },
-                if *wide { " wide" } else { "" },
+                if *wide { " wide at D=64" } else { "" },
                 match schedule {
                     ItemSchedule::Zigzag => " zigzag",
                     ItemSchedule::Claimed => " claimed",

@@ -1,5 +1,6 @@
 // ---------------------------------------------------------------------------------------------
-// Hopper (sm_90a) prefill, warp-specialised (v5). Three warpgroups per CTA:
+// Hopper (sm_90a) prefill, warp-specialised (v5). NC + 1 warpgroups per CTA (three, or four at
+// head dim 64 with three consumers):
 // - warpgroup 0, the producer: warp 0 walks the visible key tiles and has one lane issue TMA
 //   bulk tensor copies of K and V (and Q once) into a ring of shared-memory stages, each stage
 //   guarded by a "full" mbarrier (the copies' bytes landed) and an "empty" one (every reader is
@@ -84,7 +85,12 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
     constexpr int BM = 64 * NC, BN = 128, CH = D / 8, ST = 3, SCRUB_THREADS = 96, CONSUMER_THREADS = 128 * NC;
     // Registers per thread after setmaxnreg: the block has 65536, 128 x (NC + 1) threads.
     constexpr int PRODUCER_REGS = NC == 2 ? 40 : 32, CONSUMER_REGS = NC == 2 ? 232 : 160;
-    static_assert(128 * PRODUCER_REGS + CONSUMER_THREADS * CONSUMER_REGS <= 65536, "register budget");
+    // The pool setmaxnreg redistributes: every thread's registers at entry (65536 / threads,
+    // rounded down to a multiple of 8 — 168 for 384 threads, 128 for 512). A split over it would
+    // hang in setmaxnreg.inc.
+    constexpr int ENTRY_REGS = (65536 / (128 * (NC + 1))) & ~7;
+    static_assert(128 * PRODUCER_REGS + CONSUMER_THREADS * CONSUMER_REGS <= 128 * (NC + 1) * ENTRY_REGS,
+                  "register budget");
     constexpr int SCRUB_BAR = NC + 1;  // named barriers: 1..NC the consumers' turns, then the scrubbers'
     constexpr u32 Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
     const u32 base = (smem_addr(wg_smem) + 1023) & ~1023u;
