@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use cp_attention::cuda::PrefillKernel;
 use cp_attention::reference::Heads;
 use cp_heuristic::{Compute, CostModel, Decision, Hardware, Inputs, Link, ModelShape, Rule, Workload, choose};
-use cp_nccl::{GpuRing, PhaseTimes, RankInputs};
+use cp_nccl::{GpuRing, PhaseTimes, Placement, RankInputs};
 use cp_ring::{Algorithm, RingLayouts};
 use serde::Serialize;
 
@@ -95,6 +96,8 @@ pub struct Rings<'a> {
     pub link_bytes_per_s: f64,
     /// Fixed cost of a message, seconds.
     pub link_latency_s: f64,
+    /// Whether the ring's transfers run under its attention kernel ([`transfers_overlap`]).
+    pub transfers_overlap: bool,
     /// Attention shape.
     pub heads: Heads,
 }
@@ -180,6 +183,19 @@ impl Which {
     }
 }
 
+/// Whether `ring`'s transfers run while its attention kernel runs: not over NCCL on 3+ GPUs
+/// whose prefill is the persistent TMA kernel (measured on 4 × H100, sessions 6 and 8: each
+/// shift waits until the kernel ends, with or without multiprocessors left free for NCCL), so
+/// `auto`'s cost model adds every transfer there. On 2 GPUs the one shift is issued before the
+/// first attention launch; peer copies run on the copy engines.
+pub fn transfers_overlap(ring: &GpuRing) -> anyhow::Result<bool> {
+    if !matches!(ring.placement(), Placement::Gpus(devices) if devices.len() >= 3) {
+        return Ok(true);
+    }
+    let persistent = ring.run(|rank| Ok(matches!(rank.ops.prefill, PrefillKernel::Tma { .. })))?;
+    Ok(!persistent.into_iter().any(|p| p))
+}
+
 /// Predicted total of `algorithm` in `cost`, ms.
 fn predicted_ms(cost: &CostModel, algorithm: Algorithm) -> f64 {
     match algorithm {
@@ -210,6 +226,7 @@ pub fn bench(
     let d = (rings.heads.n_heads * rings.heads.head_dim) as f64;
     let rate = 4.0 * t as f64 * (t + p) as f64 * d / (single_ms / 1e3);
     let link = Link::custom(rings.link_bytes_per_s).with_latency(rings.link_latency_s);
+    let link = if rings.transfers_overlap { link } else { link.without_overlap() };
     let decision = choose(Rule::Auto, &inputs(rings.heads, rate, link, n, t, p))?;
     let layouts = Arc::new(workload::turn(n, t, p)?.layouts().clone());
     let ring_inputs = workload::draw_all(rings.ring, &layouts, rings.heads, seed)?;

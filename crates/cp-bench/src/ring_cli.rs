@@ -328,7 +328,9 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
                 output.options()?
             );
             let (link_bytes_per_s, link_latency_s) = link_of(&ring)?;
-            let rings = Rings { single: &single, ring: &ring, link_bytes_per_s, link_latency_s, heads: h };
+            let transfers_overlap = prefill::transfers_overlap(&ring)?;
+            let rings =
+                Rings { single: &single, ring: &ring, link_bytes_per_s, link_latency_s, transfers_overlap, heads: h };
             let (report, decision) = prefill::bench(&rings, seq_len, cached, algorithm, timing.warmup, timing.iters)?;
             prefill::print(&report, &decision, &where_);
             output.save(&report)?;
@@ -344,8 +346,15 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
             let ring = output.ring(gpus_placement(world_size, output.transport))?;
             let single = output.single()?;
             let (link_bytes_per_s, link_latency_s) = link_of(&ring)?;
-            let rings =
-                Rings { single: &single, ring: &ring, link_bytes_per_s, link_latency_s, heads: workload_heads() };
+            let transfers_overlap = prefill::transfers_overlap(&ring)?;
+            let rings = Rings {
+                single: &single,
+                ring: &ring,
+                link_bytes_per_s,
+                link_latency_s,
+                transfers_overlap,
+                heads: workload_heads(),
+            };
             println!(
                 "== Table 4 sweep on {world_size} GPUs over {}: link {:.0} GB/s, {:.1} us a message",
                 transport_name(output.transport),

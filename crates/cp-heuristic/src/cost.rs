@@ -12,11 +12,13 @@ pub struct ModeCost {
     pub step_compute_s: f64,
     /// Transfer of one ring message, seconds.
     pub step_comm_s: f64,
-    /// Part of a step's transfer not hidden under its compute: `max(0, comm - compute)`.
+    /// Part of a step's transfer not hidden under its compute: `max(0, comm - compute)`, or all
+    /// of it on a link whose transfers do not overlap compute.
     pub step_exposed_s: f64,
     /// Pass-Q's all-to-all returning partial outputs (zero for pass-KV), seconds.
     pub all_to_all_s: f64,
-    /// The whole ring: `N - 1` overlapped steps, the last step's compute, and the all-to-all.
+    /// The whole ring: `N - 1` steps (overlapped, or compute then transfer), the last step's
+    /// compute, and the all-to-all.
     pub total_s: f64,
 }
 
@@ -59,7 +61,8 @@ impl CostModel {
 /// sends `2 ((T+P)/N) D e NKV/NH` bytes, pass-Q sends `(T/N) D e` bytes; pass-Q's all-to-all
 /// moves `(N - 1) (T/N) (D + 1) e` bytes (Appendix C's term, per rank). Transfers of step
 /// `j + 1` overlap the compute of step `j`, so a ring of `N` steps takes
-/// `(N - 1) max(compute, comm) + compute`. Every message also pays the link's fixed latency
+/// `(N - 1) max(compute, comm) + compute` — or `(N - 1) (compute + comm) + compute` on a link
+/// whose transfers do not run under the attention ([`crate::Link::overlaps_compute`]). Every message also pays the link's fixed latency
 /// (zero unless measured), which is what makes a short prompt cheaper on one rank
 /// ([`CostModel::cp_wins`]). The model uses Table 3's count without a causal
 /// discount, as the paper's thresholds do; `step_flops_causal` is there to compare with
@@ -78,16 +81,22 @@ pub fn cost_model(inputs: &Inputs) -> Result<CostModel> {
     let step_flops_causal = 4.0 * d * (t * p + t * t / 2.0) / (n * n);
     let step_compute_s = step_flops / c;
     let latency = inputs.hardware.link.latency_s;
+    let overlaps = inputs.hardware.link.overlaps_compute;
     let mode = |message_bytes: f64, all_to_all_s: f64| {
         let step_comm_s = latency + message_bytes / bw;
         let ring_steps = n - 1.0;
+        let (step_s, step_exposed_s) = if overlaps {
+            (step_compute_s.max(step_comm_s), (step_comm_s - step_compute_s).max(0.0))
+        } else {
+            (step_compute_s + step_comm_s, step_comm_s)
+        };
         ModeCost {
             message_bytes,
             step_compute_s,
             step_comm_s,
-            step_exposed_s: (step_comm_s - step_compute_s).max(0.0),
+            step_exposed_s,
             all_to_all_s,
-            total_s: ring_steps * step_compute_s.max(step_comm_s) + step_compute_s + all_to_all_s,
+            total_s: ring_steps * step_s + step_compute_s + all_to_all_s,
         }
     };
     let kv_bytes = 2.0 * ((t + p) / n) * d * e * inputs.model.kv_ratio();

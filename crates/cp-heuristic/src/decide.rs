@@ -124,6 +124,13 @@ impl Decision {
         let t = self.inputs.workload.new_tokens as f64;
         let kv_hidden = t >= th.kv_hidden_min_tokens;
         match self.rule {
+            Rule::Auto if !self.inputs.hardware.link.overlaps_compute => format!(
+                "transfers do not overlap compute on this link: the cheapest predicted total (pass-KV {:.3} ms, \
+                 pass-Q {:.3} ms, gather-KV {:.3} ms)",
+                self.cost.pass_kv.total_s * 1e3,
+                self.cost.pass_q.total_s * 1e3,
+                self.cost.gather_kv.total_s * 1e3
+            ),
             Rule::Empirical(_) => {
                 let h = self.empirical_h.unwrap_or(f64::NAN);
                 format!("h(T,P) = {h:.3} {} 0", if h > 0.0 { ">" } else { "<=" })
@@ -217,7 +224,16 @@ pub fn choose(rule: Rule, inputs: &Inputs) -> Result<Decision> {
         }
     };
     let mut mode = if kv { Mode::PassKv } else { Mode::PassQ };
-    if rule == Rule::Auto {
+    if rule == Rule::Auto && !inputs.hardware.link.overlaps_compute {
+        // Algorithm 5's thresholds assume transfers hide under compute; where none does, the
+        // cheapest predicted total decides.
+        let totals = [
+            (Mode::PassKv, cost.pass_kv.total_s),
+            (Mode::PassQ, cost.pass_q.total_s),
+            (Mode::GatherKv, cost.gather_kv.total_s),
+        ];
+        mode = totals.into_iter().min_by(|a, b| a.1.total_cmp(&b.1)).map_or(mode, |(m, _)| m);
+    } else if rule == Rule::Auto {
         let chosen = if kv { cost.pass_kv.total_s } else { cost.pass_q.total_s };
         if cost.gather_kv.total_s < chosen {
             mode = Mode::GatherKv;

@@ -99,6 +99,11 @@ pub struct Link {
     /// transfer, what a short ring step cannot hide. 0 in the presets (the paper's model has
     /// none); [`Link::with_latency`] sets a measured one.
     pub latency_s: f64,
+    /// Whether a ring step's transfer runs while the attention kernel runs (the paper's model,
+    /// and the presets). Not so, measured, for NCCL's transfers on rings of 3+ H100s under the
+    /// persistent prefill kernel: they wait until it ends (`docs/benchmarks.md`, sessions 6 and
+    /// 8); [`Link::without_overlap`] says so, and the cost model then adds every transfer.
+    pub overlaps_compute: bool,
 }
 
 impl Link {
@@ -108,21 +113,38 @@ impl Link {
         bandwidth: 450e9,
         source: "NVIDIA H100 SXM datasheet: 900 GB/s bidirectional",
         latency_s: 0.0,
+        overlaps_compute: true,
     };
     /// 400 Gb/s RDMA (InfiniBand NDR or RoCE) between nodes: 50 GB/s.
-    pub const RDMA_400G: Link =
-        Link { name: "rdma-400g", bandwidth: 50e9, source: "400 Gb/s line rate", latency_s: 0.0 };
+    pub const RDMA_400G: Link = Link {
+        name: "rdma-400g",
+        bandwidth: 50e9,
+        source: "400 Gb/s line rate",
+        latency_s: 0.0,
+        overlaps_compute: true,
+    };
     /// 100 Gb/s TCP between nodes: 12.5 GB/s.
-    pub const TCP_100G: Link =
-        Link { name: "tcp-100g", bandwidth: 12.5e9, source: "100 Gb/s line rate", latency_s: 0.0 };
+    pub const TCP_100G: Link = Link {
+        name: "tcp-100g",
+        bandwidth: 12.5e9,
+        source: "100 Gb/s line rate",
+        latency_s: 0.0,
+        overlaps_compute: true,
+    };
     /// A user-measured bandwidth.
     pub const fn custom(bandwidth: f64) -> Link {
-        Link { name: "custom", bandwidth, source: "given by the user", latency_s: 0.0 }
+        Link { name: "custom", bandwidth, source: "given by the user", latency_s: 0.0, overlaps_compute: true }
     }
 
     /// The same link with a fixed cost of `latency_s` seconds per message.
     pub const fn with_latency(self, latency_s: f64) -> Link {
         Link { latency_s, ..self }
+    }
+
+    /// The same link with transfers that do not run under the attention kernel: each ring
+    /// step pays its compute and then its transfer.
+    pub const fn without_overlap(self) -> Link {
+        Link { overlaps_compute: false, ..self }
     }
 }
 

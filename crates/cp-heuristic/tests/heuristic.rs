@@ -278,3 +278,55 @@ fn auto_takes_gather_kv_for_a_short_prompt_and_algorithm_5_otherwise() {
     // Algorithm 5 itself never picks gather-KV.
     assert_ne!(choose(Rule::Alg5, &inputs(4096, 0)).unwrap().mode, Mode::GatherKv);
 }
+
+#[test]
+fn where_transfers_do_not_overlap_compute_auto_takes_the_cheapest_total() {
+    // Roughly 4 x H100 over NCCL (session 8): 2.5e15 FLOP/s by Table 3's count, 290 GB/s and
+    // 23 us a message; P + T = 128000 at the sweep's miss rates.
+    let inputs = |miss: f64, overlap: bool| {
+        let link = Link::custom(290e9).with_latency(23e-6);
+        Inputs {
+            model: ModelShape::LLAMA3_8B,
+            hardware: Hardware {
+                compute: Compute::custom(2.5e15),
+                link: if overlap { link } else { link.without_overlap() },
+            },
+            world_size: 4,
+            workload: Workload::from_miss_rate(128_000, miss).unwrap(),
+        }
+    };
+    for miss in [0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0] {
+        let hidden = cost_model(&inputs(miss, true)).unwrap();
+        let exposed = cost_model(&inputs(miss, false)).unwrap();
+        // Every transfer adds to the ring's time: (N - 1) (compute + comm) + compute + all-to-all.
+        for (h, e) in [(&hidden.pass_kv, &exposed.pass_kv), (&hidden.pass_q, &exposed.pass_q)] {
+            assert!(close(e.total_s, 3.0 * (e.step_compute_s + e.step_comm_s) + e.step_compute_s + e.all_to_all_s));
+            assert!(close(e.step_exposed_s, e.step_comm_s));
+            assert!(e.total_s >= h.total_s);
+        }
+        // Gather-KV never overlapped: the same either way.
+        assert!(close(exposed.gather_kv.total_s, hidden.gather_kv.total_s));
+        let auto = choose(Rule::Auto, &inputs(miss, false)).unwrap();
+        let cheapest = exposed.best_ring_s();
+        let chosen = match auto.mode {
+            Mode::PassKv => exposed.pass_kv.total_s,
+            Mode::PassQ => exposed.pass_q.total_s,
+            Mode::GatherKv => exposed.gather_kv.total_s,
+        };
+        assert!(close(chosen, cheapest), "miss {miss}: {auto}");
+        assert!(auto.to_string().contains("do not overlap"), "{auto}");
+    }
+    // What the 4-GPU sweeps measured over NCCL (pass-Q the winner from 1% to 10%, within 2% of
+    // gather-KV at 20%; gather-KV or pass-KV from 50%): pass-Q at low miss rates.
+    for miss in [0.025, 0.05, 0.1] {
+        assert_eq!(choose(Rule::Auto, &inputs(miss, false)).unwrap().mode, Mode::PassQ, "miss {miss}");
+    }
+    assert_ne!(choose(Rule::Auto, &inputs(1.0, false)).unwrap().mode, Mode::PassQ);
+    // The paper's rules do not look at the overlap.
+    for rule in [Rule::Alg1, Rule::Alg5] {
+        assert_eq!(
+            choose(rule, &inputs(0.05, false)).unwrap().mode,
+            choose(rule, &inputs(0.05, true)).unwrap().mode
+        );
+    }
+}
