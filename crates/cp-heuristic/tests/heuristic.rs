@@ -324,9 +324,6 @@ fn where_transfers_do_not_overlap_compute_auto_takes_the_cheapest_total() {
     assert_ne!(choose(Rule::Auto, &inputs(1.0, false)).unwrap().mode, Mode::PassQ);
     // The paper's rules do not look at the overlap.
     for rule in [Rule::Alg1, Rule::Alg5] {
-        assert_eq!(
-            choose(rule, &inputs(0.05, false)).unwrap().mode,
-            choose(rule, &inputs(0.05, true)).unwrap().mode
-        );
+        assert_eq!(choose(rule, &inputs(0.05, false)).unwrap().mode, choose(rule, &inputs(0.05, true)).unwrap().mode);
     }
 }
