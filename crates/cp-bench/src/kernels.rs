@@ -557,11 +557,22 @@ fn random_tensor(s: &Arc<CudaStream>, rng: &mut Rng, shape: &[usize]) -> Result<
     Ok(GpuTensor::upload(s, &rng.values(shape.iter().product()), shape, GpuDType::Bf16)?)
 }
 
-/// `kernels` in groups timed together ([`time_kernels`]): the TMA variants, then the older ones
-/// (slower: between TMA launches they would let the next one run at a higher clock).
-fn by_speed(kernels: &[PrefillKernel]) -> [Vec<PrefillKernel>; 2] {
-    let (tma, older) = kernels.iter().partition(|p| matches!(p, PrefillKernel::Tma { .. }));
-    [tma, older]
+/// Each kernel of `kernels` with its median time of `f` ([`time_kernels`]), timed in two groups:
+/// the TMA variants, then the older ones (slower: between TMA launches they would let the next
+/// one run at a higher clock).
+fn time_prefill_kernels(
+    ops: &mut CudaAttention,
+    kernels: &[PrefillKernel],
+    reps: usize,
+    mut f: impl FnMut(&CudaAttention) -> std::result::Result<(), AttentionError>,
+) -> Result<Vec<(PrefillKernel, f64)>> {
+    let (tma, older): (Vec<_>, Vec<_>) = kernels.iter().partition(|p| matches!(p, PrefillKernel::Tma { .. }));
+    let mut timed = Vec::with_capacity(kernels.len());
+    for group in [tma, older] {
+        let times = time_kernels(ops, &group, reps, &mut f)?;
+        timed.extend(group.into_iter().zip(times));
+    }
+    Ok(timed)
 }
 
 /// A TMA kernel variant that differs from another only at head dim 64 (`wide: false`): the same
@@ -603,12 +614,10 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
                 !narrow_twin(p) && !costly_mma
             })
             .collect();
-        for group in by_speed(&kernels) {
-            let times =
-                time_kernels(ops, &group, reps, |ops| ops.flash(&q, &dl, &k, &v, &dl, GpuDType::Bf16).map(|_| ()))?;
-            for (prefill, ms) in group.iter().zip(times) {
-                record(&format!("prefill causal T={t} B={b} ({prefill})"), ms, flops / ms / 1e9, "TFLOP/s");
-            }
+        for (prefill, ms) in time_prefill_kernels(ops, &kernels, reps, |ops| {
+            ops.flash(&q, &dl, &k, &v, &dl, GpuDType::Bf16).map(|_| ())
+        })? {
+            record(&format!("prefill causal T={t} B={b} ({prefill})"), ms, flops / ms / 1e9, "TFLOP/s");
         }
     }
     // Head dim 64, causal T=16K.
@@ -621,12 +630,10 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
         let flops = 4.0 * nh as f64 * (t as f64).powi(2) * d64 as f64 / 2.0;
         let kernels: Vec<_> =
             ops.prefill_kernels().into_iter().filter(|p| !matches!(p, PrefillKernel::Mma { .. })).collect();
-        for group in by_speed(&kernels) {
-            let times =
-                time_kernels(ops, &group, reps, |ops| ops.flash(&q, &dl, &k, &v, &dl, GpuDType::Bf16).map(|_| ()))?;
-            for (prefill, ms) in group.iter().zip(times) {
-                record(&format!("prefill causal D=64 T={t} ({prefill})"), ms, flops / ms / 1e9, "TFLOP/s");
-            }
+        for (prefill, ms) in time_prefill_kernels(ops, &kernels, reps, |ops| {
+            ops.flash(&q, &dl, &k, &v, &dl, GpuDType::Bf16).map(|_| ())
+        })? {
+            record(&format!("prefill causal D=64 T={t} ({prefill})"), ms, flops / ms / 1e9, "TFLOP/s");
         }
     }
     // Off-diagonal block: 16K queries after 16K keys, no mask.
@@ -639,12 +646,10 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
         let v = random_tensor(&s, &mut rng, &[t, nkv, d])?;
         let flops = 4.0 * nh as f64 * (t as f64).powi(2) * d as f64;
         let kernels: Vec<_> = ops.prefill_kernels().into_iter().filter(|&p| !narrow_twin(p)).collect();
-        for group in by_speed(&kernels) {
-            let times =
-                time_kernels(ops, &group, reps, |ops| ops.flash(&q, &dq, &k, &v, &dk, GpuDType::Bf16).map(|_| ()))?;
-            for (prefill, ms) in group.iter().zip(times) {
-                record(&format!("off-diagonal block 16K x 16K ({prefill})"), ms, flops / ms / 1e9, "TFLOP/s");
-            }
+        for (prefill, ms) in time_prefill_kernels(ops, &kernels, reps, |ops| {
+            ops.flash(&q, &dq, &k, &v, &dk, GpuDType::Bf16).map(|_| ())
+        })? {
+            record(&format!("off-diagonal block 16K x 16K ({prefill})"), ms, flops / ms / 1e9, "TFLOP/s");
         }
         let default = [ops.prefill];
         let ms =

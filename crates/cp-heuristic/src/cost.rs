@@ -1,7 +1,7 @@
 //! The cost model behind the heuristic: FLOPs and bytes of one ring step (Table 3 of the
 //! paper) turned into predicted times for pass-KV and pass-Q.
 
-use crate::{Inputs, Result};
+use crate::{Inputs, Mode, Result};
 
 /// Predicted cost of one ring algorithm on one rank.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -42,9 +42,20 @@ pub struct CostModel {
 }
 
 impl CostModel {
+    /// The ring algorithm with the smallest predicted total (the first of pass-KV, pass-Q,
+    /// gather-KV among equals) and that total.
+    pub fn cheapest(&self) -> (Mode, f64) {
+        let totals = [
+            (Mode::PassKv, self.pass_kv.total_s),
+            (Mode::PassQ, self.pass_q.total_s),
+            (Mode::GatherKv, self.gather_kv.total_s),
+        ];
+        totals.into_iter().fold(totals[0], |best, next| if next.1 < best.1 { next } else { best })
+    }
+
     /// The fastest ring algorithm's predicted total.
     pub fn best_ring_s(&self) -> f64 {
-        self.pass_kv.total_s.min(self.pass_q.total_s).min(self.gather_kv.total_s)
+        self.cheapest().1
     }
 
     /// Whether the faster ring is predicted to beat one rank doing all the work: not so for a

@@ -227,12 +227,7 @@ pub fn choose(rule: Rule, inputs: &Inputs) -> Result<Decision> {
     if rule == Rule::Auto && !inputs.hardware.link.overlaps_compute {
         // Algorithm 5's thresholds assume transfers hide under compute; where none does, the
         // cheapest predicted total decides.
-        let totals = [
-            (Mode::PassKv, cost.pass_kv.total_s),
-            (Mode::PassQ, cost.pass_q.total_s),
-            (Mode::GatherKv, cost.gather_kv.total_s),
-        ];
-        mode = totals.into_iter().min_by(|a, b| a.1.total_cmp(&b.1)).map_or(mode, |(m, _)| m);
+        mode = cost.cheapest().0;
     } else if rule == Rule::Auto {
         let chosen = if kv { cost.pass_kv.total_s } else { cost.pass_q.total_s };
         if cost.gather_kv.total_s < chosen {
