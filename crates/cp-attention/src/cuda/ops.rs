@@ -161,7 +161,7 @@ impl CudaAttention {
             scale: None,
             partial_dtype: GpuDType::F32,
             prefill: if wgmma {
-                PrefillKernel::Tma { pingpong: false, schedule: ItemSchedule::ByKeyRange, wide: true, multicast: false }
+                PrefillKernel::Tma { pingpong: false, schedule: ItemSchedule::ByKeyRange, wide: true }
             } else {
                 PrefillKernel::Mma { warps: 4, m_tiles: 2 }
             },
@@ -239,16 +239,12 @@ impl CudaAttention {
         let mut all: Vec<PrefillKernel> =
             FLASH_VARIANTS.iter().map(|&(warps, m_tiles, _)| PrefillKernel::Mma { warps, m_tiles }).rev().collect();
         if self.kernels.wgmma {
-            let tma = |pingpong, schedule, wide| PrefillKernel::Tma { pingpong, schedule, wide, multicast: false };
-            let mc = |schedule| PrefillKernel::Tma { pingpong: false, schedule, wide: true, multicast: true };
+            let tma = |pingpong, schedule, wide| PrefillKernel::Tma { pingpong, schedule, wide };
             let (by_range, zigzag, claimed) = (ItemSchedule::ByKeyRange, ItemSchedule::Zigzag, ItemSchedule::Claimed);
             all.splice(
                 0..0,
                 [
                     tma(false, by_range, true),
-                    mc(by_range),
-                    mc(zigzag),
-                    mc(claimed),
                     tma(false, by_range, false),
                     tma(false, zigzag, true),
                     tma(false, claimed, true),

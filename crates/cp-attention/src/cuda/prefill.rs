@@ -36,11 +36,6 @@ pub enum PrefillKernel {
         /// warpgroups leave the tensor cores waiting). Head dim 128 always takes two: three
         /// would not fit their registers.
         wide: bool,
-        /// Two-block clusters: the blocks take two query heads of one KV head on the same query
-        /// block, and each K/V tile is copied from L2 once for both (TMA multicast), halving the
-        /// kernel's L2 reads. Built without the ping-pong (asking for both is an error); where the
-        /// query heads per KV head are odd (no pairs share a KV head) the single-block kernel runs.
-        multicast: bool,
     },
     /// Hopper's warpgroup MMA (`wgmma`, sm_90a only): two warpgroups of 64 query rows sharing
     /// 128-key tiles from a 3-stage ring, the softmax of one tile overlapping the P V product of
@@ -103,12 +98,11 @@ impl PrefillKernel {
 impl std::fmt::Display for PrefillKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PrefillKernel::Tma { pingpong, schedule, wide, multicast } => write!(
+            PrefillKernel::Tma { pingpong, schedule, wide } => write!(
                 f,
-                "tma+wgmma{}{}{}{}",
+                "tma+wgmma{}{}{}",
                 if *pingpong { " ping-pong" } else { "" },
                 if *wide { " wide at D=64" } else { "" },
-                if *multicast { " multicast" } else { "" },
                 match schedule {
                     ItemSchedule::Zigzag => " zigzag",
                     ItemSchedule::Claimed => " claimed",
@@ -161,23 +155,12 @@ impl CudaAttention {
             PrefillKernel::Tma { .. } | PrefillKernel::Wgmma if !self.kernels.wgmma => {
                 return Err(AttentionError::KernelMissing { name: format!("{prefix} {kernel} (sm_90a only)") });
             }
-            PrefillKernel::Tma { pingpong: true, multicast: true, .. } => {
-                return Err(AttentionError::KernelMissing {
-                    name: format!("{prefix} {kernel} (the cluster variants are built without the ping-pong)"),
-                });
-            }
-            PrefillKernel::Tma { multicast: true, wide: false, .. } if d == 64 => {
-                return Err(AttentionError::KernelMissing {
-                    name: format!("{prefix} {kernel} (the cluster variants at head dim 64 are the wide kernel)"),
-                });
-            }
-            PrefillKernel::Tma { pingpong, multicast, .. } => {
+            PrefillKernel::Tma { pingpong, .. } => {
                 let consumers = kernel.block_rows(d) / 64;
                 let name = format!(
-                    "{prefix}_tma{}{}{}",
+                    "{prefix}_tma{}{}",
                     if consumers == 3 { "3" } else { "" },
-                    if pingpong { "" } else { "_np" },
-                    if multicast && (nh / nkv) % 2 == 0 { "_mc" } else { "" }
+                    if pingpong { "" } else { "_np" }
                 );
                 (name, 128 * (consumers + 1), flash_tma_smem(d, kernel.block_rows(d)))
             }
@@ -217,14 +200,7 @@ impl CudaAttention {
                         max: i32::MAX as usize,
                     });
                 }
-                if name.ends_with("_mc") {
-                    // Clusters of two blocks, each cluster an item of two heads: as many as fit
-                    // at once on the multiprocessors left (a cluster needs two in one GPC).
-                    let clusters = (items / 2).min(sms / 2).min(self.kernels.clusters(&name)?).max(1);
-                    (2 * clusters as u32, 1, 1)
-                } else {
-                    (items.min(sms).max(1) as u32, 1, 1)
-                }
+                (items.min(sms).max(1) as u32, 1, 1)
             }
             // The wgmma kernel takes (heads, query blocks, splits); the mma.sync ones (query
             // blocks, heads, splits).

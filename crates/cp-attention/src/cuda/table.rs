@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUfunction_attribute_enum;
-use cudarc::driver::{CudaContext, CudaFunction, LaunchConfig};
+use cudarc::driver::{CudaContext, CudaFunction};
 use cudarc::nvrtc::Ptx;
 
 use super::{cubin, cuda_err};
@@ -69,9 +69,6 @@ pub fn kernel_table(wgmma: bool) -> Vec<KernelEntry> {
                             all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_tma3{pingpong}"), flash_tma_smem(d, 192)));
                         }
                     }
-                    // The two-block cluster variants: the wide kernel at head dim 64.
-                    let (consumers, rows) = if d == 64 { ("3", 192) } else { ("", 128) };
-                    all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_tma{consumers}_np_mc"), flash_tma_smem(d, rows)));
                 }
             }
             all.extend([1, 4, 8].map(|g| entry(format!("decode_d{d}_{t}_g{g}"), 0)));
@@ -91,8 +88,6 @@ pub fn kernel_table(wgmma: bool) -> Vec<KernelEntry> {
 /// The compiled module's functions by name.
 pub(super) struct Kernels {
     functions: HashMap<String, CudaFunction>,
-    /// For the two-block cluster kernels (`_mc`): how many clusters fit on the device at once.
-    clusters: HashMap<String, usize>,
     /// Whether the wgmma kernels were built (sm_90a).
     pub(super) wgmma: bool,
 }
@@ -102,7 +97,6 @@ impl Kernels {
     pub(super) fn load(ctx: &Arc<CudaContext>, arch: &str, wgmma: bool) -> Result<Kernels> {
         let module = ctx.load_module(Ptx::from_binary(cubin(arch)?)).map_err(cuda_err("cuModuleLoadData"))?;
         let mut functions = HashMap::new();
-        let mut clusters = HashMap::new();
         for k in kernel_table(wgmma) {
             let f = module.load_function(&k.name).map_err(cuda_err("cuModuleGetFunction"))?;
             if k.dynamic_smem > 0 {
@@ -112,34 +106,9 @@ impl Kernels {
                 )
                 .map_err(cuda_err("cuFuncSetAttribute(max dynamic shared memory)"))?;
             }
-            if k.name.ends_with("_mc") {
-                // The threads per block of a TMA kernel: 128 per warpgroup, the consumers' (two,
-                // three for the 192-row blocks) and the producer's.
-                let threads = if k.name.contains("_tma3") { 512 } else { 384 };
-                let cfg = LaunchConfig {
-                    grid_dim: (2, 1, 1),
-                    block_dim: (threads, 1, 1),
-                    shared_mem_bytes: k.dynamic_smem as u32,
-                };
-                let n = f
-                    .occupancy_max_active_clusters(cfg, &ctx.default_stream())
-                    .map_err(cuda_err("cuOccupancyMaxActiveClusters"))?;
-                if n == 0 {
-                    return Err(AttentionError::Cuda {
-                        op: "cuOccupancyMaxActiveClusters",
-                        code: format!("{}: no two-block cluster fits on this device", k.name),
-                    });
-                }
-                clusters.insert(k.name.clone(), n as usize);
-            }
             functions.insert(k.name, f);
         }
-        Ok(Kernels { functions, clusters, wgmma })
-    }
-
-    /// How many two-block clusters of kernel `name` fit on the device at once.
-    pub(super) fn clusters(&self, name: &str) -> Result<usize> {
-        self.clusters.get(name).copied().ok_or_else(|| AttentionError::KernelMissing { name: name.to_string() })
+        Ok(Kernels { functions, wgmma })
     }
 
     pub(super) fn get(&self, name: &str) -> Result<&CudaFunction> {

@@ -63,49 +63,6 @@ DEVI void tma_load3(u32 dst, const TmaMap* map, u32 bar, int x, int y, int z) {
         "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];"
         ::"r"(dst), "l"((u64)map), "r"(bar), "r"(x), "r"(y), "r"(z) : "memory");
 }
-// The cluster variants (MC): a copy that lands in both blocks of a 2-block cluster, at the same
-// offsets in each and completing on the same-offset mbarrier of each (`mask` 0b11).
-DEVI void tma_load3_mc(u32 dst, const TmaMap* map, u32 bar, int x, int y, int z, u16 mask) {
-    asm volatile(
-        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, %4, %5}], [%2], %6;"
-        ::"r"(dst), "l"((u64)map), "r"(bar), "r"(x), "r"(y), "r"(z), "h"(mask) : "memory");
-}
-DEVI u32 cluster_rank() { u32 r; asm("mov.u32 %0, %cluster_ctarank;" : "=r"(r)); return r; }
-// The address of this block's shared-memory word `addr` in block `rank` of the cluster.
-DEVI u32 peer_addr(u32 addr, u32 rank) {
-    u32 r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(addr), "r"(rank));
-    return r;
-}
-// Arrives on the mbarrier at `addr` of block `rank`.
-DEVI void mbar_arrive_peer(u32 addr, u32 rank) {
-    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(peer_addr(addr, rank)) : "memory");
-}
-// The same, releasing at cluster scope: this thread's earlier writes (to the other block's
-// shared memory too) are seen by whoever waits for the phase with `mbar_wait_cluster`.
-DEVI void mbar_arrive_peer_release(u32 addr, u32 rank) {
-    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(peer_addr(addr, rank)) : "memory");
-}
-// Waits as `mbar_wait`, acquiring at cluster scope (sees what the other block wrote before its
-// arrive).
-DEVI void mbar_wait_cluster(u32 bar, u32 parity) {
-    u32 done = 0;
-    const u64 t0 = globaltimer();
-    #pragma unroll 1
-    for (u32 polls = 1; !done; polls++) {
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-        if (!done && (polls & 4095) == 0 && globaltimer() - t0 > 10000000000ull)
-            asm volatile("st.global.u32 [%0], 0;" ::"l"(0ull) : "memory");
-    }
-}
-DEVI void st_peer(u32 addr, u32 rank, int v) {
-    asm volatile("st.shared::cluster.s32 [%0], %1;" ::"r"(peer_addr(addr, rank)), "r"(v) : "memory");
-}
-// Every thread of both blocks: release what came before, acquire the other block's.
-DEVI void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
 DEVI void named_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
 DEVI void named_arrive(int id, int threads) { asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
 template <int R> DEVI void regs_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R)); }
@@ -116,7 +73,7 @@ template <int R> DEVI void regs_inc() { asm volatile("setmaxnreg.inc.sync.aligne
 // of the key range.
 struct TmaItem { int h, m0, z, j_lo, j_hi; int4 qt; };
 
-template <int D, int NC, bool BF16, bool OUT_F32, bool PINGPONG, bool MC>
+template <int D, int NC, bool BF16, bool OUT_F32, bool PINGPONG>
 __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const TmaMap* v_map, void* __restrict__ out,
                               float* __restrict__ lse, const int* __restrict__ q_seq, const int* __restrict__ q_pos,
                               const int* __restrict__ k_seq, const int* __restrict__ k_pos,
@@ -125,7 +82,6 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                               int tk, int nh, int nkv, float scale_log2, int splits, int split_tiles) {
 #if CP_WGMMA
     static_assert(NC == 2 || (NC == 3 && D == 64), "three consumer warpgroups only at head dim 64 (registers)");
-    static_assert(!(MC && PINGPONG), "the cluster variants are built without the ping-pong");
     constexpr int BM = 64 * NC, BN = 128, CH = D / 8, ST = 3, SCRUB_THREADS = 96, CONSUMER_THREADS = 128 * NC;
     // Registers per thread after setmaxnreg: the block has 65536, 128 x (NC + 1) threads.
     constexpr int PRODUCER_REGS = NC == 2 ? 40 : 32, CONSUMER_REGS = NC == 2 ? 232 : 160;
@@ -151,28 +107,10 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
     const u32 tile_ids = bad_free + 16, tile_kind = tile_ids + 4 * ST, tile_pos0 = tile_kind + 4 * ST;
     const u32 item_id = tile_pos0 + 4 * ST;  // the item: index, h, m0, z, qt (8 words)
     const u32 scratch = item_id + 32;
-    // MC: the claimed items the first block of the cluster passes to the second (two slots, each
-    // with a "full" mbarrier in the second block and an "empty" one in the first); per stage, a
-    // "both empty" mbarrier on which the other block's copy warp arrives once its readers have
-    // released the stage.
-    const u32 claim_full = bars + 176, claim_empty = claim_full + 16, claim_slot = claim_empty + 16;
-    auto both_empty = [&](int st) { return claim_slot + 8 + 8 * st; };
 
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
     const int n_ktiles = (tk + BN - 1) / BN, n_t64 = (tk + 63) / 64, n_q64 = (tq + 63) / 64;
-    // MC: a 2-block cluster takes two query heads of one KV head (heads 2p and 2p + 1, the same
-    // KV head where the group size is even, which the host checks) on the same query block and
-    // key range, so both walk the same key tiles: each block copies half of every tile (K or V)
-    // into both blocks' shared memory. A copy warp refills a stage only when both blocks' readers
-    // have released it: after its own "empty" barrier it arrives on the other block's "both
-    // empty" one and waits on its own (the readers are untouched: all cluster traffic is the copy
-    // warps'). A work item is then such a pair of heads; clusters take the place of blocks in the
-    // schedule below.
-    // (The block's rank in the cluster is read where it is used, not kept: a value live across
-    // the roles' split would have to fit the producer's few registers, and spills.)
-    auto rank = [] { return MC ? cluster_rank() : 0u; };
-    const int heads = MC ? nh / 2 : nh;  // items per (query block, split)
-    const int n_qblocks = (tq + BM - 1) / BM, n_items = n_qblocks * heads * splits;
+    const int n_qblocks = (tq + BM - 1) / BM, n_items = n_qblocks * nh * splits;
     // Work items are numbered heaviest first: query blocks in `q_order` (by descending last
     // position, so packed batches are longest-first too), the heads of a block adjacent (they
     // share K/V in L2), splits last. Each block starts with item blockIdx.x and then takes the
@@ -184,10 +122,10 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
     // on, decoded, through shared memory.
     auto item = [&](int wi) {
         TmaItem it;
-        const int qbi = wi / (heads * splits), rem = wi - qbi * heads * splits;
+        const int qbi = wi / (nh * splits), rem = wi - qbi * nh * splits;
         const int qb = q_order[qbi];
-        it.h = MC ? 2 * (rem % heads) + (int)rank() : rem % heads;
-        it.z = rem / heads;
+        it.h = rem % nh;
+        it.z = rem / nh;
         it.m0 = qb * BM;
         it.j_lo = it.z * split_tiles;
         it.j_hi = min(n_ktiles, it.j_lo + split_tiles);
@@ -204,53 +142,34 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
         for (int st = 0; st < ST; st++) {
             mbar_init(full(st), 1);
             mbar_init(empty(st), CONSUMER_THREADS + SCRUB_THREADS);
-            if (MC) mbar_init(both_empty(st), 1);
             mbar_init(scrubbed(st), SCRUB_THREADS);
         }
         mbar_init(q_full, 1);
         mbar_init(q_empty, CONSUMER_THREADS);
         mbar_init(bad_free, CONSUMER_THREADS);
         mbar_init(bad_free + 8, CONSUMER_THREADS);
-        if (MC) {
-            for (int i = 0; i < 2; i++) {
-                mbar_init(claim_full + 8 * i, 1);
-                mbar_init(claim_empty + 8 * i, 1);
-            }
-        }
         mbar_fence_init();
     }
-    // MC: the other block's barriers are initialised before anything arrives on them.
-    if (MC) cluster_sync(); else __syncthreads();
+    __syncthreads();
 
     if (wg == 0) {
         regs_dec<PRODUCER_REGS>();
         if (tid < 32) {
             // The copy warp: for each item, Q once it is free, then the item's visible tiles
             // (every lane walks them, a ballot per 32; lane 0 copies) and an end mark.
-            const int unit = MC ? blockIdx.x >> 1 : blockIdx.x, n_units = MC ? gridDim.x >> 1 : gridDim.x;
-            const u32 peer = rank() ^ 1;
-            int it = 0, wi = unit;
+            int it = 0, wi = blockIdx.x;
             #pragma unroll 1
             for (int n = 0;; n++) {
                 const bool last = wi >= n_items;
                 const TmaItem w = item(last ? 0 : wi);  // decoded while the consumers finish
                 // The next item, claimed now and used after this item's tiles: the atomic's
                 // latency hides.
-                // MC: the first block claims and passes the item to the second, whose copy warp
-                // reads it after this item's tiles (slot n & 1, freed when the second has read it).
                 int claimed = 0;
                 if (dynamic) {
-                    if (lane == 0 && !last && peer == 1) {
-                        claimed = atomicAdd(next_item, 1) + n_units;
-                        if (MC) {
-                            mbar_wait_cluster(claim_empty + 8 * (n & 1), ((n >> 1) & 1) ^ 1);
-                            st_peer(claim_slot + 4 * (n & 1), peer, claimed);
-                            mbar_arrive_peer_release(claim_full + 8 * (n & 1), peer);
-                        }
-                    }
+                    if (lane == 0 && !last) claimed = atomicAdd(next_item, 1) + gridDim.x;
                 } else {
-                    const int r = n + 1, b = (r & 1) ? n_units - 1 - unit : unit;
-                    claimed = (long long)r * n_units + b < n_items ? r * n_units + b : n_items;
+                    const int r = n + 1, b = (r & 1) ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+                    claimed = (long long)r * gridDim.x + b < n_items ? r * gridDim.x + b : n_items;
                 }
                 mbar_wait(q_empty, (n & 1) ^ 1);  // the first passes at once
                 if (lane == 0) {
@@ -298,29 +217,16 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                         }
                     }
                     mbar_wait(empty(st), ((it / ST) & 1) ^ 1);
-                    if (MC && it >= ST) {
-                        // This block's readers released the stage's previous use: tell the other
-                        // block, and wait until its readers have too (every use but the last
-                        // mark, the same in both blocks, so the n-th arrival pairs with the n-th).
-                        if (lane == 0) mbar_arrive_peer(both_empty(st), peer);
-                        mbar_wait(both_empty(st), ((it / ST) & 1) ^ 1);
-                    }
                     if (lane == 0) {
                         asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_ids + 4 * st), "r"(j < w.j_hi ? j : -1) : "memory");
                         asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_kind + 4 * st), "r"(kind) : "memory");
                         asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_pos0 + 4 * st), "r"(pos0) : "memory");
                         if (j < w.j_hi) {
-                            mbar_expect_tx(full(st), 2 * KV_BYTES);  // MC: both halves land here
+                            mbar_expect_tx(full(st), 2 * KV_BYTES);
                             #pragma unroll
                             for (int c = 0; c < D / 64; c++) {
-                                if (!MC) {
-                                    tma_load3(sk(st) + c * BN * 128, k_map, full(st), c * 64, kvh, j * BN);
-                                    tma_load3(sv(st) + c * BN * 128, v_map, full(st), c * 64, kvh, j * BN);
-                                } else if (peer == 1) {
-                                    tma_load3_mc(sk(st) + c * BN * 128, k_map, full(st), c * 64, kvh, j * BN, 3);
-                                } else {
-                                    tma_load3_mc(sv(st) + c * BN * 128, v_map, full(st), c * 64, kvh, j * BN, 3);
-                                }
+                                tma_load3(sk(st) + c * BN * 128, k_map, full(st), c * 64, kvh, j * BN);
+                                tma_load3(sv(st) + c * BN * 128, v_map, full(st), c * 64, kvh, j * BN);
                             }
                         } else {
                             mbar_arrive(full(st));  // the item's end: no copies, readers see -1
@@ -333,15 +239,8 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                     }
                     j = next_visible_tile<2>(w.qt, k_tiles, n_t64, j + 1, w.j_hi);
                 }
-                if (MC && dynamic && peer == 0 && lane == 0) {
-                    mbar_wait_cluster(claim_full + 8 * (n & 1), (n >> 1) & 1);
-                    asm volatile("ld.shared.s32 %0, [%1];" : "=r"(claimed) : "r"(claim_slot + 4 * (n & 1)) : "memory");
-                    mbar_arrive_peer(claim_empty + 8 * (n & 1), peer);
-                }
                 wi = dynamic ? __shfl_sync(0xffffffff, claimed, 0) : claimed;
             }
-            // MC: no block leaves while the other may still arrive on its barriers.
-            if (MC) cluster_sync();
         } else {
             // Scrub warps: a tile with masked pairs must hold no non-finite V (see BadKeys).
             // They follow the stages; a -1 tile closes an item, -2 ends the walk.
@@ -385,7 +284,6 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                     first = true;
                 }
             }
-            if (MC) cluster_sync();
         }
         return;  // no code after the roles: ptxas would allocate it for both register counts
     } else {
@@ -509,28 +407,23 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                                           lse + (size_t)w.z * tq * nh);
             mbar_arrive(bad_free + 8 * (n & 1));
         }
-        if (MC) cluster_sync();
     }
 #else
     asm volatile("trap;");
 #endif
 }
 
-#define FLASH_TMA_ENTRY_(NAME, D, NC, BF16, OUT_F32, PINGPONG, MC, CLUSTER)                                       \
-    extern "C" __global__ void __launch_bounds__(128 * (NC + 1), 1) CLUSTER NAME(                                  \
+#define FLASH_TMA_ENTRY(NAME, D, NC, BF16, OUT_F32, PINGPONG)                                                     \
+    extern "C" __global__ void __launch_bounds__(128 * (NC + 1), 1) NAME(                                                    \
         const __grid_constant__ TmaMap q_map, const __grid_constant__ TmaMap k_map,                               \
         const __grid_constant__ TmaMap v_map, const u16* q, const u16* k, const u16* v, void* out, float* lse,   \
         const int* q_seq, const int* q_pos, const int* k_seq, const int* k_pos, const int4* q_tiles,             \
         const int4* k_tiles, const int* q_order, int* next_item, int dynamic, int tq, int tk, int nh, int nkv,   \
         float scale_log2, int splits, int split_tiles) {                                                          \
-        flash_fwd_tma<D, NC, BF16, OUT_F32, PINGPONG, MC>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, k_pos,  \
+        flash_fwd_tma<D, NC, BF16, OUT_F32, PINGPONG>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, k_pos,  \
                                                   q_tiles, k_tiles, q_order, next_item, dynamic, tq, tk, nh, nkv, \
                                                   scale_log2, splits, split_tiles);                               \
     }
-#define FLASH_TMA_ENTRY(NAME, D, NC, BF16, OUT_F32, PINGPONG) FLASH_TMA_ENTRY_(NAME, D, NC, BF16, OUT_F32, PINGPONG, false, )
-// Two-block clusters sharing each K/V tile (no ping-pong).
-#define FLASH_TMA_ENTRY_MC(NAME, D, NC, BF16, OUT_F32) \
-    FLASH_TMA_ENTRY_(NAME, D, NC, BF16, OUT_F32, false, true, __cluster_dims__(2, 1, 1))
 // q, k and v are passed beside their tensor maps only so that the host's buffer tracking sees
 // them read; the kernel reads them through the maps.
 FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma, 64, 2, true, true, true)
@@ -559,12 +452,3 @@ FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma3_np, 64, 3, true, true, false)
 FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma3_np, 64, 3, true, false, false)
 FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma3_np, 64, 3, false, true, false)
 FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma3_np, 64, 3, false, false, false)
-// Two-block clusters, each K/V tile copied once for two query heads (no ping-pong).
-FLASH_TMA_ENTRY_MC(flash_fwd_d64_bf16_f32_tma3_np_mc, 64, 3, true, true)
-FLASH_TMA_ENTRY_MC(flash_fwd_d64_bf16_b16_tma3_np_mc, 64, 3, true, false)
-FLASH_TMA_ENTRY_MC(flash_fwd_d64_f16_f32_tma3_np_mc, 64, 3, false, true)
-FLASH_TMA_ENTRY_MC(flash_fwd_d64_f16_b16_tma3_np_mc, 64, 3, false, false)
-FLASH_TMA_ENTRY_MC(flash_fwd_d128_bf16_f32_tma_np_mc, 128, 2, true, true)
-FLASH_TMA_ENTRY_MC(flash_fwd_d128_bf16_b16_tma_np_mc, 128, 2, true, false)
-FLASH_TMA_ENTRY_MC(flash_fwd_d128_f16_f32_tma_np_mc, 128, 2, false, true)
-FLASH_TMA_ENTRY_MC(flash_fwd_d128_f16_b16_tma_np_mc, 128, 2, false, false)
