@@ -3,7 +3,7 @@
 //! measured rates.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cp_attention::cuda::PrefillKernel;
 use cp_attention::reference::Heads;
@@ -49,8 +49,14 @@ pub struct RingRun {
     pub predicted_ms: f64,
 }
 
-/// Runs `algorithm` `warmup + iters` times on `ring`; per-rank medians of the timed runs and the
-/// median host wall time.
+/// The least warm-up before a ring is timed, whatever the `warmup` count: every rank's GPU
+/// runs this long first. On 4 H100s at their 700 W limit (session 9), the algorithm timed right
+/// after the one-GPU baseline (1.6 s of load on GPU 0 alone) ran 9-15% longer on rank 0 than on
+/// the others after two warm-up runs, and evenly after 0.6 s of warm-up.
+pub const RING_WARMUP: Duration = Duration::from_millis(500);
+
+/// Runs `algorithm` on `ring` for at least `warmup` untimed runs and [`RING_WARMUP`], then
+/// `iters` timed runs; per-rank medians of the timed runs and the median host wall time.
 pub fn time_ring(
     ring: &GpuRing,
     algorithm: Algorithm,
@@ -59,16 +65,19 @@ pub fn time_ring(
     warmup: usize,
     iters: usize,
 ) -> anyhow::Result<(Vec<RankTimes>, f64)> {
+    let warming = Instant::now();
+    let mut runs = 0;
+    while runs < warmup || warming.elapsed() < RING_WARMUP {
+        ring.run_algorithm(algorithm, layouts.clone(), inputs.clone())?;
+        runs += 1;
+    }
     let mut samples: Vec<Vec<PhaseTimes>> = Vec::new();
     let mut walls = Vec::new();
-    for i in 0..warmup + iters {
+    for _ in 0..iters {
         let started = Instant::now();
         let out = ring.run_algorithm(algorithm, layouts.clone(), inputs.clone())?;
-        let wall = started.elapsed().as_secs_f64() * 1e3;
-        if i >= warmup {
-            samples.push(out.iter().map(|o| o.times.unwrap_or_default()).collect());
-            walls.push(wall);
-        }
+        walls.push(started.elapsed().as_secs_f64() * 1e3);
+        samples.push(out.iter().map(|o| o.times.unwrap_or_default()).collect());
     }
     let n = ring.world_size();
     let col = |r: usize, f: fn(&PhaseTimes) -> f64| median(&samples.iter().map(|s| f(&s[r])).collect::<Vec<_>>());

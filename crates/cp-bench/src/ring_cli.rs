@@ -127,7 +127,8 @@ impl Output {
 
 #[derive(clap::Args, Clone, Copy, Debug)]
 struct Timing {
-    /// Untimed runs first.
+    /// Untimed runs first (prefill: as many more as half a second of load takes, so that every
+    /// GPU starts the timed runs warm — see `prefill::RING_WARMUP`).
     #[arg(long, default_value_t = 1)]
     warmup: usize,
     /// Timed runs (medians reported).
