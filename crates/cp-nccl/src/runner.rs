@@ -364,8 +364,8 @@ impl GpuRank {
         if !same_shape {
             return Err(misuse("the layouts' rows differ from the captured step's (a new shape needs a new capture)"));
         }
-        let rebinds: Vec<_> = slots.iter().map(|(qi, ki, slot)| (&**slot, &layouts.q[*qi], &layouts.kv[*ki])).collect();
-        let rebound = self.ops.rebind_decodes(&rebinds);
+        let rebound =
+            slots.iter().try_for_each(|(qi, ki, slot)| self.ops.rebind_decode(slot, &layouts.q[*qi], &layouts.kv[*ki]));
         if rebound.is_err() {
             self.captured[index].broken = true;
         }

@@ -306,102 +306,15 @@ impl CudaAttention {
     /// of the keys at capture and about an eighth more; past it, capture anew). Writes, on this
     /// handle's stream, only the elements that changed; the graph replayed after it on this
     /// stream reads the new values. The previous replay must be over (a replay is waited for
-    /// before it returns). [`CudaAttention::rebind_decodes`] for one launch.
+    /// before it returns).
     pub fn rebind_decode(&self, slot: &BoundDecode, q_layout: &Layout, kv_layout: &Layout) -> Result<()> {
-        self.rebind_decodes(&[(slot, q_layout, kv_layout)])
-    }
-
-    /// Rebinds every decode launch of a captured step at once ([`CudaAttention::rebind_decode`]
-    /// for each): all are checked before anything is written, and the elements that changed in
-    /// any of them go to the device as one upload of (address, value) pairs and one scatter
-    /// kernel — two calls on the host's path per token, where a copy per changed array and
-    /// launch made the rebind the tail of a rebound decode step (session 8: 128K batch 1 on 4
-    /// GPUs, 202 µs a token against the fixed graph's 156).
-    pub fn rebind_decodes(&self, rebinds: &[(&BoundDecode, &Layout, &Layout)]) -> Result<()> {
-        let hosts = rebinds
-            .iter()
-            .map(|&(slot, q_layout, kv_layout)| self.rebind_args(slot, q_layout, kv_layout))
-            .collect::<Result<Vec<_>>>()?;
-        // (device address, value) of every element that changes.
-        let mut writes: Vec<i64> = Vec::new();
-        let mut mirrors = Vec::with_capacity(rebinds.len());
-        for (&(slot, _, kv_layout), host) in rebinds.iter().zip(&hosts) {
-            let args = &slot.args;
-            // `rebind_args` refused arguments with no binding.
-            let Some(bound) = &args.bound else { continue };
-            let mirror = bound.mirror.lock().unwrap_or_else(|p| p.into_inner());
-            let (old, old_keys) = &*mirror;
-            let mut push = |dst: &CudaSlice<i32>, first: usize, values: &[i32]| -> Result<()> {
-                if first + values.len() > dst.len() {
-                    return Err(AttentionError::TooLarge {
-                        what: "the elements a decode rebind writes",
-                        value: first + values.len(),
-                        max: dst.len(),
-                    });
-                }
-                let (base, _record) = dst.device_ptr(&self.stream);
-                for (i, &v) in values.iter().enumerate() {
-                    writes.extend([(base + ((first + i) * std::mem::size_of::<i32>()) as u64) as i64, i64::from(v)]);
-                }
-                Ok(())
-            };
-            for (dst, old, new) in [
-                (&args.start, &old.start, &host.start),
-                (&args.len, &old.len, &host.len),
-                (&args.pos, &old.pos, &host.pos),
-            ] {
-                for (i, (a, b)) in old.iter().zip(new).enumerate() {
-                    if a != b {
-                        push(dst, i, &[*b])?;
-                    }
-                }
-            }
-            // A batch's tokens land in several regions of a rank: the rows that changed.
-            for rows in changed_rows(old_keys, kv_layout, 1) {
-                push(&bound.key_pos, rows.start, &row_positions(kv_layout, rows))?;
-            }
-            mirrors.push(mirror);
-        }
-        let n = writes.len() / 2;
-        if n > 0 {
-            if n > i32::MAX as usize {
-                return Err(AttentionError::TooLarge {
-                    what: "the elements a decode rebind writes",
-                    value: n,
-                    max: i32::MAX as usize,
-                });
-            }
-            let d_writes = self.stream.clone_htod(&writes).map_err(cuda_err("cuMemcpyHtoDAsync(decode rebind)"))?;
-            let f = self.kernels.get("scatter_i32")?;
-            let n_i = n as i32;
-            let cfg = LaunchConfig {
-                grid_dim: (n.div_ceil(256).min(1024) as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut b = self.stream.launch_builder(f);
-            b.arg(&d_writes).arg(&n_i);
-            // SAFETY: `d_writes` holds `n` pairs (address, value); every address is an element of
-            // a bound argument array of this handle (bounds checked above), written on this
-            // stream before the replay that reads it.
-            unsafe { b.launch(cfg) }.map_err(cuda_err("launch scatter_i32"))?;
-        }
-        for ((mut mirror, host), &(_, _, kv_layout)) in mirrors.into_iter().zip(hosts).zip(rebinds) {
-            *mirror = (host, kv_layout.clone());
-        }
-        Ok(())
-    }
-
-    /// The checks of a rebind ([`CudaAttention::rebind_decode`]) and the new token's per-row
-    /// arguments.
-    fn rebind_args(&self, slot: &BoundDecode, q_layout: &Layout, kv_layout: &Layout) -> Result<HostArgs> {
         let args = &slot.args;
-        if args.bound.is_none() {
+        let Some(bound) = &args.bound else {
             return Err(AttentionError::Cuda {
                 op: "rebind_decode",
                 code: "these decode arguments were not prepared for a captured step".into(),
             });
-        }
+        };
         for (what, got, captured) in [
             ("the captured step's query block", q_layout.len(), slot.q_layout.len()),
             ("the captured step's key block", kv_layout.len(), slot.kv_layout.len()),
@@ -441,7 +354,23 @@ impl CudaAttention {
         if let Some(p) = last_pos(q_layout).into_iter().chain(last_pos(kv_layout)).find(|&p| p > i32::MAX as usize) {
             return Err(AttentionError::TooLarge { what: "a position", value: p, max: i32::MAX as usize });
         }
-        Ok(host)
+        let mut mirror = bound.mirror.lock().unwrap_or_else(|p| p.into_inner());
+        let (old, old_keys) = &*mirror;
+        for (dst, old, new) in
+            [(&args.start, &old.start, &host.start), (&args.len, &old.len, &host.len), (&args.pos, &old.pos, &host.pos)]
+        {
+            let first = old.iter().zip(new).position(|(a, b)| a != b);
+            if let Some(first) = first {
+                let last = old.iter().zip(new).rposition(|(a, b)| a != b).unwrap_or(first);
+                self.write_rows(dst, first, &new[first..=last])?;
+            }
+        }
+        // A batch's tokens land in several regions of a rank: one small copy per region.
+        for rows in changed_rows(old_keys, kv_layout, 1024) {
+            self.write_rows(&bound.key_pos, rows.start, &row_positions(kv_layout, rows))?;
+        }
+        *mirror = (host, kv_layout.clone());
+        Ok(())
     }
 
     /// Whether a bound launch's device arguments hold exactly what its last rebind (or its
@@ -460,6 +389,23 @@ impl CudaAttention {
             && down(&args.len)? == host.len
             && down(&args.pos)? == host.pos
             && key_pos == row_positions(keys, 0..keys.len()))
+    }
+
+    /// Copies `values` into `dst` from element `first` on, on this handle's stream.
+    fn write_rows(&self, dst: &CudaSlice<i32>, first: usize, values: &[i32]) -> Result<()> {
+        if first + values.len() > dst.len() {
+            return Err(AttentionError::TooLarge {
+                what: "the elements a decode rebind writes",
+                value: first + values.len(),
+                max: dst.len(),
+            });
+        }
+        let (ptr, _record) = dst.device_ptr(&self.stream);
+        let offset = (first * std::mem::size_of::<i32>()) as u64;
+        // SAFETY: `first..first + values.len()` lies inside `dst` (checked above). From pageable
+        // host memory the copy is staged before the call returns, so `values` may go right after.
+        unsafe { cudarc::driver::result::memcpy_htod_async(ptr + offset, values, self.stream.cu_stream()) }
+            .map_err(cuda_err("cuMemcpyHtoDAsync(decode rebind)"))
     }
 
     /// Split-KV decode with prepared arguments: the decode kernel writes one partial per split,

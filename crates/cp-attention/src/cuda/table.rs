@@ -81,7 +81,7 @@ pub fn kernel_table(wgmma: bool) -> Vec<KernelEntry> {
     for family in ["merge_fold", "merge_all", "merge_strided"] {
         all.extend(["f32", "bf16", "f16"].map(|t| entry(format!("{family}_{t}"), 0)));
     }
-    all.extend(["fill_rows_bf16", "fill_rows_f16", "expand_runs", "scatter_i32"].map(|n| entry(n.into(), 0)));
+    all.extend(["fill_rows_bf16", "fill_rows_f16", "expand_runs"].map(|n| entry(n.into(), 0)));
     all
 }
 

@@ -38,8 +38,3 @@ extern "C" __global__ void expand_runs(const int* __restrict__ runs, int n_runs,
         }
     }
 }
-// A decode rebind's writes: pairs (address of a 32-bit integer on this device, its new value).
-extern "C" __global__ void scatter_i32(const long long* __restrict__ writes, int n) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
-        *(int*)writes[2 * i] = (int)writes[2 * i + 1];
-}
