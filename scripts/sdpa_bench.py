@@ -16,12 +16,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 NH, NKV, D = 32, 8, 128
 
 
-def median_ms(fn, reps):
+def median_ms(fn, reps, agree=lambda more: more):
     # At least half a second of warm-up: an H100 running attention sits at its power limit, and
     # a kernel timed straight after idling or a lighter kernel runs at a higher clock than in a
-    # long run (cp-gpu-bench warms up the same way before its timings).
+    # long run (cp-gpu-bench warms up the same way before its timings). `agree` turns this
+    # process's "warm up more?" into the answer every process shares (`fn` with collectives
+    # inside must run as often on every rank, or the ranks' calls no longer pair up).
     started, n = time.perf_counter(), 0
-    while n < 3 or time.perf_counter() - started < 0.5:
+    while agree(n < 3 or time.perf_counter() - started < 0.5):
         fn()
         torch.cuda.synchronize()
         n += 1

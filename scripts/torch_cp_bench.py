@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The peer baseline for issue 6: PyTorch's context-parallel attention
 (torch.distributed.tensor.experimental.context_parallel, ring attention over SDPA) on the same
-shapes as `cp-ring-bench bench`. NOT YET RUN: written while no multi-GPU machine was lent;
-the session that runs issue 6 must check it on the first call and fix what PyTorch rejects.
+shapes as `cp-ring-bench bench` (run on 2 and 4 H100s and 4 H200s with PyTorch 2.11; results in
+docs/benchmarks.md).
 
 Launch one process per GPU:
     torchrun --nproc-per-node N scripts/torch_cp_bench.py --seq-len 131072 [--json out.json]
@@ -60,10 +60,16 @@ def main():
         with sdpa_kernel(backend):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
+    def agree(more):
+        # Every rank warms up as long as the slowest wants to: the same number of steps each.
+        flag = torch.tensor([1 if more else 0], device="cuda")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     # context_parallel shards the buffers in place (load-balanced for causal attention) for the
     # duration of the context.
     with context_parallel(mesh, buffers=[q, k, v], buffer_seq_dims=[2, 2, 2]):
-        cp_ms = median_ms(cp_step, args.iters)
+        cp_ms = median_ms(cp_step, args.iters, agree)
     slowest = torch.tensor([cp_ms], device="cuda")
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
     if rank == 0:

@@ -52,7 +52,7 @@ pub struct RingRun {
 /// The least warm-up before a ring is timed, whatever the `warmup` count: every rank's GPU
 /// runs this long first. On 4 H100s at their 700 W limit (session 9), the algorithm timed right
 /// after the one-GPU baseline (1.6 s of load on GPU 0 alone) ran 9-15% longer on rank 0 than on
-/// the others after two warm-up runs, and evenly after 0.6 s of warm-up.
+/// the others after two warm-up runs; after 0.6 s of warm-up rank 0 was no longer the slowest.
 pub const RING_WARMUP: Duration = Duration::from_millis(500);
 
 /// Runs `algorithm` on `ring` for at least `warmup` untimed runs and [`RING_WARMUP`], then

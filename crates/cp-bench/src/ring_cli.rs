@@ -127,8 +127,9 @@ impl Output {
 
 #[derive(clap::Args, Clone, Copy, Debug)]
 struct Timing {
-    /// Untimed runs first (prefill: as many more as half a second of load takes, so that every
-    /// GPU starts the timed runs warm — see `prefill::RING_WARMUP`).
+    /// Untimed runs first: at least this many, and (prefill) at least half a second of them,
+    /// so that every GPU starts the timed runs warm — `--warmup 0` still warms (see
+    /// `prefill::RING_WARMUP`).
     #[arg(long, default_value_t = 1)]
     warmup: usize,
     /// Timed runs (medians reported).
@@ -320,11 +321,12 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
             let (ring, where_) = ring_of(world_size, gpus, &output)?;
             let single = output.single()?;
             println!(
-                "== GPU ring bench: {where_}; NH={} NKV={} DH={} bf16, {} warm-up + {} timed runs (medians); {:?}",
+                "== GPU ring bench: {where_}; NH={} NKV={} DH={} bf16, at least {} warm-up runs and {:?} of them + {} timed runs (medians); {:?}",
                 h.n_heads,
                 h.n_kv_heads,
                 h.head_dim,
                 timing.warmup,
+                crate::prefill::RING_WARMUP,
                 timing.iters,
                 output.options()?
             );
