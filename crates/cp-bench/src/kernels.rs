@@ -499,7 +499,8 @@ fn time_ms(
 }
 
 /// Medians of `reps` timings of `f` under each prefill kernel of `kernels`, the kernels taking
-/// turns launch by launch after at least half a second of warm-up launches (taking turns too).
+/// turns launch by launch after at least [`crate::WARM_UP`] of warm-up launches (taking turns
+/// too).
 /// An H100 running attention sits at its power limit, its clock set by what ran just before: a
 /// kernel timed in a block of its own, or right after a slower kernel, runs faster than the same
 /// kernel in a long run (identical launches differed by up to 14% in session 8, calls 2 and 3).
@@ -522,7 +523,7 @@ fn time_kernels(
             f(ops)?;
         }
         ops.synchronize()?;
-        if round >= 2 && warm_up.elapsed() >= std::time::Duration::from_millis(500) {
+        if round >= 2 && warm_up.elapsed() >= crate::WARM_UP {
             break;
         }
     }

@@ -28,6 +28,13 @@ pub mod stats;
 pub mod sweep;
 pub mod workload;
 
+/// The least warm-up before a GPU timing here (kernels taking turns, rings and their one-GPU
+/// baselines): an H100 running attention sits at its 700 W limit, and a launch timed right
+/// after idling, after a lighter kernel, or on a card cooler than its peers runs at another
+/// clock than in a long run (sessions 8 and 9, `docs/benchmarks.md`). `scripts/sdpa_bench.py`
+/// warms up as long.
+pub const WARM_UP: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// GPUs visible to this process (0 without a driver).
 pub fn device_count() -> usize {
     if !cp_attention::cuda::driver_available() {

@@ -3,7 +3,7 @@
 //! measured rates.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cp_attention::cuda::PrefillKernel;
 use cp_attention::reference::Heads;
@@ -49,14 +49,11 @@ pub struct RingRun {
     pub predicted_ms: f64,
 }
 
-/// The least warm-up before a ring is timed, whatever the `warmup` count: every rank's GPU
-/// runs this long first. On 4 H100s at their 700 W limit (session 9), the algorithm timed right
+/// Runs `algorithm` on `ring` for at least `warmup` untimed runs and [`crate::WARM_UP`], then
+/// `iters` timed runs; per-rank medians of the timed runs and the median host wall time. The
+/// time-based warm-up matters on several GPUs: on 4 H100s (session 9) the algorithm timed right
 /// after the one-GPU baseline (1.6 s of load on GPU 0 alone) ran 9-15% longer on rank 0 than on
 /// the others after two warm-up runs; after 0.6 s of warm-up rank 0 was no longer the slowest.
-pub const RING_WARMUP: Duration = Duration::from_millis(500);
-
-/// Runs `algorithm` on `ring` for at least `warmup` untimed runs and [`RING_WARMUP`], then
-/// `iters` timed runs; per-rank medians of the timed runs and the median host wall time.
 pub fn time_ring(
     ring: &GpuRing,
     algorithm: Algorithm,
@@ -67,7 +64,7 @@ pub fn time_ring(
 ) -> anyhow::Result<(Vec<RankTimes>, f64)> {
     let warming = Instant::now();
     let mut runs = 0;
-    while runs < warmup || warming.elapsed() < RING_WARMUP {
+    while runs < warmup || warming.elapsed() < crate::WARM_UP {
         ring.run_algorithm(algorithm, layouts.clone(), inputs.clone())?;
         runs += 1;
     }

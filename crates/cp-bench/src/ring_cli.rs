@@ -129,7 +129,7 @@ impl Output {
 struct Timing {
     /// Untimed runs first: at least this many, and (prefill) at least half a second of them,
     /// so that every GPU starts the timed runs warm — `--warmup 0` still warms (see
-    /// `prefill::RING_WARMUP`).
+    /// `cp_bench::WARM_UP`).
     #[arg(long, default_value_t = 1)]
     warmup: usize,
     /// Timed runs (medians reported).
@@ -326,7 +326,7 @@ pub fn run(cli: Cli) -> anyhow::Result<bool> {
                 h.n_kv_heads,
                 h.head_dim,
                 timing.warmup,
-                crate::prefill::RING_WARMUP,
+                crate::WARM_UP,
                 timing.iters,
                 output.options()?
             );
