@@ -42,14 +42,19 @@ pub struct CostModel {
 }
 
 impl CostModel {
+    /// The predicted cost of ring algorithm `mode`.
+    pub fn of(&self, mode: Mode) -> &ModeCost {
+        match mode {
+            Mode::PassKv => &self.pass_kv,
+            Mode::PassQ => &self.pass_q,
+            Mode::GatherKv => &self.gather_kv,
+        }
+    }
+
     /// The ring algorithm with the smallest predicted total (the first of pass-KV, pass-Q,
     /// gather-KV among equals) and that total.
     pub fn cheapest(&self) -> (Mode, f64) {
-        let totals = [
-            (Mode::PassKv, self.pass_kv.total_s),
-            (Mode::PassQ, self.pass_q.total_s),
-            (Mode::GatherKv, self.gather_kv.total_s),
-        ];
+        let totals = [Mode::PassKv, Mode::PassQ, Mode::GatherKv].map(|m| (m, self.of(m).total_s));
         totals.into_iter().fold(totals[0], |best, next| if next.1 < best.1 { next } else { best })
     }
 

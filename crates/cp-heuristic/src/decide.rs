@@ -228,11 +228,8 @@ pub fn choose(rule: Rule, inputs: &Inputs) -> Result<Decision> {
         // Algorithm 5's thresholds assume transfers hide under compute; where none does, the
         // cheapest predicted total decides.
         mode = cost.cheapest().0;
-    } else if rule == Rule::Auto {
-        let chosen = if kv { cost.pass_kv.total_s } else { cost.pass_q.total_s };
-        if cost.gather_kv.total_s < chosen {
-            mode = Mode::GatherKv;
-        }
+    } else if rule == Rule::Auto && cost.gather_kv.total_s < cost.of(mode).total_s {
+        mode = Mode::GatherKv;
     }
     Ok(Decision { mode, rule, inputs: *inputs, thresholds, empirical_h, cost })
 }

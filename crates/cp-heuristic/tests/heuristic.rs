@@ -307,13 +307,7 @@ fn where_transfers_do_not_overlap_compute_auto_takes_the_cheapest_total() {
         // Gather-KV never overlapped: the same either way.
         assert!(close(exposed.gather_kv.total_s, hidden.gather_kv.total_s));
         let auto = choose(Rule::Auto, &inputs(miss, false)).unwrap();
-        let cheapest = exposed.best_ring_s();
-        let chosen = match auto.mode {
-            Mode::PassKv => exposed.pass_kv.total_s,
-            Mode::PassQ => exposed.pass_q.total_s,
-            Mode::GatherKv => exposed.gather_kv.total_s,
-        };
-        assert!(close(chosen, cheapest), "miss {miss}: {auto}");
+        assert!(close(exposed.of(auto.mode).total_s, exposed.best_ring_s()), "miss {miss}: {auto}");
         assert!(auto.to_string().contains("do not overlap"), "{auto}");
     }
     // What the 4-GPU sweeps measured over NCCL (pass-Q the winner from 1% to 10%, within 2% of
