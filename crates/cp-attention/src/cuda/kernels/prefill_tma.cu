@@ -189,10 +189,6 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                         }
                     }
                 };
-                // An item's first tile is copied before its Q (v5.9): Q waits for the consumers'
-                // last Q K^T of the previous item, the tile only for a free stage, so the tile's
-                // walk and copy no longer follow Q's wait (T=4K B=4: +2%).
-                bool q_pending = !last;
                 if (last) {
                     item_start();
                     // The scrubbers' end: a stage marked -2.
@@ -206,6 +202,10 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                 }
                 const int kvh = w.h / (nh / nkv);
                 int j = next_visible_tile<2>(w.qt, k_tiles, n_t64, w.j_lo, w.j_hi);
+                // An item's first tile is copied before its Q (v5.9): Q waits for the consumers'
+                // last Q K^T of the previous item, the tile only for a free stage, so the tile's
+                // walk and copy no longer follow Q's wait (T=4K B=4: +2%).
+                bool q_pending = true;
                 #pragma unroll 1
                 for (;; it++) {
                     const int st = it % ST;
