@@ -72,10 +72,8 @@ template <int R> DEVI void regs_inc() { asm volatile("setmaxnreg.inc.sync.aligne
 // One work item of the persistent grid: a query block (64 x NC rows) of one head over one split
 // of the key range.
 struct TmaItem { int h, m0, z, j_lo, j_hi; int4 qt; };
-// A stage's mask kind (0-3, see `classify`) with this bit: the item's last tile.
-constexpr int LAST_TILE = 4;
 
-template <int D, int NC, bool BF16, bool OUT_F32, bool PINGPONG, bool XO>
+template <int D, int NC, bool BF16, bool OUT_F32, bool PINGPONG>
 __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const TmaMap* v_map, void* __restrict__ out,
                               float* __restrict__ lse, const int* __restrict__ q_seq, const int* __restrict__ q_pos,
                               const int* __restrict__ k_seq, const int* __restrict__ k_pos,
@@ -204,77 +202,61 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                 }
                 const int kvh = w.h / (nh / nkv);
                 int j = next_visible_tile<2>(w.qt, k_tiles, n_t64, w.j_lo, w.j_hi);
-                if (j >= w.j_hi) {
-                    // No visible tile: the item is one stage marked -1 (its readers still close
-                    // it: the scrubbers reset its record, the consumers write O = 0, LSE = -inf).
+                // An item's first tile is copied before its Q (v5.9): Q waits for the consumers'
+                // last Q K^T of the previous item, the tile only for a free stage, so the tile's
+                // walk and copy no longer follow Q's wait (T=4K B=4: +2%).
+                bool q_pending = true;
+                #pragma unroll 1
+                for (;; it++) {
                     const int st = it % ST;
-                    mbar_wait(empty(st), ((it / ST) & 1) ^ 1);
-                    if (lane == 0) {
-                        asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_ids + 4 * st), "r"(-1) : "memory");
-                        mbar_arrive(full(st));
-                    }
-                    item_start();
-                    __syncwarp();
-                    it++;
-                } else {
-                    // v6: each tile's stage says whether it is the item's last (LAST_TILE in its
-                    // kind), so the item needs no end stage and the consumers release Q after
-                    // their last Q K^T. The walk to the next visible tile (which decides the flag)
-                    // and the next tile's classification run before the wait for a free stage,
-                    // where the copy warp has time to spare: after it, they would delay the tile.
-                    auto kind_of = [&](int j, int4& kt) {
-                        // The tile's mask kind (classify), worked out here, off the consumers'
-                        // path. Kind 3: a masked tile of one sequence whose 128 keys hold
-                        // consecutive positions (checked row by row: the summary alone does not
-                        // prove it), whose mask is arithmetic — no per-element loads of key
-                        // positions.
-                        kt = ktile(j);
-                        int kind = classify(w.qt, kt);
+                    // The tile's mask kind (classify), worked out here, off the consumers' path.
+                    // Kind 3: a masked tile of one sequence whose 128 keys hold consecutive
+                    // positions (checked row by row: the summary alone does not prove it), whose
+                    // mask is arithmetic — no per-element loads of key positions.
+                    int kind = 0, pos0 = 0;
+                    if (j < w.j_hi) {
+                        const int4 kt = ktile(j);
+                        kind = classify(w.qt, kt);
+                        pos0 = kt.y;
                         if (kind == 2 && w.qt.x >= 0 && kt.x == w.qt.x && kt.w == 0 && kt.z - kt.y == BN - 1) {
                             bool consecutive = true;
                             #pragma unroll
                             for (int r = lane; r < BN; r += 32) consecutive &= k_pos[j * BN + r] == kt.y + r;
                             if (__all_sync(0xffffffff, consecutive)) kind = 3;
                         }
-                        return kind;
-                    };
-                    int4 kt;
-                    int kind = kind_of(j, kt);
-                    #pragma unroll 1
-                    for (bool first = true;; it++, first = false) {
-                        const int jn = next_visible_tile<2>(w.qt, k_tiles, n_t64, j + 1, w.j_hi);
-                        const int st = it % ST;
-                        mbar_wait(empty(st), ((it / ST) & 1) ^ 1);
-                        if (lane == 0) {
-                            const int flagged = kind | (jn >= w.j_hi ? LAST_TILE : 0);
-                            asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_ids + 4 * st), "r"(j) : "memory");
-                            asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_kind + 4 * st), "r"(flagged) : "memory");
-                            asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_pos0 + 4 * st), "r"(kt.y) : "memory");
+                    }
+                    mbar_wait(empty(st), ((it / ST) & 1) ^ 1);
+                    if (lane == 0) {
+                        asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_ids + 4 * st), "r"(j < w.j_hi ? j : -1) : "memory");
+                        asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_kind + 4 * st), "r"(kind) : "memory");
+                        asm volatile("st.shared.s32 [%0], %1;" ::"r"(tile_pos0 + 4 * st), "r"(pos0) : "memory");
+                        if (j < w.j_hi) {
                             mbar_expect_tx(full(st), 2 * KV_BYTES);
                             #pragma unroll
                             for (int c = 0; c < D / 64; c++) {
                                 tma_load3(sk(st) + c * BN * 128, k_map, full(st), c * 64, kvh, j * BN);
                                 tma_load3(sv(st) + c * BN * 128, v_map, full(st), c * 64, kvh, j * BN);
                             }
+                        } else {
+                            mbar_arrive(full(st));  // the item's end: no copies, readers see -1
                         }
-                        // The item and its Q after its first tile (v5.9): Q waits for the
-                        // consumers' last Q K^T of the previous item, the tile only for a free
-                        // stage (T=4K B=4: +2%).
-                        if (first) item_start();
-                        __syncwarp();
-                        if (jn >= w.j_hi) {
-                            it++;
-                            break;
-                        }
-                        j = jn;
-                        kind = kind_of(j, kt);
                     }
+                    if (q_pending) {
+                        item_start();
+                        q_pending = false;
+                    }
+                    __syncwarp();
+                    if (j >= w.j_hi) {
+                        it++;
+                        break;
+                    }
+                    j = next_visible_tile<2>(w.qt, k_tiles, n_t64, j + 1, w.j_hi);
                 }
                 wi = dynamic ? __shfl_sync(0xffffffff, claimed, 0) : claimed;
             }
         } else {
             // Scrub warps: a tile with masked pairs must hold no non-finite V (see BadKeys).
-            // They follow the stages; an item's last tile (or its -1 stage) closes it, -2 ends the walk.
+            // They follow the stages; a -1 tile closes an item, -2 ends the walk.
             const int me = tid - 32;
             bool first = true;
             #pragma unroll 1
@@ -292,26 +274,25 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                     named_sync(SCRUB_BAR, SCRUB_THREADS);
                 }
                 first = false;
-                bool ends = j == -1;
                 if (j >= 0) {
                     asm volatile("ld.shared.s32 %0, [%1];" : "=r"(kind) : "r"(tile_kind + 4 * st) : "memory");
-                    ends = kind & LAST_TILE;
-                    if ((kind & 3) >= 2) {
+                    if (kind >= 2) {
                         #pragma unroll 1
                         for (int c = me; c < BN * CH; c += SCRUB_THREADS)
                             scrub16<BF16>(sv(st) + sw128(BN, c / CH, c % CH), j * BN + c / CH, k_seq, k_pos, b);
                         fence_proxy_async();  // generic-proxy writes, read next by wgmma
+                        mbar_arrive(scrubbed(st));
                     }
+                } else {
+                    // The item's end: its record is complete (and was reset at its start). The
+                    // consumers wait for this before their epilogue reads the record and before
+                    // they release it through bad_free — else, with a scrubber lagging behind
+                    // an item of unmasked tiles, they would read item n - 2's record and move
+                    // bad_free a phase past the one this loop waits for.
+                    mbar_arrive(scrubbed(st));
                 }
-                // Released through "scrubbed": a tile with masked pairs once it is scrubbed, and
-                // the item's last stage, after which its record is complete (it was reset at the
-                // item's start). The consumers wait for that before their epilogue reads the
-                // record and before they release it through bad_free — else, with a scrubber
-                // lagging behind an item of unmasked tiles, they would read item n - 2's record
-                // and move bad_free a phase past the one this loop waits for.
-                if (ends || (j >= 0 && (kind & 3) >= 2)) mbar_arrive(scrubbed(st));
                 mbar_arrive(empty(st));
-                if (ends) {
+                if (j == -1) {
                     n++;
                     first = true;
                 }
@@ -326,239 +307,161 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
         const u32 q_base = base + c * 64 * 128;
         // Ping-pong: warpgroup c issues its products after `named_sync(1 + c)` and then lets the
         // next go (`named_arrive` on the barrier of c + 1, mod NC; each barrier counts the two
-        // warpgroups that meet there). The turns run on across items: the last warpgroup lets
-        // warpgroup 0 start once, and warpgroup 0 takes the last warpgroup's final turn off
-        // barrier 1 at the end.
+        // warpgroups that meet there); the last warpgroup lets warpgroup 0 start each item.
         auto my_turn = [&]() { if (PINGPONG) named_sync(1 + c, 256); };
         auto your_turn = [&]() { if (PINGPONG) named_arrive(1 + (c + 1) % NC, 256); };
         u32 scrub_phase = 0;  // per stage: the parity of its next "scrubbed" phase
         int it = 0;
-        auto wait_scrubbed = [&](int st) {
-            mbar_wait(scrubbed(st), (scrub_phase >> st) & 1);
-            scrub_phase ^= 1u << st;
-        };
-        // Waits for the tile of stage iteration `it`: returns its index (-1: an item with no
-        // visible tile) and stage, its mask kind, first key position and whether it is the item's
-        // last. A masked tile is waited for until it is scrubbed; an unmasked last tile's
-        // "scrubbed" (the item's record complete) only before the epilogue (v5.5: waiting here
-        // held the item's last P V back until the scrubbers caught up, 7% at D=64).
-        auto wait_tile = [&](int& st, int& kind, int& pos0, bool& last) {
-            st = it % ST;
+        int end_st = 0;  // the stage of the item's end, released by `finish_item`
+        // Waits for the tile of stage iteration `it`: returns its index (-1: the item's end, whose
+        // stage `finish_item` releases), its mask kind and first key position.
+        auto wait_tile = [&](int& kind, int& pos0) {
+            const int st = it % ST;
             mbar_wait(full(st), (it / ST) & 1);
             int j;
             asm volatile("ld.shared.s32 %0, [%1];" : "=r"(j) : "r"(tile_ids + 4 * st) : "memory");
-            last = true;
             if (j >= 0) {
                 asm volatile("ld.shared.s32 %0, [%1];" : "=r"(kind) : "r"(tile_kind + 4 * st) : "memory");
                 asm volatile("ld.shared.s32 %0, [%1];" : "=r"(pos0) : "r"(tile_pos0 + 4 * st) : "memory");
-                last = kind & LAST_TILE;
-                kind &= 3;
-                if (kind >= 2) wait_scrubbed(st);
+                if (kind >= 2) {
+                    mbar_wait(scrubbed(st), (scrub_phase >> st) & 1);
+                    scrub_phase ^= 1u << st;
+                }
+            } else {
+                end_st = st;
             }
             it++;
             return j;
         };
-        float o[D / 2], s[BN / 2], m_run[2], l_run[2];
-        u32 p[BN / 4];
-        #pragma unroll
-        for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
-        // v6: an item's last P V and epilogue are left pending until the next item's first Q K^T
-        // has been issued behind that P V, so the epilogue's stores run under a product instead of
-        // between two items with the tensor cores idle. The pending item in three registers (the
-        // wide kernel's consumers have none to spare): `pend` = its last tile's stage (bits 0-1),
-        // whether the epilogue still waits for that stage's "scrubbed" (bit 2), the parity of
-        // its number (bit 3) and whether there is one (bit 4); its head and split (16 bits each;
-        // the host checks both fit) and its first row. Its rows are read again in the epilogue.
-        u32 pend = 0, pend_hz = 0;
-        int pend_m0 = 0;
-        auto pend_st = [&]() { return (int)(pend & 3); };
-        // The pending item's epilogue once its last P V has completed; frees its stage and record.
-        auto close_pending = [&]() {
-            // "scrubbed" before the stage's release: once released, the stage's next tile could
-            // complete another phase of it, and a parity wait cannot tell two phases apart.
-            if (pend & 4) wait_scrubbed(pend_st());
-            mbar_arrive(empty(pend_st()));
-            const int h = pend_hz & 0xffff, z = pend_hz >> 16, odd = (pend >> 3) & 1;
-            const WgRows rows = wg_rows(pend_m0 + r0, tq, q_seq, q_pos);
-            // `bad` is complete: every masked tile and the item's last were waited for through "scrubbed".
-            char* out_z = (char*)out + (size_t)z * tq * nh * D * (OUT_F32 ? 4 : 2);
-            wg_epilogue<D, BF16, OUT_F32>(o, l_run, m_run, rows, bad[odd], pend_m0 + r0, tq, nh, h, out_z,
-                                          lse + (size_t)z * tq * nh);
-            mbar_arrive(bad_free + 8 * odd);
-            pend = 0;
+        // The item's end, before the epilogue reads the BadKeys record: wait until the scrubbers
+        // have finished the item too (the record is complete, and theirs to reuse only after the
+        // epilogue), then release the end's stage. Not in `wait_tile`: there it held the item's
+        // last P V back until the scrubbers caught up (v5.5: 7% at D=64).
+        auto finish_item = [&]() {
+            mbar_wait(scrubbed(end_st), (scrub_phase >> end_st) & 1);
+            scrub_phase ^= 1u << end_st;
+            mbar_arrive(empty(end_st));
         };
-        auto set_pending = [&](int st, bool scrub, int n, const int* info) {
-            pend = 16u | (n & 1) << 3 | (scrub ? 4u : 0u) | (u32)st;
-            pend_hz = (u32)info[1] | (u32)info[3] << 16;
-            pend_m0 = info[2];
-        };
-        // The pending item's epilogue once its last P V (issued at the item's end) has completed.
-        // (The wait is unconditional: ptxas serialises every wgmma of the kernel if any path might
-        // write O while a product into it could still run.)
-        auto drain = [&]() {
-            wg_wait<0>();
-            pin<D / 2>(o);
-            if (pend) close_pending();
-        };
-        auto reset = [&]() {  // O, m and l of a new item (not S: its product may be in flight)
-            #pragma unroll
-            for (int i = 0; i < D / 2; i++) o[i] = 0.f;
-            m_run[0] = m_run[1] = NEG_INF;
-            l_run[0] = l_run[1] = 0.f;
-        };
-        if (PINGPONG && c == NC - 1) your_turn();
         #pragma unroll 1
         for (int n = 0;; n++) {
             mbar_wait(q_full, n & 1);  // also for an item with no visible tile: no copy may outlive the block
-            int info[4];  // index, head, first row, split
+            int info[8];
             #pragma unroll
-            for (int i = 0; i < 4; i++)
+            for (int i = 0; i < 8; i++)
                 asm volatile("ld.shared.s32 %0, [%1];" : "=r"(info[i]) : "r"(item_id + 4 * i) : "memory");
-            const bool stop = info[0] < 0;
-            const WgRows rows = wg_rows(info[2] + r0, tq, q_seq, q_pos);
-            int cs = 0, kind = 0, pos0 = 0;
-            bool last = true;
-            const int j = stop ? 0 : wait_tile(cs, kind, pos0, last);  // the end: see below
+            if (info[0] < 0) break;
+            TmaItem w;
+            w.h = info[1];
+            w.m0 = info[2];
+            w.z = info[3];
+            w.qt = make_int4(info[4], info[5], info[6], info[7]);
+            const WgRows rows = wg_rows(w.m0 + r0, tq, q_seq, q_pos);
+            float o[D / 2], s[BN / 2], m_run[2], l_run[2];
+            u32 p[BN / 4];
+            wg_init<D, BN>(o, s, m_run, l_run);
+            int kind = 0, pos0 = 0, j = wait_tile(kind, pos0);
             if (j < 0) {
-                // No visible tile: O = 0 and LSE = -inf once the scrubbers have closed the item.
                 mbar_arrive(q_empty);
-                drain();
-                wait_scrubbed(cs);
-                reset();
-                set_pending(cs, false, n, info);
-                close_pending();
-                continue;
-            }
-            // This item's first Q K^T, behind the previous item's last P V (still running with
-            // XO): that item's epilogue then runs under this product.
-            my_turn();
-            wg_fence();
-            wg_qk<D, BN, BF16>(s, q_base, BM, sk(cs));
-            wg_commit();
-            your_turn();
-            if (XO && pend) {
-                wg_wait<1>();  // the previous item's last P V is done (groups complete in order)
-                pin<D / 2>(o);
-                pin<BN / 4>(p);
-                close_pending();
-            }
-            if (stop) {
-                // The end: the product above was a stand-in (the last Q against stage 0, no copy
-                // in flight), so that the last item's epilogue too runs at the one place above.
-                wg_wait<0>();
-                if (!XO) drain();
-                break;
-            }
-            float corr[2], rsum[2];
-            wg_wait<0>();
-            pin<BN / 2>(s);
-            if (last) mbar_arrive(q_empty);  // this item's last product that reads Q is done
-            reset();
-            wg_softmax<BN>(s, kind, pos0, j, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
-            wg_first<BN, BF16>(p, s, l_run, rsum);
-            #pragma unroll 1
-            while (!last) {
-                int ns;
-                const int jn = wait_tile(ns, kind, pos0, last);
+                finish_item();
+            } else {  // the same in both warpgroups
+                float corr[2], rsum[2];
+                int cs = (it - 1) % ST;  // the stage of tile j
+                if (PINGPONG && c == NC - 1) your_turn();
                 my_turn();
                 wg_fence();
-                wg_qk<D, BN, BF16>(s, q_base, BM, sk(ns));
-                wg_commit();
-                wg_pv<D, BN, BF16>(o, p, sv(cs));
+                wg_qk<D, BN, BF16>(s, q_base, BM, sk(cs));
                 wg_commit();
                 your_turn();
-                wg_wait<1>();  // S of tile jn is ready; P V of tile j may still run
+                wg_wait<0>();
                 pin<BN / 2>(s);
-                if (last) mbar_arrive(q_empty);  // the item's last Q K^T is done: the next Q may come in
-                wg_softmax<BN>(s, kind, pos0, jn, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
-                // Keeps ptxas from hoisting the next wait above the softmax (see the v4 kernel).
-                asm volatile("st.shared.f32 [%0], %1;" ::"r"(scratch), "f"(rsum[0] + rsum[1]) : "memory");
+                wg_softmax<BN>(s, kind, pos0, j, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
+                wg_first<BN, BF16>(p, s, l_run, rsum);
+                #pragma unroll 1
+                for (;;) {
+                    const int jn = wait_tile(kind, pos0), ns = (it - 1) % ST;
+                    if (jn < 0) break;
+                    my_turn();
+                    wg_fence();
+                    wg_qk<D, BN, BF16>(s, q_base, BM, sk(ns));
+                    wg_commit();
+                    wg_pv<D, BN, BF16>(o, p, sv(cs));
+                    wg_commit();
+                    your_turn();
+                    wg_wait<1>();  // S of tile jn is ready; P V of tile j may still run
+                    pin<BN / 2>(s);
+                    wg_softmax<BN>(s, kind, pos0, jn, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
+                    // Keeps ptxas from hoisting the next wait above the softmax (see the v4 kernel).
+                    asm volatile("st.shared.f32 [%0], %1;" ::"r"(scratch), "f"(rsum[0] + rsum[1]) : "memory");
+                    wg_wait<0>();
+                    pin<D / 2>(o);
+                    pin<BN / 4>(p);
+                    mbar_arrive(empty(cs));  // tile j's K and V are read
+                    wg_rescale<D, BN, BF16>(o, p, s, l_run, corr, rsum);
+                    cs = ns;
+                    j = jn;
+                }
+                // Balances the ping-pong: the last warpgroup's last `your_turn` has no turn of
+                // warpgroup 0 after it. Before Q's release, so that the last warpgroup cannot start
+                // the next item's turns (on the same named barrier) before this one.
+                if (PINGPONG && c == 0) my_turn();
+                // Every product that reads Q has completed: the next item's Q may come in.
+                mbar_arrive(q_empty);
+                wg_fence();
+                wg_pv<D, BN, BF16>(o, p, sv(cs));
+                wg_commit();
                 wg_wait<0>();
                 pin<D / 2>(o);
-                pin<BN / 4>(p);
-                mbar_arrive(empty(cs));  // tile j's K and V are read
-                wg_rescale<D, BN, BF16>(o, p, s, l_run, corr, rsum);
-                cs = ns;
+                mbar_arrive(empty(cs));
+                finish_item();
             }
-            // The item's last P V. With XO its epilogue waits until the next item's first Q K^T
-            // has been issued; without, it follows at once (v5.9's order).
-            my_turn();
-            wg_fence();
-            wg_pv<D, BN, BF16>(o, p, sv(cs));
-            wg_commit();
-            your_turn();
-            set_pending(cs, kind < 2, n, info);  // a masked last tile was waited for in wait_tile
-            if (!XO) drain();
+            // `bad` is complete: every masked tile and the item's end were waited for through "scrubbed".
+            char* out_z = (char*)out + (size_t)w.z * tq * nh * D * (OUT_F32 ? 4 : 2);
+            wg_epilogue<D, BF16, OUT_F32>(o, l_run, m_run, rows, bad[n & 1], w.m0 + r0, tq, nh, w.h, out_z,
+                                          lse + (size_t)w.z * tq * nh);
+            mbar_arrive(bad_free + 8 * (n & 1));
         }
-        // Balances the ping-pong: the last warpgroup's final `your_turn` has no turn of
-        // warpgroup 0 after it.
-        if (PINGPONG && c == 0) my_turn();
     }
 #else
     asm volatile("trap;");
 #endif
 }
 
-#define FLASH_TMA_ENTRY(NAME, D, NC, BF16, OUT_F32, PINGPONG, XO)                                                     \
+#define FLASH_TMA_ENTRY(NAME, D, NC, BF16, OUT_F32, PINGPONG)                                                     \
     extern "C" __global__ void __launch_bounds__(128 * (NC + 1), 1) NAME(                                                    \
         const __grid_constant__ TmaMap q_map, const __grid_constant__ TmaMap k_map,                               \
         const __grid_constant__ TmaMap v_map, const u16* q, const u16* k, const u16* v, void* out, float* lse,   \
         const int* q_seq, const int* q_pos, const int* k_seq, const int* k_pos, const int4* q_tiles,             \
         const int4* k_tiles, const int* q_order, int* next_item, int dynamic, int tq, int tk, int nh, int nkv,   \
         float scale_log2, int splits, int split_tiles) {                                                          \
-        flash_fwd_tma<D, NC, BF16, OUT_F32, PINGPONG, XO>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, k_pos,  \
+        flash_fwd_tma<D, NC, BF16, OUT_F32, PINGPONG>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, k_pos,  \
                                                   q_tiles, k_tiles, q_order, next_item, dynamic, tq, tk, nh, nkv, \
                                                   scale_log2, splits, split_tiles);                               \
     }
 // q, k and v are passed beside their tensor maps only so that the host's buffer tracking sees
 // them read; the kernel reads them through the maps.
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma, 64, 2, true, true, true, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma_x0, 64, 2, true, true, true, false)
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma, 64, 2, true, false, true, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma_x0, 64, 2, true, false, true, false)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma, 64, 2, false, true, true, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma_x0, 64, 2, false, true, true, false)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma, 64, 2, false, false, true, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma_x0, 64, 2, false, false, true, false)
-FLASH_TMA_ENTRY(flash_fwd_d128_bf16_f32_tma, 128, 2, true, true, true, true)
-FLASH_TMA_ENTRY(flash_fwd_d128_bf16_f32_tma_x0, 128, 2, true, true, true, false)
-FLASH_TMA_ENTRY(flash_fwd_d128_bf16_b16_tma, 128, 2, true, false, true, true)
-FLASH_TMA_ENTRY(flash_fwd_d128_bf16_b16_tma_x0, 128, 2, true, false, true, false)
-FLASH_TMA_ENTRY(flash_fwd_d128_f16_f32_tma, 128, 2, false, true, true, true)
-FLASH_TMA_ENTRY(flash_fwd_d128_f16_f32_tma_x0, 128, 2, false, true, true, false)
-FLASH_TMA_ENTRY(flash_fwd_d128_f16_b16_tma, 128, 2, false, false, true, true)
-FLASH_TMA_ENTRY(flash_fwd_d128_f16_b16_tma_x0, 128, 2, false, false, true, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma, 64, 2, true, true, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma, 64, 2, true, false, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma, 64, 2, false, true, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma, 64, 2, false, false, true)
+FLASH_TMA_ENTRY(flash_fwd_d128_bf16_f32_tma, 128, 2, true, true, true)
+FLASH_TMA_ENTRY(flash_fwd_d128_bf16_b16_tma, 128, 2, true, false, true)
+FLASH_TMA_ENTRY(flash_fwd_d128_f16_f32_tma, 128, 2, false, true, true)
+FLASH_TMA_ENTRY(flash_fwd_d128_f16_b16_tma, 128, 2, false, false, true)
 // Without the ping-pong, for measuring what it brings.
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma_np, 64, 2, true, true, false, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma_np_x0, 64, 2, true, true, false, false)
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma_np, 64, 2, true, false, false, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma_np_x0, 64, 2, true, false, false, false)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma_np, 64, 2, false, true, false, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma_np_x0, 64, 2, false, true, false, false)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma_np, 64, 2, false, false, false, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma_np_x0, 64, 2, false, false, false, false)
-FLASH_TMA_ENTRY(flash_fwd_d128_bf16_f32_tma_np, 128, 2, true, true, false, true)
-FLASH_TMA_ENTRY(flash_fwd_d128_bf16_f32_tma_np_x0, 128, 2, true, true, false, false)
-FLASH_TMA_ENTRY(flash_fwd_d128_bf16_b16_tma_np, 128, 2, true, false, false, true)
-FLASH_TMA_ENTRY(flash_fwd_d128_bf16_b16_tma_np_x0, 128, 2, true, false, false, false)
-FLASH_TMA_ENTRY(flash_fwd_d128_f16_f32_tma_np, 128, 2, false, true, false, true)
-FLASH_TMA_ENTRY(flash_fwd_d128_f16_f32_tma_np_x0, 128, 2, false, true, false, false)
-FLASH_TMA_ENTRY(flash_fwd_d128_f16_b16_tma_np, 128, 2, false, false, false, true)
-FLASH_TMA_ENTRY(flash_fwd_d128_f16_b16_tma_np_x0, 128, 2, false, false, false, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma_np, 64, 2, true, true, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma_np, 64, 2, true, false, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma_np, 64, 2, false, true, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma_np, 64, 2, false, false, false)
+FLASH_TMA_ENTRY(flash_fwd_d128_bf16_f32_tma_np, 128, 2, true, true, false)
+FLASH_TMA_ENTRY(flash_fwd_d128_bf16_b16_tma_np, 128, 2, true, false, false)
+FLASH_TMA_ENTRY(flash_fwd_d128_f16_f32_tma_np, 128, 2, false, true, false)
+FLASH_TMA_ENTRY(flash_fwd_d128_f16_b16_tma_np, 128, 2, false, false, false)
 // Head dim 64 with three consumer warpgroups (192-row query blocks).
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma3, 64, 3, true, true, true, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma3_x0, 64, 3, true, true, true, false)
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma3, 64, 3, true, false, true, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma3_x0, 64, 3, true, false, true, false)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma3, 64, 3, false, true, true, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma3_x0, 64, 3, false, true, true, false)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma3, 64, 3, false, false, true, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma3_x0, 64, 3, false, false, true, false)
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma3_np, 64, 3, true, true, false, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma3_np_x0, 64, 3, true, true, false, false)
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma3_np, 64, 3, true, false, false, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma3_np_x0, 64, 3, true, false, false, false)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma3_np, 64, 3, false, true, false, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma3_np_x0, 64, 3, false, true, false, false)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma3_np, 64, 3, false, false, false, true)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma3_np_x0, 64, 3, false, false, false, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma3, 64, 3, true, true, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma3, 64, 3, true, false, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma3, 64, 3, false, true, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma3, 64, 3, false, false, true)
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma3_np, 64, 3, true, true, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma3_np, 64, 3, true, false, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma3_np, 64, 3, false, true, false)
+FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma3_np, 64, 3, false, false, false)
