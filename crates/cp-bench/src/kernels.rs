@@ -809,15 +809,16 @@ pub fn dump(ops: &CudaAttention, dir: &str) -> Result<()> {
     Ok(())
 }
 
-/// One causal prefill at T=16K with head dimension `head_dim`, for `ncu`.
-pub fn profile(ops: &CudaAttention, head_dim: usize) -> Result<()> {
+/// One causal prefill of `batch` sequences of `tokens` tokens with head dimension `head_dim`, for `ncu`.
+pub fn profile(ops: &CudaAttention, head_dim: usize, tokens: usize, batch: usize) -> Result<()> {
     let s = ops.stream().clone();
     let mut rng = Rng(1);
-    let t = 16384;
-    let l = DeviceLayout::new(ops, &layout_of(&[(Some(0), 0, t)]))?;
-    let q = random_tensor(&s, &mut rng, &[t, 32, head_dim])?;
-    let k = random_tensor(&s, &mut rng, &[t, 8, head_dim])?;
-    let v = random_tensor(&s, &mut rng, &[t, 8, head_dim])?;
+    let runs: Vec<_> = (0..batch).map(|seq| (Some(seq), 0, tokens)).collect();
+    let l = DeviceLayout::new(ops, &layout_of(&runs))?;
+    let rows = tokens * batch;
+    let q = random_tensor(&s, &mut rng, &[rows, 32, head_dim])?;
+    let k = random_tensor(&s, &mut rng, &[rows, 8, head_dim])?;
+    let v = random_tensor(&s, &mut rng, &[rows, 8, head_dim])?;
     ops.flash(&q, &l, &k, &v, &l, GpuDType::Bf16)?;
     Ok(ops.synchronize()?)
 }

@@ -33,11 +33,17 @@ enum Mode {
     },
     /// The self-test, the check and the timings (the default).
     All,
-    /// One causal prefill launch at T=16K, for ncu.
+    /// One causal prefill launch (T=16K by default), for ncu.
     Profile {
         /// Head dimension: 64 or 128.
         #[arg(long, default_value_t = 128, value_parser = cp_bench::ring_cli::head_dim)]
         head_dim: u32,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+        tokens: u32,
+        /// Sequences, packed one after another.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        batch: u32,
     },
     /// One prefill's inputs and outputs as safetensors (for scripts/compare_sdpa.py).
     Dump {
@@ -77,7 +83,9 @@ fn run(mode: Mode) -> anyhow::Result<bool> {
         }
     }
     match mode {
-        Mode::Profile { head_dim } => kernels::profile(&ops, head_dim as usize)?,
+        Mode::Profile { head_dim, tokens, batch } => {
+            kernels::profile(&ops, head_dim as usize, tokens as usize, batch as usize)?
+        }
         Mode::Dump { dir } => kernels::dump(&ops, &dir)?,
         _ => {}
     }

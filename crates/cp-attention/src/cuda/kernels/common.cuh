@@ -87,6 +87,11 @@ DEVI bool bad_keys_seen(const BadKeys& b, int seq, int pos) {
     for (int i = 0; i < BAD_SLOTS; i++) seen |= b.seq[i] == seq && b.pos[i] <= pos;
     return seen;
 }
+// Whether either 16-bit value of `w` is non-finite (exponent all ones).
+template <bool BF16> DEVI bool nonfinite2(u32 w) {
+    const u32 e = BF16 ? 0x7f80u : 0x7c00u;
+    return (w & e) == e || ((w >> 16) & e) == e;
+}
 // Zeroes the non-finite 16-bit values (exponent all ones) of the 16-byte chunk at shared address
 // `a`, part of key row `key`, and records the key.
 template <bool BF16> DEVI void scrub16(u32 a, int key, const int* __restrict__ k_seq, const int* __restrict__ k_pos,

@@ -277,9 +277,35 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                 if (j >= 0) {
                     asm volatile("ld.shared.s32 %0, [%1];" : "=r"(kind) : "r"(tile_kind + 4 * st) : "memory");
                     if (kind >= 2) {
+                        // First a read of the thread's chunks, four loads in flight at a time
+                        // (v6.2: one chunk per dependent load kept the consumers waiting at
+                        // every item's diagonal tile); the scrub only where a chunk is
+                        // non-finite.
+                        bool any = false;
                         #pragma unroll 1
-                        for (int c = me; c < BN * CH; c += SCRUB_THREADS)
-                            scrub16<BF16>(sv(st) + sw128(BN, c / CH, c % CH), j * BN + c / CH, k_seq, k_pos, b);
+                        for (int c0 = me; c0 < BN * CH; c0 += 4 * SCRUB_THREADS) {
+                            u32 w[4][4];
+                            #pragma unroll
+                            for (int u = 0; u < 4; u++) {
+                                const int c = c0 + u * SCRUB_THREADS;
+                                if (c < BN * CH) {
+                                    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                                                 : "=r"(w[u][0]), "=r"(w[u][1]), "=r"(w[u][2]), "=r"(w[u][3])
+                                                 : "r"(sv(st) + sw128(BN, c / CH, c % CH)));
+                                } else {
+                                    w[u][0] = w[u][1] = w[u][2] = w[u][3] = 0;
+                                }
+                            }
+                            #pragma unroll
+                            for (int u = 0; u < 4; u++)
+                                #pragma unroll
+                                for (int i = 0; i < 4; i++) any |= nonfinite2<BF16>(w[u][i]);
+                        }
+                        if (any) {
+                            #pragma unroll 1
+                            for (int c = me; c < BN * CH; c += SCRUB_THREADS)
+                                scrub16<BF16>(sv(st) + sw128(BN, c / CH, c % CH), j * BN + c / CH, k_seq, k_pos, b);
+                        }
                         fence_proxy_async();  // generic-proxy writes, read next by wgmma
                         mbar_arrive(scrubbed(st));
                     }
@@ -313,8 +339,19 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
         u32 scrub_phase = 0;  // per stage: the parity of its next "scrubbed" phase
         int it = 0;
         int end_st = 0;  // the stage of the item's end, released by `finish_item`
+        auto wait_scrubbed = [&](int st) {
+            mbar_wait(scrubbed(st), (scrub_phase >> st) & 1);
+            scrub_phase ^= 1u << st;
+        };
+        // Not in the wide ping-pong kernel: there the later wait makes its consumers (160
+        // registers) spill in the loop, 10% slower at D=64 (session 10, call 6).
+        constexpr bool LATE_SCRUB_WAIT = !(NC == 3 && PINGPONG);
         // Waits for the tile of stage iteration `it`: returns its index (-1: the item's end, whose
-        // stage `finish_item` releases), its mask kind and first key position.
+        // stage `finish_item` releases), its mask kind and first key position. A masked tile's
+        // "scrubbed" is waited for only right before its P V (`cs_masked` below), behind the next
+        // tile's Q K^T: the scrub changes V alone, and waiting here held the tile's own Q K^T back
+        // behind the scrubbers (v6.2; at T=4K B=4 ncu found 5.3% of the consumers' samples in
+        // this wait, at every item's diagonal tile).
         auto wait_tile = [&](int& kind, int& pos0) {
             const int st = it % ST;
             mbar_wait(full(st), (it / ST) & 1);
@@ -323,10 +360,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
             if (j >= 0) {
                 asm volatile("ld.shared.s32 %0, [%1];" : "=r"(kind) : "r"(tile_kind + 4 * st) : "memory");
                 asm volatile("ld.shared.s32 %0, [%1];" : "=r"(pos0) : "r"(tile_pos0 + 4 * st) : "memory");
-                if (kind >= 2) {
-                    mbar_wait(scrubbed(st), (scrub_phase >> st) & 1);
-                    scrub_phase ^= 1u << st;
-                }
+                if (!LATE_SCRUB_WAIT && kind >= 2) wait_scrubbed(st);
             } else {
                 end_st = st;
             }
@@ -338,8 +372,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
         // epilogue), then release the end's stage. Not in `wait_tile`: there it held the item's
         // last P V back until the scrubbers caught up (v5.5: 7% at D=64).
         auto finish_item = [&]() {
-            mbar_wait(scrubbed(end_st), (scrub_phase >> end_st) & 1);
-            scrub_phase ^= 1u << end_st;
+            wait_scrubbed(end_st);
             mbar_arrive(empty(end_st));
         };
         #pragma unroll 1
@@ -366,6 +399,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
             } else {  // the same in both warpgroups
                 float corr[2], rsum[2];
                 int cs = (it - 1) % ST;  // the stage of tile j
+                bool cs_masked = LATE_SCRUB_WAIT && kind >= 2;  // its V is scrubbed before its P V
                 if (PINGPONG && c == NC - 1) your_turn();
                 my_turn();
                 wg_fence();
@@ -384,6 +418,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                     wg_fence();
                     wg_qk<D, BN, BF16>(s, q_base, BM, sk(ns));
                     wg_commit();
+                    if (cs_masked) wait_scrubbed(cs);  // tile j's V, before its P V
                     wg_pv<D, BN, BF16>(o, p, sv(cs));
                     wg_commit();
                     your_turn();
@@ -399,6 +434,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                     wg_rescale<D, BN, BF16>(o, p, s, l_run, corr, rsum);
                     cs = ns;
                     j = jn;
+                    cs_masked = LATE_SCRUB_WAIT && kind >= 2;
                 }
                 // Balances the ping-pong: the last warpgroup's last `your_turn` has no turn of
                 // warpgroup 0 after it. Before Q's release, so that the last warpgroup cannot start
@@ -406,6 +442,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                 if (PINGPONG && c == 0) my_turn();
                 // Every product that reads Q has completed: the next item's Q may come in.
                 mbar_arrive(q_empty);
+                if (cs_masked) wait_scrubbed(cs);
                 wg_fence();
                 wg_pv<D, BN, BF16>(o, p, sv(cs));
                 wg_commit();
