@@ -87,22 +87,23 @@ DEVI bool bad_keys_seen(const BadKeys& b, int seq, int pos) {
     for (int i = 0; i < BAD_SLOTS; i++) seen |= b.seq[i] == seq && b.pos[i] <= pos;
     return seen;
 }
-// Whether either 16-bit value of `w` is non-finite (exponent all ones).
-template <bool BF16> DEVI bool nonfinite2(u32 w) {
+// Whether the 16-bit value in the low half of `h` is non-finite (exponent all ones).
+template <bool BF16> DEVI bool nonfinite16(u32 h) {
     const u32 e = BF16 ? 0x7f80u : 0x7c00u;
-    return (w & e) == e || ((w >> 16) & e) == e;
+    return (h & e) == e;
 }
-// Zeroes the non-finite 16-bit values (exponent all ones) of the 16-byte chunk at shared address
-// `a`, part of key row `key`, and records the key.
+// Whether either 16-bit value of `w` is non-finite.
+template <bool BF16> DEVI bool nonfinite2(u32 w) { return nonfinite16<BF16>(w) || nonfinite16<BF16>(w >> 16); }
+// Zeroes the non-finite 16-bit values of the 16-byte chunk at shared address `a`, part of key row
+// `key`, and records the key.
 template <bool BF16> DEVI void scrub16(u32 a, int key, const int* __restrict__ k_seq, const int* __restrict__ k_pos,
                                        BadKeys& bad) {
-    const u32 e = BF16 ? 0x7f80u : 0x7c00u;
     u32 w[4];
     asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "r"(a));
     bool bad_chunk = false;
     #pragma unroll
     for (int i = 0; i < 4; i++) {
-        const bool lo = (w[i] & e) == e, hi = ((w[i] >> 16) & e) == e;
+        const bool lo = nonfinite16<BF16>(w[i]), hi = nonfinite16<BF16>(w[i] >> 16);
         bad_chunk |= lo || hi;
         w[i] &= (lo ? 0xffff0000u : 0xffffffffu) & (hi ? 0x0000ffffu : 0xffffffffu);
     }

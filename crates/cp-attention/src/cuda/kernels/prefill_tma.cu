@@ -281,6 +281,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                         // (v6.2: one chunk per dependent load kept the consumers waiting at
                         // every item's diagonal tile); the scrub only where a chunk is
                         // non-finite.
+                        auto chunk = [&](int c) { return sv(st) + sw128(BN, c / CH, c % CH); };  // of V
                         bool any = false;
                         #pragma unroll 1
                         for (int c0 = me; c0 < BN * CH; c0 += 4 * SCRUB_THREADS) {
@@ -291,7 +292,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                                 if (c < BN * CH) {
                                     asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
                                                  : "=r"(w[u][0]), "=r"(w[u][1]), "=r"(w[u][2]), "=r"(w[u][3])
-                                                 : "r"(sv(st) + sw128(BN, c / CH, c % CH)));
+                                                 : "r"(chunk(c)));
                                 } else {
                                     w[u][0] = w[u][1] = w[u][2] = w[u][3] = 0;
                                 }
@@ -304,7 +305,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                         if (any) {
                             #pragma unroll 1
                             for (int c = me; c < BN * CH; c += SCRUB_THREADS)
-                                scrub16<BF16>(sv(st) + sw128(BN, c / CH, c % CH), j * BN + c / CH, k_seq, k_pos, b);
+                                scrub16<BF16>(chunk(c), j * BN + c / CH, k_seq, k_pos, b);
                         }
                         fence_proxy_async();  // generic-proxy writes, read next by wgmma
                         mbar_arrive(scrubbed(st));
