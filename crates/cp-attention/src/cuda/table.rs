@@ -64,9 +64,17 @@ pub fn kernel_table(wgmma: bool) -> Vec<KernelEntry> {
                 if wgmma {
                     all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_wg"), flash_wg_smem(d)));
                     for pingpong in ["", "_np"] {
-                        all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_tma{pingpong}"), flash_tma_smem(d, 128)));
-                        if d == 64 {
-                            all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_tma3{pingpong}"), flash_tma_smem(d, 192)));
+                        for build in ["", "_v62", "_v7e"] {
+                            all.push(entry(
+                                format!("flash_fwd_d{d}_{t}_{o}_tma{pingpong}{build}"),
+                                flash_tma_smem(d, 128),
+                            ));
+                            if d == 64 {
+                                all.push(entry(
+                                    format!("flash_fwd_d{d}_{t}_{o}_tma3{pingpong}{build}"),
+                                    flash_tma_smem(d, 192),
+                                ));
+                            }
                         }
                     }
                 }

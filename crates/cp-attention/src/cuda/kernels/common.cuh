@@ -82,6 +82,7 @@ DEVI void bad_keys_add(BadKeys& b, int seq, int pos) {
 // Whether the query (seq, pos) sees one of the recorded keys.
 DEVI bool bad_keys_seen(const BadKeys& b, int seq, int pos) {
     if (seq < 0) return false;
+    if (b.seq[0] < 0) return false;  // nothing recorded (slots fill in order): one load, not 16
     if (b.overflow) return true;
     bool seen = false;
     for (int i = 0; i < BAD_SLOTS; i++) seen |= b.seq[i] == seq && b.pos[i] <= pos;
