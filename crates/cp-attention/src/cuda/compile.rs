@@ -14,8 +14,6 @@ pub const SOURCE: &str = concat!(
     include_str!("kernels/prefill_mma.cu"),
     include_str!("kernels/prefill_wgmma.cu"),
     include_str!("kernels/prefill_tma.cu"),
-    include_str!("kernels/prefill_tma_v62.cu"),
-    include_str!("kernels/prefill_tma_v7e.cu"),
     include_str!("kernels/merge.cu"),
     include_str!("kernels/decode.cu"),
     include_str!("kernels/fill.cu"),

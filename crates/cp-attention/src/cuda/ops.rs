@@ -161,7 +161,7 @@ impl CudaAttention {
             scale: None,
             partial_dtype: GpuDType::F32,
             prefill: if wgmma {
-                PrefillKernel::Tma { pingpong: false, schedule: ItemSchedule::ByKeyRange, wide: true, build: "" }
+                PrefillKernel::Tma { pingpong: false, schedule: ItemSchedule::ByKeyRange, wide: true }
             } else {
                 PrefillKernel::Mma { warps: 4, m_tiles: 2 }
             },
@@ -239,13 +239,7 @@ impl CudaAttention {
         let mut all: Vec<PrefillKernel> =
             FLASH_VARIANTS.iter().map(|&(warps, m_tiles, _)| PrefillKernel::Mma { warps, m_tiles }).rev().collect();
         if self.kernels.wgmma {
-            let tma = |pingpong, schedule, wide| PrefillKernel::Tma { pingpong, schedule, wide, build: "" };
-            let other = |pingpong, build| PrefillKernel::Tma {
-                pingpong,
-                schedule: ItemSchedule::ByKeyRange,
-                wide: true,
-                build,
-            };
+            let tma = |pingpong, schedule, wide| PrefillKernel::Tma { pingpong, schedule, wide };
             let (by_range, zigzag, claimed) = (ItemSchedule::ByKeyRange, ItemSchedule::Zigzag, ItemSchedule::Claimed);
             all.splice(
                 0..0,
@@ -258,9 +252,6 @@ impl CudaAttention {
                     tma(true, by_range, false),
                     tma(true, zigzag, true),
                     tma(true, claimed, true),
-                    other(false, "_v62"),
-                    other(true, "_v62"),
-                    other(false, "_v7e"),
                     PrefillKernel::Wgmma,
                 ],
             );

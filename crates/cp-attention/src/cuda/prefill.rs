@@ -36,9 +36,6 @@ pub enum PrefillKernel {
         /// warpgroups leave the tensor cores waiting). Head dim 128 always takes two: three
         /// would not fit their registers.
         wide: bool,
-        /// TEMPORARY (session 11): a kernel name suffix selecting an experimental build ("":
-        /// the kernel; "_v62": the v6.2 kernel, to time against).
-        build: &'static str,
     },
     /// Hopper's warpgroup MMA (`wgmma`, sm_90a only): two warpgroups of 64 query rows sharing
     /// 128-key tiles from a 3-stage ring, the softmax of one tile overlapping the P V product of
@@ -102,10 +99,9 @@ impl PrefillKernel {
 impl std::fmt::Display for PrefillKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PrefillKernel::Tma { pingpong, schedule, wide, build } => write!(
+            PrefillKernel::Tma { pingpong, schedule, wide } => write!(
                 f,
-                "tma+wgmma{}{}{}{}",
-                build,
+                "tma+wgmma{}{}{}",
                 if *pingpong { " ping-pong" } else { "" },
                 if *wide { " wide at D=64" } else { "" },
                 match schedule {
@@ -160,13 +156,12 @@ impl CudaAttention {
             PrefillKernel::Tma { .. } | PrefillKernel::Wgmma if !self.kernels.wgmma => {
                 return Err(AttentionError::KernelMissing { name: format!("{prefix} {kernel} (sm_90a only)") });
             }
-            PrefillKernel::Tma { pingpong, build, .. } => {
+            PrefillKernel::Tma { pingpong, .. } => {
                 let consumers = kernel.block_rows(d) / 64;
                 let name = format!(
-                    "{prefix}_tma{}{}{}",
+                    "{prefix}_tma{}{}",
                     if consumers == 3 { "3" } else { "" },
-                    if pingpong { "" } else { "_np" },
-                    build
+                    if pingpong { "" } else { "_np" }
                 );
                 (name, 128 * (consumers + 1), flash_tma_smem(d, kernel.block_rows(d)))
             }

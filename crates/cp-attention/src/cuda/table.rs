@@ -64,17 +64,9 @@ pub fn kernel_table(wgmma: bool) -> Vec<KernelEntry> {
                 if wgmma {
                     all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_wg"), flash_wg_smem(d)));
                     for pingpong in ["", "_np"] {
-                        for build in ["", "_v62", "_v7e"] {
-                            all.push(entry(
-                                format!("flash_fwd_d{d}_{t}_{o}_tma{pingpong}{build}"),
-                                flash_tma_smem(d, 128),
-                            ));
-                            if d == 64 {
-                                all.push(entry(
-                                    format!("flash_fwd_d{d}_{t}_{o}_tma3{pingpong}{build}"),
-                                    flash_tma_smem(d, 192),
-                                ));
-                            }
+                        all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_tma{pingpong}"), flash_tma_smem(d, 128)));
+                        if d == 64 {
+                            all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_tma3{pingpong}"), flash_tma_smem(d, 192)));
                         }
                     }
                 }

@@ -93,9 +93,6 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                   "register budget");
     constexpr int SCRUB_BAR = NC + 1;  // named barriers: 1..NC the consumers' turns, then the scrubbers'
     constexpr u32 Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
-    // The epilogue stages O in the item's end stage (its K and V buffers: no tile was copied
-    // there) where it fits — not at head dim 64 with three warpgroups and f32 out (48 KB).
-    constexpr bool SMEM_EPI = BM * D * (OUT_F32 ? 4 : 2) <= 2 * KV_BYTES;
     const u32 base = (smem_addr(wg_smem) + 1023) & ~1023u;
     auto sk = [&](int st) { return base + Q_BYTES + (u32)st * 2 * KV_BYTES; };
     auto sv = [&](int st) { return base + Q_BYTES + (u32)st * 2 * KV_BYTES + KV_BYTES; };
@@ -373,12 +370,11 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
         };
         // The item's end, before the epilogue reads the BadKeys record: wait until the scrubbers
         // have finished the item too (the record is complete, and theirs to reuse only after the
-        // epilogue), then release the end's stage — after the epilogue when O is staged there.
-        // Not in `wait_tile`: there it held the item's last P V back until the scrubbers caught
-        // up (v5.5: 7% at D=64).
+        // epilogue), then release the end's stage. Not in `wait_tile`: there it held the item's
+        // last P V back until the scrubbers caught up (v5.5: 7% at D=64).
         auto finish_item = [&]() {
             wait_scrubbed(end_st);
-            if (!SMEM_EPI) mbar_arrive(empty(end_st));
+            mbar_arrive(empty(end_st));
         };
         #pragma unroll 1
         for (int n = 0;; n++) {
@@ -458,18 +454,8 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
             }
             // `bad` is complete: every masked tile and the item's end were waited for through "scrubbed".
             char* out_z = (char*)out + (size_t)w.z * tq * nh * D * (OUT_F32 ? 4 : 2);
-            float* lse_z = lse + (size_t)w.z * tq * nh;
-            if constexpr (SMEM_EPI) {
-                // Each warp's 16 rows in its own part of the end stage's buffers.
-                const u32 stage = sk(end_st) + (u32)((c * 4 + wq) * 16 * D * (OUT_F32 ? 4 : 2));
-                wg_epilogue_smem<D, BF16, OUT_F32>(o, l_run, m_run, rows, bad[n & 1], w.m0 + r0, w.m0 + c * 64 + wq * 16,
-                                                   tq, nh, w.h, out_z, lse_z, stage, [&]() {
-                                                       fence_proxy_async();  // the generic-proxy use, before the next copy
-                                                       mbar_arrive(empty(end_st));
-                                                   });
-            } else {
-                wg_epilogue<D, BF16, OUT_F32>(o, l_run, m_run, rows, bad[n & 1], w.m0 + r0, tq, nh, w.h, out_z, lse_z);
-            }
+            wg_epilogue<D, BF16, OUT_F32>(o, l_run, m_run, rows, bad[n & 1], w.m0 + r0, tq, nh, w.h, out_z,
+                                          lse + (size_t)w.z * tq * nh);
             mbar_arrive(bad_free + 8 * (n & 1));
         }
     }

@@ -102,23 +102,28 @@ template <int N, bool BF16> DEVI void wg_rs(float* d, const u32* a, u64 b, int a
 }
 
 // The two products of one key tile for one warpgroup. `q_base`: the warpgroup's 64 rows in the
-// Q tile of `q_rows` rows; `k_base`, `v_base`: a stage's K and V tiles of BN rows.
+// Q tile of `q_rows` rows; `k_base`, `v_base`: a stage's K and V tiles of BN rows. Each operand's
+// descriptor is made once per tile and stepped by adding the k-step's byte offset / 16 to its
+// start-address field (v6.3; building each from its address cost four dependent uniform
+// instructions ahead of every wgmma). Shared-memory addresses stay below 2^18, so the 14-bit
+// field never carries.
+DEVI u64 wg_desc_step(u64 desc, u32 bytes) { return desc + (bytes >> 4); }
 template <int D, int BN, bool BF16> DEVI void wg_qk(float* s, u32 q_base, int q_rows, u32 k_base) {
     // K-major, 128-byte swizzle: 8-row groups 1024 bytes apart (SBO); a k-step of 16 elements
     // is 32 bytes along the swizzled row, and each 64-element column block is a separate tile.
+    const u64 da = wg_desc(q_base, 16, 1024), db = wg_desc(k_base, 16, 1024);
     #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
         const u32 cb = kk >> 2, kin = (kk & 3) * 32;
-        const u64 da = wg_desc(q_base + cb * q_rows * 128 + kin, 16, 1024);
-        const u64 db = wg_desc(k_base + cb * BN * 128 + kin, 16, 1024);
-        wg_ss_n128<BF16>(s, da, db, kk > 0);
+        wg_ss_n128<BF16>(s, wg_desc_step(da, cb * q_rows * 128 + kin), wg_desc_step(db, cb * BN * 128 + kin), kk > 0);
     }
 }
 template <int D, int BN, bool BF16> DEVI void wg_pv(float* o, const u32* p, u32 v_base) {
     // MN-major, 128-byte swizzle: 8-key groups 1024 bytes apart (SBO), 64-column blocks BN * 128
     // bytes apart (LBO); a k-step of 16 keys is 2048 bytes.
+    const u64 dv = wg_desc(v_base, BN * 128, 1024);
     #pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) wg_rs<D, BF16>(o, p + 4 * kk, wg_desc(v_base + kk * 2048, BN * 128, 1024), 1);
+    for (int kk = 0; kk < BN / 16; kk++) wg_rs<D, BF16>(o, p + 4 * kk, wg_desc_step(dv, kk * 2048), 1);
 }
 // P (16-bit pairs, A fragments) from the S accumulators of a 64 x BN tile.
 template <int BN, bool BF16> DEVI void wg_pack(u32* p, const float* s) {
@@ -171,12 +176,9 @@ DEVI void wg_softmax(float* s, int kind, int pos0, int j, int tk, const WgRows& 
     }
     #pragma unroll
     for (int i = 0; i < 2; i++) {
-        // The row maximum as four independent chains (v7): one chain of BN / 8 dependent
-        // maxima put its whole latency on the path before the first exponential.
-        float m4[4] = {NEG_INF, NEG_INF, NEG_INF, NEG_INF};
+        float mx = NEG_INF;
         #pragma unroll
-        for (int a = 0; a < BN / 8; a++) m4[a & 3] = fmaxf(m4[a & 3], fmaxf(s[4 * a + 2 * i], s[4 * a + 2 * i + 1]));
-        float mx = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
+        for (int a = 0; a < BN / 8; a++) mx = fmaxf(mx, fmaxf(s[4 * a + 2 * i], s[4 * a + 2 * i + 1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
         const float m_new = fmaxf(m_run[i], mx * scale_log2);
@@ -235,38 +237,25 @@ DEVI void wg_rescale(float* o, u32* p, const float* s, float* l_run, const float
     wg_pack<BN, BF16>(p, s);
 }
 
-// The per-row part of an epilogue, for row i of the thread's two (global row `row`): the row's
-// sum over its quad, the factor O is scaled by (0 for a row that saw nothing, NaN for a row that
-// saw a recorded non-finite V) and whether the row is padding (written as zeros whatever O
-// holds). The quad's first thread writes the row's LSE (natural log; -inf: saw nothing).
-struct EpiRow { float inv; bool pad; };
-DEVI EpiRow wg_epi_row(const float* l_run, const float* m_run, const WgRows& rows, const BadKeys& bad, int i, int row,
-                       int tq, int nh, int h, float* __restrict__ lse) {
-    float l = l_run[i];
-    l += __shfl_xor_sync(0xffffffff, l, 1);
-    l += __shfl_xor_sync(0xffffffff, l, 2);
-    // A padding query row saw nothing, whatever its (possibly garbage) scores gave.
-    const bool pad = rows.seq[i] < 0;
-    // l >= 1 where l > 0 (the row maximum's own term is 1): the fast reciprocal and logarithm
-    // (MUFU) are exact to a few ulp there, without the IEEE slow paths.
-    float inv = l > 0.f ? __fdividef(1.f, l) : 0.f;
-    if (bad_keys_seen(bad, rows.seq[i], rows.pos[i])) inv = __int_as_float(0x7fc00000);
-    if (row < tq && (threadIdx.x & 3) == 0) lse[(size_t)row * nh + h] = l > 0.f && !pad ? (m_run[i] + __log2f(l)) * LN2 : NEG_INF;
-    return {inv, pad};
-}
-
-// Epilogue of a warpgroup tile: normalises O and writes it and the LSE of the thread's two rows
-// (global rows row0 and row0 + 8), straight from registers.
+// Epilogue of a warpgroup tile: normalises O and writes it and the LSE (natural log) of the
+// thread's two rows (global rows row0 and row0 + 8). Rows that saw nothing: 0 and -inf; rows that
+// saw a recorded non-finite V: NaN.
 template <int D, bool BF16, bool OUT_F32>
 DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, const WgRows& rows, const BadKeys& bad,
                       int row0, int tq, int nh, int h, void* __restrict__ out, float* __restrict__ lse) {
     const int t4 = threadIdx.x & 3;
     #pragma unroll
     for (int i = 0; i < 2; i++) {
+        float l = l_run[i];
+        l += __shfl_xor_sync(0xffffffff, l, 1);
+        l += __shfl_xor_sync(0xffffffff, l, 2);
         const int row = row0 + 8 * i;
-        const EpiRow er = wg_epi_row(l_run, m_run, rows, bad, i, row, tq, nh, h, lse);
-        const bool pad = er.pad;
-        const float inv = er.inv;
+        // A padding query row saw nothing, whatever its (possibly garbage) scores gave.
+        const bool pad = rows.seq[i] < 0;
+        // l >= 1 where l > 0 (the row maximum's own term is 1): the fast reciprocal and logarithm
+        // (MUFU) are exact to a few ulp there, without the IEEE slow paths.
+        float inv = l > 0.f ? __fdividef(1.f, l) : 0.f;
+        if (bad_keys_seen(bad, rows.seq[i], rows.pos[i])) inv = __int_as_float(0x7fc00000);
         const size_t obase = ((size_t)row * nh + h) * D;
         if (OUT_F32) {
             // Each thread's float2 per 8 columns: a quad writes 32 contiguous bytes of the row.
@@ -302,65 +291,9 @@ DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, co
                 if (row < tq) *(uint4*)((u16*)out + obase + (4 * c + t4) * 8) = make_uint4(w[0], w[1], w[2], w[3]);
             }
         }
+        if (row < tq && t4 == 0) lse[(size_t)row * nh + h] = l > 0.f && !pad ? (m_run[i] + __log2f(l)) * LN2 : NEG_INF;
     }
 }
-
-#if CP_WGMMA
-// Epilogue through shared memory (v7, the TMA kernel): each warp writes its 16 rows of normalised
-// O into `stage`, a free 16 x D area of its own (16-bit values with stmatrix, f32 as pairs;
-// 16-byte chunks swizzled by row, chunk ^ row % 8, so that neither the writes nor the reads
-// conflict on banks), then reads them back 16 bytes a lane along each row, so that every store
-// instruction writes whole rows. The register epilogue's quad shuffles cost about 1000
-// instructions per warp and item (ncu, T=4K B=4: 7% of the consumers' time).
-// `row0`: the global row of the thread's first row; `wrow0`: of the warp's first row. `release()`
-// runs once the warp has read its area back, before the global stores.
-template <int D, bool BF16, bool OUT_F32, typename Release>
-DEVI void wg_epilogue_smem(const float* o, const float* l_run, const float* m_run, const WgRows& rows,
-                           const BadKeys& bad, int row0, int wrow0, int tq, int nh, int h, void* __restrict__ out,
-                           float* __restrict__ lse, u32 stage, Release release) {
-    constexpr int RB = D * (OUT_F32 ? 4 : 2), CPR = RB / 16;  // bytes and 16-byte chunks per row
-    static_assert(CPR >= 8, "the swizzle spans eight chunks");
-    const int lane = threadIdx.x & 31, t4 = lane & 3, g = lane >> 2;
-    EpiRow er[2];
-    #pragma unroll
-    for (int i = 0; i < 2; i++) er[i] = wg_epi_row(l_run, m_run, rows, bad, i, row0 + 8 * i, tq, nh, h, lse);
-    auto val = [&](int a, int i, int e) { return er[i].pad ? 0.f : o[4 * a + 2 * i + e] * er[i].inv; };
-    auto at = [&](int r, int ch) { return stage + (u32)(r * RB + ((ch ^ (r & 7)) << 4)); };
-    if (OUT_F32) {
-        #pragma unroll
-        for (int a = 0; a < D / 8; a++)
-            #pragma unroll
-            for (int i = 0; i < 2; i++)
-                asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(at(g + 8 * i, 2 * a + (t4 >> 1)) + (t4 & 1) * 8),
-                             "f"(val(a, i, 0)), "f"(val(a, i, 1)) : "memory");
-    } else {
-        // stmatrix x4: lanes 8m..8m+7 address the rows of 8 x 8 matrix m = (column chunk a + m / 2,
-        // rows 8 (m % 2)..+7), whose fragments are exactly the accumulators' pairs.
-        const int m = lane >> 3, r = (m & 1) * 8 + (lane & 7);
-        #pragma unroll
-        for (int a = 0; a < D / 8; a += 2)
-            asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};"
-                         ::"r"(at(r, a + (m >> 1))), "r"(pack2<BF16>(val(a, 0, 0), val(a, 0, 1))),
-                         "r"(pack2<BF16>(val(a, 1, 0), val(a, 1, 1))), "r"(pack2<BF16>(val(a + 1, 0, 0), val(a + 1, 0, 1))),
-                         "r"(pack2<BF16>(val(a + 1, 1, 0), val(a + 1, 1, 1))) : "memory");
-    }
-    __syncwarp();
-    constexpr int PER_LANE = 16 * CPR / 32;
-    uint4 v[PER_LANE];
-    #pragma unroll
-    for (int k = 0; k < PER_LANE; k++) {
-        const int idx = k * 32 + lane;
-        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-                     : "=r"(v[k].x), "=r"(v[k].y), "=r"(v[k].z), "=r"(v[k].w) : "r"(at(idx / CPR, idx % CPR)) : "memory");
-    }
-    release();  // the area is read: the stage may be copied into (the stores need no shared memory)
-    #pragma unroll
-    for (int k = 0; k < PER_LANE; k++) {
-        const int idx = k * 32 + lane, row = wrow0 + idx / CPR;
-        if (row < tq) *(uint4*)((char*)out + ((size_t)row * nh + h) * RB + (idx % CPR) * 16) = v[k];
-    }
-}
-#endif  // CP_WGMMA
 
 template <int D, bool BF16, bool OUT_F32>
 __device__ void flash_fwd_wg(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
