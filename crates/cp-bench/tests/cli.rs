@@ -64,6 +64,7 @@ fn cp_gpu_bench_refuses_bad_arguments_and_says_when_there_is_no_gpu() {
         (&["check", "extra"][..], "unexpected argument 'extra'"),
         (&["bench", "--fast"][..], "unexpected argument '--fast'"),
         (&["profile", "--head-dim", "96"][..], "head dim 64 or 128"),
+        (&["profile", "--pingpong", "yes"][..], "unexpected argument 'yes'"),
     ] {
         let (code, text) = run(args);
         assert_eq!(code, Some(2), "{args:?}: {text}");
@@ -76,5 +77,5 @@ fn cp_gpu_bench_refuses_bad_arguments_and_says_when_there_is_no_gpu() {
         assert_eq!(code, Some(1), "{text}");
         assert!(text.contains("no NVIDIA driver") && !text.contains("panicked"), "{text}");
     }
-    eprintln!("bad-input-cases: cp-gpu-bench 5");
+    eprintln!("bad-input-cases: cp-gpu-bench 6");
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use cp_attention::AttentionError;
-use cp_attention::cuda::CudaAttention;
+use cp_attention::cuda::{CudaAttention, PrefillKernel};
 use cp_bench::{kernels, write_json};
 
 #[derive(Parser)]
@@ -44,6 +44,10 @@ enum Mode {
         /// Sequences, packed one after another.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
         batch: u32,
+        /// The TMA kernel's warpgroups taking turns at the tensor cores (ping-pong), not the
+        /// default kernel (Hopper only).
+        #[arg(long)]
+        pingpong: bool,
     },
     /// One prefill's inputs and outputs as safetensors (for scripts/compare_sdpa.py).
     Dump {
@@ -55,6 +59,12 @@ enum Mode {
 
 fn run(mode: Mode) -> anyhow::Result<bool> {
     let mut ops = CudaAttention::new(0)?;
+    if let Mode::Profile { pingpong: true, .. } = mode {
+        match &mut ops.prefill {
+            PrefillKernel::Tma { pingpong, .. } => *pingpong = true,
+            other => anyhow::bail!("--pingpong needs the TMA kernel (Hopper); this device runs {other}"),
+        }
+    }
     println!("device 0: {} SMs; kernels compiled by NVRTC (or loaded from the cache)", ops.sm_count());
     let mut ok = true;
     if matches!(mode, Mode::Selftest | Mode::Check | Mode::All) {
@@ -83,7 +93,7 @@ fn run(mode: Mode) -> anyhow::Result<bool> {
         }
     }
     match mode {
-        Mode::Profile { head_dim, tokens, batch } => {
+        Mode::Profile { head_dim, tokens, batch, .. } => {
             kernels::profile(&ops, head_dim as usize, tokens as usize, batch as usize)?
         }
         Mode::Dump { dir } => kernels::dump(&ops, &dir)?,
