@@ -809,16 +809,61 @@ pub fn dump(ops: &CudaAttention, dir: &str) -> Result<()> {
     Ok(())
 }
 
-/// One causal prefill of `batch` sequences of `tokens` tokens with head dimension `head_dim`, for `ncu`.
-pub fn profile(ops: &CudaAttention, head_dim: usize, tokens: usize, batch: usize) -> Result<()> {
+/// One prefill's shape for [`profile`]: `batch` sequences of `tokens` tokens, head dimension
+/// `head_dim`; causal, or (`off_diagonal`) each sequence's queries after all of its keys, no mask
+/// (a ring step's block).
+#[derive(Clone, Copy, Debug)]
+pub struct ProfileShape {
+    /// 64 or 128.
+    pub head_dim: usize,
+    /// Tokens per sequence (queries and keys alike).
+    pub tokens: usize,
+    /// Sequences, packed one after another.
+    pub batch: usize,
+    /// Queries after all of their sequence's keys, no mask; else causal.
+    pub off_diagonal: bool,
+}
+
+/// `repeat` prefills of `shape` (one for `ncu`), back to back on one stream; more than one are
+/// timed as a whole (CUDA events around all of them, after the usual warm-up: the sustained rate,
+/// at the clock the card holds under load).
+pub fn profile(ops: &CudaAttention, shape: &ProfileShape, repeat: usize) -> Result<()> {
+    let ProfileShape { head_dim, tokens, batch, off_diagonal } = *shape;
     let s = ops.stream().clone();
     let mut rng = Rng(1);
-    let runs: Vec<_> = (0..batch).map(|seq| (Some(seq), 0, tokens)).collect();
-    let l = DeviceLayout::new(ops, &layout_of(&runs))?;
+    let q_start = if off_diagonal { tokens } else { 0 };
+    let q_runs: Vec<_> = (0..batch).map(|seq| (Some(seq), q_start, tokens)).collect();
+    let k_runs: Vec<_> = (0..batch).map(|seq| (Some(seq), 0, tokens)).collect();
+    let (ql, kl) = (DeviceLayout::new(ops, &layout_of(&q_runs))?, DeviceLayout::new(ops, &layout_of(&k_runs))?);
     let rows = tokens * batch;
     let q = random_tensor(&s, &mut rng, &[rows, 32, head_dim])?;
     let k = random_tensor(&s, &mut rng, &[rows, 8, head_dim])?;
     let v = random_tensor(&s, &mut rng, &[rows, 8, head_dim])?;
-    ops.flash(&q, &l, &k, &v, &l, GpuDType::Bf16)?;
-    Ok(ops.synchronize()?)
+    let launch = || ops.flash(&q, &ql, &k, &v, &kl, GpuDType::Bf16);
+    if repeat > 1 {
+        let warm_up = std::time::Instant::now();
+        while warm_up.elapsed() < crate::WARM_UP {
+            launch()?;
+            ops.synchronize()?;
+        }
+    }
+    let err = |e| anyhow::anyhow!("event: {e:?}");
+    let start = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err)?;
+    for _ in 0..repeat {
+        launch()?;
+    }
+    let end = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err)?;
+    ops.synchronize()?;
+    if repeat > 1 {
+        let ms = start.elapsed_ms(&end).map_err(err)? as f64 / repeat as f64;
+        let pairs = (tokens as f64).powi(2) * if off_diagonal { 1.0 } else { 0.5 };
+        let flops = 4.0 * (batch * 32) as f64 * pairs * head_dim as f64;
+        let what = if off_diagonal { "off-diagonal" } else { "causal" };
+        println!(
+            "prefill {what} T={tokens} B={batch} D={head_dim} ({}): {repeat} launches, {ms:.3} ms each, {:.1} TFLOP/s",
+            ops.prefill,
+            flops / ms / 1e9
+        );
+    }
+    Ok(())
 }

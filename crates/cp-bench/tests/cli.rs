@@ -65,6 +65,7 @@ fn cp_gpu_bench_refuses_bad_arguments_and_says_when_there_is_no_gpu() {
         (&["bench", "--fast"][..], "unexpected argument '--fast'"),
         (&["profile", "--head-dim", "96"][..], "head dim 64 or 128"),
         (&["profile", "--pingpong", "yes"][..], "unexpected argument 'yes'"),
+        (&["profile", "--repeat", "0"][..], "0 is not in 1..=100000"),
     ] {
         let (code, text) = run(args);
         assert_eq!(code, Some(2), "{args:?}: {text}");
@@ -77,5 +78,5 @@ fn cp_gpu_bench_refuses_bad_arguments_and_says_when_there_is_no_gpu() {
         assert_eq!(code, Some(1), "{text}");
         assert!(text.contains("no NVIDIA driver") && !text.contains("panicked"), "{text}");
     }
-    eprintln!("bad-input-cases: cp-gpu-bench 6");
+    eprintln!("bad-input-cases: cp-gpu-bench 7");
 }

@@ -33,7 +33,7 @@ enum Mode {
     },
     /// The self-test, the check and the timings (the default).
     All,
-    /// One causal prefill launch (T=16K by default), for ncu.
+    /// One causal prefill launch (T=16K by default), for ncu; or several, timed.
     Profile {
         /// Head dimension: 64 or 128.
         #[arg(long, default_value_t = 128, value_parser = cp_bench::ring_cli::head_dim)]
@@ -48,6 +48,13 @@ enum Mode {
         /// default kernel (Hopper only).
         #[arg(long)]
         pingpong: bool,
+        /// Each sequence's queries after all of its keys, no mask (a ring step's off-diagonal
+        /// block), instead of causal.
+        #[arg(long)]
+        off_diagonal: bool,
+        /// Launches, back to back; more than one are timed after a warm-up (the sustained rate).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        repeat: u32,
     },
     /// One prefill's inputs and outputs as safetensors (for scripts/compare_sdpa.py).
     Dump {
@@ -93,8 +100,14 @@ fn run(mode: Mode) -> anyhow::Result<bool> {
         }
     }
     match mode {
-        Mode::Profile { head_dim, tokens, batch, .. } => {
-            kernels::profile(&ops, head_dim as usize, tokens as usize, batch as usize)?
+        Mode::Profile { head_dim, tokens, batch, repeat, off_diagonal, .. } => {
+            let shape = kernels::ProfileShape {
+                head_dim: head_dim as usize,
+                tokens: tokens as usize,
+                batch: batch as usize,
+                off_diagonal,
+            };
+            kernels::profile(&ops, &shape, repeat as usize)?
         }
         Mode::Dump { dir } => kernels::dump(&ops, &dir)?,
         _ => {}
