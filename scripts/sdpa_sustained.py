@@ -2,7 +2,7 @@
 """PyTorch SDPA (cuDNN backend) at its sustained rate: the same shapes and the same timing as
 `cp-gpu-bench profile --repeat N` — half a second of warm-up, then N launches back to back between
 two CUDA events — so that both run at the clock the card holds under load (at its power limit,
-an H100's clock depends on the kernel: session 11 measured 1400-1785 MHz across these shapes).
+an H100's clock depends on the kernel: session 11 measured 1400-1850 MHz across these shapes).
 
     python3 scripts/sdpa_sustained.py --tokens 16384 --batch 1 --repeat 800 [--off-diagonal]
 """
