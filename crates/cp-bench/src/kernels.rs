@@ -554,6 +554,13 @@ fn time_kernels(
         .collect())
 }
 
+/// FLOP of an attention forward over `heads` query heads (all sequences' heads together) of `tq`
+/// queries and `tk` keys at head dimension `d`: two products of 2·tq·tk·d each, half of them
+/// for a causal square block (the convention of the kernel bench, SDPA's and FlashAttention's).
+fn attention_flops(heads: usize, tq: usize, tk: usize, d: usize, causal: bool) -> f64 {
+    4.0 * heads as f64 * tq as f64 * tk as f64 * d as f64 / if causal { 2.0 } else { 1.0 }
+}
+
 fn random_tensor(s: &Arc<CudaStream>, rng: &mut Rng, shape: &[usize]) -> Result<GpuTensor> {
     Ok(GpuTensor::upload(s, &rng.values(shape.iter().product()), shape, GpuDType::Bf16)?)
 }
@@ -604,7 +611,7 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
         let q = random_tensor(&s, &mut rng, &[t * b, nh, d])?;
         let k = random_tensor(&s, &mut rng, &[t * b, nkv, d])?;
         let v = random_tensor(&s, &mut rng, &[t * b, nkv, d])?;
-        let flops = 4.0 * (b * nh) as f64 * (t as f64).powi(2) * d as f64 / 2.0;
+        let flops = attention_flops(b * nh, t, t, d, true);
         // The older mma.sync variants only where they are cheap to time.
         let kernels: Vec<_> = ops
             .prefill_kernels()
@@ -628,7 +635,7 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
         let q = random_tensor(&s, &mut rng, &[t, nh, d64])?;
         let k = random_tensor(&s, &mut rng, &[t, nkv, d64])?;
         let v = random_tensor(&s, &mut rng, &[t, nkv, d64])?;
-        let flops = 4.0 * nh as f64 * (t as f64).powi(2) * d64 as f64 / 2.0;
+        let flops = attention_flops(nh, t, t, d64, true);
         let kernels: Vec<_> =
             ops.prefill_kernels().into_iter().filter(|p| !matches!(p, PrefillKernel::Mma { .. })).collect();
         for (prefill, ms) in time_prefill_kernels(ops, &kernels, reps, |ops| {
@@ -645,7 +652,7 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
         let q = random_tensor(&s, &mut rng, &[t, nh, d])?;
         let k = random_tensor(&s, &mut rng, &[t, nkv, d])?;
         let v = random_tensor(&s, &mut rng, &[t, nkv, d])?;
-        let flops = 4.0 * nh as f64 * (t as f64).powi(2) * d as f64;
+        let flops = attention_flops(nh, t, t, d, false);
         let kernels: Vec<_> = ops.prefill_kernels().into_iter().filter(|&p| !narrow_twin(p)).collect();
         for (prefill, ms) in time_prefill_kernels(ops, &kernels, reps, |ops| {
             ops.flash(&q, &dq, &k, &v, &dk, GpuDType::Bf16).map(|_| ())
@@ -691,7 +698,7 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
         let q = random_tensor(&s, &mut rng, &[tq, nh, d])?;
         let k = random_tensor(&s, &mut rng, &[tk, nkv, d])?;
         let v = random_tensor(&s, &mut rng, &[tk, nkv, d])?;
-        let flops = 4.0 * nh as f64 * tq as f64 * tk as f64 * d as f64;
+        let flops = attention_flops(nh, tq, tk, d, false);
         for split in [true, false] {
             ops.split_kv = split;
             let ms = time_ms(ops, reps, || ops.flash(&q, &dq, &k, &v, &dk, GpuDType::F32).map(|_| ()))?;
@@ -856,8 +863,7 @@ pub fn profile(ops: &CudaAttention, shape: &ProfileShape, repeat: usize) -> Resu
     ops.synchronize()?;
     if repeat > 1 {
         let ms = start.elapsed_ms(&end).map_err(err)? as f64 / repeat as f64;
-        let pairs = (tokens as f64).powi(2) * if off_diagonal { 1.0 } else { 0.5 };
-        let flops = 4.0 * (batch * 32) as f64 * pairs * head_dim as f64;
+        let flops = attention_flops(batch * 32, tokens, tokens, head_dim, !off_diagonal);
         let what = if off_diagonal { "off-diagonal" } else { "causal" };
         println!(
             "prefill {what} T={tokens} B={batch} D={head_dim} ({}): {repeat} launches, {ms:.3} ms each, {:.1} TFLOP/s",
@@ -866,4 +872,18 @@ pub fn profile(ops: &CudaAttention, shape: &ProfileShape, repeat: usize) -> Resu
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attention_flops;
+
+    #[test]
+    fn attention_flops_count_two_products_and_half_for_causal() {
+        // 32 heads, 16K x 16K, D=128: 4 * 2^5 * 2^28 * 2^7 = 2^42 without a mask, 2^41 causal.
+        assert_eq!(attention_flops(32, 16384, 16384, 128, false), (1u64 << 42) as f64);
+        assert_eq!(attention_flops(32, 16384, 16384, 128, true), (1u64 << 41) as f64);
+        // A short query block over a long key range: tq * tk, no mask.
+        assert_eq!(attention_flops(1, 320, 32000, 64, false), 4.0 * 320.0 * 32000.0 * 64.0);
+    }
 }
