@@ -16,7 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 NH, NKV, D = 32, 8, 128
 
 
-def median_ms(fn, reps, agree=lambda more: more):
+def warm_up(fn, agree=lambda more: more):
     # At least half a second of warm-up: an H100 running attention sits at its power limit, and
     # a kernel timed straight after idling or a lighter kernel runs at a higher clock than in a
     # long run (cp-gpu-bench warms up the same way before its timings). `agree` turns this
@@ -27,6 +27,10 @@ def median_ms(fn, reps, agree=lambda more: more):
         fn()
         torch.cuda.synchronize()
         n += 1
+
+
+def median_ms(fn, reps, agree=lambda more: more):
+    warm_up(fn, agree)
     # Every rep queued before the first wait, as cp-gpu-bench does: a wait per rep would drain the
     # stream, and each timing would then include Python's dispatch of the next call.
     events = []

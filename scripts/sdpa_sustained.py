@@ -7,13 +7,11 @@ an H100's clock depends on the kernel: session 11 measured 1400-1850 MHz across 
     python3 scripts/sdpa_sustained.py --tokens 16384 --batch 1 --repeat 800 [--off-diagonal]
 """
 import argparse
-import time
 
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import SDPBackend
 
-NH, NKV = 32, 8
+from sdpa_bench import NH, NKV, sdpa, warm_up  # the same call and warm-up as the 20-launch bench
 
 
 def main():
@@ -35,19 +33,15 @@ def main():
     backend = SDPBackend.CUDNN_ATTENTION if args.backend == "cudnn" else SDPBackend.FLASH_ATTENTION
 
     def f():
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+        return sdpa(q, k, v, causal, backend)
 
-    with sdpa_kernel(backend):
-        started = time.perf_counter()
-        while time.perf_counter() - started < 0.5:
-            f()
-            torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(args.repeat):
-            f()
-        end.record()
-        torch.cuda.synchronize()
+    warm_up(f)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(args.repeat):
+        f()
+    end.record()
+    torch.cuda.synchronize()
     ms = start.elapsed_time(end) / args.repeat
     flops = 4 * b * NH * t * t * d / (2 if causal else 1)
     what = "causal" if causal else "off-diagonal"

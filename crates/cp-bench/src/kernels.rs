@@ -516,17 +516,13 @@ fn time_kernels(
         return Ok(Vec::new());
     }
     let default = ops.prefill;
-    let warm_up = std::time::Instant::now();
-    for round in 0.. {
+    warm_up(|| {
         for &k in kernels {
             ops.prefill = k;
             f(ops)?;
         }
-        ops.synchronize()?;
-        if round >= 2 && warm_up.elapsed() >= crate::WARM_UP {
-            break;
-        }
-    }
+        Ok(ops.synchronize()?)
+    })?;
     let err = |e| AttentionError::Cuda { op: "event", code: format!("{e:?}") };
     let s = ops.stream().clone();
     // Odd rounds go in reverse order, so that no kernel always follows the same one.
@@ -552,6 +548,19 @@ fn time_kernels(
             t[t.len() / 2]
         })
         .collect())
+}
+
+/// Runs `round` (which ends by waiting for its launches) at least three times and for at least
+/// [`crate::WARM_UP`]: the card brought to the clock it holds under load before a timing.
+fn warm_up(mut round: impl FnMut() -> Result<()>) -> Result<()> {
+    let started = std::time::Instant::now();
+    for n in 0.. {
+        round()?;
+        if n >= 2 && started.elapsed() >= crate::WARM_UP {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// FLOP of an attention forward over `heads` query heads (all sequences' heads together) of `tq`
@@ -841,18 +850,18 @@ pub fn profile(ops: &CudaAttention, shape: &ProfileShape, repeat: usize) -> Resu
     let q_start = if off_diagonal { tokens } else { 0 };
     let q_runs: Vec<_> = (0..batch).map(|seq| (Some(seq), q_start, tokens)).collect();
     let k_runs: Vec<_> = (0..batch).map(|seq| (Some(seq), 0, tokens)).collect();
-    let (ql, kl) = (DeviceLayout::new(ops, &layout_of(&q_runs))?, DeviceLayout::new(ops, &layout_of(&k_runs))?);
+    // The device's layout cache: a causal launch's query and key layouts are one upload.
+    let (ql, kl) = (ops.device_layout(&layout_of(&q_runs))?, ops.device_layout(&layout_of(&k_runs))?);
     let rows = tokens * batch;
     let q = random_tensor(&s, &mut rng, &[rows, 32, head_dim])?;
     let k = random_tensor(&s, &mut rng, &[rows, 8, head_dim])?;
     let v = random_tensor(&s, &mut rng, &[rows, 8, head_dim])?;
     let launch = || ops.flash(&q, &ql, &k, &v, &kl, GpuDType::Bf16);
     if repeat > 1 {
-        let warm_up = std::time::Instant::now();
-        while warm_up.elapsed() < crate::WARM_UP {
+        warm_up(|| {
             launch()?;
-            ops.synchronize()?;
-        }
+            Ok(ops.synchronize()?)
+        })?;
     }
     let err = |e| anyhow::anyhow!("event: {e:?}");
     let start = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err)?;
