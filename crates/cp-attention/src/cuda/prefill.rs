@@ -19,7 +19,7 @@ pub enum PrefillKernel {
     /// TMA bulk tensor copies into a 3-stage ring guarded by mbarriers and scrubs tiles with
     /// masked pairs; two consumer warpgroups of 64 query rows (three at head dim 64 when
     /// `wide`; registers moved to them with `setmaxnreg`) run the wgmma products and the
-    /// softmax, optionally (`pingpong`) taking turns at the tensor cores. A persistent grid
+    /// softmax, alone or taking turns ([`Turns`]). A persistent grid
     /// (one block per multiprocessor) walks the (query block, head, split) items heaviest
     /// first, loading the next item's Q and tiles under the current one's last products and
     /// epilogue. Inputs the copy engine cannot describe (no keys) run on
@@ -27,14 +27,14 @@ pub enum PrefillKernel {
     /// wide (the ping-pong is faster on one GPU's long causal launches, slower on the ring's
     /// steps: `docs/perf-notes.md`, v5.7).
     Tma {
-        /// The consumer warpgroups take turns issuing their products (named barriers).
-        pingpong: bool,
+        /// Whether and where the consumer warpgroups take turns (named barriers).
+        turns: Turns,
         /// How the persistent blocks share the work items.
         schedule: ItemSchedule,
         /// At head dim 64, three consumer warpgroups and 192-row query blocks (as
         /// FlashAttention-3 there: a warpgroup's products are half as long as at 128, so two
         /// warpgroups leave the tensor cores waiting). Head dim 128 always takes two: three
-        /// would not fit their registers.
+        /// would not fit their registers. [`Turns::Softmax`] always takes two.
         wide: bool,
     },
     /// Hopper's warpgroup MMA (`wgmma`, sm_90a only): two warpgroups of 64 query rows sharing
@@ -51,6 +51,21 @@ pub enum PrefillKernel {
     },
 }
 
+/// Whether and where the TMA kernel's consumer warpgroups take turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turns {
+    /// Each warpgroup alone: the Q K^T of key tile j + 1 issued with the P V of tile j, the
+    /// softmax of j + 1 running under that P V (FlashAttention-3's intra-warpgroup overlap).
+    Off,
+    /// As `Off`, with the warpgroups taking turns issuing their products (FlashAttention-3's
+    /// ping-pong).
+    Products,
+    /// No overlap within a warpgroup (Q K^T, softmax, P V in order); the warpgroups take turns
+    /// for the softmax's exponentials, so one's run while the other's products occupy the
+    /// tensor cores. Two consumer warpgroups at every head dim.
+    Softmax,
+}
+
 /// How the TMA kernel's persistent blocks (one per multiprocessor) share the work items, which
 /// are numbered heaviest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,13 +80,18 @@ pub enum ItemSchedule {
     /// 10% slower at causal 16K. With v5.9 (session 9, two benches) claiming is within 2% of the
     /// default at every size, either way — inside the spread of identical launches.
     ByKeyRange,
+    /// Claimed, with the items numbered KV head first: each KV head's items (its query blocks
+    /// heaviest first, the query heads sharing it adjacent) before the next KV head's, so the
+    /// blocks running at once read one KV head's keys, which stay in L2 across rounds of items
+    /// (by query block, each round streams every KV head's keys from memory).
+    ByKvHead,
 }
 
 impl ItemSchedule {
     fn claims(self, key_tiles: usize) -> bool {
         match self {
             ItemSchedule::Zigzag => false,
-            ItemSchedule::Claimed => true,
+            ItemSchedule::Claimed | ItemSchedule::ByKvHead => true,
             ItemSchedule::ByKeyRange => key_tiles >= 256,
         }
     }
@@ -81,7 +101,7 @@ impl PrefillKernel {
     /// Query rows per thread block (a work item of the persistent kernel) at `head_dim`.
     pub fn block_rows(self, head_dim: usize) -> usize {
         match self {
-            PrefillKernel::Tma { wide: true, .. } if head_dim == 64 => 192,
+            PrefillKernel::Tma { wide: true, turns, .. } if head_dim == 64 && turns != Turns::Softmax => 192,
             PrefillKernel::Tma { .. } | PrefillKernel::Wgmma => 128,
             PrefillKernel::Mma { warps, m_tiles } => 16 * warps * m_tiles,
         }
@@ -99,15 +119,20 @@ impl PrefillKernel {
 impl std::fmt::Display for PrefillKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PrefillKernel::Tma { pingpong, schedule, wide } => write!(
+            PrefillKernel::Tma { turns, schedule, wide } => write!(
                 f,
                 "tma+wgmma{}{}{}",
-                if *pingpong { " ping-pong" } else { "" },
-                if *wide { " wide at D=64" } else { "" },
+                match turns {
+                    Turns::Off => "",
+                    Turns::Products => " ping-pong",
+                    Turns::Softmax => " softmax turns",
+                },
+                if *wide && *turns != Turns::Softmax { " wide at D=64" } else { "" },
                 match schedule {
                     ItemSchedule::Zigzag => " zigzag",
                     ItemSchedule::Claimed => " claimed",
                     ItemSchedule::ByKeyRange => "",
+                    ItemSchedule::ByKvHead => " by KV head",
                 }
             ),
             PrefillKernel::Wgmma => write!(f, "wgmma 2x64 rows"),
@@ -156,12 +181,16 @@ impl CudaAttention {
             PrefillKernel::Tma { .. } | PrefillKernel::Wgmma if !self.kernels.wgmma => {
                 return Err(AttentionError::KernelMissing { name: format!("{prefix} {kernel} (sm_90a only)") });
             }
-            PrefillKernel::Tma { pingpong, .. } => {
+            PrefillKernel::Tma { turns, .. } => {
                 let consumers = kernel.block_rows(d) / 64;
                 let name = format!(
                     "{prefix}_tma{}{}",
                     if consumers == 3 { "3" } else { "" },
-                    if pingpong { "" } else { "_np" }
+                    match turns {
+                        Turns::Off => "_np",
+                        Turns::Products => "",
+                        Turns::Softmax => "_st",
+                    }
                 );
                 (name, 128 * (consumers + 1), flash_tma_smem(d, kernel.block_rows(d)))
             }
@@ -227,7 +256,9 @@ impl CudaAttention {
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (threads as u32, 1, 1), shared_mem_bytes: smem as u32 };
         let (tq_i, tk_i, nh_i, nkv_i, splits_i) = (tq as i32, tk as i32, nh as i32, nkv as i32, splits as i32);
         let claims = matches!(kernel, PrefillKernel::Tma { schedule, .. } if schedule.claims(key_tiles));
-        let dynamic = i32::from(claims);
+        let kv_major = matches!(kernel, PrefillKernel::Tma { schedule: ItemSchedule::ByKvHead, .. });
+        // The kernel's `mode`: bit 0 claims items, bit 1 numbers them KV head first.
+        let mode = i32::from(claims) | i32::from(kv_major) << 1;
         let split_tiles = key_tiles.div_ceil(splits).max(1) as i32;
         let scale = self.scale_log2(d);
         let tma = match (kernel, tma_ptrs) {
@@ -258,7 +289,7 @@ impl CudaAttention {
                     Some(counter) => b.arg(&**counter),
                     None => b.arg(&no_counter),
                 };
-                b.arg(&dynamic);
+                b.arg(&mode);
             }
             b.arg(&tq_i).arg(&tk_i).arg(&nh_i).arg(&nkv_i).arg(&scale);
             if tma.is_some() {
@@ -268,7 +299,7 @@ impl CudaAttention {
             // SAFETY: argument types and order match the kernel (the TMA kernels take the three
             // tensor maps first, describing the q, k and v buffers passed after them; after the
             // tile summaries the query blocks' order, the zeroed item counter — null, and never
-            // read, when the launch does not claim — and whether to claim; the split count before
+            // read, when the launch does not claim — and the mode (claim, order); the split count before
             // the split length); `out` and `lse` hold one [tq, nh, d] / [tq, nh] partial per
             // split; the grid covers every query row and key tile (the TMA kernels' blocks take
             // every (query block, head, split) item), and the dynamic shared memory is set.
@@ -441,6 +472,7 @@ mod tests {
         assert!(!ItemSchedule::ByKeyRange.claims(255));
         assert!(ItemSchedule::ByKeyRange.claims(256));
         assert!(ItemSchedule::Claimed.claims(1));
+        assert!(ItemSchedule::ByKvHead.claims(1));
         assert!(!ItemSchedule::Zigzag.claims(1 << 20));
     }
 
