@@ -73,7 +73,7 @@ template <int R> DEVI void regs_inc() { asm volatile("setmaxnreg.inc.sync.aligne
 // of the key range.
 struct TmaItem { int h, m0, z, j_lo, j_hi; int4 qt; };
 
-template <int D, int NC, bool BF16, bool OUT_F32, int SCHED>
+template <int D, int NC, bool BF16, bool OUT_F32, bool PINGPONG>
 __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const TmaMap* v_map, void* __restrict__ out,
                               float* __restrict__ lse, const int* __restrict__ q_seq, const int* __restrict__ q_pos,
                               const int* __restrict__ k_seq, const int* __restrict__ k_pos,
@@ -82,13 +82,6 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                               int tk, int nh, int nkv, float scale_log2, int splits, int split_tiles) {
 #if CP_WGMMA
     static_assert(NC == 2 || (NC == 3 && D == 64), "three consumer warpgroups only at head dim 64 (registers)");
-    // SCHED: 0, each warpgroup alone (the Q K^T of tile j + 1 issued with the P V of tile j, the
-    // softmax of j + 1 under that P V); 1, the same with the warpgroups taking turns issuing
-    // their products (PINGPONG); 2, no overlap within a warpgroup (Q K^T, softmax, P V in
-    // order) and the warpgroups taking turns for the softmax's exponentials, so that one's runs
-    // while the other's products occupy the tensor cores.
-    static_assert(SCHED >= 0 && SCHED <= 2 && (SCHED != 2 || NC == 2), "schedule 2 takes two consumer warpgroups");
-    constexpr bool PINGPONG = SCHED == 1, TURNS = SCHED != 0;
     // mode: bit 0, claim items from `next_item` (else dealt in a zigzag); bit 1, number them
     // KV head first (see `item`).
     const bool dynamic = (mode & 1) != 0, kv_major = (mode & 2) != 0;
@@ -129,8 +122,8 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
     // lightest, items do. Otherwise the items are dealt in a zigzag (block b takes b + rG in
     // even rounds r, (G - 1 - b) + rG in odd ones), so that every block's share of a declining
     // sequence is about equal, without the atomics. The copy warp claims items and passes each
-    // on, decoded, through shared memory. With `kv_major`, the items of one KV head come first
-    // (query blocks heaviest first, the heads sharing that KV head adjacent, splits last), then
+    // on, decoded, through shared memory. With `kv_major` (v6.4), one KV head's items come
+    // first (its query blocks heaviest first, the heads sharing it adjacent, splits last), then
     // the next KV head's: the blocks running at once read one KV head's keys, which stay in L2
     // across rounds of items, where the order by query block streams every KV head's keys
     // from memory once per round.
@@ -360,8 +353,8 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
         // Ping-pong: warpgroup c issues its products after `named_sync(1 + c)` and then lets the
         // next go (`named_arrive` on the barrier of c + 1, mod NC; each barrier counts the two
         // warpgroups that meet there); the last warpgroup lets warpgroup 0 start each item.
-        auto my_turn = [&]() { if (TURNS) named_sync(1 + c, 256); };
-        auto your_turn = [&]() { if (TURNS) named_arrive(1 + (c + 1) % NC, 256); };
+        auto my_turn = [&]() { if (PINGPONG) named_sync(1 + c, 256); };
+        auto your_turn = [&]() { if (PINGPONG) named_arrive(1 + (c + 1) % NC, 256); };
         u32 scrub_phase = 0;  // per stage: the parity of its next "scrubbed" phase
         int it = 0;
         int end_st = 0;  // the stage of the item's end, released by `finish_item`
@@ -421,58 +414,6 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
             int kind = 0, pos0 = 0, j = wait_tile(kind, pos0);
             if (j < 0) {
                 mbar_arrive(q_empty);
-                finish_item();
-            } else if constexpr (SCHED == 2) {
-                // Per tile, in order: Q K^T, its wait and the running maximum; then, in this
-                // warpgroup's turn, the exponentials, O's rescaling and P; then P V and its wait.
-                // The turns alternate, so one warpgroup's exponentials run under the other's
-                // products (the last warpgroup lets warpgroup 0 start each item; warpgroup 0
-                // takes one turn more at its end, as in the ping-pong).
-                if (c == NC - 1) your_turn();
-                bool first = true;
-                #pragma unroll 1
-                for (;;) {
-                    const int cs = (it - 1) % ST;
-                    const bool cs_masked = LATE_SCRUB_WAIT && kind >= 2;
-                    wg_fence();
-                    wg_qk<D, BN, BF16>(s, q_base, BM, sk(cs));
-                    wg_commit();
-                    wg_wait<0>();
-                    pin<BN / 2>(s);
-                    float corr[2], rsum[2], m_use[2];
-                    wg_softmax_max<BN>(s, kind, pos0, j, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, m_use);
-                    // The next tile (or the item's end) is known before this one's P V: the last
-                    // warpgroup releases Q as soon as its last product has run; warpgroup 0 only
-                    // after its extra turn below, so that the last cannot start the next item's
-                    // turns (on the same named barrier) before that turn is taken.
-                    int kind_n = 0, pos0_n = 0;
-                    const int jn = wait_tile(kind_n, pos0_n);
-                    if (jn < 0 && c != 0) mbar_arrive(q_empty);
-                    my_turn();
-                    wg_softmax_exp<BN>(s, scale_log2, m_use, rsum);
-                    if (first) {
-                        wg_first<BN, BF16>(p, s, l_run, rsum);
-                    } else {
-                        wg_rescale<D, BN, BF16>(o, p, s, l_run, corr, rsum);
-                    }
-                    your_turn();
-                    first = false;
-                    if (cs_masked) wait_scrubbed(cs);
-                    wg_fence();
-                    wg_pv<D, BN, BF16>(o, p, sv(cs));
-                    wg_commit();
-                    wg_wait<0>();
-                    pin<D / 2>(o);
-                    mbar_arrive(empty(cs));
-                    if (jn < 0) break;
-                    j = jn;
-                    kind = kind_n;
-                    pos0 = pos0_n;
-                }
-                if (c == 0) {
-                    my_turn();
-                    mbar_arrive(q_empty);
-                }
                 finish_item();
             } else {  // the same in both warpgroups
                 float corr[2], rsum[2];
@@ -541,14 +482,14 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
 #endif
 }
 
-#define FLASH_TMA_ENTRY(NAME, D, NC, BF16, OUT_F32, SCHED)                                                        \
+#define FLASH_TMA_ENTRY(NAME, D, NC, BF16, OUT_F32, PINGPONG)                                                     \
     extern "C" __global__ void __launch_bounds__(128 * (NC + 1), 1) NAME(                                                    \
         const __grid_constant__ TmaMap q_map, const __grid_constant__ TmaMap k_map,                               \
         const __grid_constant__ TmaMap v_map, const u16* q, const u16* k, const u16* v, void* out, float* lse,   \
         const int* q_seq, const int* q_pos, const int* k_seq, const int* k_pos, const int4* q_tiles,             \
         const int4* k_tiles, const int* q_order, int* next_item, int mode, int tq, int tk, int nh, int nkv,   \
         float scale_log2, int splits, int split_tiles) {                                                          \
-        flash_fwd_tma<D, NC, BF16, OUT_F32, SCHED>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, k_pos,  \
+        flash_fwd_tma<D, NC, BF16, OUT_F32, PINGPONG>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, k_pos,  \
                                                   q_tiles, k_tiles, q_order, next_item, mode, tq, tk, nh, nkv,    \
                                                   scale_log2, splits, split_tiles);                               \
     }
@@ -571,15 +512,6 @@ FLASH_TMA_ENTRY(flash_fwd_d128_bf16_f32_tma_np, 128, 2, true, true, false)
 FLASH_TMA_ENTRY(flash_fwd_d128_bf16_b16_tma_np, 128, 2, true, false, false)
 FLASH_TMA_ENTRY(flash_fwd_d128_f16_f32_tma_np, 128, 2, false, true, false)
 FLASH_TMA_ENTRY(flash_fwd_d128_f16_b16_tma_np, 128, 2, false, false, false)
-// Schedule 2: the softmax in turns, no overlap within a warpgroup (two consumer warpgroups).
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma_st, 64, 2, true, true, 2)
-FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma_st, 64, 2, true, false, 2)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma_st, 64, 2, false, true, 2)
-FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma_st, 64, 2, false, false, 2)
-FLASH_TMA_ENTRY(flash_fwd_d128_bf16_f32_tma_st, 128, 2, true, true, 2)
-FLASH_TMA_ENTRY(flash_fwd_d128_bf16_b16_tma_st, 128, 2, true, false, 2)
-FLASH_TMA_ENTRY(flash_fwd_d128_f16_f32_tma_st, 128, 2, false, true, 2)
-FLASH_TMA_ENTRY(flash_fwd_d128_f16_b16_tma_st, 128, 2, false, false, 2)
 // Head dim 64 with three consumer warpgroups (192-row query blocks).
 FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma3, 64, 3, true, true, true)
 FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma3, 64, 3, true, false, true)

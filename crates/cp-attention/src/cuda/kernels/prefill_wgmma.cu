@@ -149,13 +149,10 @@ DEVI WgRows wg_rows(int row0, int tq, const int* __restrict__ q_seq, const int* 
 // Masks a warpgroup's S tile of key tile j in place (raw scores; -inf where not visible; `kind`
 // from `classify`, or 3: one sequence, every key row present, positions pos0, pos0 + 1, ... —
 // the mask is arithmetic) and runs the online softmax on it: S becomes 2^(S * scale - m), corr
-// the factor for what came before, rsum this thread's row sums of the tile. In two halves, for a
-// schedule that runs them apart: the mask and the running maximum (`m_use`: what the
-// exponentials subtract), then the exponentials and their sums.
+// the factor for what came before, rsum this thread's row sums of the tile.
 template <int BN>
-DEVI void wg_softmax_max(float* s, int kind, int pos0, int j, int tk, const WgRows& rows,
-                         const int* __restrict__ k_seq, const int* __restrict__ k_pos, float scale_log2,
-                         float* m_run, float* corr, float* m_use) {
+DEVI void wg_softmax(float* s, int kind, int pos0, int j, int tk, const WgRows& rows, const int* __restrict__ k_seq,
+                     const int* __restrict__ k_pos, float scale_log2, float* m_run, float* corr, float* rsum) {
     const int t4 = threadIdx.x & 3;
     if (kind == 1 && (j + 1) * BN > tk) kind = 2;  // a short last tile: mask its missing rows
     if (kind == 3) {
@@ -186,33 +183,21 @@ DEVI void wg_softmax_max(float* s, int kind, int pos0, int j, int tk, const WgRo
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
         const float m_new = fmaxf(m_run[i], mx * scale_log2);
         // Rows that have seen nothing yet keep m = -inf; subtract 0 so exp2 gives 0, not NaN.
-        m_use[i] = m_new == NEG_INF ? 0.f : m_new;
+        const float m_use = m_new == NEG_INF ? 0.f : m_new;
         // Exactly 1 where the maximum stays (wg_rescale then skips O's rescaling).
-        corr[i] = m_new == m_run[i] ? 1.f : ex2(m_run[i] - m_use[i]);
+        corr[i] = m_new == m_run[i] ? 1.f : ex2(m_run[i] - m_use);
         m_run[i] = m_new;
-    }
-}
-template <int BN> DEVI void wg_softmax_exp(float* s, float scale_log2, const float* m_use, float* rsum) {
-    #pragma unroll
-    for (int i = 0; i < 2; i++) {
         float sum = 0.f;
         #pragma unroll
         for (int a = 0; a < BN / 8; a++)
             #pragma unroll
             for (int e = 0; e < 2; e++) {
-                const float x = ex2(fmaf(s[4 * a + 2 * i + e], scale_log2, -m_use[i]));
+                const float x = ex2(fmaf(s[4 * a + 2 * i + e], scale_log2, -m_use));
                 s[4 * a + 2 * i + e] = x;
                 sum += x;
             }
         rsum[i] = sum;
     }
-}
-template <int BN>
-DEVI void wg_softmax(float* s, int kind, int pos0, int j, int tk, const WgRows& rows, const int* __restrict__ k_seq,
-                     const int* __restrict__ k_pos, float scale_log2, float* m_run, float* corr, float* rsum) {
-    float m_use[2];
-    wg_softmax_max<BN>(s, kind, pos0, j, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, m_use);
-    wg_softmax_exp<BN>(s, scale_log2, m_use, rsum);
 }
 
 // A warpgroup tile's accumulators before its first key tile: O and S zero, nothing seen yet.
