@@ -166,7 +166,13 @@ fn check_case(ops: &CudaAttention, rng: &mut Rng, case: &Case) -> Result<(String
             kv_splits(
                 tq.div_ceil(ops.prefill.block_rows(head_dim)) * n_heads,
                 tk.div_ceil(ops.prefill.key_tile()),
-                ops.sm_count(),
+                // What the launch splits over: the persistent TMA kernel runs on the
+                // multiprocessors not reserved, the others on all.
+                if matches!(ops.prefill, PrefillKernel::Tma { .. }) {
+                    ops.sm_count() - ops.reserved_sms()
+                } else {
+                    ops.sm_count()
+                },
             )
         } else {
             1
@@ -352,15 +358,13 @@ pub fn check(ops: &mut CudaAttention) -> Result<bool> {
                     layout_of(&[(Some(0), 100, 70), (None, 0, 5), (Some(1), 0, 30), (Some(2), 0, 9)]),
                     layout_of(&[(Some(1), 0, 45), (Some(0), 0, 150), (None, 0, 11)]),
                 ));
-                // Off-diagonal ring step: every key before every query. With 8 heads on the
-                // 3 blocks of the reserved pass below, 16 items of 9 key tiles: 5 rounds and one
-                // item, cut into 3 pieces (the tail split, `tail_split`).
+                // Off-diagonal ring step: every key before every query.
                 cases.push(Case::new(
                     format!("off-diagonal block (no mask), {tag}"),
                     dtype,
                     heads,
-                    layout_of(&[(Some(0), 1100, 200)]),
-                    layout_of(&[(Some(0), 0, 1100)]),
+                    layout_of(&[(Some(0), 300, 200)]),
+                    layout_of(&[(Some(0), 0, 260)]),
                 ));
                 // Several key tiles per query block, two sequences: the wgmma kernel's 3-stage
                 // ring turns over more than once and skips the other sequence's tiles.

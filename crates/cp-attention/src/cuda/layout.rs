@@ -34,30 +34,6 @@ pub struct DeviceLayout {
     pub(crate) block_order: [std::sync::OnceLock<CudaSlice<i32>>; 2],
 }
 
-/// Whether every query row of `q` sees every key row of `k`: both one sequence's tokens, no
-/// padding, every key position at or before every query position (an off-diagonal block: a ring
-/// step's fully visible block, or new tokens against a cache). Such a launch's work items are all
-/// equal.
-pub(crate) fn every_key_visible(q: &Layout, k: &Layout) -> bool {
-    let spans = |l: &Layout| -> Option<(usize, usize, usize)> {
-        let mut seq = None;
-        let (mut lo, mut hi) = (usize::MAX, 0);
-        for run in l.runs() {
-            match *run {
-                Run::Tokens { seq: s, span } if !span.is_empty() && seq.is_none_or(|x| x == s) => {
-                    seq = Some(s);
-                    lo = lo.min(span.start);
-                    hi = hi.max(span.end() - 1);
-                }
-                Run::Tokens { span, .. } if span.is_empty() => {}
-                _ => return None,
-            }
-        }
-        seq.map(|s| (s, lo, hi))
-    };
-    matches!((spans(q), spans(k)), (Some((qs, q_lo, _)), Some((ks, _, k_hi))) if qs == ks && k_hi <= q_lo)
-}
-
 /// The blocks of `tiles_per_block` 64-row tiles (2: 128 rows, 3: 192) of a layout with 64-row
 /// tile summaries `summaries`, heaviest first: by
 /// descending last position among their real rows (a causal query block sees about that many
@@ -254,31 +230,6 @@ mod tests {
 
     fn tokens(layout: &Layout) -> Vec<Option<Token>> {
         layout.rows().collect()
-    }
-
-    #[test]
-    fn every_key_visible_only_for_one_sequence_after_all_its_keys() {
-        let run = |seq, start, len| {
-            let mut l = Layout::new();
-            l.push_tokens(seq, Span::new(start, len));
-            l
-        };
-        // Queries 1000..1100 after keys 0..1000 of sequence 3 (the last key at 999): all visible.
-        assert!(every_key_visible(&run(3, 1000, 100), &run(3, 0, 1000)));
-        // The last key at the first query's own position is still visible.
-        assert!(every_key_visible(&run(3, 999, 100), &run(3, 0, 1000)));
-        // A key after the first query, another sequence, padding, or nothing: not.
-        assert!(!every_key_visible(&run(3, 998, 100), &run(3, 0, 1000)));
-        assert!(!every_key_visible(&run(3, 1000, 100), &run(4, 0, 1000)));
-        let mut padded = run(3, 1000, 100);
-        padded.push_padding(28);
-        assert!(!every_key_visible(&padded, &run(3, 0, 1000)));
-        assert!(!every_key_visible(&run(3, 1000, 100), &Layout::new()));
-        // Two runs of the queries' sequence (a load-balanced shard's keys): the maximum counts.
-        let mut two = run(3, 0, 100);
-        two.push_tokens(3, Span::new(500, 100));
-        assert!(every_key_visible(&run(3, 600, 10), &two));
-        assert!(!every_key_visible(&run(3, 550, 10), &two));
     }
 
     #[test]

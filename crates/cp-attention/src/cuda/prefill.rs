@@ -5,7 +5,7 @@ use cp_ring::Partial;
 use cudarc::driver::sys as cu;
 use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::layout::{DeviceLayout, every_key_visible, heavy_first_blocks, tile_summaries_of_runs};
+use super::layout::{DeviceLayout, heavy_first_blocks, tile_summaries_of_runs};
 use super::merge::elementwise;
 use super::ops::CudaAttention;
 use super::table::{FLASH_VARIANTS, flash_smem, flash_tma_smem, flash_wg_smem};
@@ -239,26 +239,6 @@ impl CudaAttention {
         // The kernel's `mode`: bit 0 claims items, bit 1 numbers them KV head first.
         let mode = i32::from(claims) | i32::from(kv_major) << 1;
         let split_tiles = key_tiles.div_ceil(splits).max(1) as i32;
-        // Equal items whose last round is short: that round's items cut into pieces (TMA only).
-        let items = blocks * nh * splits;
-        let tail = match kernel {
-            PrefillKernel::Tma { .. } if splits == 1 && every_key_visible(&ql.layout, &kl.layout) => {
-                tail_split(items, grid.0 as usize, key_tiles)
-            }
-            _ => None,
-        };
-        let (n_main, tail_pieces, tail_tiles) = match tail {
-            Some(t) => (t.main as i32, t.pieces as i32, t.tiles as i32),
-            None => (items as i32, 1, 1),
-        };
-        let mut tail_bufs = match tail {
-            Some(t) => {
-                let parts = (items - t.main) * t.pieces;
-                let rows = kernel.block_rows(d);
-                Some((self.alloc(out_dtype, &[parts, rows, d])?, self.alloc(GpuDType::F32, &[parts, rows])?))
-            }
-            None => None,
-        };
         let scale = self.scale_log2(d);
         let tma = match (kernel, tma_ptrs) {
             (PrefillKernel::Tma { .. }, Some([q_ptr, k_ptr, v_ptr])) => Some((
@@ -274,8 +254,7 @@ impl CudaAttention {
             _ => None,
         };
         let no_counter = 0u64;
-        let no_tail = 0u64;
-        let mut launch = |name: &str, out: &mut CudaSlice<u8>, lse: &mut CudaSlice<u8>| -> Result<()> {
+        let launch = |name: &str, out: &mut CudaSlice<u8>, lse: &mut CudaSlice<u8>| -> Result<()> {
             let f = self.kernels.get(name)?;
             let mut b = self.stream.launch_builder(f);
             if let Some(([qm, km, vm], _, _)) = &tma {
@@ -296,44 +275,18 @@ impl CudaAttention {
                 b.arg(&splits_i);
             }
             b.arg(&split_tiles);
-            if tma.is_some() {
-                b.arg(&n_main).arg(&tail_pieces).arg(&tail_tiles);
-                match &mut tail_bufs {
-                    Some((parts, part_lse)) => b.arg(&mut **parts).arg(&mut **part_lse),
-                    None => b.arg(&no_tail).arg(&no_tail),
-                };
-            }
             // SAFETY: argument types and order match the kernel (the TMA kernels take the three
             // tensor maps first, describing the q, k and v buffers passed after them; after the
             // tile summaries the query blocks' order, the zeroed item counter — null, and never
             // read, when the launch does not claim — and the mode (claim, order); the split count before
             // the split length); `out` and `lse` hold one [tq, nh, d] / [tq, nh] partial per
             // split; the grid covers every query row and key tile (the TMA kernels' blocks take
-            // every (query block, head, split) item, those from `n_main` on in `tail_pieces`
-            // pieces of `tail_tiles` key tiles whose partials fill the tail buffers, [pieces][block
-            // rows][d] and [pieces][block rows]; with no tail split n_main is every item and the
-            // null tail buffers are never written), and the dynamic shared memory is set.
+            // every (query block, head, split) item), and the dynamic shared memory is set.
             unsafe { b.launch(cfg) }.map_err(cuda_err("launch flash_fwd"))?;
             Ok(())
         };
         if splits == 1 {
             launch(&name, &mut out, &mut lse)?;
-            if let (Some(t), Some((parts, part_lse)), Some((_, order, _))) = (tail, &tail_bufs, &tma) {
-                let f = self.kernels.get(&format!("merge_tail_{}", out_dtype.tag()))?;
-                let rows = kernel.block_rows(d);
-                let n_tail = items - t.main;
-                let (pieces, rows_i, n_tail_i, d_i) = (t.pieces as i32, rows as i32, n_tail as i32, d as i32);
-                let kv_major_i = i32::from(kv_major);
-                let mut b = self.stream.launch_builder(f);
-                b.arg(&**parts).arg(&**part_lse).arg(&pieces).arg(&rows_i).arg(&n_tail_i);
-                b.arg(&mut *out).arg(&mut *lse).arg(&tq_i).arg(&nh_i).arg(&d_i);
-                b.arg(*order).arg(&n_main).arg(&kv_major_i).arg(&nkv_i);
-                // SAFETY: `parts` and `part_lse` hold `n_tail * pieces` partials of `rows` rows
-                // (the launch above wrote them, in the output dtype); the kernel decodes each tail
-                // item's query block (through `order`, that launch's) and head as the prefill kernel
-                // numbered them, and writes its rows below `tq` of `out` [tq, nh, d] and `lse`.
-                unsafe { b.launch(elementwise(n_tail * rows * d / 4)) }.map_err(cuda_err("launch merge_tail"))?;
-            }
         } else {
             // Flash-decoding for prefill: each split writes an f32 partial over its key tiles,
             // and one strided N-way merge combines them into the output dtype.
@@ -468,43 +421,6 @@ impl TensorMap {
     }
 }
 
-/// The tail split of a launch of equal work items: the items of its short last round, each cut
-/// into key ranges so that the pieces fill that round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TailSplit {
-    /// Items run whole (a multiple of the grid): the rest are cut.
-    pub main: usize,
-    /// Pieces per cut item.
-    pub pieces: usize,
-    /// Key tiles per piece (the last may have fewer).
-    pub tiles: usize,
-}
-
-/// Whether and how to cut the last round of `items` equal work items of `key_tiles` key tiles
-/// each on a persistent grid of `grid` blocks (v6.5): with r items in the last round, each is
-/// cut into pieces (at most grid / r of them, at least 2 key tiles each) whose partials a merge
-/// combines. Counted in tile times with 2 per piece or item for its prologue and epilogue and 2
-/// for the merge, taken only for a gain of 2% or more. None when the rounds are full, when there
-/// is only one (a short launch: `kv_splits` splits those), or when pieces would be too short.
-pub fn tail_split(items: usize, grid: usize, key_tiles: usize) -> Option<TailSplit> {
-    if grid == 0 || items <= grid || key_tiles < 4 {
-        return None;
-    }
-    let (full, r) = (items / grid, items % grid);
-    if r == 0 {
-        return None;
-    }
-    let pieces_wanted = (grid / r).min(key_tiles / 2);
-    if pieces_wanted < 2 {
-        return None;
-    }
-    let tiles = key_tiles.div_ceil(pieces_wanted);
-    let pieces = key_tiles.div_ceil(tiles);
-    let whole = (full + 1) as f64 * (key_tiles as f64 + 2.0);
-    let cut = full as f64 * (key_tiles as f64 + 2.0) + tiles as f64 + 2.0 + 2.0;
-    (cut <= 0.98 * whole).then_some(TailSplit { main: full * grid, pieces, tiles })
-}
-
 /// How many splits of the key range a prefill launch of `blocks` thread blocks (query blocks x
 /// heads) over `key_tiles` key tiles takes (flash-decoding for prefill). With one block per
 /// multiprocessor, a launch takes `ceil(blocks * s / sm_count)` waves of `key_tiles / s + 2`
@@ -526,7 +442,7 @@ pub fn kv_splits(blocks: usize, key_tiles: usize, sm_count: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::{ItemSchedule, TailSplit, TensorMap, kv_splits, tail_split};
+    use super::{ItemSchedule, TensorMap, kv_splits};
     use crate::AttentionError;
     use crate::cuda::GpuDType;
 
@@ -544,30 +460,6 @@ mod tests {
         // Refused before the driver is asked (no GPU needed).
         let err = TensorMap::rows(0, GpuDType::F32, 128, 8, 128, 128).err().expect("f32 must be refused");
         assert!(matches!(err, AttentionError::GpuDtype { what: "TMA prefill input", .. }), "{err}");
-    }
-
-    #[test]
-    fn only_a_short_last_round_of_long_items_is_cut() {
-        // 16K x 16K off-diagonal, 32 heads: 4096 items of 128 tiles on 132 blocks, 31 full rounds
-        // and 4 items: those 4 in 32 pieces of 4 tiles (128 pieces for 132 blocks).
-        assert_eq!(tail_split(4096, 132, 128), Some(TailSplit { main: 4092, pieces: 32, tiles: 4 }));
-        // Every piece count fits the round: r * pieces <= grid.
-        for (items, grid, tiles) in [(4096, 132, 128), (1000, 132, 256), (8300, 132, 64), (500, 100, 40)] {
-            if let Some(t) = tail_split(items, grid, tiles) {
-                assert!((items - t.main) * t.pieces <= grid && t.main % grid == 0 && t.main < items, "{items} {t:?}");
-                assert!(
-                    t.pieces >= 2 && t.tiles >= 2 && t.pieces * t.tiles >= tiles && (t.pieces - 1) * t.tiles < tiles
-                );
-            }
-        }
-        // Full rounds, a single round, short items, a nearly full last round, or many rounds
-        // (the tail a small share): not cut.
-        assert_eq!(tail_split(4224, 132, 128), None);
-        assert_eq!(tail_split(100, 132, 128), None);
-        assert_eq!(tail_split(4096, 132, 3), None);
-        assert_eq!(tail_split(4096 + 127, 132, 128), None);
-        assert_eq!(tail_split(132 * 60 + 4, 132, 128), None);
-        assert_eq!(tail_split(10, 0, 128), None);
     }
 
     #[test]

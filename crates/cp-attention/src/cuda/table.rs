@@ -78,7 +78,7 @@ pub fn kernel_table(wgmma: bool) -> Vec<KernelEntry> {
     if wgmma {
         all.push(entry("wg_selftest".into(), flash_wg_smem(128)));
     }
-    for family in ["merge_fold", "merge_all", "merge_strided", "merge_tail"] {
+    for family in ["merge_fold", "merge_all", "merge_strided"] {
         all.extend(["f32", "bf16", "f16"].map(|t| entry(format!("{family}_{t}"), 0)));
     }
     all.extend(["fill_rows_bf16", "fill_rows_f16", "expand_runs"].map(|n| entry(n.into(), 0)));

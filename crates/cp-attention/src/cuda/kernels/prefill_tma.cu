@@ -73,33 +73,13 @@ template <int R> DEVI void regs_inc() { asm volatile("setmaxnreg.inc.sync.aligne
 // of the key range.
 struct TmaItem { int h, m0, z, j_lo, j_hi; int4 qt; };
 
-// Item number `wi` -> the index of its query block in the heaviest-first order, its head and its
-// split, in the kernel's numbering (see `item` in flash_fwd_tma); shared with `merge_tail`.
-DEVI void tma_item_coords(int wi, bool kv_major, int nh, int nkv, int n_qblocks, int splits, int& qbi, int& h, int& z) {
-    if (kv_major) {
-        const int group = nh / nkv, per_kv = n_qblocks * group * splits;
-        const int g = wi / per_kv, r = wi - g * per_kv;
-        qbi = r / (group * splits);
-        const int r2 = r - qbi * group * splits;
-        h = g * group + r2 % group;
-        z = r2 / group;
-    } else {
-        qbi = wi / (nh * splits);
-        const int rem = wi - qbi * nh * splits;
-        h = rem % nh;
-        z = rem / nh;
-    }
-}
-
 template <int D, int NC, bool BF16, bool OUT_F32, bool PINGPONG>
 __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const TmaMap* v_map, void* __restrict__ out,
                               float* __restrict__ lse, const int* __restrict__ q_seq, const int* __restrict__ q_pos,
                               const int* __restrict__ k_seq, const int* __restrict__ k_pos,
                               const int4* __restrict__ q_tiles, const int4* __restrict__ k_tiles,
                               const int* __restrict__ q_order, int* __restrict__ next_item, int mode, int tq,
-                              int tk, int nh, int nkv, float scale_log2, int splits, int split_tiles,
-                              int n_main, int tail_splits, int tail_tiles, void* __restrict__ tail_out,
-                              float* __restrict__ tail_lse) {
+                              int tk, int nh, int nkv, float scale_log2, int splits, int split_tiles) {
 #if CP_WGMMA
     static_assert(NC == 2 || (NC == 3 && D == 64), "three consumer warpgroups only at head dim 64 (registers)");
     // mode: bit 0, claim items from `next_item` (else dealt in a zigzag); bit 1, number them
@@ -133,12 +113,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
 
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
     const int n_ktiles = (tk + BN - 1) / BN, n_t64 = (tk + 63) / 64, n_q64 = (tq + 63) / 64;
-    // The tail split (v6.5): items from `n_main` on (the last round's, when the items are equal
-    // and the last round is short) are each cut into `tail_splits` pieces of `tail_tiles` key
-    // tiles, numbered after the others; a piece writes its partial O and LSE into `tail_out` /
-    // `tail_lse` ([piece][BM][D], [piece][BM]) for `merge_tail`. n_main = all items: no tail split.
-    const int n_qblocks = (tq + BM - 1) / BM, n_whole = n_qblocks * nh * splits;
-    const int n_items = n_main + (n_whole - n_main) * tail_splits;
+    const int n_qblocks = (tq + BM - 1) / BM, n_items = n_qblocks * nh * splits;
     // Work items are numbered heaviest first: query blocks in `q_order` (by descending last
     // position, so packed batches are longest-first too), the heads of a block adjacent (they
     // share K/V in L2), splits last. Each block starts with item blockIdx.x and then takes the
@@ -154,19 +129,24 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
     // from memory once per round.
     auto item = [&](int wi) {
         TmaItem it;
-        const int piece = wi >= n_main ? wi - n_main : -1;
-        if (piece >= 0) wi = n_main + piece / tail_splits;
         int qbi;
-        tma_item_coords(wi, kv_major, nh, nkv, n_qblocks, splits, qbi, it.h, it.z);
+        if (kv_major) {
+            const int group = nh / nkv, per_kv = n_qblocks * group * splits;
+            const int g = wi / per_kv, r = wi - g * per_kv;
+            qbi = r / (group * splits);
+            const int r2 = r - qbi * group * splits;
+            it.h = g * group + r2 % group;
+            it.z = r2 / group;
+        } else {
+            qbi = wi / (nh * splits);
+            const int rem = wi - qbi * nh * splits;
+            it.h = rem % nh;
+            it.z = rem / nh;
+        }
         const int qb = q_order[qbi];
         it.m0 = qb * BM;
         it.j_lo = it.z * split_tiles;
         it.j_hi = min(n_ktiles, it.j_lo + split_tiles);
-        if (piece >= 0) {  // z < 0 marks a piece for the consumers' epilogue
-            it.j_lo = piece % tail_splits * tail_tiles;
-            it.j_hi = min(n_ktiles, it.j_lo + tail_tiles);
-            it.z = -1 - piece;
-        }
         it.qt = tiles_summary(q_tiles, n_q64, NC * qb, NC);
         return it;
     };
@@ -491,14 +471,9 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                 finish_item();
             }
             // `bad` is complete: every masked tile and the item's end were waited for through "scrubbed".
-            // A split's partial [tq][nh][D] at its index; a tail piece's [BM][D] in `tail_out`.
-            const bool piece = w.z < 0;
-            const size_t part = piece ? (size_t)(-1 - w.z) : (size_t)w.z;
-            char* out_z = piece ? (char*)tail_out + part * BM * D * (OUT_F32 ? 4 : 2)
-                                : (char*)out + part * tq * nh * D * (OUT_F32 ? 4 : 2);
-            float* lse_z = piece ? tail_lse + part * BM : lse + part * tq * nh;
-            wg_epilogue<D, BF16, OUT_F32>(o, l_run, m_run, rows, bad[n & 1], piece ? r0 : w.m0 + r0,
-                                          piece ? tq - w.m0 : tq, piece ? 1 : nh, piece ? 0 : w.h, out_z, lse_z);
+            char* out_z = (char*)out + (size_t)w.z * tq * nh * D * (OUT_F32 ? 4 : 2);
+            wg_epilogue<D, BF16, OUT_F32>(o, l_run, m_run, rows, bad[n & 1], w.m0 + r0, tq, nh, w.h, out_z,
+                                          lse + (size_t)w.z * tq * nh);
             mbar_arrive(bad_free + 8 * (n & 1));
         }
     }
@@ -513,12 +488,10 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
         const __grid_constant__ TmaMap v_map, const u16* q, const u16* k, const u16* v, void* out, float* lse,   \
         const int* q_seq, const int* q_pos, const int* k_seq, const int* k_pos, const int4* q_tiles,             \
         const int4* k_tiles, const int* q_order, int* next_item, int mode, int tq, int tk, int nh, int nkv,   \
-        float scale_log2, int splits, int split_tiles, int n_main, int tail_splits, int tail_tiles, void* tail_out, \
-        float* tail_lse) {                                                                                          \
+        float scale_log2, int splits, int split_tiles) {                                                          \
         flash_fwd_tma<D, NC, BF16, OUT_F32, PINGPONG>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, k_pos,  \
                                                   q_tiles, k_tiles, q_order, next_item, mode, tq, tk, nh, nkv,    \
-                                                  scale_log2, splits, split_tiles, n_main, tail_splits, tail_tiles, \
-                                                  tail_out, tail_lse);                                            \
+                                                  scale_log2, splits, split_tiles);                               \
     }
 // q, k and v are passed beside their tensor maps only so that the host's buffer tracking sees
 // them read; the kernel reads them through the maps.
@@ -548,57 +521,3 @@ FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma3_np, 64, 3, true, true, false)
 FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma3_np, 64, 3, true, false, false)
 FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma3_np, 64, 3, false, true, false)
 FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma3_np, 64, 3, false, false, false)
-
-// The tail split's merge: for each of the `n_tail` tail items (numbers n_main, n_main + 1, ...,
-// decoded as the kernel does, with one split), the `pieces` partials of its `bm` rows ([piece][bm][d]
-// in the launch's output dtype, LSE [piece][bm]) merged into its rows of `out` [tq][nh][d] and
-// `lse` [tq][nh] (Eq. 4; a piece whose LSE is -inf contributes nothing, a NaN propagates). One
-// thread per 4 consecutive elements of a row.
-template <int KIND>  // 0: f32, 1: bf16, 2: f16
-DEVI void merge_tail(const void* __restrict__ parts, const float* __restrict__ part_lse, int pieces, int bm, int n_tail,
-                     void* __restrict__ out, float* __restrict__ lse, int tq, int nh, int d,
-                     const int* __restrict__ q_order, int n_main, int kv_major, int nkv) {
-    const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    const int per_row = d / 4;
-    const long row_all = idx / per_row;
-    if (row_all >= (long)n_tail * bm) return;
-    const int t = (int)(row_all / bm), r = (int)(row_all % bm), c = (int)(idx % per_row) * 4;
-    int qbi, h, z;
-    tma_item_coords(n_main + t, kv_major != 0, nh, nkv, (tq + bm - 1) / bm, 1, qbi, h, z);
-    const int row = q_order[qbi] * bm + r;
-    if (row >= tq) return;
-    auto part_row = [&](int p) { return ((long)(t * pieces + p) * bm + r) * d + c; };
-    float mx = NEG_INF;
-    for (int p = 0; p < pieces; p++) mx = fmaxf(mx, part_lse[(long)(t * pieces + p) * bm + r]);
-    const float ms = mx == NEG_INF ? 0.f : mx;
-    float den = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int p = 0; p < pieces; p++) {
-        const float w = __expf(part_lse[(long)(t * pieces + p) * bm + r] - ms);
-        den += w;
-        if (w == 0.f) continue;
-        float x[4];
-        if (KIND == 0) {
-            const float4 v = *(const float4*)((const float*)parts + part_row(p));
-            x[0] = v.x; x[1] = v.y; x[2] = v.z; x[3] = v.w;
-        } else {
-            const uint2 v = *(const uint2*)((const u16*)parts + part_row(p));
-            const u16 hs[4] = {(u16)(v.x & 0xffff), (u16)(v.x >> 16), (u16)(v.y & 0xffff), (u16)(v.y >> 16)};
-            for (int e = 0; e < 4; e++) x[e] = KIND == 1 ? bf16_to_f32(hs[e]) : f16_to_f32(hs[e]);
-        }
-        for (int e = 0; e < 4; e++) acc[e] += w * x[e];
-    }
-    const float inv = den > 0.f ? 1.f / den : 0.f;
-    const long o = ((long)row * nh + h) * d + c;
-    if (KIND == 0) *(float4*)((float*)out + o) = make_float4(acc[0] * inv, acc[1] * inv, acc[2] * inv, acc[3] * inv);
-    else *(uint2*)((u16*)out + o) = make_uint2(pack2<KIND == 1>(acc[0] * inv, acc[1] * inv), pack2<KIND == 1>(acc[2] * inv, acc[3] * inv));
-    if (c == 0) lse[(long)row * nh + h] = den > 0.f ? ms + __logf(den) : NEG_INF;
-}
-#define MERGE_TAIL_ENTRY(NAME, KIND)                                                                                \
-    extern "C" __global__ void NAME(const void* parts, const float* part_lse, int pieces, int bm, int n_tail,        \
-                                    void* out, float* lse, int tq, int nh, int d, const int* q_order, int n_main,    \
-                                    int kv_major, int nkv) {                                                         \
-        merge_tail<KIND>(parts, part_lse, pieces, bm, n_tail, out, lse, tq, nh, d, q_order, n_main, kv_major, nkv);  \
-    }
-MERGE_TAIL_ENTRY(merge_tail_f32, 0)
-MERGE_TAIL_ENTRY(merge_tail_bf16, 1)
-MERGE_TAIL_ENTRY(merge_tail_f16, 2)
