@@ -86,11 +86,20 @@ struct Case {
     kv_layout: Layout,
     /// Values written over whole rows before the run: (tensor 'q', 'k' or 'v', row, value).
     plants: Vec<(char, usize, f32)>,
+    /// The key rows in two blocks (`kv_layout` is the two one after the other): the first's
+    /// partial, and the second's folded into it (`partial_into`, as pass-KV's later steps).
+    fold: Option<(Layout, Layout)>,
 }
 
 impl Case {
     fn new(name: String, dtype: GpuDType, heads: Heads, q_layout: Layout, kv_layout: Layout) -> Case {
-        Case { name, dtype, heads, q_layout, kv_layout, plants: Vec::new() }
+        Case { name, dtype, heads, q_layout, kv_layout, plants: Vec::new(), fold: None }
+    }
+
+    /// Keys in two blocks, the second's attention folded into the first's.
+    fn folded(name: String, dtype: GpuDType, heads: Heads, q_layout: Layout, first: Layout, second: Layout) -> Case {
+        let kv_layout = Layout::concat([&first, &second]);
+        Case { name, dtype, heads, q_layout, kv_layout, plants: Vec::new(), fold: Some((first, second)) }
     }
 }
 
@@ -138,7 +147,18 @@ fn check_case(ops: &CudaAttention, rng: &mut Rng, case: &Case) -> Result<(String
     let q = GpuTensor::upload(s, &qv, &[tq, n_heads, head_dim], case.dtype)?;
     let k = GpuTensor::upload(s, &kv, &[tk, n_kv_heads, head_dim], case.dtype)?;
     let v = GpuTensor::upload(s, &vv, &[tk, n_kv_heads, head_dim], case.dtype)?;
-    let got = cp_ring::AttentionOps::partial(ops, &q, &case.q_layout, &k, &v, &case.kv_layout)?;
+    let got = match &case.fold {
+        None => cp_ring::AttentionOps::partial(ops, &q, &case.q_layout, &k, &v, &case.kv_layout)?,
+        Some((first, second)) => {
+            let split = first.len() * n_kv_heads * head_dim;
+            let block =
+                |vals: &[f32], rows: usize| GpuTensor::upload(s, vals, &[rows, n_kv_heads, head_dim], case.dtype);
+            let (k1, v1) = (block(&kv[..split], first.len())?, block(&vv[..split], first.len())?);
+            let (k2, v2) = (block(&kv[split..], second.len())?, block(&vv[split..], second.len())?);
+            let acc = cp_ring::AttentionOps::partial(ops, &q, &case.q_layout, &k1, &v1, first)?;
+            cp_ring::AttentionOps::partial_into(ops, acc, &q, &case.q_layout, &k2, &v2, second)?
+        }
+    };
     let out: Vec<f64> = got.out.download(s)?.into_iter().map(f64::from).collect();
     let lse: Vec<f64> = got.lse.download(s)?.into_iter().map(f64::from).collect();
     let q_tokens: Vec<Option<Token>> = case.q_layout.rows().collect();
@@ -365,6 +385,17 @@ pub fn check(ops: &mut CudaAttention) -> Result<bool> {
                     heads,
                     layout_of(&[(Some(0), 300, 200)]),
                     layout_of(&[(Some(0), 0, 260)]),
+                ));
+                // Pass-KV's fold: a causal chunk over its prefix, then itself folded in (on the TMA
+                // kernel, in the epilogue). Rows of sequence 1 see keys of the first block only,
+                // of sequence 3 of the second only (each side's LSE -inf in turn), padding none.
+                cases.push(Case::folded(
+                    format!("fold: chunk over prefix, then itself, {tag}"),
+                    dtype,
+                    heads,
+                    layout_of(&[(Some(0), 300, 200), (None, 0, 5), (Some(1), 50, 20), (Some(3), 10, 10)]),
+                    layout_of(&[(Some(0), 0, 300), (Some(1), 0, 40)]),
+                    layout_of(&[(Some(0), 300, 200), (Some(2), 0, 30), (Some(3), 0, 15)]),
                 ));
                 // Several key tiles per query block, two sequences: the wgmma kernel's 3-stage
                 // ring turns over more than once and skips the other sequence's tiles.

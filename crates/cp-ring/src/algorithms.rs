@@ -102,12 +102,15 @@ where
     let rank = ctx.rank;
     let mut acc: Option<Partial<A::Tensor>> = None;
     ctx.rotate(comm, vec![k.clone(), v.clone()], KV_SHIFT, probe, |step, src, block| {
-        let part = ops
-            .partial(q, &layouts.q[rank], &block[0], &block[1], &layouts.kv[src])
-            .map_err(|e| ctx.compute(step, "partial attention", e))?;
+        let (ql, kl) = (&layouts.q[rank], &layouts.kv[src]);
         acc = Some(match acc.take() {
-            None => part,
-            Some(acc) => ops.merge(acc, part).map_err(|e| ctx.compute(step, "merge", e))?,
+            None => {
+                ops.partial(q, ql, &block[0], &block[1], kl).map_err(|e| ctx.compute(step, "partial attention", e))?
+            }
+            // The step's partial folded into the running output (in one pass where the device can).
+            Some(acc) => ops
+                .partial_into(acc, q, ql, &block[0], &block[1], kl)
+                .map_err(|e| ctx.compute(step, "partial attention and merge", e))?,
         });
         Ok(())
     })?;

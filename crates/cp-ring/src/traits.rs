@@ -42,6 +42,22 @@ pub trait AttentionOps {
         next: Partial<Self::Tensor>,
     ) -> Result<Partial<Self::Tensor>, Self::Error>;
 
+    /// The partial attention of `q` against `k`, `v` folded into the running pair `acc` of the
+    /// same queries: [`AttentionOps::partial`] then [`AttentionOps::merge`], which a device may
+    /// do in one pass (the CUDA kernel folds in its epilogue, without writing the partial).
+    fn partial_into(
+        &self,
+        acc: Partial<Self::Tensor>,
+        q: &Self::Tensor,
+        q_layout: &Layout,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        kv_layout: &Layout,
+    ) -> Result<Partial<Self::Tensor>, Self::Error> {
+        let part = self.partial(q, q_layout, k, v, kv_layout)?;
+        self.merge(acc, part)
+    }
+
     /// Merges partials of the same queries over disjoint key blocks (N-way form of Eq. 4).
     fn merge_all(&self, parts: Vec<Partial<Self::Tensor>>) -> Result<Partial<Self::Tensor>, Self::Error>;
 

@@ -1,12 +1,9 @@
 //! Merge launches: the in-place online fold and the N-way merge of partials (Eq. 4).
 
-use std::sync::Arc;
-
 use cp_ring::Partial;
 use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::ops::CudaAttention;
-use super::tensor::DeviceBuffer;
 use super::{GpuDType, GpuTensor, cuda_err};
 use crate::{AttentionError, Result};
 
@@ -94,17 +91,7 @@ impl CudaAttention {
         }
         let rows = acc.lse.elem_count();
         let (out_shape, lse_shape) = (acc.out.shape().to_vec(), acc.lse.shape().to_vec());
-        let own = |t: GpuTensor| -> Result<DeviceBuffer> {
-            match Arc::try_unwrap(t.buf) {
-                Ok(own) => Ok(own),
-                Err(shared) => {
-                    let mut copy = self.alloc(GpuDType::F32, &out_shape)?;
-                    self.stream.memcpy_dtod(&**shared, &mut *copy).map_err(cuda_err("cuMemcpyDtoD"))?;
-                    Ok(copy)
-                }
-            }
-        };
-        let mut acc_out = own(acc.out)?;
+        let mut acc_out = self.owned(acc.out)?;
         let mut new_lse = self.alloc(GpuDType::F32, &lse_shape)?;
         let f = self.kernels.get(&format!("merge_fold_{}", part.out.dtype().tag()))?;
         let (rows_l, d_i) = (rows as i64, d as i32);

@@ -338,6 +338,19 @@ impl CudaAttention {
         Ok(buf)
     }
 
+    /// The buffer of `t` to write in place: its own when no other tensor shares it, else a copy.
+    pub(super) fn owned(&self, t: GpuTensor) -> Result<DeviceBuffer> {
+        let (dtype, shape) = (t.dtype(), t.shape().to_vec());
+        match Arc::try_unwrap(t.buf) {
+            Ok(own) => Ok(own),
+            Err(shared) => {
+                let mut copy = self.alloc(dtype, &shape)?;
+                self.stream.memcpy_dtod(&**shared, &mut *copy).map_err(cuda_err("cuMemcpyDtoD"))?;
+                Ok(copy)
+            }
+        }
+    }
+
     /// Buffers of this handle's stream kept for reuse: `Some` for explicit-sync handles
     /// ([`CudaAttention::new_explicit_sync`]), whose transports may allocate from it too.
     pub fn pool(&self) -> Option<&Arc<BufferPool>> {
@@ -441,6 +454,25 @@ impl AttentionOps for CudaAttention {
 
     fn merge(&self, acc: Partial<GpuTensor>, next: Partial<GpuTensor>) -> Result<Partial<GpuTensor>> {
         self.merge_into(acc, &next)
+    }
+
+    fn partial_into(
+        &self,
+        acc: Partial<GpuTensor>,
+        q: &GpuTensor,
+        q_layout: &Layout,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        kv_layout: &Layout,
+    ) -> Result<Partial<GpuTensor>> {
+        if decode_shaped(q_layout) {
+            let part = self.partial(q, q_layout, k, v, kv_layout)?;
+            return self.merge_into(acc, &part);
+        }
+        self.note_unbindable("a partial attention of the step ran the prefill kernel (its layouts are in the graph)");
+        let ql = self.device_layout(q_layout)?;
+        let kl = self.device_layout(kv_layout)?;
+        self.flash_into(acc, q, &ql, k, v, &kl)
     }
 
     fn merge_all(&self, parts: Vec<Partial<GpuTensor>>) -> Result<Partial<GpuTensor>> {

@@ -137,6 +137,37 @@ impl CudaAttention {
         kl: &DeviceLayout,
         out_dtype: GpuDType,
     ) -> Result<Partial<GpuTensor>> {
+        self.flash_impl(q, ql, k, v, kl, out_dtype, None)
+    }
+
+    /// The attention of `q` against `k`, `v` folded into `acc`, the running f32 partial of the
+    /// same queries (Eq. 4): on the TMA kernel in its epilogue, in place, without writing the
+    /// step's partial or a merge pass over it (pass-KV's steps after the first); elsewhere, or
+    /// with a split key range, [`CudaAttention::flash`] then [`CudaAttention::merge_into`]. An
+    /// accumulator of another shape or dtype is an error.
+    pub fn flash_into(
+        &self,
+        acc: Partial<GpuTensor>,
+        q: &GpuTensor,
+        ql: &DeviceLayout,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        kl: &DeviceLayout,
+    ) -> Result<Partial<GpuTensor>> {
+        self.flash_impl(q, ql, k, v, kl, GpuDType::F32, Some(acc))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn flash_impl(
+        &self,
+        q: &GpuTensor,
+        ql: &DeviceLayout,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        kl: &DeviceLayout,
+        out_dtype: GpuDType,
+        into: Option<Partial<GpuTensor>>,
+    ) -> Result<Partial<GpuTensor>> {
         let (tq, tk, nh, nkv, d) = self.check(q, ql.rows, k, v, kl.rows)?;
         if out_dtype != GpuDType::F32 && out_dtype != q.dtype() {
             return Err(AttentionError::GpuDtype {
@@ -190,8 +221,32 @@ impl CudaAttention {
         let sms =
             if matches!(kernel, PrefillKernel::Tma { .. }) { self.sm_count - self.reserved_sms } else { self.sm_count };
         let splits = if self.split_kv { kv_splits(blocks * nh, key_tiles, sms) } else { 1 };
-        let mut out = self.alloc(out_dtype, &[tq, nh, d])?;
-        let mut lse = self.alloc(GpuDType::F32, &[tq, nh])?;
+        // The fold in the epilogue: the TMA kernel over one split, into an f32 accumulator of
+        // exactly these rows (anything else runs the partial and then the merge, which checks).
+        let fold = match into {
+            Some(acc)
+                if matches!(kernel, PrefillKernel::Tma { .. })
+                    && splits == 1
+                    && tq > 0
+                    && acc.out.dtype() == GpuDType::F32
+                    && acc.lse.dtype() == GpuDType::F32
+                    && acc.out.shape() == [tq, nh, d]
+                    && acc.lse.shape() == [tq, nh] =>
+            {
+                Some(acc)
+            }
+            Some(acc) => {
+                let part = self.flash_impl(q, ql, k, v, kl, out_dtype, None)?;
+                return self.merge_into(acc, &part);
+            }
+            None => None,
+        };
+        let folds = fold.is_some();
+        let (mut out, mut lse) = match fold {
+            Some(acc) => (self.owned(acc.out)?, self.owned(acc.lse)?),
+            None => (self.alloc(out_dtype, &[tq, nh, d])?, self.alloc(GpuDType::F32, &[tq, nh])?),
+        };
+        let name = if folds { name.replacen("_f32_", "_acc_", 1) } else { name };
         if tq == 0 {
             return Ok(Partial {
                 out: out.into_tensor(out_dtype, vec![tq, nh, d]),
@@ -282,7 +337,10 @@ impl CudaAttention {
             // read, when the launch does not claim — and the mode (claim, order); the split count before
             // the split length); `out` and `lse` hold one [tq, nh, d] / [tq, nh] partial per
             // split; the grid covers every query row and key tile (the TMA kernels' blocks take
-            // every (query block, head, split) item), and the dynamic shared memory is set.
+            // every (query block, head, split) item), and the dynamic shared memory is set. A
+            // folding launch (`_acc_`, one split) reads and writes `out` and `lse` in place, this
+            // handle's own buffers of the running partial of exactly these rows, each (row, head)
+            // by one item.
             unsafe { b.launch(cfg) }.map_err(cuda_err("launch flash_fwd"))?;
             Ok(())
         };

@@ -71,6 +71,15 @@ pub fn kernel_table(wgmma: bool) -> Vec<KernelEntry> {
                     }
                 }
             }
+            if wgmma {
+                // The fold into a running f32 partial (`CudaAttention::flash_into`).
+                for pingpong in ["", "_np"] {
+                    all.push(entry(format!("flash_fwd_d{d}_{t}_acc_tma{pingpong}"), flash_tma_smem(d, 128)));
+                    if d == 64 {
+                        all.push(entry(format!("flash_fwd_d{d}_{t}_acc_tma3{pingpong}"), flash_tma_smem(d, 192)));
+                    }
+                }
+            }
             all.extend([1, 4, 8].map(|g| entry(format!("decode_d{d}_{t}_g{g}"), 0)));
             all.push(entry(format!("decode_mma_d{d}_{t}"), decode_mma_smem(d)));
         }

@@ -73,7 +73,7 @@ template <int R> DEVI void regs_inc() { asm volatile("setmaxnreg.inc.sync.aligne
 // of the key range.
 struct TmaItem { int h, m0, z, j_lo, j_hi; int4 qt; };
 
-template <int D, int NC, bool BF16, bool OUT_F32, bool PINGPONG>
+template <int D, int NC, bool BF16, bool OUT_F32, bool PINGPONG, bool ACC = false>
 __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const TmaMap* v_map, void* __restrict__ out,
                               float* __restrict__ lse, const int* __restrict__ q_seq, const int* __restrict__ q_pos,
                               const int* __restrict__ k_seq, const int* __restrict__ k_pos,
@@ -472,7 +472,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
             }
             // `bad` is complete: every masked tile and the item's end were waited for through "scrubbed".
             char* out_z = (char*)out + (size_t)w.z * tq * nh * D * (OUT_F32 ? 4 : 2);
-            wg_epilogue<D, BF16, OUT_F32>(o, l_run, m_run, rows, bad[n & 1], w.m0 + r0, tq, nh, w.h, out_z,
+            wg_epilogue<D, BF16, OUT_F32, ACC>(o, l_run, m_run, rows, bad[n & 1], w.m0 + r0, tq, nh, w.h, out_z,
                                           lse + (size_t)w.z * tq * nh);
             mbar_arrive(bad_free + 8 * (n & 1));
         }
@@ -482,17 +482,18 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
 #endif
 }
 
-#define FLASH_TMA_ENTRY(NAME, D, NC, BF16, OUT_F32, PINGPONG)                                                     \
+#define FLASH_TMA_ENTRY_ACC(NAME, D, NC, BF16, OUT_F32, PINGPONG, ACC)                                            \
     extern "C" __global__ void __launch_bounds__(128 * (NC + 1), 1) NAME(                                                    \
         const __grid_constant__ TmaMap q_map, const __grid_constant__ TmaMap k_map,                               \
         const __grid_constant__ TmaMap v_map, const u16* q, const u16* k, const u16* v, void* out, float* lse,   \
         const int* q_seq, const int* q_pos, const int* k_seq, const int* k_pos, const int4* q_tiles,             \
         const int4* k_tiles, const int* q_order, int* next_item, int mode, int tq, int tk, int nh, int nkv,   \
         float scale_log2, int splits, int split_tiles) {                                                          \
-        flash_fwd_tma<D, NC, BF16, OUT_F32, PINGPONG>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, k_pos,  \
+        flash_fwd_tma<D, NC, BF16, OUT_F32, PINGPONG, ACC>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, k_pos,  \
                                                   q_tiles, k_tiles, q_order, next_item, mode, tq, tk, nh, nkv,    \
                                                   scale_log2, splits, split_tiles);                               \
     }
+#define FLASH_TMA_ENTRY(NAME, D, NC, BF16, OUT_F32, PINGPONG) FLASH_TMA_ENTRY_ACC(NAME, D, NC, BF16, OUT_F32, PINGPONG, false)
 // q, k and v are passed beside their tensor maps only so that the host's buffer tracking sees
 // them read; the kernel reads them through the maps.
 FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma, 64, 2, true, true, true)
@@ -521,3 +522,17 @@ FLASH_TMA_ENTRY(flash_fwd_d64_bf16_f32_tma3_np, 64, 3, true, true, false)
 FLASH_TMA_ENTRY(flash_fwd_d64_bf16_b16_tma3_np, 64, 3, true, false, false)
 FLASH_TMA_ENTRY(flash_fwd_d64_f16_f32_tma3_np, 64, 3, false, true, false)
 FLASH_TMA_ENTRY(flash_fwd_d64_f16_b16_tma3_np, 64, 3, false, false, false)
+// Folding into a running f32 partial (`out` and `lse` read and written in place): a ring step
+// of pass-KV after the first, without a separate merge pass over the partials.
+FLASH_TMA_ENTRY_ACC(flash_fwd_d64_bf16_acc_tma, 64, 2, true, true, true, true)
+FLASH_TMA_ENTRY_ACC(flash_fwd_d64_f16_acc_tma, 64, 2, false, true, true, true)
+FLASH_TMA_ENTRY_ACC(flash_fwd_d64_bf16_acc_tma_np, 64, 2, true, true, false, true)
+FLASH_TMA_ENTRY_ACC(flash_fwd_d64_f16_acc_tma_np, 64, 2, false, true, false, true)
+FLASH_TMA_ENTRY_ACC(flash_fwd_d64_bf16_acc_tma3, 64, 3, true, true, true, true)
+FLASH_TMA_ENTRY_ACC(flash_fwd_d64_f16_acc_tma3, 64, 3, false, true, true, true)
+FLASH_TMA_ENTRY_ACC(flash_fwd_d64_bf16_acc_tma3_np, 64, 3, true, true, false, true)
+FLASH_TMA_ENTRY_ACC(flash_fwd_d64_f16_acc_tma3_np, 64, 3, false, true, false, true)
+FLASH_TMA_ENTRY_ACC(flash_fwd_d128_bf16_acc_tma, 128, 2, true, true, true, true)
+FLASH_TMA_ENTRY_ACC(flash_fwd_d128_f16_acc_tma, 128, 2, false, true, true, true)
+FLASH_TMA_ENTRY_ACC(flash_fwd_d128_bf16_acc_tma_np, 128, 2, true, true, false, true)
+FLASH_TMA_ENTRY_ACC(flash_fwd_d128_f16_acc_tma_np, 128, 2, false, true, false, true)

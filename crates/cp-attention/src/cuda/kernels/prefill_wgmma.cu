@@ -239,8 +239,10 @@ DEVI void wg_rescale(float* o, u32* p, const float* s, float* l_run, const float
 
 // Epilogue of a warpgroup tile: normalises O and writes it and the LSE (natural log) of the
 // thread's two rows (global rows row0 and row0 + 8). Rows that saw nothing: 0 and -inf; rows that
-// saw a recorded non-finite V: NaN.
-template <int D, bool BF16, bool OUT_F32>
+// saw a recorded non-finite V: NaN. With ACC (f32 only), `out` and `lse` hold a running partial
+// of the same rows, and the tile's partial is folded into it in place (Eq. 4, as merge_fold: a
+// side of LSE -inf adds nothing, a NaN propagates); each (row, head) is one item's.
+template <int D, bool BF16, bool OUT_F32, bool ACC = false>
 DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, const WgRows& rows, const BadKeys& bad,
                       int row0, int tq, int nh, int h, void* __restrict__ out, float* __restrict__ lse) {
     const int t4 = threadIdx.x & 3;
@@ -257,7 +259,28 @@ DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, co
         float inv = l > 0.f ? __fdividef(1.f, l) : 0.f;
         if (bad_keys_seen(bad, rows.seq[i], rows.pos[i])) inv = __int_as_float(0x7fc00000);
         const size_t obase = ((size_t)row * nh + h) * D;
-        if (OUT_F32) {
+        static_assert(!ACC || OUT_F32, "the fold runs on f32 partials");
+        if (ACC) {
+            // The running LSE, read by the quad's first thread (which alone writes it back) and
+            // passed to the other three: no thread reads what another writes.
+            float la = row < tq && t4 == 0 ? lse[(size_t)row * nh + h] : NEG_INF;
+            la = __shfl_sync(0xffffffff, la, (threadIdx.x & 31) & ~3);
+            if (row < tq) {
+                const float lp = l > 0.f && !pad ? (m_run[i] + __log2f(l)) * LN2 : NEG_INF;
+                const float mx = fmaxf(la, lp), ms = mx == NEG_INF ? 0.f : mx;
+                const float wa = __expf(la - ms), wb = __expf(lp - ms), den = wa + wb;
+                const float fa = den > 0.f ? wa / den : 0.f, fb = den > 0.f ? wb / den : 0.f;
+                #pragma unroll
+                for (int a = 0; a < D / 8; a++) {
+                    float2* p = (float2*)((float*)out + obase + a * 8 + 2 * t4);
+                    const float2 old = *p;
+                    const float x0 = pad ? 0.f : o[4 * a + 2 * i] * inv, x1 = pad ? 0.f : o[4 * a + 2 * i + 1] * inv;
+                    *p = make_float2((wa != 0.f ? old.x * fa : 0.f) + (wb != 0.f ? x0 * fb : 0.f),
+                                     (wa != 0.f ? old.y * fa : 0.f) + (wb != 0.f ? x1 * fb : 0.f));
+                }
+                if (t4 == 0) lse[(size_t)row * nh + h] = den > 0.f ? ms + __logf(den) : NEG_INF;
+            }
+        } else if (OUT_F32) {
             // Each thread's float2 per 8 columns: a quad writes 32 contiguous bytes of the row.
             if (row < tq) {
                 #pragma unroll
@@ -291,7 +314,7 @@ DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, co
                 if (row < tq) *(uint4*)((u16*)out + obase + (4 * c + t4) * 8) = make_uint4(w[0], w[1], w[2], w[3]);
             }
         }
-        if (row < tq && t4 == 0) lse[(size_t)row * nh + h] = l > 0.f && !pad ? (m_run[i] + __log2f(l)) * LN2 : NEG_INF;
+        if (!ACC && row < tq && t4 == 0) lse[(size_t)row * nh + h] = l > 0.f && !pad ? (m_run[i] + __log2f(l)) * LN2 : NEG_INF;
     }
 }
 
