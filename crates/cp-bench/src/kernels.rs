@@ -145,14 +145,15 @@ fn check_case(ops: &CudaAttention, rng: &mut Rng, case: &Case) -> Result<(String
     plant(&mut kv, n_kv_heads * head_dim, 'k', &case.plants);
     plant(&mut vv, n_kv_heads * head_dim, 'v', &case.plants);
     let q = GpuTensor::upload(s, &qv, &[tq, n_heads, head_dim], case.dtype)?;
-    let k = GpuTensor::upload(s, &kv, &[tk, n_kv_heads, head_dim], case.dtype)?;
-    let v = GpuTensor::upload(s, &vv, &[tk, n_kv_heads, head_dim], case.dtype)?;
+    // Keys and values of `rows` rows from the values `vals`.
+    let block = |vals: &[f32], rows: usize| GpuTensor::upload(s, vals, &[rows, n_kv_heads, head_dim], case.dtype);
     let got = match &case.fold {
-        None => cp_ring::AttentionOps::partial(ops, &q, &case.q_layout, &k, &v, &case.kv_layout)?,
+        None => {
+            let (k, v) = (block(&kv, tk)?, block(&vv, tk)?);
+            cp_ring::AttentionOps::partial(ops, &q, &case.q_layout, &k, &v, &case.kv_layout)?
+        }
         Some((first, second)) => {
             let split = first.len() * n_kv_heads * head_dim;
-            let block =
-                |vals: &[f32], rows: usize| GpuTensor::upload(s, vals, &[rows, n_kv_heads, head_dim], case.dtype);
             let (k1, v1) = (block(&kv[..split], first.len())?, block(&vv[..split], first.len())?);
             let (k2, v2) = (block(&kv[split..], second.len())?, block(&vv[split..], second.len())?);
             let acc = cp_ring::AttentionOps::partial(ops, &q, &case.q_layout, &k1, &v1, first)?;
@@ -186,13 +187,7 @@ fn check_case(ops: &CudaAttention, rng: &mut Rng, case: &Case) -> Result<(String
             kv_splits(
                 tq.div_ceil(ops.prefill.block_rows(head_dim)) * n_heads,
                 tk.div_ceil(ops.prefill.key_tile()),
-                // What the launch splits over: the persistent TMA kernel runs on the
-                // multiprocessors not reserved, the others on all.
-                if matches!(ops.prefill, PrefillKernel::Tma { .. }) {
-                    ops.sm_count() - ops.reserved_sms()
-                } else {
-                    ops.sm_count()
-                },
+                ops.prefill_sms(ops.prefill),
             )
         } else {
             1

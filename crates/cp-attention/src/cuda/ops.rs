@@ -338,6 +338,12 @@ impl CudaAttention {
         Ok(buf)
     }
 
+    /// The device layouts of a step's prefill launch, noted as one a rebound graph cannot rebind.
+    fn prefill_layouts(&self, q_layout: &Layout, kv_layout: &Layout) -> Result<(Arc<DeviceLayout>, Arc<DeviceLayout>)> {
+        self.note_unbindable("a partial attention of the step ran the prefill kernel (its layouts are in the graph)");
+        Ok((self.device_layout(q_layout)?, self.device_layout(kv_layout)?))
+    }
+
     /// The buffer of `t` to write in place: its own when no other tensor shares it, else a copy.
     pub(super) fn owned(&self, t: GpuTensor) -> Result<DeviceBuffer> {
         let (dtype, shape) = (t.dtype(), t.shape().to_vec());
@@ -446,9 +452,7 @@ impl AttentionOps for CudaAttention {
         {
             return Ok(p);
         }
-        self.note_unbindable("a partial attention of the step ran the prefill kernel (its layouts are in the graph)");
-        let ql = self.device_layout(q_layout)?;
-        let kl = self.device_layout(kv_layout)?;
+        let (ql, kl) = self.prefill_layouts(q_layout, kv_layout)?;
         self.flash(q, &ql, k, v, &kl, self.partial_dtype)
     }
 
@@ -469,9 +473,7 @@ impl AttentionOps for CudaAttention {
             let part = self.partial(q, q_layout, k, v, kv_layout)?;
             return self.merge_into(acc, &part);
         }
-        self.note_unbindable("a partial attention of the step ran the prefill kernel (its layouts are in the graph)");
-        let ql = self.device_layout(q_layout)?;
-        let kl = self.device_layout(kv_layout)?;
+        let (ql, kl) = self.prefill_layouts(q_layout, kv_layout)?;
         self.flash_into(acc, q, &ql, k, v, &kl)
     }
 

@@ -218,8 +218,7 @@ impl CudaAttention {
         let blocks = tq.div_ceil(kernel.block_rows(d));
         let key_tiles = tk.div_ceil(kernel.key_tile());
         // The persistent kernel runs on the multiprocessors left after the reservation.
-        let sms =
-            if matches!(kernel, PrefillKernel::Tma { .. }) { self.sm_count - self.reserved_sms } else { self.sm_count };
+        let sms = self.prefill_sms(kernel);
         let splits = if self.split_kv { kv_splits(blocks * nh, key_tiles, sms) } else { 1 };
         // The fold in the epilogue: the TMA kernel over one split, into an f32 accumulator of
         // exactly these rows (anything else runs the partial and then the merge, which checks).
@@ -365,6 +364,13 @@ impl CudaAttention {
             out: out.into_tensor(out_dtype, vec![tq, nh, d]),
             lse: lse.into_tensor(GpuDType::F32, vec![tq, nh]),
         })
+    }
+
+    /// The multiprocessors a prefill launch of `kernel` spreads over (and splits its key range
+    /// for): the persistent TMA kernel runs on those not reserved ([`CudaAttention::reserve_sms`]),
+    /// the others on all.
+    pub fn prefill_sms(&self, kernel: PrefillKernel) -> usize {
+        if matches!(kernel, PrefillKernel::Tma { .. }) { self.sm_count - self.reserved_sms } else { self.sm_count }
     }
 
     /// The query blocks of `block_rows` rows (128 or 192) of `ql` heaviest first, on the device

@@ -21,6 +21,22 @@ DEVI float f16_to_f32(u16 h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h
 DEVI float ex2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
 template <bool BF16> DEVI float to_f32(u16 h) { return BF16 ? bf16_to_f32(h) : f16_to_f32(h); }
 
+// Eq. 4 for two partials of LSE `la` and `lb`: their weights against the larger LSE `ms` (0 for a
+// side of LSE -inf; both -inf give 0 and 0, not NaN) and the weights' sum; `merged_lse` is the
+// merged LSE (taken only by the thread that writes it). The online fold (merge.cu) and the
+// prefill epilogue's fold share them.
+struct Merge2 { float wa, wb, den, ms; };
+DEVI Merge2 merge2(float la, float lb) {
+    const float mx = fmaxf(la, lb);
+    Merge2 m;
+    m.ms = mx == NEG_INF ? 0.f : mx;
+    m.wa = __expf(la - m.ms);
+    m.wb = __expf(lb - m.ms);
+    m.den = m.wa + m.wb;
+    return m;
+}
+DEVI float merged_lse(const Merge2& m) { return m.den > 0.f ? m.ms + __logf(m.den) : NEG_INF; }
+
 // Packs two floats into a 16-bit pair, `lo` in the low half.
 template <bool BF16> DEVI u32 pack2(float lo, float hi) {
     u32 r;

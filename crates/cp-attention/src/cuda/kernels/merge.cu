@@ -10,11 +10,8 @@ DEVI void merge_fold(float* __restrict__ acc_out, const float* __restrict__ acc_
     long row = idx / per_row;
     if (row >= rows) return;
     int c = (int)(idx % per_row) * 4;
-    float la = acc_lse[row], lb = part_lse[row];
-    float mx = fmaxf(la, lb);
-    float ms = mx == NEG_INF ? 0.f : mx;
-    float wa = __expf(la - ms), wb = __expf(lb - ms), den = wa + wb;
-    float inv = den > 0.f ? 1.f / den : 0.f;
+    const Merge2 m = merge2(acc_lse[row], part_lse[row]);
+    const float wa = m.wa, wb = m.wb, inv = m.den > 0.f ? 1.f / m.den : 0.f;
     float4 a = *(float4*)(acc_out + row * d + c);
     float b[4];
     if (PART_KIND == 0) {
@@ -32,7 +29,7 @@ DEVI void merge_fold(float* __restrict__ acc_out, const float* __restrict__ acc_
     a.z = ((wa != 0.f ? a.z * wa : 0.f) + (wb != 0.f ? b[2] * wb : 0.f)) * inv;
     a.w = ((wa != 0.f ? a.w * wa : 0.f) + (wb != 0.f ? b[3] * wb : 0.f)) * inv;
     *(float4*)(acc_out + row * d + c) = a;
-    if (c == 0) new_lse[row] = den > 0.f ? ms + __logf(den) : NEG_INF;
+    if (c == 0) new_lse[row] = merged_lse(m);
 }
 extern "C" __global__ void merge_fold_f32(float* ao, const float* al, const void* po, const float* pl, float* nl, long rows, int d) { merge_fold<0>(ao, al, po, pl, nl, rows, d); }
 extern "C" __global__ void merge_fold_bf16(float* ao, const float* al, const void* po, const float* pl, float* nl, long rows, int d) { merge_fold<1>(ao, al, po, pl, nl, rows, d); }

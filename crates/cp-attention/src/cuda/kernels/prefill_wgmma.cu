@@ -266,10 +266,9 @@ DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, co
             float la = row < tq && t4 == 0 ? lse[(size_t)row * nh + h] : NEG_INF;
             la = __shfl_sync(0xffffffff, la, (threadIdx.x & 31) & ~3);
             if (row < tq) {
-                const float lp = l > 0.f && !pad ? (m_run[i] + __log2f(l)) * LN2 : NEG_INF;
-                const float mx = fmaxf(la, lp), ms = mx == NEG_INF ? 0.f : mx;
-                const float wa = __expf(la - ms), wb = __expf(lp - ms), den = wa + wb;
-                const float fa = den > 0.f ? wa / den : 0.f, fb = den > 0.f ? wb / den : 0.f;
+                const Merge2 m = merge2(la, l > 0.f && !pad ? (m_run[i] + __log2f(l)) * LN2 : NEG_INF);
+                const float wa = m.wa, wb = m.wb;
+                const float fa = m.den > 0.f ? wa / m.den : 0.f, fb = m.den > 0.f ? wb / m.den : 0.f;
                 #pragma unroll
                 for (int a = 0; a < D / 8; a++) {
                     float2* p = (float2*)((float*)out + obase + a * 8 + 2 * t4);
@@ -278,7 +277,7 @@ DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, co
                     *p = make_float2((wa != 0.f ? old.x * fa : 0.f) + (wb != 0.f ? x0 * fb : 0.f),
                                      (wa != 0.f ? old.y * fa : 0.f) + (wb != 0.f ? x1 * fb : 0.f));
                 }
-                if (t4 == 0) lse[(size_t)row * nh + h] = den > 0.f ? ms + __logf(den) : NEG_INF;
+                if (t4 == 0) lse[(size_t)row * nh + h] = merged_lse(m);
             }
         } else if (OUT_F32) {
             // Each thread's float2 per 8 columns: a quad writes 32 contiguous bytes of the row.
