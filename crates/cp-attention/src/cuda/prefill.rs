@@ -169,6 +169,20 @@ impl CudaAttention {
         into: Option<Partial<GpuTensor>>,
     ) -> Result<Partial<GpuTensor>> {
         let (tq, tk, nh, nkv, d) = self.check(q, ql.rows, k, v, kl.rows)?;
+        // A running partial to fold into: f32 O and LSE of exactly these rows, refused before
+        // any work.
+        if let Some(acc) = &into
+            && (acc.out.dtype() != GpuDType::F32
+                || acc.lse.dtype() != GpuDType::F32
+                || acc.out.shape() != [tq, nh, d]
+                || acc.lse.shape() != [tq, nh])
+        {
+            return Err(AttentionError::Shape {
+                what: "running partial to fold into (out, lse)",
+                expected: format!("f32 [{tq}, {nh}, {d}] and [{tq}, {nh}]"),
+                actual: [acc.out.shape(), acc.lse.shape()].concat(),
+            });
+        }
         if out_dtype != GpuDType::F32 && out_dtype != q.dtype() {
             return Err(AttentionError::GpuDtype {
                 what: "prefill output",
@@ -220,20 +234,10 @@ impl CudaAttention {
         // The persistent kernel runs on the multiprocessors left after the reservation.
         let sms = self.prefill_sms(kernel);
         let splits = if self.split_kv { kv_splits(blocks * nh, key_tiles, sms) } else { 1 };
-        // The fold in the epilogue: the TMA kernel over one split, into an f32 accumulator of
-        // exactly these rows (anything else runs the partial and then the merge, which checks).
+        // The fold in the epilogue: the TMA kernel over one split (anything else runs the
+        // partial and then the merge).
         let fold = match into {
-            Some(acc)
-                if matches!(kernel, PrefillKernel::Tma { .. })
-                    && splits == 1
-                    && tq > 0
-                    && acc.out.dtype() == GpuDType::F32
-                    && acc.lse.dtype() == GpuDType::F32
-                    && acc.out.shape() == [tq, nh, d]
-                    && acc.lse.shape() == [tq, nh] =>
-            {
-                Some(acc)
-            }
+            Some(acc) if matches!(kernel, PrefillKernel::Tma { .. }) && splits == 1 && tq > 0 => Some(acc),
             Some(acc) => {
                 let part = self.flash_impl(q, ql, k, v, kl, out_dtype, None)?;
                 return self.merge_into(acc, &part);
