@@ -64,7 +64,7 @@ fn cp_gpu_bench_refuses_bad_arguments_and_says_when_there_is_no_gpu() {
         (&["check", "extra"][..], "unexpected argument 'extra'"),
         (&["bench", "--fast"][..], "unexpected argument '--fast'"),
         (&["profile", "--head-dim", "96"][..], "head dim 64 or 128"),
-        (&["profile", "--turns", "yes"][..], "invalid value 'yes' for '--turns <TURNS>'"),
+        (&["profile", "--pingpong", "yes"][..], "unexpected argument 'yes'"),
         (&["profile", "--schedule", "random"][..], "invalid value 'random' for '--schedule <SCHEDULE>'"),
         (&["profile", "--repeat", "0"][..], "0 is not in 1..=100000"),
     ] {

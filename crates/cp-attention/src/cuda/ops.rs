@@ -11,7 +11,7 @@ use cudarc::driver::{CudaContext, CudaStream, DevicePtr};
 
 use super::decode::{Binding, DecodeArgs, DecodeKernel, DecodeKey, decode_shaped};
 use super::layout::DeviceLayout;
-use super::prefill::{ItemSchedule, PrefillKernel, Turns};
+use super::prefill::{ItemSchedule, PrefillKernel};
 use super::table::{FLASH_VARIANTS, Kernels};
 use super::tensor::{DeviceBuffer, capturing};
 use super::{BufferPool, GpuDType, GpuTensor, cuda_err, driver_available};
@@ -161,7 +161,7 @@ impl CudaAttention {
             scale: None,
             partial_dtype: GpuDType::F32,
             prefill: if wgmma {
-                PrefillKernel::Tma { turns: Turns::Off, schedule: ItemSchedule::ByKvHead, wide: true }
+                PrefillKernel::Tma { pingpong: false, schedule: ItemSchedule::ByKvHead, wide: true }
             } else {
                 PrefillKernel::Mma { warps: 4, m_tiles: 2 }
             },
@@ -239,24 +239,22 @@ impl CudaAttention {
         let mut all: Vec<PrefillKernel> =
             FLASH_VARIANTS.iter().map(|&(warps, m_tiles, _)| PrefillKernel::Mma { warps, m_tiles }).rev().collect();
         if self.kernels.wgmma {
-            let tma = |turns, schedule, wide| PrefillKernel::Tma { turns, schedule, wide };
-            let (off, products) = (Turns::Off, Turns::Products);
+            let tma = |pingpong, schedule, wide| PrefillKernel::Tma { pingpong, schedule, wide };
             let (by_kv, by_range, zigzag, claimed) =
                 (ItemSchedule::ByKvHead, ItemSchedule::ByKeyRange, ItemSchedule::Zigzag, ItemSchedule::Claimed);
             all.splice(
                 0..0,
                 [
-                    tma(off, by_kv, true),
-                    tma(off, by_kv, false),
-                    tma(off, by_range, true),
-                    tma(off, zigzag, true),
-                    tma(off, claimed, true),
-                    tma(products, by_kv, true),
-                    tma(products, by_kv, false),
-                    tma(products, by_range, true),
-                    tma(products, zigzag, true),
-                    tma(products, claimed, true),
-                    tma(Turns::Softmax, by_kv, true),
+                    tma(false, by_kv, true),
+                    tma(false, by_kv, false),
+                    tma(false, by_range, true),
+                    tma(false, zigzag, true),
+                    tma(false, claimed, true),
+                    tma(true, by_kv, true),
+                    tma(true, by_kv, false),
+                    tma(true, by_range, true),
+                    tma(true, zigzag, true),
+                    tma(true, claimed, true),
                     PrefillKernel::Wgmma,
                 ],
             );

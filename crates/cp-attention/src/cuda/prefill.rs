@@ -19,7 +19,7 @@ pub enum PrefillKernel {
     /// TMA bulk tensor copies into a 3-stage ring guarded by mbarriers and scrubs tiles with
     /// masked pairs; two consumer warpgroups of 64 query rows (three at head dim 64 when
     /// `wide`; registers moved to them with `setmaxnreg`) run the wgmma products and the
-    /// softmax, alone or taking turns ([`Turns`]). A persistent grid
+    /// softmax, optionally (`pingpong`) taking turns at the tensor cores. A persistent grid
     /// (one block per multiprocessor) walks the (query block, head, split) items heaviest
     /// first, loading the next item's Q and tiles under the current one's last products and
     /// epilogue. Inputs the copy engine cannot describe (no keys) run on
@@ -27,14 +27,14 @@ pub enum PrefillKernel {
     /// wide (the ping-pong is faster on one GPU's long causal launches, slower on the ring's
     /// steps: `docs/perf-notes.md`, v5.7).
     Tma {
-        /// Whether and where the consumer warpgroups take turns (named barriers).
-        turns: Turns,
+        /// The consumer warpgroups take turns issuing their products (named barriers).
+        pingpong: bool,
         /// How the persistent blocks share the work items.
         schedule: ItemSchedule,
         /// At head dim 64, three consumer warpgroups and 192-row query blocks (as
         /// FlashAttention-3 there: a warpgroup's products are half as long as at 128, so two
         /// warpgroups leave the tensor cores waiting). Head dim 128 always takes two: three
-        /// would not fit their registers. [`Turns::Softmax`] always takes two.
+        /// would not fit their registers.
         wide: bool,
     },
     /// Hopper's warpgroup MMA (`wgmma`, sm_90a only): two warpgroups of 64 query rows sharing
@@ -49,21 +49,6 @@ pub enum PrefillKernel {
         /// 16-row m-tiles per warp.
         m_tiles: usize,
     },
-}
-
-/// Whether and where the TMA kernel's consumer warpgroups take turns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Turns {
-    /// Each warpgroup alone: the Q K^T of key tile j + 1 issued with the P V of tile j, the
-    /// softmax of j + 1 running under that P V (FlashAttention-3's intra-warpgroup overlap).
-    Off,
-    /// As `Off`, with the warpgroups taking turns issuing their products (FlashAttention-3's
-    /// ping-pong).
-    Products,
-    /// No overlap within a warpgroup (Q K^T, softmax, P V in order); the warpgroups take turns
-    /// for the softmax's exponentials, so one's run while the other's products occupy the
-    /// tensor cores (cuDNN's loop). Two consumer warpgroups at every head dim.
-    Softmax,
 }
 
 /// How the TMA kernel's persistent blocks (one per multiprocessor) share the work items, which
@@ -104,7 +89,7 @@ impl PrefillKernel {
     /// Query rows per thread block (a work item of the persistent kernel) at `head_dim`.
     pub fn block_rows(self, head_dim: usize) -> usize {
         match self {
-            PrefillKernel::Tma { wide: true, turns, .. } if head_dim == 64 && turns != Turns::Softmax => 192,
+            PrefillKernel::Tma { wide: true, .. } if head_dim == 64 => 192,
             PrefillKernel::Tma { .. } | PrefillKernel::Wgmma => 128,
             PrefillKernel::Mma { warps, m_tiles } => 16 * warps * m_tiles,
         }
@@ -122,15 +107,11 @@ impl PrefillKernel {
 impl std::fmt::Display for PrefillKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PrefillKernel::Tma { turns, schedule, wide } => write!(
+            PrefillKernel::Tma { pingpong, schedule, wide } => write!(
                 f,
                 "tma+wgmma{}{}{}",
-                match turns {
-                    Turns::Off => "",
-                    Turns::Products => " ping-pong",
-                    Turns::Softmax => " softmax turns",
-                },
-                if *wide && *turns != Turns::Softmax { " wide at D=64" } else { "" },
+                if *pingpong { " ping-pong" } else { "" },
+                if *wide { " wide at D=64" } else { "" },
                 match schedule {
                     ItemSchedule::Zigzag => " zigzag",
                     ItemSchedule::Claimed => " claimed",
@@ -229,16 +210,12 @@ impl CudaAttention {
             PrefillKernel::Tma { .. } | PrefillKernel::Wgmma if !self.kernels.wgmma => {
                 return Err(AttentionError::KernelMissing { name: format!("{prefix} {kernel} (sm_90a only)") });
             }
-            PrefillKernel::Tma { turns, .. } => {
+            PrefillKernel::Tma { pingpong, .. } => {
                 let consumers = kernel.block_rows(d) / 64;
                 let name = format!(
                     "{prefix}_tma{}{}",
                     if consumers == 3 { "3" } else { "" },
-                    match turns {
-                        Turns::Off => "_np",
-                        Turns::Products => "",
-                        Turns::Softmax => "_st",
-                    }
+                    if pingpong { "" } else { "_np" }
                 );
                 (name, 128 * (consumers + 1), flash_tma_smem(d, kernel.block_rows(d)))
             }

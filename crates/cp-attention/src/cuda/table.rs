@@ -63,21 +63,20 @@ pub fn kernel_table(wgmma: bool) -> Vec<KernelEntry> {
                 );
                 if wgmma {
                     all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_wg"), flash_wg_smem(d)));
-                    // Suffixes: the ping-pong, each warpgroup alone, softmax turns (two warpgroups only).
-                    for turns in ["", "_np", "_st"] {
-                        all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_tma{turns}"), flash_tma_smem(d, 128)));
-                        if d == 64 && turns != "_st" {
-                            all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_tma3{turns}"), flash_tma_smem(d, 192)));
+                    for pingpong in ["", "_np"] {
+                        all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_tma{pingpong}"), flash_tma_smem(d, 128)));
+                        if d == 64 {
+                            all.push(entry(format!("flash_fwd_d{d}_{t}_{o}_tma3{pingpong}"), flash_tma_smem(d, 192)));
                         }
                     }
                 }
             }
             if wgmma {
                 // The fold into a running f32 partial (`CudaAttention::flash_into`).
-                for turns in ["", "_np", "_st"] {
-                    all.push(entry(format!("flash_fwd_d{d}_{t}_acc_tma{turns}"), flash_tma_smem(d, 128)));
-                    if d == 64 && turns != "_st" {
-                        all.push(entry(format!("flash_fwd_d{d}_{t}_acc_tma3{turns}"), flash_tma_smem(d, 192)));
+                for pingpong in ["", "_np"] {
+                    all.push(entry(format!("flash_fwd_d{d}_{t}_acc_tma{pingpong}"), flash_tma_smem(d, 128)));
+                    if d == 64 {
+                        all.push(entry(format!("flash_fwd_d{d}_{t}_acc_tma3{pingpong}"), flash_tma_smem(d, 192)));
                     }
                 }
             }

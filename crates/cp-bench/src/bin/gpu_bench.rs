@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use cp_attention::AttentionError;
-use cp_attention::cuda::{CudaAttention, ItemSchedule, PrefillKernel, Turns};
+use cp_attention::cuda::{CudaAttention, ItemSchedule, PrefillKernel};
 use cp_bench::{kernels, write_json};
 
 #[derive(Parser)]
@@ -44,9 +44,10 @@ enum Mode {
         /// Sequences, packed one after another.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
         batch: u32,
-        /// Whether and where the TMA kernel's consumer warpgroups take turns (Hopper only).
-        #[arg(long, value_enum, default_value_t = TurnsArg::Off)]
-        turns: TurnsArg,
+        /// The TMA kernel's warpgroups taking turns at the tensor cores (ping-pong), not the
+        /// default kernel (Hopper only).
+        #[arg(long)]
+        pingpong: bool,
         /// How the TMA kernel's persistent blocks share the work items (Hopper only).
         #[arg(long, value_enum, default_value_t = ScheduleArg::ByKvHead)]
         schedule: ScheduleArg,
@@ -66,17 +67,6 @@ enum Mode {
     },
 }
 
-/// `profile --turns`: [`Turns`].
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum TurnsArg {
-    /// Each warpgroup alone (the default kernel).
-    Off,
-    /// Turns issuing the products (ping-pong).
-    Products,
-    /// Turns for the softmax's exponentials, no overlap within a warpgroup.
-    Softmax,
-}
-
 /// `profile --schedule`: [`ItemSchedule`].
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ScheduleArg {
@@ -92,12 +82,7 @@ enum ScheduleArg {
 
 fn run(mode: Mode) -> anyhow::Result<bool> {
     let mut ops = CudaAttention::new(0)?;
-    if let Mode::Profile { turns: t, schedule: s, .. } = mode {
-        let turns_wanted = match t {
-            TurnsArg::Off => Turns::Off,
-            TurnsArg::Products => Turns::Products,
-            TurnsArg::Softmax => Turns::Softmax,
-        };
+    if let Mode::Profile { pingpong: p, schedule: s, .. } = mode {
         let wanted = match s {
             ScheduleArg::ByKvHead => ItemSchedule::ByKvHead,
             ScheduleArg::ByKeyRange => ItemSchedule::ByKeyRange,
@@ -105,12 +90,12 @@ fn run(mode: Mode) -> anyhow::Result<bool> {
             ScheduleArg::Claimed => ItemSchedule::Claimed,
         };
         match &mut ops.prefill {
-            PrefillKernel::Tma { turns, schedule, .. } => {
-                *turns = turns_wanted;
+            PrefillKernel::Tma { pingpong, schedule, .. } => {
+                *pingpong = p;
                 *schedule = wanted;
             }
-            other if t != TurnsArg::Off || s != ScheduleArg::ByKvHead => {
-                anyhow::bail!("--turns and --schedule need the TMA kernel (Hopper); this device runs {other}")
+            other if p || s != ScheduleArg::ByKvHead => {
+                anyhow::bail!("--pingpong and --schedule need the TMA kernel (Hopper); this device runs {other}")
             }
             _ => {}
         }

@@ -73,7 +73,7 @@ template <int R> DEVI void regs_inc() { asm volatile("setmaxnreg.inc.sync.aligne
 // of the key range.
 struct TmaItem { int h, m0, z, j_lo, j_hi; int4 qt; };
 
-template <int D, int NC, bool BF16, bool OUT_F32, bool PINGPONG, bool ACC = false, bool TURNS = false>
+template <int D, int NC, bool BF16, bool OUT_F32, bool PINGPONG, bool ACC = false>
 __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const TmaMap* v_map, void* __restrict__ out,
                               float* __restrict__ lse, const int* __restrict__ q_seq, const int* __restrict__ q_pos,
                               const int* __restrict__ k_seq, const int* __restrict__ k_pos,
@@ -82,7 +82,6 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                               int tk, int nh, int nkv, float scale_log2, int splits, int split_tiles) {
 #if CP_WGMMA
     static_assert(NC == 2 || (NC == 3 && D == 64), "three consumer warpgroups only at head dim 64 (registers)");
-    static_assert(!TURNS || (NC == 2 && !PINGPONG), "softmax turns: two consumer warpgroups, no ping-pong");
     // mode: bit 0, claim items from `next_item` (else dealt in a zigzag); bit 1, number them
     // KV head first (see `item`).
     const bool dynamic = (mode & 1) != 0, kv_major = (mode & 2) != 0;
@@ -348,18 +347,14 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
     } else {
         // The consumers: each role is one branch of this if/else, or ptxas ignores setmaxnreg.
         regs_inc<CONSUMER_REGS>();
-        // TURNS keeps the softmax scale in shared memory too: read back after a turn's barrier,
-        // it keeps ptxas from hoisting the exponentials above it (register arithmetic crosses
-        // bar.sync freely; a shared load does not, and every exponential needs the scale).
-        if (TURNS) asm volatile("st.shared.f32 [%0], %1;" ::"r"(scratch + 4), "f"(scale_log2) : "memory");
         const int c = wg - 1, wq = (tid >> 5) & 3, g = lane >> 2;
         const int r0 = c * 64 + wq * 16 + g;  // this thread's rows (block-local): r0 and r0 + 8
         const u32 q_base = base + c * 64 * 128;
         // Ping-pong: warpgroup c issues its products after `named_sync(1 + c)` and then lets the
         // next go (`named_arrive` on the barrier of c + 1, mod NC; each barrier counts the two
         // warpgroups that meet there); the last warpgroup lets warpgroup 0 start each item.
-        auto my_turn = [&]() { if (PINGPONG || TURNS) named_sync(1 + c, 256); };
-        auto your_turn = [&]() { if (PINGPONG || TURNS) named_arrive(1 + (c + 1) % NC, 256); };
+        auto my_turn = [&]() { if (PINGPONG) named_sync(1 + c, 256); };
+        auto your_turn = [&]() { if (PINGPONG) named_arrive(1 + (c + 1) % NC, 256); };
         u32 scrub_phase = 0;  // per stage: the parity of its next "scrubbed" phase
         int it = 0;
         int end_st = 0;  // the stage of the item's end, released by `finish_item`
@@ -419,64 +414,6 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
             int kind = 0, pos0 = 0, j = wait_tile(kind, pos0);
             if (j < 0) {
                 mbar_arrive(q_empty);
-                finish_item();
-            } else if constexpr (TURNS) {
-                // Per tile, in order: Q K^T, its wait, the mask and the running maximum; then, in
-                // this warpgroup's turn, the exponentials, O's rescaling and P; then P V and its
-                // wait (cuDNN's loop, read from its SASS in session 12). The turns alternate, so
-                // one warpgroup's exponentials run under the other's products (the last
-                // warpgroup lets warpgroup 0 start each item; warpgroup 0 takes one turn more at
-                // its end, as in the ping-pong).
-                if (c == NC - 1) your_turn();
-                bool first = true;
-                #pragma unroll 1
-                for (;;) {
-                    const int cs = (it - 1) % ST;
-                    const bool cs_masked = LATE_SCRUB_WAIT && kind >= 2;
-                    wg_fence();
-                    wg_qk<D, BN, BF16>(s, q_base, BM, sk(cs));
-                    wg_commit();
-                    wg_wait<0>();
-                    pin<BN / 2>(s);
-                    float corr[2], rsum[2], m_use[2];
-                    wg_mask<BN>(s, kind, pos0, j, tk, rows, k_seq, k_pos);
-                    #pragma unroll
-                    for (int i = 0; i < 2; i++) m_use[i] = wg_row_max<BN>(s, i, scale_log2, m_run, corr);
-                    // The next tile (or the item's end) is known before this one's P V: the last
-                    // warpgroup releases Q as soon as its last product has run; warpgroup 0 only
-                    // after its extra turn below, so that the last cannot start the next item's
-                    // turns (on the same named barrier) before that turn is taken.
-                    int kind_n = 0, pos0_n = 0;
-                    const int jn = wait_tile(kind_n, pos0_n);
-                    if (jn < 0 && c != 0) mbar_arrive(q_empty);
-                    my_turn();
-                    float scale_turn;
-                    asm volatile("ld.shared.f32 %0, [%1];" : "=f"(scale_turn) : "r"(scratch + 4) : "memory");
-                    #pragma unroll
-                    for (int i = 0; i < 2; i++) rsum[i] = wg_row_exp<BN>(s, i, scale_turn, m_use[i]);
-                    if (first) {
-                        wg_first<BN, BF16>(p, s, l_run, rsum);
-                    } else {
-                        wg_rescale<D, BN, BF16>(o, p, s, l_run, corr, rsum);
-                    }
-                    your_turn();
-                    first = false;
-                    if (cs_masked) wait_scrubbed(cs);
-                    wg_fence();
-                    wg_pv<D, BN, BF16>(o, p, sv(cs));
-                    wg_commit();
-                    wg_wait<0>();
-                    pin<D / 2>(o);
-                    mbar_arrive(empty(cs));
-                    if (jn < 0) break;
-                    j = jn;
-                    kind = kind_n;
-                    pos0 = pos0_n;
-                }
-                if (c == 0) {
-                    my_turn();
-                    mbar_arrive(q_empty);
-                }
                 finish_item();
             } else {  // the same in both warpgroups
                 float corr[2], rsum[2];
@@ -545,18 +482,17 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
 #endif
 }
 
-#define FLASH_TMA_ENTRY_T(NAME, D, NC, BF16, OUT_F32, PINGPONG, ACC, TURNS)                                            \
+#define FLASH_TMA_ENTRY_ACC(NAME, D, NC, BF16, OUT_F32, PINGPONG, ACC)                                            \
     extern "C" __global__ void __launch_bounds__(128 * (NC + 1), 1) NAME(                                                    \
         const __grid_constant__ TmaMap q_map, const __grid_constant__ TmaMap k_map,                               \
         const __grid_constant__ TmaMap v_map, const u16* q, const u16* k, const u16* v, void* out, float* lse,   \
         const int* q_seq, const int* q_pos, const int* k_seq, const int* k_pos, const int4* q_tiles,             \
         const int4* k_tiles, const int* q_order, int* next_item, int mode, int tq, int tk, int nh, int nkv,   \
         float scale_log2, int splits, int split_tiles) {                                                          \
-        flash_fwd_tma<D, NC, BF16, OUT_F32, PINGPONG, ACC, TURNS>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, k_pos,  \
+        flash_fwd_tma<D, NC, BF16, OUT_F32, PINGPONG, ACC>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, k_pos,  \
                                                   q_tiles, k_tiles, q_order, next_item, mode, tq, tk, nh, nkv,    \
                                                   scale_log2, splits, split_tiles);                               \
     }
-#define FLASH_TMA_ENTRY_ACC(NAME, D, NC, BF16, OUT_F32, PINGPONG, ACC) FLASH_TMA_ENTRY_T(NAME, D, NC, BF16, OUT_F32, PINGPONG, ACC, false)
 #define FLASH_TMA_ENTRY(NAME, D, NC, BF16, OUT_F32, PINGPONG) FLASH_TMA_ENTRY_ACC(NAME, D, NC, BF16, OUT_F32, PINGPONG, false)
 // q, k and v are passed beside their tensor maps only so that the host's buffer tracking sees
 // them read; the kernel reads them through the maps.
@@ -600,16 +536,3 @@ FLASH_TMA_ENTRY_ACC(flash_fwd_d128_bf16_acc_tma, 128, 2, true, true, true, true)
 FLASH_TMA_ENTRY_ACC(flash_fwd_d128_f16_acc_tma, 128, 2, false, true, true, true)
 FLASH_TMA_ENTRY_ACC(flash_fwd_d128_bf16_acc_tma_np, 128, 2, true, true, false, true)
 FLASH_TMA_ENTRY_ACC(flash_fwd_d128_f16_acc_tma_np, 128, 2, false, true, false, true)
-// Softmax turns (no overlap within a warpgroup; two consumer warpgroups).
-FLASH_TMA_ENTRY_T(flash_fwd_d64_bf16_f32_tma_st, 64, 2, true, true, false, false, true)
-FLASH_TMA_ENTRY_T(flash_fwd_d64_bf16_b16_tma_st, 64, 2, true, false, false, false, true)
-FLASH_TMA_ENTRY_T(flash_fwd_d64_f16_f32_tma_st, 64, 2, false, true, false, false, true)
-FLASH_TMA_ENTRY_T(flash_fwd_d64_f16_b16_tma_st, 64, 2, false, false, false, false, true)
-FLASH_TMA_ENTRY_T(flash_fwd_d128_bf16_f32_tma_st, 128, 2, true, true, false, false, true)
-FLASH_TMA_ENTRY_T(flash_fwd_d128_bf16_b16_tma_st, 128, 2, true, false, false, false, true)
-FLASH_TMA_ENTRY_T(flash_fwd_d128_f16_f32_tma_st, 128, 2, false, true, false, false, true)
-FLASH_TMA_ENTRY_T(flash_fwd_d128_f16_b16_tma_st, 128, 2, false, false, false, false, true)
-FLASH_TMA_ENTRY_T(flash_fwd_d64_bf16_acc_tma_st, 64, 2, true, true, false, true, true)
-FLASH_TMA_ENTRY_T(flash_fwd_d64_f16_acc_tma_st, 64, 2, false, true, false, true, true)
-FLASH_TMA_ENTRY_T(flash_fwd_d128_bf16_acc_tma_st, 128, 2, true, true, false, true, true)
-FLASH_TMA_ENTRY_T(flash_fwd_d128_f16_acc_tma_st, 128, 2, false, true, false, true, true)

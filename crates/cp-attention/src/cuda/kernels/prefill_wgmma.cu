@@ -148,10 +148,11 @@ DEVI WgRows wg_rows(int row0, int tq, const int* __restrict__ q_seq, const int* 
 
 // Masks a warpgroup's S tile of key tile j in place (raw scores; -inf where not visible; `kind`
 // from `classify`, or 3: one sequence, every key row present, positions pos0, pos0 + 1, ... —
-// the mask is arithmetic).
+// the mask is arithmetic) and runs the online softmax on it: S becomes 2^(S * scale - m), corr
+// the factor for what came before, rsum this thread's row sums of the tile.
 template <int BN>
-DEVI void wg_mask(float* s, int kind, int pos0, int j, int tk, const WgRows& rows, const int* __restrict__ k_seq,
-                  const int* __restrict__ k_pos) {
+DEVI void wg_softmax(float* s, int kind, int pos0, int j, int tk, const WgRows& rows, const int* __restrict__ k_seq,
+                     const int* __restrict__ k_pos, float scale_log2, float* m_run, float* corr, float* rsum) {
     const int t4 = threadIdx.x & 3;
     if (kind == 1 && (j + 1) * BN > tk) kind = 2;  // a short last tile: mask its missing rows
     if (kind == 3) {
@@ -173,49 +174,30 @@ DEVI void wg_mask(float* s, int kind, int pos0, int j, int tk, const WgRows& row
                 if (!vis) s[4 * a + e] = NEG_INF;
             }
     }
-}
-
-// The online softmax's maximum for this thread's row i (0: r0, 1: r0 + 8) of a masked S tile:
-// updates m_run, sets corr (the factor for what came before) and returns what the exponentials
-// subtract.
-template <int BN> DEVI float wg_row_max(const float* s, int i, float scale_log2, float* m_run, float* corr) {
-    float mx = NEG_INF;
     #pragma unroll
-    for (int a = 0; a < BN / 8; a++) mx = fmaxf(mx, fmaxf(s[4 * a + 2 * i], s[4 * a + 2 * i + 1]));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-    const float m_new = fmaxf(m_run[i], mx * scale_log2);
-    // Rows that have seen nothing yet keep m = -inf; subtract 0 so exp2 gives 0, not NaN.
-    const float m_use = m_new == NEG_INF ? 0.f : m_new;
-    // Exactly 1 where the maximum stays (wg_rescale then skips O's rescaling).
-    corr[i] = m_new == m_run[i] ? 1.f : ex2(m_run[i] - m_use);
-    m_run[i] = m_new;
-    return m_use;
-}
-
-// Row i's exponentials, S becoming 2^(S * scale - m_use); returns this thread's sum of them.
-template <int BN> DEVI float wg_row_exp(float* s, int i, float scale_log2, float m_use) {
-    float sum = 0.f;
-    #pragma unroll
-    for (int a = 0; a < BN / 8; a++)
+    for (int i = 0; i < 2; i++) {
+        float mx = NEG_INF;
         #pragma unroll
-        for (int e = 0; e < 2; e++) {
-            const float x = ex2(fmaf(s[4 * a + 2 * i + e], scale_log2, -m_use));
-            s[4 * a + 2 * i + e] = x;
-            sum += x;
-        }
-    return sum;
-}
-
-// Masks a warpgroup's S tile of key tile j (`wg_mask`) and runs the online softmax on it: S
-// becomes 2^(S * scale - m), corr the factor for what came before, rsum this thread's row sums
-// of the tile.
-template <int BN>
-DEVI void wg_softmax(float* s, int kind, int pos0, int j, int tk, const WgRows& rows, const int* __restrict__ k_seq,
-                     const int* __restrict__ k_pos, float scale_log2, float* m_run, float* corr, float* rsum) {
-    wg_mask<BN>(s, kind, pos0, j, tk, rows, k_seq, k_pos);
-    #pragma unroll
-    for (int i = 0; i < 2; i++) rsum[i] = wg_row_exp<BN>(s, i, scale_log2, wg_row_max<BN>(s, i, scale_log2, m_run, corr));
+        for (int a = 0; a < BN / 8; a++) mx = fmaxf(mx, fmaxf(s[4 * a + 2 * i], s[4 * a + 2 * i + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+        const float m_new = fmaxf(m_run[i], mx * scale_log2);
+        // Rows that have seen nothing yet keep m = -inf; subtract 0 so exp2 gives 0, not NaN.
+        const float m_use = m_new == NEG_INF ? 0.f : m_new;
+        // Exactly 1 where the maximum stays (wg_rescale then skips O's rescaling).
+        corr[i] = m_new == m_run[i] ? 1.f : ex2(m_run[i] - m_use);
+        m_run[i] = m_new;
+        float sum = 0.f;
+        #pragma unroll
+        for (int a = 0; a < BN / 8; a++)
+            #pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float x = ex2(fmaf(s[4 * a + 2 * i + e], scale_log2, -m_use));
+                s[4 * a + 2 * i + e] = x;
+                sum += x;
+            }
+        rsum[i] = sum;
+    }
 }
 
 // A warpgroup tile's accumulators before its first key tile: O and S zero, nothing seen yet.
