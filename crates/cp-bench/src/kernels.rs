@@ -14,7 +14,9 @@
 
 use std::sync::Arc;
 
-use cp_attention::cuda::{CudaAttention, DecodeKernel, DeviceLayout, GpuDType, GpuTensor, PrefillKernel, kv_splits};
+use cp_attention::cuda::{
+    CudaAttention, DecodeKernel, DeviceLayout, GpuDType, GpuTensor, PrefillKernel, TailMode, kv_splits,
+};
 use cp_attention::reference::{self, Heads, discrepancy};
 use cp_attention::{AttentionError, Partial};
 use cp_shard::{Layout, PrefillShards, Span, Token};
@@ -196,7 +198,17 @@ fn check_case(ops: &CudaAttention, rng: &mut Rng, case: &Case) -> Result<(String
         0
     };
     let nan_note = if nan_rows > 0 { format!(", {nan_rows} NaN elements expected") } else { String::new() };
-    let split_note = if splits > 1 { format!(" [{splits} KV splits]") } else { String::new() };
+    let split_note = match ops.prefill_tail(
+        &case.q_layout,
+        case.fold.as_ref().map_or(&case.kv_layout, |f| &f.1),
+        n_heads,
+        head_dim,
+    )? {
+        _ if tq <= DECODE_ROWS => String::new(),
+        Some(t) => format!(" [tail: {} items x {} pieces]", t.items, t.pieces),
+        None if splits > 1 => format!(" [{splits} KV splits]"),
+        None => String::new(),
+    };
     Ok((
         format!(
             "{:<44}{split_note} Tq={tq:<5} Tk={tk:<5} out relL2 {:.2e} (tol {tol_out:.0e}) max {:.2e}, lse relL2 {:.2e}, {masked} masked row-heads{nan_note}, non-finite mismatches {}",
@@ -392,6 +404,26 @@ pub fn check(ops: &mut CudaAttention) -> Result<bool> {
                     layout_of(&[(Some(0), 0, 300), (Some(1), 0, 40)]),
                     layout_of(&[(Some(0), 300, 200), (Some(2), 0, 30), (Some(3), 0, 15)]),
                 ));
+                // A pass-KV step's shape: a rank's two chunks (positions 0..150, padding, 600..760)
+                // against keys 300..450 — the first chunk sees none of them (at 128-row blocks,
+                // a block that sees nothing: numbered last, and a fold skips it), the others all
+                // (equal items: the tail split's case). Alone, and folded after keys 0..300.
+                let chunks = layout_of(&[(Some(0), 0, 150), (None, 0, 10), (Some(0), 600, 160)]);
+                cases.push(Case::new(
+                    format!("ring step, a chunk seeing nothing, {tag}"),
+                    dtype,
+                    heads,
+                    chunks.clone(),
+                    layout_of(&[(Some(0), 300, 150)]),
+                ));
+                cases.push(Case::folded(
+                    format!("fold: ring step, a chunk seeing nothing, {tag}"),
+                    dtype,
+                    heads,
+                    chunks,
+                    layout_of(&[(Some(0), 0, 300)]),
+                    layout_of(&[(Some(0), 300, 150)]),
+                ));
                 // Several key tiles per query block, two sequences: the wgmma kernel's 3-stage
                 // ring turns over more than once and skips the other sequence's tiles.
                 if dtype == GpuDType::Bf16 && n_heads / n_kv_heads == 4 {
@@ -456,6 +488,19 @@ pub fn check(ops: &mut CudaAttention) -> Result<bool> {
         println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
         all_ok &= ok;
     }
+    // The tail split on every launch whose busy items are equal and whose last round is short:
+    // on the 3 blocks (several rounds, pieces after them) and on all (every item cut).
+    ops.tail_mode = TailMode::Always;
+    for reserve in [reserved, 0] {
+        ops.reserve_sms(reserve)?;
+        println!("  prefill kernel {}, tail split always, {reserve} multiprocessors reserved:", ops.prefill);
+        for case in cases.iter().filter(|c| !c.name.starts_with("decode")) {
+            let (line, ok) = check_case(ops, &mut rng, case)?;
+            println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
+            all_ok &= ok;
+        }
+    }
+    ops.tail_mode = TailMode::Auto;
     ops.reserve_sms(0)?;
     let (line, ok) = check_merges(ops, &mut rng)?;
     println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
@@ -870,13 +915,25 @@ pub struct ProfileShape {
     pub batch: usize,
     /// Queries after all of their sequence's keys, no mask; else causal.
     pub off_diagonal: bool,
+    /// `(world, rank)`: instead of one launch, rank `rank`'s compute steps of ring pass-KV over
+    /// `world` ranks (one sequence of `tokens`, load-balanced shards), the first step's partial
+    /// and each later step folded into it, as `cp_ring::pass_kv` runs them — on this one GPU,
+    /// without the transfers.
+    pub ring: Option<(usize, usize)>,
 }
 
 /// `repeat` prefills of `shape` (one for `ncu`), back to back on one stream; more than one are
 /// timed as a whole (CUDA events around all of them, after the usual warm-up: the sustained rate,
 /// at the clock the card holds under load).
 pub fn profile(ops: &CudaAttention, shape: &ProfileShape, repeat: usize) -> Result<()> {
-    let ProfileShape { head_dim, tokens, batch, off_diagonal } = *shape;
+    let ProfileShape { head_dim, tokens, batch, off_diagonal, ring } = *shape;
+    if let Some((world, rank)) = ring {
+        anyhow::ensure!(
+            batch == 1 && !off_diagonal,
+            "a ring profile takes one causal sequence (no --batch, no --off-diagonal)"
+        );
+        return profile_ring(ops, head_dim, tokens, world, rank, repeat);
+    }
     let s = ops.stream().clone();
     let mut rng = Rng(1);
     let q_start = if off_diagonal { tokens } else { 0 };
@@ -915,9 +972,113 @@ pub fn profile(ops: &CudaAttention, shape: &ProfileShape, repeat: usize) -> Resu
     Ok(())
 }
 
+/// Query-key pairs of one sequence that see each other (key position at or before the query's)
+/// between the tokens of `q` and of `k`.
+fn visible_pairs(q: &[Span], k: &[Span]) -> u64 {
+    let mut pairs = 0u64;
+    for qs in q {
+        for ks in k {
+            for p in qs.start..qs.end() {
+                pairs += (p + 1).saturating_sub(ks.start).min(ks.len) as u64;
+            }
+        }
+    }
+    pairs
+}
+
+/// [`profile`] of rank `rank`'s pass-KV steps over `world` ranks (see [`ProfileShape::ring`]):
+/// each step timed with CUDA events around it, summed over `repeat` rounds after the warm-up.
+fn profile_ring(
+    ops: &CudaAttention,
+    head_dim: usize,
+    tokens: usize,
+    world: usize,
+    rank: usize,
+    repeat: usize,
+) -> Result<()> {
+    use cp_ring::AttentionOps;
+    let shards = PrefillShards::new(world, 0, tokens)?;
+    anyhow::ensure!(rank < world, "rank {rank} of a ring of {world}");
+    let s = ops.stream().clone();
+    let mut rng = Rng(1);
+    let layouts = (0..world).map(|r| shards.q_layout(0, r)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let rows = layouts[rank].len();
+    let q = random_tensor(&s, &mut rng, &[rows, 32, head_dim])?;
+    let kv = (0..world)
+        .map(|_| {
+            Ok((random_tensor(&s, &mut rng, &[rows, 8, head_dim])?, random_tensor(&s, &mut rng, &[rows, 8, head_dim])?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Step j holds the block that started on rank (rank - j) mod world.
+    let order: Vec<usize> = (0..world).map(|j| (rank + world - j) % world).collect();
+    let step = |acc: Option<Partial<GpuTensor>>, src: usize| -> Result<Partial<GpuTensor>> {
+        let (ql, kl, (k, v)) = (&layouts[rank], &layouts[src], &kv[src]);
+        Ok(match acc {
+            None => ops.partial(&q, ql, k, v, kl)?,
+            Some(acc) => ops.partial_into(acc, &q, ql, k, v, kl)?,
+        })
+    };
+    warm_up(|| {
+        let mut acc = None;
+        for &src in &order {
+            acc = Some(step(acc, src)?);
+        }
+        Ok(ops.synchronize()?)
+    })?;
+    let err = |e| anyhow::anyhow!("event: {e:?}");
+    let mut step_ms = vec![0.0f64; world];
+    let started = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err)?;
+    for _ in 0..repeat {
+        let mut acc = None;
+        let mut events = vec![s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err)?];
+        for &src in &order {
+            acc = Some(step(acc, src)?);
+            events.push(s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err)?);
+        }
+        ops.synchronize()?;
+        for (j, pair) in events.windows(2).enumerate() {
+            step_ms[j] += pair[0].elapsed_ms(&pair[1]).map_err(err)? as f64;
+        }
+    }
+    let ended = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err)?;
+    ops.synchronize()?;
+    let total = started.elapsed_ms(&ended).map_err(err)? as f64 / repeat as f64;
+    let spans = |r: usize| shards.spans(r).map(|s| s.to_vec());
+    let mut detail = Vec::new();
+    for (j, &src) in order.iter().enumerate() {
+        let ms = step_ms[j] / repeat as f64;
+        let flops = 4.0 * 32.0 * head_dim as f64 * visible_pairs(&spans(rank)?, &spans(src)?) as f64;
+        detail.push(format!("{ms:.3} ms ({:.0} TFLOP/s)", flops / ms / 1e9));
+    }
+    let flops = attention_flops(32, tokens, tokens, head_dim, true) / world as f64;
+    println!(
+        "ring pass-KV steps T={tokens} D={head_dim} world {world} rank {rank} ({}): {repeat} rounds, {total:.3} ms each, \
+         {:.1} TFLOP/s (the causal whole / world); steps: {}",
+        ops.prefill,
+        flops / total / 1e9,
+        detail.join(", ")
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::attention_flops;
+    use super::{attention_flops, visible_pairs};
+    use cp_shard::{PrefillShards, Span};
+
+    #[test]
+    fn visible_pairs_of_a_ring_add_up_to_the_causal_whole() {
+        // Every rank's queries against every rank's keys: T (T + 1) / 2 pairs in all.
+        let shards = PrefillShards::new(4, 0, 1000).unwrap();
+        let total: u64 = (0..4)
+            .flat_map(|q| (0..4).map(move |k| (q, k)))
+            .map(|(q, k)| visible_pairs(&shards.spans(q).unwrap(), &shards.spans(k).unwrap()))
+            .sum();
+        assert_eq!(total, 1000 * 1001 / 2);
+        // Queries 10..12 against keys 0..11: 11 + 11 pairs (key 11 is after query 10).
+        assert_eq!(visible_pairs(&[Span::new(10, 2)], &[Span::new(0, 11)]), 11 + 11);
+        assert_eq!(visible_pairs(&[Span::new(0, 5)], &[Span::new(5, 5)]), 0);
+    }
 
     #[test]
     fn attention_flops_count_two_products_and_half_for_causal() {

@@ -66,6 +66,9 @@ fn cp_gpu_bench_refuses_bad_arguments_and_says_when_there_is_no_gpu() {
         (&["profile", "--head-dim", "96"][..], "head dim 64 or 128"),
         (&["profile", "--pingpong", "yes"][..], "unexpected argument 'yes'"),
         (&["profile", "--schedule", "random"][..], "invalid value 'random' for '--schedule <SCHEDULE>'"),
+        (&["profile", "--tail-split", "maybe"][..], "invalid value 'maybe' for '--tail-split <TAIL_SPLIT>'"),
+        (&["profile", "--ring-world", "1"][..], "1 is not in 2..=64"),
+        (&["profile", "--ring-rank", "1"][..], "--ring-world <RING_WORLD>"),
         (&["profile", "--repeat", "0"][..], "0 is not in 1..=100000"),
     ] {
         let (code, text) = run(args);

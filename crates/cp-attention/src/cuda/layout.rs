@@ -27,11 +27,13 @@ pub struct DeviceLayout {
     pub(crate) seq: CudaSlice<i32>,
     pub(crate) pos: CudaSlice<i32>,
     pub(crate) tiles: CudaSlice<i32>,
+    /// The same summaries on the host.
+    pub(crate) summaries: Vec<i32>,
     pub(crate) seq_ranges: Option<std::collections::HashMap<usize, (usize, usize)>>,
     /// The query blocks heaviest first ([`heavy_first_blocks`]) — of 128 rows, then of 192 —
     /// each uploaded by the first prefill launch that takes this layout as its queries in blocks
     /// of that size.
-    pub(crate) block_order: [std::sync::OnceLock<CudaSlice<i32>>; 2],
+    pub(crate) block_order: [std::sync::OnceLock<(Vec<i32>, CudaSlice<i32>)>; 2],
 }
 
 /// The blocks of `tiles_per_block` 64-row tiles (2: 128 rows, 3: 192) of a layout with 64-row
@@ -51,6 +53,77 @@ pub(crate) fn heavy_first_blocks(summaries: &[i32], tiles_per_block: usize) -> V
     let mut order: Vec<usize> = (0..n64.div_ceil(per)).collect();
     order.sort_by_key(|&b| std::cmp::Reverse((weight(b).unwrap_or(-1), b)));
     order.into_iter().map(|b| b as i32).collect()
+}
+
+/// The summary of `count` consecutive 64-row summaries from `first` (those past the end count as
+/// padding), as the kernels' `tiles_summary`.
+fn combined(summaries: &[i32], first: usize, count: usize) -> [i32; 4] {
+    let n = summaries.len() / 4;
+    let at = |t: usize| {
+        if t < n {
+            [summaries[4 * t], summaries[4 * t + 1], summaries[4 * t + 2], summaries[4 * t + 3]]
+        } else {
+            [-1, 0, 0, 1]
+        }
+    };
+    (first + 1..first + count).fold(at(first), |a, t| {
+        let b = at(t);
+        if a[0] == -1 {
+            [b[0], b[1], b[2], 1]
+        } else if b[0] == -1 {
+            [a[0], a[1], a[2], 1]
+        } else {
+            [if a[0] == b[0] { a[0] } else { -2 }, a[1].min(b[1]), a[2].max(b[2]), a[3] | b[3]]
+        }
+    })
+}
+
+/// Whether some query of tile summary `q` may see some key of `k` (the kernels' `classify`
+/// is not 0): both hold real rows, the keys start at or before the last query, and the
+/// sequences are not two different single ones. The brute force `visible_key_tiles` is tested
+/// against.
+#[cfg(test)]
+fn may_see(q: [i32; 4], k: [i32; 4]) -> bool {
+    q[0] != -1 && k[0] != -1 && k[1] <= q[2] && !(q[0] >= 0 && k[0] >= 0 && q[0] != k[0])
+}
+
+/// For each query block of `q_per_block` 64-row tiles (summaries `q_summaries`), how many key
+/// tiles of `k_per_tile` 64-row tiles (`k_summaries`) the TMA kernel visits for it (those
+/// [`may_see`] says some of its queries see): its work. By sequence and first position, a
+/// binary search per block.
+pub(crate) fn visible_key_tiles(
+    q_summaries: &[i32],
+    q_per_block: usize,
+    k_summaries: &[i32],
+    k_per_tile: usize,
+) -> Vec<usize> {
+    let (nq, nk) = ((q_summaries.len() / 4).div_ceil(q_per_block), (k_summaries.len() / 4).div_ceil(k_per_tile));
+    // First positions of the key tiles: of each single sequence, of the mixed ones, of all.
+    let mut by_seq: std::collections::HashMap<i32, Vec<i32>> = Default::default();
+    let (mut mixed, mut all) = (Vec::new(), Vec::new());
+    for t in 0..nk {
+        let k = combined(k_summaries, t * k_per_tile, k_per_tile);
+        match k[0] {
+            -1 => continue,
+            -2 => mixed.push(k[1]),
+            s => by_seq.entry(s).or_default().push(k[1]),
+        }
+        all.push(k[1]);
+    }
+    for v in by_seq.values_mut().chain([&mut mixed, &mut all]) {
+        v.sort_unstable();
+    }
+    let at_or_before = |v: &[i32], last: i32| v.partition_point(|&first| first <= last);
+    (0..nq)
+        .map(|b| {
+            let q = combined(q_summaries, b * q_per_block, q_per_block);
+            match q[0] {
+                -1 => 0,
+                -2 => at_or_before(&all, q[2]),
+                s => by_seq.get(&s).map_or(0, |v| at_or_before(v, q[2])) + at_or_before(&mixed, q[2]),
+            }
+        })
+        .collect()
 }
 
 /// Summaries of consecutive tiles of `tile` rows, from per-row tokens (the reference the
@@ -205,11 +278,13 @@ impl DeviceLayout {
             unsafe { b.launch(cfg) }.map_err(cuda_err("launch expand_runs"))?;
             (seq, pos)
         };
+        let summaries = tile_summaries_of_runs(layout, TILE);
         Ok(DeviceLayout {
             rows,
             seq,
             pos,
-            tiles: up(&tile_summaries_of_runs(layout, TILE))?,
+            tiles: up(&summaries)?,
+            summaries,
             seq_ranges: seq_ranges(layout),
             layout: layout.clone(),
             block_order: Default::default(),
@@ -230,6 +305,54 @@ mod tests {
 
     fn tokens(layout: &Layout) -> Vec<Option<Token>> {
         layout.rows().collect()
+    }
+
+    #[test]
+    fn visible_key_tiles_count_what_the_kernel_classifies_visible() {
+        // Brute force with the kernel's rule on every (query block, key tile) pair, over layouts
+        // of packed sequences, padding, and a rank's two chunks of one sequence.
+        let layouts = [
+            layout_of_runs(&[(Some(0), 0, 300)]),
+            layout_of_runs(&[(Some(0), 300, 200), (None, 0, 5), (Some(1), 50, 20), (Some(3), 10, 10)]),
+            layout_of_runs(&[(Some(0), 0, 300), (Some(1), 0, 40)]),
+            layout_of_runs(&[(Some(0), 0, 150), (None, 0, 10), (Some(0), 600, 160)]),
+            layout_of_runs(&[(Some(0), 300, 150)]),
+            layout_of_runs(&[(Some(2), 0, 64), (Some(0), 900, 70), (None, 0, 100)]),
+            Layout::new(),
+        ];
+        for ql in &layouts {
+            for kl in &layouts {
+                let (qs, ks) = (tile_summaries_of_runs(ql, TILE), tile_summaries_of_runs(kl, TILE));
+                for (per_block, per_tile) in [(2, 2), (3, 2), (1, 1)] {
+                    let got = visible_key_tiles(&qs, per_block, &ks, per_tile);
+                    let nq = (qs.len() / 4).div_ceil(per_block);
+                    let nk = (ks.len() / 4).div_ceil(per_tile);
+                    let want: Vec<usize> = (0..nq)
+                        .map(|b| {
+                            let q = combined(&qs, b * per_block, per_block);
+                            (0..nk).filter(|&t| may_see(q, combined(&ks, t * per_tile, per_tile))).count()
+                        })
+                        .collect();
+                    assert_eq!(got, want, "{ql:?} against {kl:?}, {per_block}/{per_tile}");
+                }
+            }
+        }
+        // A rank's first chunk (positions 0..150) sees none of keys 300..450; its second all.
+        let q = tile_summaries_of_runs(&layouts[3], TILE);
+        let k = tile_summaries_of_runs(&layouts[4], TILE);
+        assert_eq!(visible_key_tiles(&q, 2, &k, 2), vec![0, 2, 2]);
+    }
+
+    /// A layout from (sequence or padding, first position, rows) runs.
+    fn layout_of_runs(runs: &[(Option<usize>, usize, usize)]) -> Layout {
+        let mut l = Layout::new();
+        for &(seq, start, len) in runs {
+            match seq {
+                Some(seq) => l.push_tokens(seq, Span::new(start, len)),
+                None => l.push_padding(len),
+            }
+        }
+        l
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub use compile::{SOURCE, compile, cubin, nvrtc_available};
 pub use decode::{BoundDecode, DecodeArgs, DecodeBindings, DecodeKernel};
 pub use layout::DeviceLayout;
 pub use ops::{CudaAttention, Pinned};
-pub use prefill::{ItemSchedule, PrefillKernel, kv_splits};
+pub use prefill::{ItemSchedule, PrefillKernel, TailMode, TailPlan, kv_splits, tail_plan};
 pub use table::{KernelEntry, kernel_table};
 pub use tensor::{BufferPool, GpuDType, GpuTensor};
 

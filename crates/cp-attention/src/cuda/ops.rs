@@ -11,7 +11,7 @@ use cudarc::driver::{CudaContext, CudaStream, DevicePtr};
 
 use super::decode::{Binding, DecodeArgs, DecodeKernel, DecodeKey, decode_shaped};
 use super::layout::DeviceLayout;
-use super::prefill::{ItemSchedule, PrefillKernel};
+use super::prefill::{ItemSchedule, PrefillKernel, TailMode};
 use super::table::{FLASH_VARIANTS, Kernels};
 use super::tensor::{DeviceBuffer, capturing};
 use super::{BufferPool, GpuDType, GpuTensor, cuda_err, driver_available};
@@ -64,6 +64,9 @@ pub struct CudaAttention {
     /// Whether a prefill launch that under-fills the GPU splits its key range ([`kv_splits`](super::kv_splits));
     /// on by default.
     pub split_kv: bool,
+    /// Whether a TMA launch of equal items runs its short last round as pieces ([`TailMode`]);
+    /// [`TailMode::Auto`] by default.
+    pub tail_mode: TailMode,
     /// When on, every output buffer is first filled with 0xFF bytes (NaN in f32, bf16 and f16),
     /// so a check can prove every element was written. Off by default (a memset per output).
     pub poison_outputs: bool,
@@ -167,6 +170,7 @@ impl CudaAttention {
             },
             decode_kernel: DecodeKernel::TensorCore,
             split_kv: true,
+            tail_mode: TailMode::Auto,
             poison_outputs: false,
             decode_args: Arc::default(),
             binding: Arc::default(),
@@ -191,6 +195,7 @@ impl CudaAttention {
             prefill: self.prefill,
             decode_kernel: self.decode_kernel,
             split_kv: self.split_kv,
+            tail_mode: self.tail_mode,
             poison_outputs: self.poison_outputs,
             decode_args: if share { self.decode_args.clone() } else { Arc::default() },
             binding: Arc::default(),

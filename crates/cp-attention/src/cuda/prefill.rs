@@ -5,7 +5,7 @@ use cp_ring::Partial;
 use cudarc::driver::sys as cu;
 use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::layout::{DeviceLayout, heavy_first_blocks, tile_summaries_of_runs};
+use super::layout::{DeviceLayout, heavy_first_blocks, visible_key_tiles};
 use super::merge::elementwise;
 use super::ops::CudaAttention;
 use super::table::{FLASH_VARIANTS, flash_smem, flash_tma_smem, flash_wg_smem};
@@ -291,7 +291,6 @@ impl CudaAttention {
                 (x as u32, y as u32, splits as u32)
             }
         };
-        let cfg = LaunchConfig { grid_dim: grid, block_dim: (threads as u32, 1, 1), shared_mem_bytes: smem as u32 };
         let (tq_i, tk_i, nh_i, nkv_i, splits_i) = (tq as i32, tk as i32, nh as i32, nkv as i32, splits as i32);
         let claims = matches!(kernel, PrefillKernel::Tma { schedule, .. } if schedule.claims(key_tiles));
         let kv_major = matches!(kernel, PrefillKernel::Tma { schedule: ItemSchedule::ByKvHead, .. });
@@ -312,50 +311,123 @@ impl CudaAttention {
             )),
             _ => None,
         };
-        let no_counter = 0u64;
-        let launch = |name: &str, out: &mut CudaSlice<u8>, lse: &mut CudaSlice<u8>| -> Result<()> {
-            let f = self.kernels.get(name)?;
-            let mut b = self.stream.launch_builder(f);
-            if let Some(([qm, km, vm], _, _)) = &tma {
-                b.arg(qm).arg(km).arg(vm);
-            }
-            b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(out).arg(lse);
-            b.arg(&ql.seq).arg(&ql.pos).arg(&kl.seq).arg(&kl.pos).arg(&ql.tiles).arg(&kl.tiles);
-            if let Some((_, order, counter)) = &tma {
-                b.arg(*order);
-                match counter {
-                    Some(counter) => b.arg(&**counter),
-                    None => b.arg(&no_counter),
-                };
-                b.arg(&mode);
-            }
-            b.arg(&tq_i).arg(&tk_i).arg(&nh_i).arg(&nkv_i).arg(&scale);
-            if tma.is_some() {
-                b.arg(&splits_i);
-            }
-            b.arg(&split_tiles);
-            // SAFETY: argument types and order match the kernel (the TMA kernels take the three
-            // tensor maps first, describing the q, k and v buffers passed after them; after the
-            // tile summaries the query blocks' order, the zeroed item counter — null, and never
-            // read, when the launch does not claim — and the mode (claim, order); the split count before
-            // the split length); `out` and `lse` hold one [tq, nh, d] / [tq, nh] partial per
-            // split; the grid covers every query row and key tile (the TMA kernels' blocks take
-            // every (query block, head, split) item), and the dynamic shared memory is set. A
-            // folding launch (`_acc_`, one split) reads and writes `out` and `lse` in place, this
-            // handle's own buffers of the running partial of exactly these rows, each (row, head)
-            // by one item.
-            unsafe { b.launch(cfg) }.map_err(cuda_err("launch flash_fwd"))?;
-            Ok(())
+        // v6.7 (TMA, one split): the query blocks that see some key come first in the items'
+        // numbering (`busy`; a fold skips the others, whose running partial stays as it is), and
+        // when those blocks' items are equal, the short last round's items run as pieces of their
+        // key range in a launch of their own, merged after it (`TailMode`).
+        let (busy, tail) = match tma {
+            Some(_) if splits == 1 => self.busy_and_tail(kernel, ql, kl, nh, d)?,
+            _ => (blocks, None),
         };
+        // Items item_lo..item_hi of the numbering run whole; a tail's come first in it.
+        let item_hi = if folds { busy * nh } else { blocks * nh * splits };
+        let item_lo = tail.map_or(0, |t| t.items);
+        let busy_i = busy as i32;
+        let no_counter = 0u64;
+        // One launch of the kernel `name` over `items` (the TMA kernels; the others take `grid`).
+        let launch =
+            |name: &str, out: &mut CudaSlice<u8>, lse: &mut CudaSlice<u8>, items: &ItemRange<'_>| -> Result<()> {
+                let f = self.kernels.get(name)?;
+                let mut b = self.stream.launch_builder(f);
+                if let Some(([qm, km, vm], _, _)) = &tma {
+                    b.arg(qm).arg(km).arg(vm);
+                }
+                b.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(out).arg(lse);
+                b.arg(&ql.seq).arg(&ql.pos).arg(&kl.seq).arg(&kl.pos).arg(&ql.tiles).arg(&kl.tiles);
+                let grid = match &tma {
+                    Some((_, (_, order), _)) => {
+                        b.arg(order);
+                        match items.counter {
+                            Some(counter) => b.arg(&**counter),
+                            None => b.arg(&no_counter),
+                        };
+                        b.arg(&items.mode);
+                        (items.runs.min(sms).max(1) as u32, 1, 1)
+                    }
+                    None => grid,
+                };
+                b.arg(&tq_i).arg(&tk_i).arg(&nh_i).arg(&nkv_i).arg(&scale);
+                if tma.is_some() {
+                    b.arg(&items.splits);
+                }
+                b.arg(&items.split_tiles);
+                if tma.is_some() {
+                    b.arg(&items.lo).arg(&items.hi).arg(&busy_i);
+                }
+                let cfg =
+                    LaunchConfig { grid_dim: grid, block_dim: (threads as u32, 1, 1), shared_mem_bytes: smem as u32 };
+                // SAFETY: argument types and order match the kernel (the TMA kernels take the three
+                // tensor maps first, describing the q, k and v buffers passed after them; after the
+                // tile summaries the query blocks' order, the zeroed item counter — null, and never
+                // read, when the launch does not claim — and the mode (claim, order); the split count
+                // before the split length; then the range of items to run and the busy query blocks,
+                // a prefix of the order); `out` and `lse` hold one [tq, nh, d] / [tq, nh] partial per
+                // split, or for a tail launch (`_tail_`) one [block rows, d] / [block rows] partial
+                // per piece; the grid covers every query row and key tile (the TMA kernels' blocks
+                // take every item or piece of their range: the items before the main launch's are
+                // the tail's, and after it only those of query blocks that see no key, when
+                // folding), and the dynamic shared memory is set. A folding launch (`_acc_`, one
+                // split) reads and writes `out` and `lse` in place, this handle's own buffers of the
+                // running partial of exactly these rows, each (row, head) by one item.
+                unsafe { b.launch(cfg) }.map_err(cuda_err("launch flash_fwd"))?;
+                Ok(())
+            };
+        if let (Some(t), Some((_, (_, order), _))) = (tail, &tma) {
+            // The tail's pieces (dealt: they are equal), then their merge into the output.
+            let rows = kernel.block_rows(d);
+            let mut parts = self.alloc(GpuDType::F32, &[t.items * t.pieces, rows, d])?;
+            let mut part_lse = self.alloc(GpuDType::F32, &[t.items * t.pieces, rows])?;
+            let pieces = ItemRange {
+                lo: 0,
+                hi: t.items as i32,
+                runs: t.items * t.pieces,
+                splits: t.pieces as i32,
+                split_tiles: t.tiles as i32,
+                mode: mode & 2,
+                counter: None,
+            };
+            let tail_name =
+                name.replacen(if folds { "_acc_" } else { "_f32_" }, "_tail_", 1).replacen("_b16_", "_tail_", 1);
+            launch(&tail_name, &mut parts, &mut part_lse, &pieces)?;
+            let f = self.kernels.get(&format!("merge_tail_{}", if folds { "acc" } else { out_dtype.tag() }))?;
+            let (pieces_i, rows_i, n_tail_i, d_i, kv_major_i) =
+                (t.pieces as i32, rows as i32, t.items as i32, d as i32, i32::from(kv_major));
+            let mut b = self.stream.launch_builder(f);
+            b.arg(&*parts).arg(&*part_lse).arg(&pieces_i).arg(&rows_i).arg(&n_tail_i);
+            b.arg(&mut *out).arg(&mut *lse).arg(&tq_i).arg(&nh_i).arg(&d_i);
+            b.arg(order).arg(&busy_i).arg(&kv_major_i).arg(&nkv_i);
+            // SAFETY: `parts` and `part_lse` hold `n_tail * pieces` f32 partials of `rows` rows
+            // (the launch above wrote them, item t's pieces at t * pieces..); the kernel decodes
+            // each tail item's query block (through `order`, that launch's) and head as the prefill
+            // kernel numbered them, and writes (or, folding, merges in place) its rows below `tq`
+            // of `out` [tq, nh, d] in the output dtype (f32 when folding) and `lse` [tq, nh].
+            unsafe { b.launch(elementwise(t.items * rows * d / 4)) }.map_err(cuda_err("launch merge_tail"))?;
+        }
+        let main = ItemRange {
+            lo: item_lo as i32,
+            hi: item_hi as i32,
+            runs: item_hi - item_lo,
+            splits: splits_i,
+            split_tiles,
+            mode,
+            counter: tma.as_ref().and_then(|(_, _, counter)| counter.as_ref()),
+        };
+        if item_hi == item_lo {
+            // Nothing else to run (a fold whose queries see none of these keys, or all in the tail).
+            return Ok(Partial {
+                out: out.into_tensor(out_dtype, vec![tq, nh, d]),
+                lse: lse.into_tensor(GpuDType::F32, vec![tq, nh]),
+            });
+        }
         if splits == 1 {
-            launch(&name, &mut out, &mut lse)?;
+            launch(&name, &mut out, &mut lse, &main)?;
         } else {
             // Flash-decoding for prefill: each split writes an f32 partial over its key tiles,
             // and one strided N-way merge combines them into the output dtype.
             let f32_name = name.replacen("_b16_", "_f32_", 1);
             let mut part_out = self.alloc(GpuDType::F32, &[splits, tq, nh, d])?;
             let mut part_lse = self.alloc(GpuDType::F32, &[splits, tq, nh])?;
-            launch(&f32_name, &mut part_out, &mut part_lse)?;
+            launch(&f32_name, &mut part_out, &mut part_lse, &main)?;
             let f = self.kernels.get(&format!("merge_strided_{}", out_dtype.tag()))?;
             let (n, rows_l, d_i) = (splits as i32, (tq * nh) as i64, d as i32);
             let mut b = self.stream.launch_builder(f);
@@ -379,16 +451,58 @@ impl CudaAttention {
 
     /// The query blocks of `block_rows` rows (128 or 192) of `ql` heaviest first, on the device
     /// (computed once per layout and block size).
-    fn block_order<'a>(&self, ql: &'a DeviceLayout, block_rows: usize) -> Result<&'a CudaSlice<i32>> {
+    fn block_order<'a>(&self, ql: &'a DeviceLayout, block_rows: usize) -> Result<&'a (Vec<i32>, CudaSlice<i32>)> {
         let cell = &ql.block_order[usize::from(block_rows == 192)];
         if let Some(order) = cell.get() {
             return Ok(order);
         }
         self.refuse_upload_while_capturing("a query block order")?;
         let tiles_per_block = block_rows / super::layout::TILE;
-        let order = heavy_first_blocks(&tile_summaries_of_runs(&ql.layout, super::layout::TILE), tiles_per_block);
+        let order = heavy_first_blocks(&ql.summaries, tiles_per_block);
         let uploaded = self.stream.clone_htod(&order).map_err(cuda_err("cuMemcpyHtoD(block order)"))?;
-        Ok(cell.get_or_init(|| uploaded))
+        Ok(cell.get_or_init(|| (order, uploaded)))
+    }
+
+    /// For a launch of the TMA `kernel` over one split: how many query blocks see some key and
+    /// come first in the items' numbering (else all count), and the tail split it runs, if any
+    /// (v6.7; see [`TailMode`], [`tail_plan`]).
+    fn busy_and_tail(
+        &self,
+        kernel: PrefillKernel,
+        ql: &DeviceLayout,
+        kl: &DeviceLayout,
+        nh: usize,
+        d: usize,
+    ) -> Result<(usize, Option<TailPlan>)> {
+        let rows = kernel.block_rows(d);
+        let (order, _) = self.block_order(ql, rows)?;
+        let (busy, tiles) = busy_blocks(&ql.summaries, &kl.summaries, order, rows, kernel.key_tile());
+        let tail = tiles.and_then(|tiles| tail_plan(busy * nh, self.prefill_sms(kernel), tiles, self.tail_mode));
+        Ok((busy, tail))
+    }
+
+    /// The tail split (v6.7) a prefill of `q_layout` against `kv_layout` with `n_heads` query
+    /// heads of `head_dim` runs on this handle's settings (the TMA kernel over one split only):
+    /// what a check reports beside its case.
+    pub fn prefill_tail(
+        &self,
+        q_layout: &cp_shard::Layout,
+        kv_layout: &cp_shard::Layout,
+        n_heads: usize,
+        head_dim: usize,
+    ) -> Result<Option<TailPlan>> {
+        let kernel = self.prefill;
+        let (tq, tk) = (q_layout.len(), kv_layout.len());
+        if !matches!(kernel, PrefillKernel::Tma { .. }) || tq == 0 || tk == 0 || !self.kernels.wgmma {
+            return Ok(None);
+        }
+        let blocks = tq.div_ceil(kernel.block_rows(head_dim)) * n_heads;
+        let key_tiles = tk.div_ceil(kernel.key_tile());
+        if self.split_kv && kv_splits(blocks, key_tiles, self.prefill_sms(kernel)) > 1 {
+            return Ok(None);
+        }
+        let (ql, kl) = (self.device_layout(q_layout)?, self.device_layout(kv_layout)?);
+        Ok(self.busy_and_tail(kernel, &ql, &kl, n_heads, head_dim)?.1)
     }
 
     /// A zeroed 32-bit counter on this stream: the TMA kernel's next unclaimed work item.
@@ -490,6 +604,102 @@ impl TensorMap {
     }
 }
 
+/// A TMA launch's share of the work items: items `lo..hi` of the numbering (`tma_item_coords` in
+/// the kernel), each whole, or in `splits` pieces of `split_tiles` key tiles for a tail launch;
+/// `runs` of them (items or pieces) for the grid to walk.
+struct ItemRange<'a> {
+    lo: i32,
+    hi: i32,
+    runs: usize,
+    splits: i32,
+    split_tiles: i32,
+    /// The kernel's mode (bit 0 claims from `counter`, bit 1 numbers KV head first).
+    mode: i32,
+    counter: Option<&'a super::tensor::DeviceBuffer>,
+}
+
+/// Whether a TMA launch whose busy query blocks' items are equal runs the items of its short
+/// last round as pieces of their key range (v6.7's tail split; [`CudaAttention::tail_mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailMode {
+    /// Never.
+    Off,
+    /// Where the cost model says it gains 2% or more ([`tail_plan`]).
+    Auto,
+    /// Whenever the last round is short and the items have two key tiles or more, however
+    /// little it gains (for the checks: small launches on a few multiprocessors).
+    Always,
+}
+
+/// The tail split of a launch: its first `items` items (in the numbering; any of equal items)
+/// run as `pieces` pieces of `tiles` visible key tiles each (the last piece the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TailPlan {
+    /// Items cut into pieces.
+    pub items: usize,
+    /// Pieces per item.
+    pub pieces: usize,
+    /// Key tiles per piece.
+    pub tiles: usize,
+}
+
+/// Whether and how to cut the short last round of `items` equal work items of `key_tiles`
+/// visible key tiles each on a persistent grid of `grid` blocks: with r items in the last round,
+/// each is cut into pieces of its visible key tiles (at most grid / r of them, at least 2 tiles
+/// each; the kernel counts the tiles as it walks them, the last piece takes what remains) that run in a
+/// launch of their own before the others, whose partials a merge combines. Counted in tile
+/// times (~1.8 µs on an H100 at head dim 128), with 2 per item or piece for its prologue and
+/// epilogue and 8 for the second launch and the merge; taken for a gain of 0.5% or more (a
+/// ring step at 128K on 4 ranks gains 1.4–3%). None when the rounds are full, when there is
+/// only one (`kv_splits` splits those), or when pieces would be too short. [`TailMode::Always`]
+/// cuts any short last round into at least 2 pieces of at least one tile.
+pub fn tail_plan(items: usize, grid: usize, key_tiles: usize, mode: TailMode) -> Option<TailPlan> {
+    let r = items.checked_rem(grid)?;
+    if mode == TailMode::Off || r == 0 || key_tiles < 2 {
+        return None;
+    }
+    let plan = |pieces_wanted: usize| {
+        let tiles = key_tiles.div_ceil(pieces_wanted);
+        TailPlan { items: r, pieces: key_tiles.div_ceil(tiles), tiles }
+    };
+    if mode == TailMode::Always {
+        return Some(plan((grid / r).clamp(2, key_tiles)));
+    }
+    let pieces_wanted = (grid / r).min(key_tiles / 2);
+    if items < grid || pieces_wanted < 2 {
+        return None;
+    }
+    let t = plan(pieces_wanted);
+    let rounds = (items / grid) as f64;
+    let whole = (rounds + 1.0) * (key_tiles as f64 + 2.0);
+    let cut = rounds * (key_tiles as f64 + 2.0) + t.tiles as f64 + 2.0 + 8.0;
+    (cut <= 0.995 * whole).then_some(t)
+}
+
+/// For a TMA launch of query blocks of `block_rows` rows (64-row tile summaries `q_summaries`,
+/// in the heavy-first `order`) over key tiles of `key_tile` rows (`k_summaries`): how many
+/// blocks see some key, when they are the first of `order` (else every block counts), and the
+/// number of key tiles each sees if that number is the same for all of them (and not 0).
+fn busy_blocks(
+    q_summaries: &[i32],
+    k_summaries: &[i32],
+    order: &[i32],
+    block_rows: usize,
+    key_tile: usize,
+) -> (usize, Option<usize>) {
+    let tile = super::layout::TILE;
+    let work = visible_key_tiles(q_summaries, block_rows / tile, k_summaries, key_tile / tile);
+    let busy = order.iter().take_while(|&&b| work[b as usize] > 0).count();
+    if order[busy..].iter().any(|&b| work[b as usize] > 0) {
+        return (order.len(), None);
+    }
+    let equal = order
+        .first()
+        .map(|&b| work[b as usize])
+        .filter(|&w| w > 0 && order[..busy].iter().all(|&b| work[b as usize] == w));
+    (busy, equal)
+}
+
 /// How many splits of the key range a prefill launch of `blocks` thread blocks (query blocks x
 /// heads) over `key_tiles` key tiles takes (flash-decoding for prefill). With one block per
 /// multiprocessor, a launch takes `ceil(blocks * s / sm_count)` waves of `key_tiles / s + 2`
@@ -511,9 +721,82 @@ pub fn kv_splits(blocks: usize, key_tiles: usize, sm_count: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::{ItemSchedule, TensorMap, kv_splits};
+    use super::{ItemSchedule, TailMode, TailPlan, TensorMap, busy_blocks, kv_splits, tail_plan};
     use crate::AttentionError;
     use crate::cuda::GpuDType;
+    use crate::cuda::layout::{TILE, heavy_first_blocks, tile_summaries_of_runs};
+    use cp_shard::{Layout, PrefillShards, Span};
+
+    #[test]
+    fn only_a_short_last_round_of_long_items_is_cut() {
+        let auto = |items, grid, tiles| tail_plan(items, grid, tiles, TailMode::Auto);
+        // 16K x 16K off-diagonal, 32 heads: 4096 items of 128 tiles on 132 blocks, 31 full rounds
+        // and 4 items: those 4 in 32 pieces of 4 tiles (128 pieces for 132 blocks).
+        assert_eq!(auto(4096, 132, 128), Some(TailPlan { items: 4, pieces: 32, tiles: 4 }));
+        // A ring step at 128K on 4 ranks: 4096 items of 256 tiles, or 8192 of 128 (62 rounds + 8).
+        assert_eq!(auto(4096, 132, 256), Some(TailPlan { items: 4, pieces: 32, tiles: 8 }));
+        assert_eq!(auto(8192, 132, 128), Some(TailPlan { items: 8, pieces: 16, tiles: 8 }));
+        // The pieces of a cut fit one round and cover the key range.
+        for (items, grid, tiles) in [(4096, 132, 128), (1000, 132, 256), (8300, 132, 64), (500, 100, 40)] {
+            if let Some(t) = auto(items, grid, tiles) {
+                assert!(t.items * t.pieces <= grid && (items - t.items) % grid == 0, "{items} {t:?}");
+                assert!(
+                    t.pieces >= 2 && t.tiles >= 2 && t.pieces * t.tiles >= tiles && (t.pieces - 1) * t.tiles < tiles
+                );
+            }
+        }
+        // Full rounds, a single round, short items, a nearly full last round, very many rounds
+        // (the tail a small share), no grid, or off: not cut.
+        assert_eq!(auto(4224, 132, 128), None);
+        assert_eq!(auto(100, 132, 128), None);
+        assert_eq!(auto(4096, 132, 3), None);
+        assert_eq!(auto(4096 + 127, 132, 128), None);
+        assert_eq!(auto(132 * 300 + 4, 132, 128), None);
+        assert_eq!(auto(10, 0, 128), None);
+        assert_eq!(tail_plan(4096, 132, 128, TailMode::Off), None);
+        // Always: any short last round, in at least 2 pieces of at least a tile.
+        assert_eq!(tail_plan(8, 3, 3, TailMode::Always), Some(TailPlan { items: 2, pieces: 2, tiles: 2 }));
+        assert_eq!(tail_plan(16, 3, 3, TailMode::Always), Some(TailPlan { items: 1, pieces: 3, tiles: 1 }));
+        assert_eq!(tail_plan(8, 132, 2, TailMode::Always), Some(TailPlan { items: 8, pieces: 2, tiles: 1 }));
+        assert_eq!(tail_plan(8, 132, 1, TailMode::Always), None);
+        assert_eq!(tail_plan(9, 3, 5, TailMode::Always), None);
+    }
+
+    #[test]
+    fn busy_blocks_are_those_seeing_keys_first_in_the_order() {
+        let busy = |q: &Layout, k: &Layout, rows: usize| {
+            let qs = tile_summaries_of_runs(q, TILE);
+            let order = heavy_first_blocks(&qs, rows / TILE);
+            busy_blocks(&qs, &tile_summaries_of_runs(k, TILE), &order, rows, 128)
+        };
+        let run = |seq, start, len| {
+            let mut l = Layout::new();
+            l.push_tokens(seq, Span::new(start, len));
+            l
+        };
+        // A 128K ring step on 4 ranks: rank 0 (chunks 0 and 7 of 16K) against rank 1's keys
+        // (chunks 1 and 6): chunk 0's 128 blocks see nothing, chunk 7's see all 256 key tiles.
+        let shards = PrefillShards::new(4, 0, 131_072).unwrap();
+        let (q, k) = (shards.q_layout(0, 0).unwrap(), shards.q_layout(0, 1).unwrap());
+        assert_eq!(busy(&q, &k, 128), (128, Some(256)));
+        // Rank 1 against rank 0's keys: every block sees one chunk (128 tiles).
+        assert_eq!(busy(&k, &q, 128), (256, Some(128)));
+        // The causal diagonal: all busy, unequal.
+        assert_eq!(busy(&q, &q, 128), (256, None));
+        // An off-diagonal block: all busy, equal (3 tiles: 260 keys).
+        assert_eq!(busy(&run(0, 300, 200), &run(0, 0, 260), 128), (2, Some(3)));
+        // Nothing visible at all.
+        assert_eq!(busy(&run(0, 0, 200), &run(0, 300, 100), 128), (0, None));
+        // A block of another sequence seeing nothing ahead of a busy one in the order (its
+        // positions are later): all count.
+        let mut packed = run(1, 500, 128);
+        packed.push_tokens(0, Span::new(0, 128));
+        assert_eq!(busy(&packed, &run(0, 0, 128), 128), (2, None));
+        // Behind it: the busy one first.
+        let mut packed = run(1, 0, 128);
+        packed.push_tokens(0, Span::new(0, 128));
+        assert_eq!(busy(&packed, &run(0, 0, 128), 128), (1, Some(1)));
+    }
 
     #[test]
     fn items_are_claimed_over_long_key_ranges_only() {

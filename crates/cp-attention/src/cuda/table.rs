@@ -72,11 +72,12 @@ pub fn kernel_table(wgmma: bool) -> Vec<KernelEntry> {
                 }
             }
             if wgmma {
-                // The fold into a running f32 partial (`CudaAttention::flash_into`).
-                for pingpong in ["", "_np"] {
-                    all.push(entry(format!("flash_fwd_d{d}_{t}_acc_tma{pingpong}"), flash_tma_smem(d, 128)));
+                // The fold into a running f32 partial (`CudaAttention::flash_into`) and the tail
+                // split's pieces (v6.7).
+                for (kind, pingpong) in [("acc", ""), ("acc", "_np"), ("tail", ""), ("tail", "_np")] {
+                    all.push(entry(format!("flash_fwd_d{d}_{t}_{kind}_tma{pingpong}"), flash_tma_smem(d, 128)));
                     if d == 64 {
-                        all.push(entry(format!("flash_fwd_d{d}_{t}_acc_tma3{pingpong}"), flash_tma_smem(d, 192)));
+                        all.push(entry(format!("flash_fwd_d{d}_{t}_{kind}_tma3{pingpong}"), flash_tma_smem(d, 192)));
                     }
                 }
             }
@@ -86,6 +87,7 @@ pub fn kernel_table(wgmma: bool) -> Vec<KernelEntry> {
     }
     if wgmma {
         all.push(entry("wg_selftest".into(), flash_wg_smem(128)));
+        all.extend(["f32", "bf16", "f16", "acc"].map(|t| entry(format!("merge_tail_{t}"), 0)));
     }
     for family in ["merge_fold", "merge_all", "merge_strided"] {
         all.extend(["f32", "bf16", "f16"].map(|t| entry(format!("{family}_{t}"), 0)));

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use cp_attention::AttentionError;
-use cp_attention::cuda::{CudaAttention, ItemSchedule, PrefillKernel};
+use cp_attention::cuda::{CudaAttention, ItemSchedule, PrefillKernel, TailMode};
 use cp_bench::{kernels, write_json};
 
 #[derive(Parser)]
@@ -48,6 +48,9 @@ enum Mode {
         /// default kernel (Hopper only).
         #[arg(long)]
         pingpong: bool,
+        /// Whether the TMA kernel runs the short last round of equal items as pieces (Hopper only).
+        #[arg(long, value_enum, default_value_t = TailArg::Auto)]
+        tail_split: TailArg,
         /// How the TMA kernel's persistent blocks share the work items (Hopper only).
         #[arg(long, value_enum, default_value_t = ScheduleArg::ByKvHead)]
         schedule: ScheduleArg,
@@ -55,6 +58,13 @@ enum Mode {
         /// block), instead of causal.
         #[arg(long)]
         off_diagonal: bool,
+        /// Instead of one launch, rank `--ring-rank`'s compute steps of ring pass-KV over this many
+        /// ranks (load-balanced shards of one causal sequence), on this GPU without transfers.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(2..=64))]
+        ring_world: Option<u32>,
+        /// The rank whose steps `--ring-world` times.
+        #[arg(long, default_value_t = 0, requires = "ring_world")]
+        ring_rank: u32,
         /// Launches, back to back; more than one are timed after a warm-up (the sustained rate).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         repeat: u32,
@@ -65,6 +75,17 @@ enum Mode {
         #[arg(default_value = "dump")]
         dir: String,
     },
+}
+
+/// `profile --tail-split`: [`TailMode`].
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TailArg {
+    /// Never.
+    Off,
+    /// Where it gains (the default).
+    Auto,
+    /// Whenever the last round is short.
+    Always,
 }
 
 /// `profile --schedule`: [`ItemSchedule`].
@@ -82,7 +103,12 @@ enum ScheduleArg {
 
 fn run(mode: Mode) -> anyhow::Result<bool> {
     let mut ops = CudaAttention::new(0)?;
-    if let Mode::Profile { pingpong: p, schedule: s, .. } = mode {
+    if let Mode::Profile { pingpong: p, schedule: s, tail_split, .. } = mode {
+        ops.tail_mode = match tail_split {
+            TailArg::Off => TailMode::Off,
+            TailArg::Auto => TailMode::Auto,
+            TailArg::Always => TailMode::Always,
+        };
         let wanted = match s {
             ScheduleArg::ByKvHead => ItemSchedule::ByKvHead,
             ScheduleArg::ByKeyRange => ItemSchedule::ByKeyRange,
@@ -128,12 +154,13 @@ fn run(mode: Mode) -> anyhow::Result<bool> {
         }
     }
     match mode {
-        Mode::Profile { head_dim, tokens, batch, repeat, off_diagonal, .. } => {
+        Mode::Profile { head_dim, tokens, batch, repeat, off_diagonal, ring_world, ring_rank, .. } => {
             let shape = kernels::ProfileShape {
                 head_dim: head_dim as usize,
                 tokens: tokens as usize,
                 batch: batch as usize,
                 off_diagonal,
+                ring: ring_world.map(|w| (w as usize, ring_rank as usize)),
             };
             kernels::profile(&ops, &shape, repeat as usize)?
         }

@@ -181,3 +181,24 @@ DEVI int next_visible_tile(int4 qt, const int4* __restrict__ k_tiles, int n_t64,
     }
     return n_tiles;
 }
+
+// Index of visible key tile number `n` (from 0, in order) for summary `qt`, as `next_visible_tile`
+// walks them (`n_tiles` if there are no more than n): the start of a piece of the tail split.
+// Every lane of the warp must call it.
+template <int K64>
+DEVI int nth_visible_tile(int4 qt, const int4* __restrict__ k_tiles, int n_t64, int n, int n_tiles) {
+    const int lane = threadIdx.x & 31;
+    for (int base = 0; base < n_tiles; base += 32) {
+        const int t = base + lane;
+        bool visible = false;
+        if (t < n_tiles) visible = classify(qt, tiles_summary(k_tiles, n_t64, K64 * t, K64)) != 0;
+        unsigned found = __ballot_sync(0xffffffff, visible);
+        const int count = __popc(found);
+        if (n < count) {
+            for (int i = 0; i < n; i++) found &= found - 1;  // drop the n lowest
+            return base + __ffs(found) - 1;
+        }
+        n -= count;
+    }
+    return n_tiles;
+}

@@ -73,13 +73,43 @@ template <int R> DEVI void regs_inc() { asm volatile("setmaxnreg.inc.sync.aligne
 // of the key range.
 struct TmaItem { int h, m0, z, j_lo, j_hi; int4 qt; };
 
-template <int D, int NC, bool BF16, bool OUT_F32, bool PINGPONG, bool ACC = false>
+// Item number `wi` of a launch's numbering -> the index of its query block in `q_order`, its head
+// and its split. The items of the first `busy` query blocks of `q_order` (those that see any key)
+// come first, then the others'; within each group, KV head first (`kv_major`: one KV head's
+// query blocks in order, the query heads sharing it adjacent, splits last) or by query block
+// (its heads adjacent, splits last). Shared by the TMA kernel and `merge_tail`.
+DEVI void tma_item_coords(int wi, bool kv_major, int nh, int nkv, int n_qblocks, int busy, int splits, int& qbi,
+                          int& h, int& z) {
+    int nb = busy, q0 = 0;
+    if (wi >= busy * nh * splits) {
+        wi -= busy * nh * splits;
+        nb = n_qblocks - busy;
+        q0 = busy;
+    }
+    if (kv_major) {
+        const int group = nh / nkv, per_kv = nb * group * splits;
+        const int g = wi / per_kv, r = wi - g * per_kv;
+        qbi = r / (group * splits);
+        const int r2 = r - qbi * group * splits;
+        h = g * group + r2 % group;
+        z = r2 / group;
+    } else {
+        qbi = wi / (nh * splits);
+        const int rem = wi - qbi * nh * splits;
+        h = rem % nh;
+        z = rem / nh;
+    }
+    qbi += q0;
+}
+
+template <int D, int NC, bool BF16, bool OUT_F32, bool PINGPONG, bool ACC = false, bool TAIL = false>
 __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const TmaMap* v_map, void* __restrict__ out,
                               float* __restrict__ lse, const int* __restrict__ q_seq, const int* __restrict__ q_pos,
                               const int* __restrict__ k_seq, const int* __restrict__ k_pos,
                               const int4* __restrict__ q_tiles, const int4* __restrict__ k_tiles,
                               const int* __restrict__ q_order, int* __restrict__ next_item, int mode, int tq,
-                              int tk, int nh, int nkv, float scale_log2, int splits, int split_tiles) {
+                              int tk, int nh, int nkv, float scale_log2, int splits, int split_tiles, int item_lo,
+                              int item_hi, int busy_blocks) {
 #if CP_WGMMA
     static_assert(NC == 2 || (NC == 3 && D == 64), "three consumer warpgroups only at head dim 64 (registers)");
     // mode: bit 0, claim items from `next_item` (else dealt in a zigzag); bit 1, number them
@@ -113,7 +143,12 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
 
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
     const int n_ktiles = (tk + BN - 1) / BN, n_t64 = (tk + 63) / 64, n_q64 = (tq + 63) / 64;
-    const int n_qblocks = (tq + BM - 1) / BM, n_items = n_qblocks * nh * splits;
+    // This launch runs items item_lo .. item_hi - 1 of the numbering (`tma_item_coords`). With
+    // TAIL (the tail split, v6.7), each of them in `splits` pieces of `split_tiles` visible key
+    // tiles (the items themselves one split), piece p writing its f32 partial at index p of
+    // `out` ([p][BM][D]) and `lse` ([p][BM]) for `merge_tail`.
+    static_assert(!TAIL || (OUT_F32 && !ACC), "tail pieces write f32 partials");
+    const int n_qblocks = (tq + BM - 1) / BM, n_items = (item_hi - item_lo) * (TAIL ? splits : 1);
     // Work items are numbered heaviest first: query blocks in `q_order` (by descending last
     // position, so packed batches are longest-first too), the heads of a block adjacent (they
     // share K/V in L2), splits last. Each block starts with item blockIdx.x and then takes the
@@ -130,24 +165,22 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
     auto item = [&](int wi) {
         TmaItem it;
         int qbi;
-        if (kv_major) {
-            const int group = nh / nkv, per_kv = n_qblocks * group * splits;
-            const int g = wi / per_kv, r = wi - g * per_kv;
-            qbi = r / (group * splits);
-            const int r2 = r - qbi * group * splits;
-            it.h = g * group + r2 % group;
-            it.z = r2 / group;
-        } else {
-            qbi = wi / (nh * splits);
-            const int rem = wi - qbi * nh * splits;
-            it.h = rem % nh;
-            it.z = rem / nh;
-        }
+        tma_item_coords(item_lo + (TAIL ? wi / splits : wi), kv_major, nh, nkv, n_qblocks, busy_blocks,
+                        TAIL ? 1 : splits, qbi, it.h, it.z);
         const int qb = q_order[qbi];
         it.m0 = qb * BM;
-        it.j_lo = it.z * split_tiles;
-        it.j_hi = min(n_ktiles, it.j_lo + split_tiles);
         it.qt = tiles_summary(q_tiles, n_q64, NC * qb, NC);
+        if (TAIL) {
+            // Piece p of an item: its visible key tiles p * split_tiles on, the last piece all
+            // that remain (whatever the host counted); its partial at index wi.
+            const int p = wi % splits;
+            it.j_lo = nth_visible_tile<2>(it.qt, k_tiles, n_t64, p * split_tiles, n_ktiles);
+            it.j_hi = p == splits - 1 ? n_ktiles : nth_visible_tile<2>(it.qt, k_tiles, n_t64, (p + 1) * split_tiles, n_ktiles);
+            it.z = wi;
+        } else {
+            it.j_lo = it.z * split_tiles;
+            it.j_hi = min(n_ktiles, it.j_lo + split_tiles);
+        }
         return it;
     };
     auto ktile = [&](int j) { return tiles_summary(k_tiles, n_t64, 2 * j, 2); };
@@ -471,9 +504,15 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                 finish_item();
             }
             // `bad` is complete: every masked tile and the item's end were waited for through "scrubbed".
-            char* out_z = (char*)out + (size_t)w.z * tq * nh * D * (OUT_F32 ? 4 : 2);
-            wg_epilogue<D, BF16, OUT_F32, ACC>(o, l_run, m_run, rows, bad[n & 1], w.m0 + r0, tq, nh, w.h, out_z,
-                                          lse + (size_t)w.z * tq * nh);
+            if constexpr (TAIL) {
+                // A piece's partial: its block's rows (those below tq), one head, at index w.z.
+                wg_epilogue<D, BF16, true, false>(o, l_run, m_run, rows, bad[n & 1], r0, tq - w.m0, 1, 0,
+                                                  (float*)out + (size_t)w.z * BM * D, lse + (size_t)w.z * BM);
+            } else {
+                char* out_z = (char*)out + (size_t)w.z * tq * nh * D * (OUT_F32 ? 4 : 2);
+                wg_epilogue<D, BF16, OUT_F32, ACC>(o, l_run, m_run, rows, bad[n & 1], w.m0 + r0, tq, nh, w.h, out_z,
+                                                   lse + (size_t)w.z * tq * nh);
+            }
             mbar_arrive(bad_free + 8 * (n & 1));
         }
     }
@@ -482,17 +521,18 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
 #endif
 }
 
-#define FLASH_TMA_ENTRY_ACC(NAME, D, NC, BF16, OUT_F32, PINGPONG, ACC)                                            \
+#define FLASH_TMA_ENTRY_T(NAME, D, NC, BF16, OUT_F32, PINGPONG, ACC, TAIL)                                            \
     extern "C" __global__ void __launch_bounds__(128 * (NC + 1), 1) NAME(                                                    \
         const __grid_constant__ TmaMap q_map, const __grid_constant__ TmaMap k_map,                               \
         const __grid_constant__ TmaMap v_map, const u16* q, const u16* k, const u16* v, void* out, float* lse,   \
         const int* q_seq, const int* q_pos, const int* k_seq, const int* k_pos, const int4* q_tiles,             \
         const int4* k_tiles, const int* q_order, int* next_item, int mode, int tq, int tk, int nh, int nkv,   \
-        float scale_log2, int splits, int split_tiles) {                                                          \
-        flash_fwd_tma<D, NC, BF16, OUT_F32, PINGPONG, ACC>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, k_pos,  \
-                                                  q_tiles, k_tiles, q_order, next_item, mode, tq, tk, nh, nkv,    \
-                                                  scale_log2, splits, split_tiles);                               \
+        float scale_log2, int splits, int split_tiles, int item_lo, int item_hi, int busy_blocks) {                \
+        flash_fwd_tma<D, NC, BF16, OUT_F32, PINGPONG, ACC, TAIL>(&q_map, &k_map, &v_map, out, lse, q_seq, q_pos, k_seq, \
+                                                  k_pos, q_tiles, k_tiles, q_order, next_item, mode, tq, tk, nh, nkv, \
+                                                  scale_log2, splits, split_tiles, item_lo, item_hi, busy_blocks);   \
     }
+#define FLASH_TMA_ENTRY_ACC(NAME, D, NC, BF16, OUT_F32, PINGPONG, ACC) FLASH_TMA_ENTRY_T(NAME, D, NC, BF16, OUT_F32, PINGPONG, ACC, false)
 #define FLASH_TMA_ENTRY(NAME, D, NC, BF16, OUT_F32, PINGPONG) FLASH_TMA_ENTRY_ACC(NAME, D, NC, BF16, OUT_F32, PINGPONG, false)
 // q, k and v are passed beside their tensor maps only so that the host's buffer tracking sees
 // them read; the kernel reads them through the maps.
@@ -536,3 +576,16 @@ FLASH_TMA_ENTRY_ACC(flash_fwd_d128_bf16_acc_tma, 128, 2, true, true, true, true)
 FLASH_TMA_ENTRY_ACC(flash_fwd_d128_f16_acc_tma, 128, 2, false, true, true, true)
 FLASH_TMA_ENTRY_ACC(flash_fwd_d128_bf16_acc_tma_np, 128, 2, true, true, false, true)
 FLASH_TMA_ENTRY_ACC(flash_fwd_d128_f16_acc_tma_np, 128, 2, false, true, false, true)
+// The tail split's pieces (f32 partials of one head's block rows, for `merge_tail`).
+FLASH_TMA_ENTRY_T(flash_fwd_d64_bf16_tail_tma, 64, 2, true, true, true, false, true)
+FLASH_TMA_ENTRY_T(flash_fwd_d64_f16_tail_tma, 64, 2, false, true, true, false, true)
+FLASH_TMA_ENTRY_T(flash_fwd_d64_bf16_tail_tma_np, 64, 2, true, true, false, false, true)
+FLASH_TMA_ENTRY_T(flash_fwd_d64_f16_tail_tma_np, 64, 2, false, true, false, false, true)
+FLASH_TMA_ENTRY_T(flash_fwd_d64_bf16_tail_tma3, 64, 3, true, true, true, false, true)
+FLASH_TMA_ENTRY_T(flash_fwd_d64_f16_tail_tma3, 64, 3, false, true, true, false, true)
+FLASH_TMA_ENTRY_T(flash_fwd_d64_bf16_tail_tma3_np, 64, 3, true, true, false, false, true)
+FLASH_TMA_ENTRY_T(flash_fwd_d64_f16_tail_tma3_np, 64, 3, false, true, false, false, true)
+FLASH_TMA_ENTRY_T(flash_fwd_d128_bf16_tail_tma, 128, 2, true, true, true, false, true)
+FLASH_TMA_ENTRY_T(flash_fwd_d128_f16_tail_tma, 128, 2, false, true, true, false, true)
+FLASH_TMA_ENTRY_T(flash_fwd_d128_bf16_tail_tma_np, 128, 2, true, true, false, false, true)
+FLASH_TMA_ENTRY_T(flash_fwd_d128_f16_tail_tma_np, 128, 2, false, true, false, false, true)
