@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor};
 use cp_attention::reference::{self, Heads, discrepancy};
 use cp_attention::{CpuAttention, Partial, merge, merge_all, to_f64_vec};
-use cp_shard::{Layout, Span, Token};
+use cp_shard::{Layout, Token};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -31,17 +31,6 @@ fn values(rng: &mut StdRng, rows: usize, heads: usize, which: Which, plants: &[(
         }
     }
     v
-}
-
-fn layout(runs: &[(Option<usize>, usize, usize)]) -> Layout {
-    let mut l = Layout::new();
-    for &(seq, start, len) in runs {
-        match seq {
-            Some(s) => l.push_tokens(s, Span::new(start, len)),
-            None => l.push_padding(len),
-        }
-    }
-    l
 }
 
 /// Compares NaN-aware: an element NaN on one side must be NaN on the other; the rest by
@@ -74,7 +63,7 @@ fn run_case(
     plants: &[(Which, usize, f64)],
 ) -> usize {
     let mut rng = StdRng::seed_from_u64(name.len() as u64 * 977 + dtype.size_in_bytes() as u64);
-    let (ql, kl) = (layout(q_runs), layout(kv_runs));
+    let (ql, kl) = (Layout::from_runs(q_runs), Layout::from_runs(kv_runs));
     let q = values(&mut rng, ql.len(), HEADS.n_heads, Which::Q, plants);
     let k = values(&mut rng, kl.len(), HEADS.n_kv_heads, Which::K, plants);
     let v = values(&mut rng, kl.len(), HEADS.n_kv_heads, Which::V, plants);

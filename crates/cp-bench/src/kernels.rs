@@ -69,17 +69,6 @@ fn rounded(values: &[f32], dtype: GpuDType) -> Vec<f64> {
         .collect()
 }
 
-fn layout_of(runs: &[(Option<usize>, usize, usize)]) -> Layout {
-    let mut l = Layout::new();
-    for &(seq, start, len) in runs {
-        match seq {
-            Some(seq) => l.push_tokens(seq, Span::new(start, len)),
-            None => l.push_padding(len),
-        }
-    }
-    l
-}
-
 struct Case {
     name: String,
     dtype: GpuDType,
@@ -277,8 +266,8 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
         format!("NaN in K/V/Q padding rows, {tag}"),
         dtype,
         heads,
-        layout_of(&[(Some(0), 0, 200), (None, 0, 20)]),
-        layout_of(&[(Some(0), 0, 200), (None, 0, 56)]),
+        Layout::from_runs(&[(Some(0), 0, 200), (None, 0, 20)]),
+        Layout::from_runs(&[(Some(0), 0, 200), (None, 0, 56)]),
     );
     c.plants =
         (200..256).flat_map(|r| [('k', r, nan), ('v', r, nan)]).chain((200..220).map(|r| ('q', r, nan))).collect();
@@ -289,8 +278,8 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
         format!("NaN/inf/3e38 at future positions, {tag}"),
         dtype,
         heads,
-        layout_of(&[(Some(0), 0, 100)]),
-        layout_of(&[(Some(0), 0, 256)]),
+        Layout::from_runs(&[(Some(0), 0, 100)]),
+        Layout::from_runs(&[(Some(0), 0, 256)]),
     );
     c.plants = vec![('v', 110, nan), ('k', 120, nan), ('v', 130, f32::INFINITY), ('k', 140, 3e38), ('v', 141, -3e38)];
     cases.push(c);
@@ -299,8 +288,8 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
         format!("NaN in another sequence's rows, {tag}"),
         dtype,
         heads,
-        layout_of(&[(Some(0), 50, 40), (Some(2), 0, 20)]),
-        layout_of(&[(Some(1), 0, 70), (Some(0), 0, 90), (Some(2), 0, 20)]),
+        Layout::from_runs(&[(Some(0), 50, 40), (Some(2), 0, 20)]),
+        Layout::from_runs(&[(Some(1), 0, 70), (Some(0), 0, 90), (Some(2), 0, 20)]),
     );
     c.plants = (0..70).flat_map(|r| [('k', r, nan), ('v', r, nan)]).collect();
     cases.push(c);
@@ -309,8 +298,8 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
         format!("NaN in a visible V row propagates exactly, {tag}"),
         dtype,
         heads,
-        layout_of(&[(Some(0), 0, 150)]),
-        layout_of(&[(Some(0), 0, 150)]),
+        Layout::from_runs(&[(Some(0), 0, 150)]),
+        Layout::from_runs(&[(Some(0), 0, 150)]),
     );
     c.plants = vec![('v', 60, nan)];
     cases.push(c);
@@ -320,8 +309,8 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
         format!("decode, NaN in future slots and padding, {tag}"),
         dtype,
         heads,
-        layout_of(&[(Some(0), 500, 1), (Some(1), 36, 1), (None, 0, 1)]),
-        layout_of(&[(Some(0), 0, 530), (Some(1), 0, 37), (None, 0, 9)]),
+        Layout::from_runs(&[(Some(0), 500, 1), (Some(1), 36, 1), (None, 0, 1)]),
+        Layout::from_runs(&[(Some(0), 0, 530), (Some(1), 0, 37), (None, 0, 9)]),
     );
     c.plants = (501..530).chain(567..576).flat_map(|r| [('k', r, nan), ('v', r, nan)]).chain([('q', 2, nan)]).collect();
     cases.push(c);
@@ -331,8 +320,8 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
         format!("short queries, long cache (split KV), {tag}"),
         dtype,
         heads,
-        layout_of(&[(Some(0), 4000, 70), (None, 0, 6), (Some(1), 2990, 40)]),
-        layout_of(&[(Some(1), 0, 3030), (Some(0), 0, 4070), (None, 0, 40)]),
+        Layout::from_runs(&[(Some(0), 4000, 70), (None, 0, 6), (Some(1), 2990, 40)]),
+        Layout::from_runs(&[(Some(1), 0, 3030), (Some(0), 0, 4070), (None, 0, 40)]),
     );
     c.plants = (7100..7140).flat_map(|r| [('k', r, nan), ('v', r, nan)]).collect();
     cases.push(c);
@@ -340,7 +329,7 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
 
 /// `CudaAttention::random_rows` against its host mirror, bit for bit, and NaN in padding rows.
 fn check_random_rows(ops: &CudaAttention) -> Result<(String, bool)> {
-    let layout = layout_of(&[(Some(3), 1000, 37), (None, 0, 5), (Some(0), 0, 20)]);
+    let layout = Layout::from_runs(&[(Some(3), 1000, 37), (None, 0, 5), (Some(0), 0, 20)]);
     let (heads, dim, seed) = (3, 64, 0xfeed);
     let t = ops.random_rows(&layout, heads, dim, GpuDType::Bf16, seed, f32::NAN)?;
     let got = t.download(ops.stream())?;
@@ -355,6 +344,17 @@ fn check_random_rows(ops: &CudaAttention) -> Result<(String, bool)> {
             have.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan())).count();
     }
     Ok((format!("random_rows (device) == hashed_value (host), bit for bit: {bad} mismatches"), bad == 0))
+}
+
+/// [`check_case`] for each of `cases`, a line each; whether all passed.
+fn check_cases<'a>(ops: &CudaAttention, rng: &mut Rng, cases: impl Iterator<Item = &'a Case>) -> Result<bool> {
+    let mut all_ok = true;
+    for case in cases {
+        let (line, ok) = check_case(ops, rng, case)?;
+        println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
+        all_ok &= ok;
+    }
+    Ok(all_ok)
 }
 
 /// Every kernel against the f64 oracle; prints a line per case and returns whether all passed.
@@ -375,23 +375,23 @@ pub fn check(ops: &mut CudaAttention) -> Result<bool> {
                     dtype,
                     heads,
                     q_layout,
-                    layout_of(&[(Some(0), 0, 378)]),
+                    Layout::from_runs(&[(Some(0), 0, 378)]),
                 ));
                 // Two sequences, padding between; keys include another sequence (fully masked rows).
                 cases.push(Case::new(
                     format!("varseq + padding + masked rows, {tag}"),
                     dtype,
                     heads,
-                    layout_of(&[(Some(0), 100, 70), (None, 0, 5), (Some(1), 0, 30), (Some(2), 0, 9)]),
-                    layout_of(&[(Some(1), 0, 45), (Some(0), 0, 150), (None, 0, 11)]),
+                    Layout::from_runs(&[(Some(0), 100, 70), (None, 0, 5), (Some(1), 0, 30), (Some(2), 0, 9)]),
+                    Layout::from_runs(&[(Some(1), 0, 45), (Some(0), 0, 150), (None, 0, 11)]),
                 ));
                 // Off-diagonal ring step: every key before every query.
                 cases.push(Case::new(
                     format!("off-diagonal block (no mask), {tag}"),
                     dtype,
                     heads,
-                    layout_of(&[(Some(0), 300, 200)]),
-                    layout_of(&[(Some(0), 0, 260)]),
+                    Layout::from_runs(&[(Some(0), 300, 200)]),
+                    Layout::from_runs(&[(Some(0), 0, 260)]),
                 ));
                 // Pass-KV's fold: a causal chunk over its prefix, then itself folded in (on the TMA
                 // kernel, in the epilogue). Rows of sequence 1 see keys of the first block only,
@@ -400,34 +400,34 @@ pub fn check(ops: &mut CudaAttention) -> Result<bool> {
                     format!("fold: chunk over prefix, then itself, {tag}"),
                     dtype,
                     heads,
-                    layout_of(&[(Some(0), 300, 200), (None, 0, 5), (Some(1), 50, 20), (Some(3), 10, 10)]),
-                    layout_of(&[(Some(0), 0, 300), (Some(1), 0, 40)]),
-                    layout_of(&[(Some(0), 300, 200), (Some(2), 0, 30), (Some(3), 0, 15)]),
+                    Layout::from_runs(&[(Some(0), 300, 200), (None, 0, 5), (Some(1), 50, 20), (Some(3), 10, 10)]),
+                    Layout::from_runs(&[(Some(0), 0, 300), (Some(1), 0, 40)]),
+                    Layout::from_runs(&[(Some(0), 300, 200), (Some(2), 0, 30), (Some(3), 0, 15)]),
                 ));
                 // A pass-KV step's shape: a rank's two chunks (positions 0..150, padding, 600..760)
                 // against keys 300..450 — the first chunk sees none of them (at 128-row blocks,
                 // a block that sees nothing: numbered last, and a fold skips it), the others all
                 // (equal items: the tail split's case). Alone, and folded after keys 0..300.
-                let chunks = layout_of(&[(Some(0), 0, 150), (None, 0, 10), (Some(0), 600, 160)]);
+                let chunks = Layout::from_runs(&[(Some(0), 0, 150), (None, 0, 10), (Some(0), 600, 160)]);
                 cases.push(Case::new(
                     format!("ring step, a chunk seeing nothing, {tag}"),
                     dtype,
                     heads,
                     chunks.clone(),
-                    layout_of(&[(Some(0), 300, 150)]),
+                    Layout::from_runs(&[(Some(0), 300, 150)]),
                 ));
                 cases.push(Case::folded(
                     format!("fold: ring step, a chunk seeing nothing, {tag}"),
                     dtype,
                     heads,
                     chunks,
-                    layout_of(&[(Some(0), 0, 300)]),
-                    layout_of(&[(Some(0), 300, 150)]),
+                    Layout::from_runs(&[(Some(0), 0, 300)]),
+                    Layout::from_runs(&[(Some(0), 300, 150)]),
                 ));
                 // Several key tiles per query block, two sequences: the wgmma kernel's 3-stage
                 // ring turns over more than once and skips the other sequence's tiles.
                 if dtype == GpuDType::Bf16 && n_heads / n_kv_heads == 4 {
-                    let two = layout_of(&[(Some(0), 0, 600), (Some(1), 0, 301)]);
+                    let two = Layout::from_runs(&[(Some(0), 0, 600), (Some(1), 0, 301)]);
                     cases.push(Case::new(format!("causal 2 seqs x many tiles, {tag}"), dtype, heads, two.clone(), two));
                 }
                 if n_heads / n_kv_heads == 4 {
@@ -438,8 +438,8 @@ pub fn check(ops: &mut CudaAttention) -> Result<bool> {
                     format!("decode B=3 + padding row, {tag}"),
                     dtype,
                     heads,
-                    layout_of(&[(Some(0), 1000, 1), (Some(1), 36, 1), (Some(2), 2098, 1), (None, 0, 1)]),
-                    layout_of(&[(Some(0), 0, 1001), (Some(1), 0, 37), (Some(2), 0, 2099), (None, 0, 3)]),
+                    Layout::from_runs(&[(Some(0), 1000, 1), (Some(1), 36, 1), (Some(2), 2098, 1), (None, 0, 1)]),
+                    Layout::from_runs(&[(Some(0), 0, 1001), (Some(1), 0, 37), (Some(2), 0, 2099), (None, 0, 3)]),
                 ));
             }
         }
@@ -458,47 +458,30 @@ pub fn check(ops: &mut CudaAttention) -> Result<bool> {
         for &decode in decodes {
             (ops.prefill, ops.decode_kernel) = (prefill, decode);
             println!("  prefill kernel {prefill}, decode kernel {decode:?}:");
-            for case in &cases {
-                if decode == DecodeKernel::Simt && !case.name.starts_with("decode") {
-                    continue;
-                }
-                let (line, ok) = check_case(ops, &mut rng, case)?;
-                println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
-                all_ok &= ok;
-            }
+            let simt = decode == DecodeKernel::Simt;
+            all_ok &= check_cases(ops, &mut rng, cases.iter().filter(|c| !simt || c.name.starts_with("decode")))?;
         }
     }
     (ops.prefill, ops.decode_kernel) = (default_prefill, default_decode);
     // The split cases once more without splitting: the same results either way.
     ops.split_kv = false;
     println!("  prefill kernel {}, split KV off:", ops.prefill);
-    for case in cases.iter().filter(|c| c.name.contains("split KV")) {
-        let (line, ok) = check_case(ops, &mut rng, case)?;
-        println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
-        all_ok &= ok;
-    }
+    all_ok &= check_cases(ops, &mut rng, cases.iter().filter(|c| c.name.contains("split KV")))?;
     ops.split_kv = true;
     // The prefill cases with all but 3 multiprocessors left to other kernels: the persistent
     // grid shrinks to 3 blocks, each walking many items (what `reserve_sms` does on a ring).
     let reserved = ops.sm_count().saturating_sub(3);
     ops.reserve_sms(reserved)?;
     println!("  prefill kernel {}, {reserved} multiprocessors reserved:", ops.prefill);
-    for case in cases.iter().filter(|c| !c.name.starts_with("decode")) {
-        let (line, ok) = check_case(ops, &mut rng, case)?;
-        println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
-        all_ok &= ok;
-    }
+    let prefill_cases = || cases.iter().filter(|c| !c.name.starts_with("decode"));
+    all_ok &= check_cases(ops, &mut rng, prefill_cases())?;
     // The tail split on every launch whose busy items are equal and whose last round is short:
     // on the 3 blocks (several rounds, pieces after them) and on all (every item cut).
     ops.tail_mode = TailMode::Always;
     for reserve in [reserved, 0] {
         ops.reserve_sms(reserve)?;
         println!("  prefill kernel {}, tail split always, {reserve} multiprocessors reserved:", ops.prefill);
-        for case in cases.iter().filter(|c| !c.name.starts_with("decode")) {
-            let (line, ok) = check_case(ops, &mut rng, case)?;
-            println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
-            all_ok &= ok;
-        }
+        all_ok &= check_cases(ops, &mut rng, prefill_cases())?;
     }
     ops.tail_mode = TailMode::Auto;
     ops.reserve_sms(0)?;
@@ -692,7 +675,7 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
         if quick { &[(4096, 4), (16384, 1)] } else { &[(4096, 4), (16384, 1), (65536, 1), (131072, 1)] };
     for &(t, b) in sizes {
         let runs: Vec<_> = (0..b).map(|seq| (Some(seq), 0, t)).collect();
-        let layout = layout_of(&runs);
+        let layout = Layout::from_runs(&runs);
         let dl = DeviceLayout::new(ops, &layout)?;
         let q = random_tensor(&s, &mut rng, &[t * b, nh, d])?;
         let k = random_tensor(&s, &mut rng, &[t * b, nkv, d])?;
@@ -717,7 +700,7 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
     // Head dim 64, causal T=16K.
     {
         let (t, d64) = (16384usize, 64usize);
-        let dl = DeviceLayout::new(ops, &layout_of(&[(Some(0), 0, t)]))?;
+        let dl = DeviceLayout::new(ops, &Layout::from_runs(&[(Some(0), 0, t)]))?;
         let q = random_tensor(&s, &mut rng, &[t, nh, d64])?;
         let k = random_tensor(&s, &mut rng, &[t, nkv, d64])?;
         let v = random_tensor(&s, &mut rng, &[t, nkv, d64])?;
@@ -733,7 +716,7 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
     // Off-diagonal block: 16K queries after 16K keys, no mask.
     {
         let t = 16384;
-        let (ql, kl) = (layout_of(&[(Some(0), t, t)]), layout_of(&[(Some(0), 0, t)]));
+        let (ql, kl) = (Layout::from_runs(&[(Some(0), t, t)]), Layout::from_runs(&[(Some(0), 0, t)]));
         let (dq, dk) = (DeviceLayout::new(ops, &ql)?, DeviceLayout::new(ops, &kl)?);
         let q = random_tensor(&s, &mut rng, &[t, nh, d])?;
         let k = random_tensor(&s, &mut rng, &[t, nkv, d])?;
@@ -754,7 +737,7 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
     // cost a short ring step pays on the host.
     {
         let t = 256usize;
-        let layout = layout_of(&[(Some(0), 0, t)]);
+        let layout = Layout::from_runs(&[(Some(0), 0, t)]);
         let dl = DeviceLayout::new(ops, &layout)?;
         let q = random_tensor(&s, &mut rng, &[t, nh, d])?;
         let k = random_tensor(&s, &mut rng, &[t, nkv, d])?;
@@ -779,7 +762,7 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
     // ranks: 320 query rows against 32000 keys, all visible), split KV on and off.
     {
         let (tq, tk) = (320usize, 32000usize);
-        let (ql, kl) = (layout_of(&[(Some(0), tk, tq)]), layout_of(&[(Some(0), 0, tk)]));
+        let (ql, kl) = (Layout::from_runs(&[(Some(0), tk, tq)]), Layout::from_runs(&[(Some(0), 0, tk)]));
         let (dq, dk) = (DeviceLayout::new(ops, &ql)?, DeviceLayout::new(ops, &kl)?);
         let q = random_tensor(&s, &mut rng, &[tq, nh, d])?;
         let k = random_tensor(&s, &mut rng, &[tk, nkv, d])?;
@@ -796,8 +779,8 @@ pub fn bench(ops: &mut CudaAttention, quick: bool) -> Result<Vec<Timing>> {
     // Decode.
     let decodes: &[(usize, usize)] = if quick { &[(131072, 8)] } else { &[(131072, 8), (1 << 20, 1)] };
     for &(len, b) in decodes {
-        let ql = layout_of(&(0..b).map(|seq| (Some(seq), len - 1, 1)).collect::<Vec<_>>());
-        let kl = layout_of(&(0..b).map(|seq| (Some(seq), 0, len)).collect::<Vec<_>>());
+        let ql = Layout::from_runs(&(0..b).map(|seq| (Some(seq), len - 1, 1)).collect::<Vec<_>>());
+        let kl = Layout::from_runs(&(0..b).map(|seq| (Some(seq), 0, len)).collect::<Vec<_>>());
         let (dq, dk) = (DeviceLayout::new(ops, &ql)?, DeviceLayout::new(ops, &kl)?);
         let q = random_tensor(&s, &mut rng, &[b, nh, d])?;
         let k = random_tensor(&s, &mut rng, &[b * len, nkv, d])?;
@@ -872,7 +855,7 @@ pub fn dump(ops: &CudaAttention, dir: &str) -> Result<()> {
     let s = ops.stream().clone();
     let mut rng = Rng(7);
     let (t, nh, nkv, d) = (4096usize, 32usize, 8usize, 128usize);
-    let layout = layout_of(&[(Some(0), 0, t)]);
+    let layout = Layout::from_runs(&[(Some(0), 0, t)]);
     let dl = DeviceLayout::new(ops, &layout)?;
     let q = random_tensor(&s, &mut rng, &[t, nh, d])?;
     let k = random_tensor(&s, &mut rng, &[t, nkv, d])?;
@@ -940,7 +923,7 @@ pub fn profile(ops: &CudaAttention, shape: &ProfileShape, repeat: usize) -> Resu
     let q_runs: Vec<_> = (0..batch).map(|seq| (Some(seq), q_start, tokens)).collect();
     let k_runs: Vec<_> = (0..batch).map(|seq| (Some(seq), 0, tokens)).collect();
     // The device's layout cache: a causal launch's query and key layouts are one upload.
-    let (ql, kl) = (ops.device_layout(&layout_of(&q_runs))?, ops.device_layout(&layout_of(&k_runs))?);
+    let (ql, kl) = (ops.device_layout(&Layout::from_runs(&q_runs))?, ops.device_layout(&Layout::from_runs(&k_runs))?);
     let rows = tokens * batch;
     let q = random_tensor(&s, &mut rng, &[rows, 32, head_dim])?;
     let k = random_tensor(&s, &mut rng, &[rows, 8, head_dim])?;

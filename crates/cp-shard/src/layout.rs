@@ -102,6 +102,19 @@ impl Layout {
         Layout::default()
     }
 
+    /// A layout from `(sequence, first position, rows)` runs, `None` for padding rows (their
+    /// first position is ignored): a shorthand for tests and examples.
+    pub fn from_runs(runs: &[(Option<usize>, usize, usize)]) -> Layout {
+        let mut layout = Layout::new();
+        for &(seq, start, len) in runs {
+            match seq {
+                Some(seq) => layout.push_tokens(seq, Span::new(start, len)),
+                None => layout.push_padding(len),
+            }
+        }
+        layout
+    }
+
     /// The rows of `parts` one after the other (the layout of their tensors concatenated).
     pub fn concat<'a>(parts: impl IntoIterator<Item = &'a Layout>) -> Layout {
         parts.into_iter().flat_map(|part| part.runs().iter().copied()).collect()
@@ -415,6 +428,9 @@ mod tests {
         assert_eq!(rows[2], Some(Token { seq: 0, pos: 2 }));
         assert_eq!(rows[3], None);
         assert_eq!(rows[4], Some(Token { seq: 1, pos: 5 }));
+        // The same from runs (padding's first position ignored).
+        let from = Layout::from_runs(&[(Some(0), 0, 2), (Some(0), 2, 1), (None, 99, 1), (Some(1), 5, 1), (None, 0, 2)]);
+        assert_eq!(from, layout);
     }
 
     #[test]

@@ -312,12 +312,12 @@ mod tests {
         // Brute force with the kernel's rule on every (query block, key tile) pair, over layouts
         // of packed sequences, padding, and a rank's two chunks of one sequence.
         let layouts = [
-            layout_of_runs(&[(Some(0), 0, 300)]),
-            layout_of_runs(&[(Some(0), 300, 200), (None, 0, 5), (Some(1), 50, 20), (Some(3), 10, 10)]),
-            layout_of_runs(&[(Some(0), 0, 300), (Some(1), 0, 40)]),
-            layout_of_runs(&[(Some(0), 0, 150), (None, 0, 10), (Some(0), 600, 160)]),
-            layout_of_runs(&[(Some(0), 300, 150)]),
-            layout_of_runs(&[(Some(2), 0, 64), (Some(0), 900, 70), (None, 0, 100)]),
+            Layout::from_runs(&[(Some(0), 0, 300)]),
+            Layout::from_runs(&[(Some(0), 300, 200), (None, 0, 5), (Some(1), 50, 20), (Some(3), 10, 10)]),
+            Layout::from_runs(&[(Some(0), 0, 300), (Some(1), 0, 40)]),
+            Layout::from_runs(&[(Some(0), 0, 150), (None, 0, 10), (Some(0), 600, 160)]),
+            Layout::from_runs(&[(Some(0), 300, 150)]),
+            Layout::from_runs(&[(Some(2), 0, 64), (Some(0), 900, 70), (None, 0, 100)]),
             Layout::new(),
         ];
         for ql in &layouts {
@@ -341,18 +341,6 @@ mod tests {
         let q = tile_summaries_of_runs(&layouts[3], TILE);
         let k = tile_summaries_of_runs(&layouts[4], TILE);
         assert_eq!(visible_key_tiles(&q, 2, &k, 2), vec![0, 2, 2]);
-    }
-
-    /// A layout from (sequence or padding, first position, rows) runs.
-    fn layout_of_runs(runs: &[(Option<usize>, usize, usize)]) -> Layout {
-        let mut l = Layout::new();
-        for &(seq, start, len) in runs {
-            match seq {
-                Some(seq) => l.push_tokens(seq, Span::new(start, len)),
-                None => l.push_padding(len),
-            }
-        }
-        l
     }
 
     #[test]
