@@ -449,8 +449,8 @@ impl CudaAttention {
         if matches!(kernel, PrefillKernel::Tma { .. }) { self.sm_count - self.reserved_sms } else { self.sm_count }
     }
 
-    /// The query blocks of `block_rows` rows (128 or 192) of `ql` heaviest first, on the device
-    /// (computed once per layout and block size).
+    /// The query blocks of `block_rows` rows (128 or 192) of `ql` heaviest first, on the host and
+    /// on the device (computed once per layout and block size).
     fn block_order<'a>(&self, ql: &'a DeviceLayout, block_rows: usize) -> Result<&'a (Vec<i32>, CudaSlice<i32>)> {
         let cell = &ql.block_order[usize::from(block_rows == 192)];
         if let Some(order) = cell.get() {
