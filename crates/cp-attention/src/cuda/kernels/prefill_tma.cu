@@ -445,8 +445,10 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
             u32 p[BN / 4];
             wg_init<D, BN>(o, s, m_run, l_run);
             int kind = 0, pos0 = 0, j = wait_tile(kind, pos0);
+            FoldIn<D> fin;  // a fold's running partial of these rows (ACC)
             if (j < 0) {
                 mbar_arrive(q_empty);
+                if constexpr (ACC) wg_fold_load<D>(fin, (const float*)out, lse, w.m0 + r0, tq, nh, w.h);
                 finish_item();
             } else {  // the same in both warpgroups
                 float corr[2], rsum[2];
@@ -498,6 +500,8 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                 wg_fence();
                 wg_pv<D, BN, BF16>(o, p, sv(cs));
                 wg_commit();
+                // A fold reads its running partial while the last P V runs (v6.8).
+                if constexpr (ACC) wg_fold_load<D>(fin, (const float*)out, lse, w.m0 + r0, tq, nh, w.h);
                 wg_wait<0>();
                 pin<D / 2>(o);
                 mbar_arrive(empty(cs));
@@ -511,7 +515,7 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
             } else {
                 char* out_z = (char*)out + (size_t)w.z * tq * nh * D * (OUT_F32 ? 4 : 2);
                 wg_epilogue<D, BF16, OUT_F32, ACC>(o, l_run, m_run, rows, bad[n & 1], w.m0 + r0, tq, nh, w.h, out_z,
-                                                   lse + (size_t)w.z * tq * nh);
+                                                   lse + (size_t)w.z * tq * nh, &fin);
             }
             mbar_arrive(bad_free + 8 * (n & 1));
         }

@@ -242,9 +242,28 @@ DEVI void wg_rescale(float* o, u32* p, const float* s, float* l_run, const float
 // saw a recorded non-finite V: NaN. With ACC (f32 only), `out` and `lse` hold a running partial
 // of the same rows, and the tile's partial is folded into it in place (Eq. 4, as merge_fold: a
 // side of LSE -inf adds nothing, a NaN propagates); each (row, head) is one item's.
+// The running partial a folding epilogue merges into, loaded ahead of it (under the item's last
+// P V, v6.8): this thread's O columns of its two rows and, in the quad's first thread, their LSE
+// (the others hold -inf; the epilogue passes the leader's on).
+template <int D> struct FoldIn { float2 o[2][D / 8]; float l[2]; };
+template <int D>
+DEVI void wg_fold_load(FoldIn<D>& f, const float* __restrict__ out, const float* __restrict__ lse, int row0, int tq,
+                       int nh, int h) {
+    const int t4 = threadIdx.x & 3;
+    #pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int row = row0 + 8 * i;
+        f.l[i] = row < tq && t4 == 0 ? lse[(size_t)row * nh + h] : NEG_INF;
+        #pragma unroll
+        for (int a = 0; a < D / 8; a++)
+            f.o[i][a] = row < tq ? *(const float2*)(out + ((size_t)row * nh + h) * D + a * 8 + 2 * t4) : make_float2(0.f, 0.f);
+    }
+}
+
 template <int D, bool BF16, bool OUT_F32, bool ACC = false>
 DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, const WgRows& rows, const BadKeys& bad,
-                      int row0, int tq, int nh, int h, void* __restrict__ out, float* __restrict__ lse) {
+                      int row0, int tq, int nh, int h, void* __restrict__ out, float* __restrict__ lse,
+                      const FoldIn<D>* fin = nullptr) {
     const int t4 = threadIdx.x & 3;
     #pragma unroll
     for (int i = 0; i < 2; i++) {
@@ -262,9 +281,9 @@ DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, co
         static_assert(!ACC || OUT_F32, "the fold runs on f32 partials");
         if (ACC) {
             // The running LSE, read by the quad's first thread (which alone writes it back) and
-            // passed to the other three: no thread reads what another writes.
-            float la = row < tq && t4 == 0 ? lse[(size_t)row * nh + h] : NEG_INF;
-            la = __shfl_sync(0xffffffff, la, (threadIdx.x & 31) & ~3);
+            // passed to the other three: no thread reads what another writes. O and LSE were
+            // read ahead into `fin` (wg_fold_load).
+            const float la = __shfl_sync(0xffffffff, fin->l[i], (threadIdx.x & 31) & ~3);
             if (row < tq) {
                 const Merge2 m = merge2(la, l > 0.f && !pad ? (m_run[i] + __log2f(l)) * LN2 : NEG_INF);
                 const float wa = m.wa, wb = m.wb;
@@ -272,7 +291,7 @@ DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, co
                 #pragma unroll
                 for (int a = 0; a < D / 8; a++) {
                     float2* p = (float2*)((float*)out + obase + a * 8 + 2 * t4);
-                    const float2 old = *p;
+                    const float2 old = fin->o[i][a];
                     const float x0 = pad ? 0.f : o[4 * a + 2 * i] * inv, x1 = pad ? 0.f : o[4 * a + 2 * i + 1] * inv;
                     *p = make_float2((wa != 0.f ? old.x * fa : 0.f) + (wb != 0.f ? x0 * fb : 0.f),
                                      (wa != 0.f ? old.y * fa : 0.f) + (wb != 0.f ? x1 * fb : 0.f));
