@@ -477,13 +477,13 @@ pub fn check(ops: &mut CudaAttention) -> Result<bool> {
     all_ok &= check_cases(ops, &mut rng, prefill_cases())?;
     // The tail split on every launch whose busy items are equal and whose last round is short:
     // on the 3 blocks (several rounds, pieces after them) and on all (every item cut).
-    ops.tail_mode = TailMode::Always;
+    let tail_mode = std::mem::replace(&mut ops.tail_mode, TailMode::Always);
     for reserve in [reserved, 0] {
         ops.reserve_sms(reserve)?;
         println!("  prefill kernel {}, tail split always, {reserve} multiprocessors reserved:", ops.prefill);
         all_ok &= check_cases(ops, &mut rng, prefill_cases())?;
     }
-    ops.tail_mode = TailMode::Auto;
+    ops.tail_mode = tail_mode;
     ops.reserve_sms(0)?;
     let (line, ok) = check_merges(ops, &mut rng)?;
     println!("  {} {line}", if ok { "[ok]    " } else { "[FAILED]" });
@@ -1009,23 +1009,22 @@ fn profile_ring(
         Ok(ops.synchronize()?)
     })?;
     let err = |e| anyhow::anyhow!("event: {e:?}");
-    let mut step_ms = vec![0.0f64; world];
-    let started = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err)?;
+    // Every round enqueued back to back, an event after each step; one wait at the end (the
+    // rounds run as the ring's would, without the host in between).
+    let mut events = vec![s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err)?];
     for _ in 0..repeat {
         let mut acc = None;
-        let mut events = vec![s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err)?];
         for &src in &order {
             acc = Some(step(acc, src)?);
             events.push(s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err)?);
         }
-        ops.synchronize()?;
-        for (j, pair) in events.windows(2).enumerate() {
-            step_ms[j] += pair[0].elapsed_ms(&pair[1]).map_err(err)? as f64;
-        }
     }
-    let ended = s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err)?;
     ops.synchronize()?;
-    let total = started.elapsed_ms(&ended).map_err(err)? as f64 / repeat as f64;
+    let mut step_ms = vec![0.0f64; world];
+    for (i, pair) in events.windows(2).enumerate() {
+        step_ms[i % world] += pair[0].elapsed_ms(&pair[1]).map_err(err)? as f64;
+    }
+    let total = events[0].elapsed_ms(&events[events.len() - 1]).map_err(err)? as f64 / repeat as f64;
     let spans = |r: usize| shards.spans(r).map(|s| s.to_vec());
     let mut detail = Vec::new();
     for (j, &src) in order.iter().enumerate() {

@@ -44,7 +44,8 @@ pub trait AttentionOps {
 
     /// The partial attention of `q` against `k`, `v` folded into the running pair `acc` of the
     /// same queries: [`AttentionOps::partial`] then [`AttentionOps::merge`], which a device may
-    /// do in one pass (the CUDA kernel folds in its epilogue, without writing the partial).
+    /// do in one pass (the CUDA kernel folds in its epilogue, without writing the partial, but
+    /// for the pieces of a launch's short last round).
     fn partial_into(
         &self,
         acc: Partial<Self::Tensor>,

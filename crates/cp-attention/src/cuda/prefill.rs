@@ -142,9 +142,11 @@ impl CudaAttention {
 
     /// The attention of `q` against `k`, `v` folded into `acc`, the running f32 partial of the
     /// same queries (Eq. 4): on the TMA kernel in its epilogue, in place, without writing the
-    /// step's partial or a merge pass over it (pass-KV's steps after the first); elsewhere, or
-    /// with a split key range, [`CudaAttention::flash`] then [`CudaAttention::merge_into`]. An
-    /// accumulator of another shape or dtype is an error.
+    /// step's partial or a merge pass over it (pass-KV's steps after the first) — except a tail
+    /// split's pieces, whose f32 partials `merge_tail` folds in ([`TailMode`]); rows that see
+    /// none of these keys keep their running partial as it is. Elsewhere, or with a split key
+    /// range, [`CudaAttention::flash`] then [`CudaAttention::merge_into`]. An accumulator of
+    /// another shape or dtype is an error.
     pub fn flash_into(
         &self,
         acc: Partial<GpuTensor>,
@@ -624,7 +626,7 @@ struct ItemRange<'a> {
 pub enum TailMode {
     /// Never.
     Off,
-    /// Where the cost model says it gains 2% or more ([`tail_plan`]).
+    /// Where the cost model says it gains 0.5% or more ([`tail_plan`]).
     Auto,
     /// Whenever the last round is short and the items have two key tiles or more, however
     /// little it gains (for the checks: small launches on a few multiprocessors).

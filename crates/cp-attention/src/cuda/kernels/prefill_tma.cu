@@ -145,8 +145,8 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
     const int n_ktiles = (tk + BN - 1) / BN, n_t64 = (tk + 63) / 64, n_q64 = (tq + 63) / 64;
     // This launch runs items item_lo .. item_hi - 1 of the numbering (`tma_item_coords`). With
     // TAIL (the tail split, v6.7), each of them in `splits` pieces of `split_tiles` visible key
-    // tiles (the items themselves one split), piece p writing its f32 partial at index p of
-    // `out` ([p][BM][D]) and `lse` ([p][BM]) for `merge_tail`.
+    // tiles (the items themselves one split): piece p of item item_lo + t writes its f32 partial
+    // at index t * splits + p of `out` ([index][BM][D]) and `lse` ([index][BM]) for `merge_tail`.
     static_assert(!TAIL || (OUT_F32 && !ACC), "tail pieces write f32 partials");
     const int n_qblocks = (tq + BM - 1) / BM, n_items = (item_hi - item_lo) * (TAIL ? splits : 1);
     // Work items are numbered heaviest first: query blocks in `q_order` (by descending last
@@ -500,7 +500,10 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                 wg_fence();
                 wg_pv<D, BN, BF16>(o, p, sv(cs));
                 wg_commit();
-                // A fold reads its running partial while the last P V runs (v6.8).
+                // A fold reads its running partial while the last P V runs (v6.8; a fold has one
+                // split, so its partial is `out` and `lse` themselves). With three consumer
+                // warpgroups (160 registers) ptxas keeps some of them on the stack (10 local
+                // loads and stores more than v6.7; not timed).
                 if constexpr (ACC) wg_fold_load<D>(fin, (const float*)out, lse, w.m0 + r0, tq, nh, w.h);
                 wg_wait<0>();
                 pin<D / 2>(o);

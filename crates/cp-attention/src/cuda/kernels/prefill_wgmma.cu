@@ -237,11 +237,6 @@ DEVI void wg_rescale(float* o, u32* p, const float* s, float* l_run, const float
     wg_pack<BN, BF16>(p, s);
 }
 
-// Epilogue of a warpgroup tile: normalises O and writes it and the LSE (natural log) of the
-// thread's two rows (global rows row0 and row0 + 8). Rows that saw nothing: 0 and -inf; rows that
-// saw a recorded non-finite V: NaN. With ACC (f32 only), `out` and `lse` hold a running partial
-// of the same rows, and the tile's partial is folded into it in place (Eq. 4, as merge_fold: a
-// side of LSE -inf adds nothing, a NaN propagates); each (row, head) is one item's.
 // The running partial a folding epilogue merges into, loaded ahead of it (under the item's last
 // P V, v6.8): this thread's O columns of its two rows and, in the quad's first thread, their LSE
 // (the others hold -inf; the epilogue passes the leader's on).
@@ -260,6 +255,12 @@ DEVI void wg_fold_load(FoldIn<D>& f, const float* __restrict__ out, const float*
     }
 }
 
+// Epilogue of a warpgroup tile: normalises O and writes it and the LSE (natural log) of the
+// thread's two rows (global rows row0 and row0 + 8). Rows that saw nothing: 0 and -inf; rows that
+// saw a recorded non-finite V: NaN. With ACC (f32 only), `out` and `lse` hold a running partial
+// of the same rows, read ahead into `fin` (wg_fold_load), and the tile's partial is folded into
+// it in place (Eq. 4, as merge_fold: a side of LSE -inf adds nothing, a NaN propagates); each
+// (row, head) is one item's.
 template <int D, bool BF16, bool OUT_F32, bool ACC = false>
 DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, const WgRows& rows, const BadKeys& bad,
                       int row0, int tq, int nh, int h, void* __restrict__ out, float* __restrict__ lse,
