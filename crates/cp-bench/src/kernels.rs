@@ -14,9 +14,7 @@
 
 use std::sync::Arc;
 
-use cp_attention::cuda::{
-    CudaAttention, DecodeKernel, DeviceLayout, GpuDType, GpuTensor, PrefillKernel, TailMode, kv_splits,
-};
+use cp_attention::cuda::{CudaAttention, DecodeKernel, DeviceLayout, GpuDType, GpuTensor, PrefillKernel, TailMode};
 use cp_attention::reference::{self, Heads, discrepancy};
 use cp_attention::{AttentionError, Partial};
 use cp_shard::{Layout, PrefillShards, Span, Token};
@@ -173,19 +171,7 @@ fn check_case(ops: &CudaAttention, rng: &mut Rng, case: &Case) -> Result<(String
     let (tol_out, tol_lse) = (crate::check::tol_out(case.dtype), crate::check::TOL_LSE);
     let masked = want_lse.iter().filter(|l| l.is_infinite()).count();
     let ok = d_out.within(tol_out) && d_lse.within(tol_lse);
-    let splits = if tq > DECODE_ROWS {
-        if ops.split_kv {
-            kv_splits(
-                tq.div_ceil(ops.prefill.block_rows(head_dim)) * n_heads,
-                tk.div_ceil(ops.prefill.key_tile()),
-                ops.prefill_sms(ops.prefill),
-            )
-        } else {
-            1
-        }
-    } else {
-        0
-    };
+    let splits = if tq > DECODE_ROWS { ops.prefill_splits(ops.prefill, tq, tk, n_heads, head_dim) } else { 0 };
     let nan_note = if nan_rows > 0 { format!(", {nan_rows} NaN elements expected") } else { String::new() };
     let split_note = match ops.prefill_tail(
         &case.q_layout,

@@ -235,7 +235,7 @@ impl CudaAttention {
         let key_tiles = tk.div_ceil(kernel.key_tile());
         // The persistent kernel runs on the multiprocessors left after the reservation.
         let sms = self.prefill_sms(kernel);
-        let splits = if self.split_kv { kv_splits(blocks * nh, key_tiles, sms) } else { 1 };
+        let splits = self.prefill_splits(kernel, tq, tk, nh, d);
         // The fold in the epilogue: the TMA kernel over one split (anything else runs the
         // partial and then the merge).
         let fold = match into {
@@ -260,7 +260,8 @@ impl CudaAttention {
         }
         let grid = match kernel {
             // Persistent: at most one block per multiprocessor, each walking its share of the
-            // (query block, head, split) items, heaviest first.
+            // (query block, head, split) items, heaviest first (a launch takes no more blocks
+            // than its range has items or pieces: `launch` below).
             PrefillKernel::Tma { .. } => {
                 let items = blocks * nh * splits;
                 if items > i32::MAX as usize {
@@ -270,7 +271,7 @@ impl CudaAttention {
                         max: i32::MAX as usize,
                     });
                 }
-                (items.min(sms).max(1) as u32, 1, 1)
+                (sms.max(1) as u32, 1, 1)
             }
             // The wgmma kernel takes (heads, query blocks, splits); the mma.sync ones (query
             // blocks, heads, splits).
@@ -344,7 +345,7 @@ impl CudaAttention {
                             None => b.arg(&no_counter),
                         };
                         b.arg(&items.mode);
-                        (items.runs.min(sms).max(1) as u32, 1, 1)
+                        (items.runs.min(grid.0 as usize).max(1) as u32, 1, 1)
                     }
                     None => grid,
                 };
@@ -451,6 +452,24 @@ impl CudaAttention {
         if matches!(kernel, PrefillKernel::Tma { .. }) { self.sm_count - self.reserved_sms } else { self.sm_count }
     }
 
+    /// How many splits of its key range a prefill launch of `kernel` over `tq` query and `tk` key
+    /// rows with `n_heads` query heads of `head_dim` takes on this handle: [`kv_splits`] over
+    /// its multiprocessors ([`CudaAttention::prefill_sms`]) when `split_kv` is on, else 1.
+    pub fn prefill_splits(
+        &self,
+        kernel: PrefillKernel,
+        tq: usize,
+        tk: usize,
+        n_heads: usize,
+        head_dim: usize,
+    ) -> usize {
+        if !self.split_kv {
+            return 1;
+        }
+        let blocks = tq.div_ceil(kernel.block_rows(head_dim)) * n_heads;
+        kv_splits(blocks, tk.div_ceil(kernel.key_tile()), self.prefill_sms(kernel))
+    }
+
     /// The query blocks of `block_rows` rows (128 or 192) of `ql` heaviest first, on the host and
     /// on the device (computed once per layout and block size).
     fn block_order<'a>(&self, ql: &'a DeviceLayout, block_rows: usize) -> Result<&'a (Vec<i32>, CudaSlice<i32>)> {
@@ -498,9 +517,7 @@ impl CudaAttention {
         if !matches!(kernel, PrefillKernel::Tma { .. }) || tq == 0 || tk == 0 || !self.kernels.wgmma {
             return Ok(None);
         }
-        let blocks = tq.div_ceil(kernel.block_rows(head_dim)) * n_heads;
-        let key_tiles = tk.div_ceil(kernel.key_tile());
-        if self.split_kv && kv_splits(blocks, key_tiles, self.prefill_sms(kernel)) > 1 {
+        if self.prefill_splits(kernel, tq, tk, n_heads, head_dim) > 1 {
             return Ok(None);
         }
         let (ql, kl) = (self.device_layout(q_layout)?, self.device_layout(kv_layout)?);
@@ -727,7 +744,7 @@ mod tests {
     use crate::AttentionError;
     use crate::cuda::GpuDType;
     use crate::cuda::layout::{TILE, heavy_first_blocks, tile_summaries_of_runs};
-    use cp_shard::{Layout, PrefillShards, Span};
+    use cp_shard::{Layout, PrefillShards};
 
     #[test]
     fn only_a_short_last_round_of_long_items_is_cut() {
@@ -771,11 +788,7 @@ mod tests {
             let order = heavy_first_blocks(&qs, rows / TILE);
             busy_blocks(&qs, &tile_summaries_of_runs(k, TILE), &order, rows, 128)
         };
-        let run = |seq, start, len| {
-            let mut l = Layout::new();
-            l.push_tokens(seq, Span::new(start, len));
-            l
-        };
+        let run = |seq, start, len| Layout::from_runs(&[(Some(seq), start, len)]);
         // A 128K ring step on 4 ranks: rank 0 (chunks 0 and 7 of 16K) against rank 1's keys
         // (chunks 1 and 6): chunk 0's 128 blocks see nothing, chunk 7's see all 256 key tiles.
         let shards = PrefillShards::new(4, 0, 131_072).unwrap();
@@ -791,12 +804,10 @@ mod tests {
         assert_eq!(busy(&run(0, 0, 200), &run(0, 300, 100), 128), (0, None));
         // A block of another sequence seeing nothing ahead of a busy one in the order (its
         // positions are later): all count.
-        let mut packed = run(1, 500, 128);
-        packed.push_tokens(0, Span::new(0, 128));
+        let packed = Layout::from_runs(&[(Some(1), 500, 128), (Some(0), 0, 128)]);
         assert_eq!(busy(&packed, &run(0, 0, 128), 128), (2, None));
         // Behind it: the busy one first.
-        let mut packed = run(1, 0, 128);
-        packed.push_tokens(0, Span::new(0, 128));
+        let packed = Layout::from_runs(&[(Some(1), 0, 128), (Some(0), 0, 128)]);
         assert_eq!(busy(&packed, &run(0, 0, 128), 128), (1, Some(1)));
     }
 
