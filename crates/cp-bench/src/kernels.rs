@@ -891,16 +891,29 @@ pub struct ProfileShape {
     pub ring: Option<(usize, usize)>,
 }
 
+impl ProfileShape {
+    /// Whether [`profile`] can run the shape (checked before any GPU work): a ring profile takes
+    /// one causal sequence that its ranks can shard, and a rank of the ring.
+    pub fn check(&self) -> Result<()> {
+        if let Some((world, rank)) = self.ring {
+            anyhow::ensure!(
+                self.batch == 1 && !self.off_diagonal,
+                "a ring profile takes one causal sequence (no --batch, no --off-diagonal)"
+            );
+            anyhow::ensure!(rank < world, "--ring-rank {rank} is not a rank of a ring of {world}");
+            PrefillShards::new(world, 0, self.tokens)?;
+        }
+        Ok(())
+    }
+}
+
 /// `repeat` prefills of `shape` (one for `ncu`), back to back on one stream; more than one are
 /// timed as a whole (CUDA events around all of them, after the usual warm-up: the sustained rate,
 /// at the clock the card holds under load).
 pub fn profile(ops: &CudaAttention, shape: &ProfileShape, repeat: usize) -> Result<()> {
+    shape.check()?;
     let ProfileShape { head_dim, tokens, batch, off_diagonal, ring } = *shape;
     if let Some((world, rank)) = ring {
-        anyhow::ensure!(
-            batch == 1 && !off_diagonal,
-            "a ring profile takes one causal sequence (no --batch, no --off-diagonal)"
-        );
         return profile_ring(ops, head_dim, tokens, world, rank, repeat);
     }
     let s = ops.stream().clone();
@@ -967,7 +980,6 @@ fn profile_ring(
 ) -> Result<()> {
     use cp_ring::AttentionOps;
     let shards = PrefillShards::new(world, 0, tokens)?;
-    anyhow::ensure!(rank < world, "rank {rank} of a ring of {world}");
     let s = ops.stream().clone();
     let mut rng = Rng(1);
     let layouts = (0..world).map(|r| shards.q_layout(0, r)).collect::<std::result::Result<Vec<_>, _>>()?;

@@ -58,6 +58,7 @@ fn cp_gpu_bench_refuses_bad_arguments_and_says_when_there_is_no_gpu() {
         let o = Command::new(env!("CARGO_BIN_EXE_cp-gpu-bench")).args(args).output().unwrap();
         (o.status.code(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
     };
+    let mut cases = 0;
     for (args, phrase) in [
         (&["bogus"][..], "unrecognized subcommand 'bogus'"),
         (&["bench", "--json"][..], "a value is required"),
@@ -74,6 +75,18 @@ fn cp_gpu_bench_refuses_bad_arguments_and_says_when_there_is_no_gpu() {
         let (code, text) = run(args);
         assert_eq!(code, Some(2), "{args:?}: {text}");
         assert!(text.contains(phrase), "{args:?}: {text}");
+        cases += 1;
+    }
+    // A ring profile's shape is refused before the GPU is touched (so here too, without one).
+    for (args, phrase) in [
+        (&["profile", "--ring-world", "4", "--ring-rank", "4"][..], "--ring-rank 4 is not a rank of a ring of 4"),
+        (&["profile", "--ring-world", "2", "--batch", "2"][..], "a ring profile takes one causal sequence"),
+        (&["profile", "--ring-world", "2", "--off-diagonal"][..], "a ring profile takes one causal sequence"),
+    ] {
+        let (code, text) = run(args);
+        assert_eq!(code, Some(1), "{args:?}: {text}");
+        assert!(text.contains(phrase) && !text.contains("panicked") && !text.contains("NVIDIA"), "{args:?}: {text}");
+        cases += 1;
     }
     let (code, text) = run(&["--help"]);
     assert_eq!(code, Some(0), "{text}");
@@ -82,5 +95,5 @@ fn cp_gpu_bench_refuses_bad_arguments_and_says_when_there_is_no_gpu() {
         assert_eq!(code, Some(1), "{text}");
         assert!(text.contains("no NVIDIA driver") && !text.contains("panicked"), "{text}");
     }
-    eprintln!("bad-input-cases: cp-gpu-bench 7");
+    eprintln!("bad-input-cases: cp-gpu-bench {cases}");
 }

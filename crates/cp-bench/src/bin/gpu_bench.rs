@@ -102,6 +102,21 @@ enum ScheduleArg {
 }
 
 fn run(mode: Mode) -> anyhow::Result<bool> {
+    // A profile's shape is checked before the GPU is touched.
+    let shape = match mode {
+        Mode::Profile { head_dim, tokens, batch, off_diagonal, ring_world, ring_rank, .. } => {
+            let shape = kernels::ProfileShape {
+                head_dim: head_dim as usize,
+                tokens: tokens as usize,
+                batch: batch as usize,
+                off_diagonal,
+                ring: ring_world.map(|w| (w as usize, ring_rank as usize)),
+            };
+            shape.check()?;
+            Some(shape)
+        }
+        _ => None,
+    };
     let mut ops = CudaAttention::new(0)?;
     if let Mode::Profile { pingpong: p, schedule: s, tail_split, .. } = mode {
         ops.tail_mode = match tail_split {
@@ -154,15 +169,10 @@ fn run(mode: Mode) -> anyhow::Result<bool> {
         }
     }
     match mode {
-        Mode::Profile { head_dim, tokens, batch, repeat, off_diagonal, ring_world, ring_rank, .. } => {
-            let shape = kernels::ProfileShape {
-                head_dim: head_dim as usize,
-                tokens: tokens as usize,
-                batch: batch as usize,
-                off_diagonal,
-                ring: ring_world.map(|w| (w as usize, ring_rank as usize)),
-            };
-            kernels::profile(&ops, &shape, repeat as usize)?
+        Mode::Profile { repeat, .. } => {
+            if let Some(shape) = &shape {
+                kernels::profile(&ops, shape, repeat as usize)?
+            }
         }
         Mode::Dump { dir } => kernels::dump(&ops, &dir)?,
         _ => {}
