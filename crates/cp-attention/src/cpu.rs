@@ -150,10 +150,12 @@ pub fn merge_all(parts: &[Partial<Tensor>]) -> Result<Partial<Tensor>> {
     let mut num = first.out.zeros_like()?;
     for p in parts {
         let w = (&p.lse - &max)?.exp()?.unsqueeze(D::Minus1)?;
-        // A part of weight 0 (LSE -inf: it saw no key) adds nothing, whatever its output holds
-        // (0 x NaN would be NaN); a NaN weight still propagates.
+        // A part of LSE -inf (it saw no key) adds nothing, whatever its output holds (0 x NaN
+        // would be NaN). A part whose weight underflows to 0 still multiplies, so a NaN one of
+        // its rows saw propagates as it does through attention over all the keys at once.
         let term = p.out.broadcast_mul(&w)?;
-        let term = w.ne(0.0)?.broadcast_as(term.shape())?.where_cond(&term, &term.zeros_like()?)?;
+        let saw = p.lse.ne(f64::NEG_INFINITY)?.unsqueeze(D::Minus1)?;
+        let term = saw.broadcast_as(term.shape())?.where_cond(&term, &term.zeros_like()?)?;
         num = (num + term)?;
         denom = (denom + w.squeeze(D::Minus1)?)?;
     }

@@ -2,7 +2,8 @@
 //! value rows that are masked for a query — padding rows, future positions, another sequence's
 //! rows, unused cache slots — leave that query's output and LSE equal to the f64 oracle's, which
 //! never looks at them. Garbage a query does see gives NaN exactly where the oracle gives NaN.
-//! The merges ignore the output of a partial whose LSE is `-inf`, whatever it holds.
+//! The merges ignore the output of a partial whose LSE is `-inf`, whatever it holds, and keep a
+//! NaN a row saw in a partial whose weight underflows to 0 (as attention over all keys does).
 
 use candle_core::{DType, Device, Tensor};
 use cp_attention::reference::{self, Heads, discrepancy};
@@ -53,17 +54,15 @@ fn compare(got: &[f64], want: &[f64], tol: f64, what: &str) -> usize {
     nan
 }
 
+type Runs = &'static [(Option<usize>, usize, usize)];
+
 /// Runs one case on the CPU path in `dtype` and checks it against the oracle; returns how many
-/// output elements the oracle says are NaN.
-fn run_case(
-    name: &str,
-    dtype: DType,
-    q_runs: &[(Option<usize>, usize, usize)],
-    kv_runs: &[(Option<usize>, usize, usize)],
-    plants: &[(Which, usize, f64)],
-) -> usize {
+/// output elements the oracle says are NaN. The keys are `kv_blocks` laid end to end; with more
+/// than one, each block's partial is computed alone and the partials merged (as a ring does).
+fn run_case(name: &str, dtype: DType, q_runs: Runs, kv_blocks: &[Runs], plants: &[(Which, usize, f64)]) -> usize {
     let mut rng = StdRng::seed_from_u64(name.len() as u64 * 977 + dtype.size_in_bytes() as u64);
-    let (ql, kl) = (Layout::from_runs(q_runs), Layout::from_runs(kv_runs));
+    let blocks: Vec<Layout> = kv_blocks.iter().map(|runs| Layout::from_runs(runs)).collect();
+    let (ql, kl) = (Layout::from_runs(q_runs), Layout::concat(&blocks));
     let q = values(&mut rng, ql.len(), HEADS.n_heads, Which::Q, plants);
     let k = values(&mut rng, kl.len(), HEADS.n_kv_heads, Which::K, plants);
     let v = values(&mut rng, kl.len(), HEADS.n_kv_heads, Which::V, plants);
@@ -72,7 +71,15 @@ fn run_case(
     };
     let (qt, kt, vt) =
         (t(&q, ql.len(), HEADS.n_heads), t(&k, kl.len(), HEADS.n_kv_heads), t(&v, kl.len(), HEADS.n_kv_heads));
-    let got = CpuAttention::default().partial(&qt, &ql, &kt, &vt, &kl).unwrap();
+    let ops = CpuAttention::default();
+    let mut parts = Vec::new();
+    let mut at = 0;
+    for block in &blocks {
+        let (kb, vb) = (kt.narrow(0, at, block.len()).unwrap(), vt.narrow(0, at, block.len()).unwrap());
+        parts.push(ops.partial(&qt, &ql, &kb, &vb, block).unwrap());
+        at += block.len();
+    }
+    let got = merge_all(&parts).unwrap();
     // The oracle sees the values as rounded to the dtype (3e38 is inf in f16, finite in bf16).
     let f = |x: &Tensor| to_f64_vec(x).unwrap();
     let q_tokens: Vec<Option<Token>> = ql.rows().collect();
@@ -101,7 +108,7 @@ fn garbage_in_padding_rows_never_reaches_a_result() {
                 "padding",
                 dtype,
                 &[(Some(0), 10, 20), (None, 0, 5)],
-                &[(Some(0), 0, 30), (None, 0, 10)],
+                &[&[(Some(0), 0, 30), (None, 0, 10)]],
                 &plants,
             );
             assert_eq!(nan, 0, "{dtype:?} {g}: padding leaked");
@@ -123,7 +130,7 @@ fn garbage_at_future_positions_and_in_other_sequences_never_reaches_a_result() {
                 (Which::V, 16 + 33, g),
             ];
             let nan =
-                run_case("future+other", dtype, &[(Some(0), 0, 20)], &[(Some(1), 0, 16), (Some(0), 0, 40)], &plants);
+                run_case("future+other", dtype, &[(Some(0), 0, 20)], &[&[(Some(1), 0, 16), (Some(0), 0, 40)]], &plants);
             assert_eq!(nan, 0, "{dtype:?} {g}: masked garbage leaked");
         }
     }
@@ -133,8 +140,32 @@ fn garbage_at_future_positions_and_in_other_sequences_never_reaches_a_result() {
 fn garbage_a_query_sees_gives_nan_exactly_where_exact_attention_does() {
     for dtype in [DType::F64, DType::F32, DType::BF16] {
         // V of position 12 is NaN: queries at positions 12.. see it (NaN), 0..12 do not.
-        let nan = run_case("visible", dtype, &[(Some(0), 0, 20)], &[(Some(0), 0, 20)], &[(Which::V, 12, f64::NAN)]);
+        let nan = run_case("visible", dtype, &[(Some(0), 0, 20)], &[&[(Some(0), 0, 20)]], &[(Which::V, 12, f64::NAN)]);
         assert_eq!(nan, 8 * HEADS.n_heads * HEADS.head_dim, "{dtype:?}: rows 12..20 are NaN, the rest exact");
+    }
+}
+
+#[test]
+fn a_nan_seen_in_a_block_of_negligible_weight_still_propagates() {
+    // Queries at positions 40..60, every element 1; keys 0..40 every element 60 (scores of
+    // 60 * 8 / sqrt(8) = 170 against about ±3 for the random keys 40..60), so the second
+    // block's weight, about e^-170, underflows to 0 in f32 and bf16 when the two blocks'
+    // partials are merged. V of position 45 is NaN: attention over all keys at once (the oracle)
+    // gives NaN at positions 45.. however small that key's weight; the merge must too.
+    // `loud` is the row where the keys of positions 0..40 start, `faint` where 40..60 start.
+    let plants = |loud: usize, faint: usize| -> Vec<(Which, usize, f64)> {
+        (0..20)
+            .map(|r| (Which::Q, r, 1.0))
+            .chain((loud..loud + 40).map(|r| (Which::K, r, 60.0)))
+            .chain([(Which::V, faint + 5, f64::NAN)])
+            .collect()
+    };
+    let (q, loud, faint): (Runs, Runs, Runs) = (&[(Some(0), 40, 20)], &[(Some(0), 0, 40)], &[(Some(0), 40, 20)]);
+    for dtype in [DType::F64, DType::F32, DType::BF16] {
+        for (blocks, plants) in [(vec![loud, faint], plants(0, 40)), (vec![faint, loud], plants(20, 0))] {
+            let nan = run_case("faint NaN", dtype, q, &blocks, &plants);
+            assert_eq!(nan, 15 * HEADS.n_heads * HEADS.head_dim, "{dtype:?}: positions 45..60 are NaN");
+        }
     }
 }
 

@@ -311,6 +311,33 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
     );
     c.plants = (7100..7140).flat_map(|r| [('k', r, nan), ('v', r, nan)]).collect();
     cases.push(c);
+    // Visible garbage under a negligible weight: every query element 1 and the keys of positions
+    // 0..300 (0..2000 below) every element 12 score 12 sqrt(D) >= 96, far above the other keys'
+    // few units, so a partial over the other keys weighs e^-96 or less: 0 in f32. Attention over
+    // all keys at once still gives NaN where a query sees a NaN value, and so must every merge
+    // (the fold in the epilogue, merge_fold, the split KV's merge, the tail split's pieces).
+    let faint = |q_rows: usize, loud: std::ops::Range<usize>, bad: usize| -> Vec<(char, usize, f32)> {
+        (0..q_rows).map(|r| ('q', r, 1.0)).chain(loud.map(|r| ('k', r, 12.0))).chain([('v', bad, nan)]).collect()
+    };
+    let mut c = Case::folded(
+        format!("fold: NaN seen in a block of weight e^-96, {tag}"),
+        dtype,
+        heads,
+        Layout::from_runs(&[(Some(0), 300, 200)]),
+        Layout::from_runs(&[(Some(0), 0, 300)]),
+        Layout::from_runs(&[(Some(0), 300, 200)]),
+    );
+    c.plants = faint(200, 0..300, 320);
+    cases.push(c);
+    let mut c = Case::new(
+        format!("short queries, NaN seen at weight e^-96 (split KV), {tag}"),
+        dtype,
+        heads,
+        Layout::from_runs(&[(Some(0), 4000, 70)]),
+        Layout::from_runs(&[(Some(0), 0, 4070)]),
+    );
+    c.plants = faint(70, 0..2000, 4010);
+    cases.push(c);
 }
 
 /// `CudaAttention::random_rows` against its host mirror, bit for bit, and NaN in padding rows.

@@ -10,8 +10,13 @@ DEVI void merge_fold(float* __restrict__ acc_out, const float* __restrict__ acc_
     long row = idx / per_row;
     if (row >= rows) return;
     int c = (int)(idx % per_row) * 4;
-    const Merge2 m = merge2(acc_lse[row], part_lse[row]);
+    const float la = acc_lse[row], lb = part_lse[row];
+    const Merge2 m = merge2(la, lb);
     const float wa = m.wa, wb = m.wb, inv = m.den > 0.f ? 1.f / m.den : 0.f;
+    // A side adds its output times its weight unless its LSE is -inf (it saw no key: its output
+    // may hold anything, and 0 x NaN would be NaN). A weight that underflows to 0 still
+    // multiplies, so a NaN a row saw propagates however small its side's weight.
+    const bool ua = la != NEG_INF, ub = lb != NEG_INF;
     float4 a = *(float4*)(acc_out + row * d + c);
     float b[4];
     if (PART_KIND == 0) {
@@ -22,12 +27,10 @@ DEVI void merge_fold(float* __restrict__ acc_out, const float* __restrict__ acc_
         u16 hs[4] = {(u16)(t.x & 0xffff), (u16)(t.x >> 16), (u16)(t.y & 0xffff), (u16)(t.y >> 16)};
         for (int e = 0; e < 4; e++) b[e] = PART_KIND == 1 ? bf16_to_f32(hs[e]) : f16_to_f32(hs[e]);
     }
-    // A side of weight 0 (LSE -inf: it saw no key) contributes nothing, whatever its output
-    // holds (0 x NaN would be NaN); a NaN weight still propagates.
-    a.x = ((wa != 0.f ? a.x * wa : 0.f) + (wb != 0.f ? b[0] * wb : 0.f)) * inv;
-    a.y = ((wa != 0.f ? a.y * wa : 0.f) + (wb != 0.f ? b[1] * wb : 0.f)) * inv;
-    a.z = ((wa != 0.f ? a.z * wa : 0.f) + (wb != 0.f ? b[2] * wb : 0.f)) * inv;
-    a.w = ((wa != 0.f ? a.w * wa : 0.f) + (wb != 0.f ? b[3] * wb : 0.f)) * inv;
+    a.x = ((ua ? a.x * wa : 0.f) + (ub ? b[0] * wb : 0.f)) * inv;
+    a.y = ((ua ? a.y * wa : 0.f) + (ub ? b[1] * wb : 0.f)) * inv;
+    a.z = ((ua ? a.z * wa : 0.f) + (ub ? b[2] * wb : 0.f)) * inv;
+    a.w = ((ua ? a.w * wa : 0.f) + (ub ? b[3] * wb : 0.f)) * inv;
     *(float4*)(acc_out + row * d + c) = a;
     if (c == 0) new_lse[row] = merged_lse(m);
 }
@@ -66,8 +69,9 @@ template <class LseOf, class ColsOf> DEVI float merge_cols(int n, LseOf lse_of, 
         for (int i = 0; i < 8; i++) {
             float w = __expf(l[i] - ms);
             den += w;
-            // A part of weight 0 (LSE -inf) contributes nothing, whatever its output holds.
-            if (w != 0.f) { acc[0] += w * t[i].x; acc[1] += w * t[i].y; acc[2] += w * t[i].z; acc[3] += w * t[i].w; }
+            // A part of LSE -inf (it saw no key) adds nothing, whatever its output holds; one
+            // whose weight underflows to 0 still multiplies (a NaN it saw propagates).
+            if (l[i] != NEG_INF) { acc[0] += w * t[i].x; acc[1] += w * t[i].y; acc[2] += w * t[i].z; acc[3] += w * t[i].w; }
         }
         mx = gm;
     }

@@ -286,16 +286,20 @@ DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, co
             // read ahead into `fin` (wg_fold_load).
             const float la = __shfl_sync(0xffffffff, fin->l[i], (threadIdx.x & 31) & ~3);
             if (row < tq) {
-                const Merge2 m = merge2(la, l > 0.f && !pad ? (m_run[i] + __log2f(l)) * LN2 : NEG_INF);
+                const bool saw = l > 0.f && !pad;
+                const Merge2 m = merge2(la, saw ? (m_run[i] + __log2f(l)) * LN2 : NEG_INF);
                 const float wa = m.wa, wb = m.wb;
+                // As merge_fold: a side of LSE -inf adds nothing; an underflowed weight still
+                // multiplies (a NaN the row saw propagates).
+                const bool ua = la != NEG_INF;
                 const float fa = m.den > 0.f ? wa / m.den : 0.f, fb = m.den > 0.f ? wb / m.den : 0.f;
                 #pragma unroll
                 for (int a = 0; a < D / 8; a++) {
                     float2* p = (float2*)((float*)out + obase + a * 8 + 2 * t4);
                     const float2 old = fin->o[i][a];
                     const float x0 = pad ? 0.f : o[4 * a + 2 * i] * inv, x1 = pad ? 0.f : o[4 * a + 2 * i + 1] * inv;
-                    *p = make_float2((wa != 0.f ? old.x * fa : 0.f) + (wb != 0.f ? x0 * fb : 0.f),
-                                     (wa != 0.f ? old.y * fa : 0.f) + (wb != 0.f ? x1 * fb : 0.f));
+                    *p = make_float2((ua ? old.x * fa : 0.f) + (saw ? x0 * fb : 0.f),
+                                     (ua ? old.y * fa : 0.f) + (saw ? x1 * fb : 0.f));
                 }
                 if (t4 == 0) lse[(size_t)row * nh + h] = merged_lse(m);
             }
