@@ -12,7 +12,9 @@
 //! ```
 //!
 //! A query row that sees no key of a block (causally masked, or a padding row) gets
-//! `LSE = -inf` and an output of zeros, and merging it changes nothing — without NaN.
+//! `LSE = -inf` and an output of zeros, and merging it changes nothing — without NaN. Only such
+//! parts are skipped: a part whose weight underflows to 0 still multiplies its output, so a NaN
+//! a row saw in it propagates as it does through attention over all the keys at once.
 //!
 //! Tensors are `q: [Tq, NH, DH]`, `k, v: [Tk, NKV, DH]` with `NH` a multiple of `NKV`
 //! (grouped-query attention: query head `h` reads key/value head `h / (NH / NKV)`, without
