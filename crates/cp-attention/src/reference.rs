@@ -24,7 +24,8 @@ pub struct Heads {
 /// Attention of `q` (`[q_tokens.len(), NH, DH]`, row-major) against `k`, `v`
 /// (`[kv_tokens.len(), NKV, DH]`): a query sees a key of the same sequence at the same or an
 /// earlier position; padding rows (`None`) see and are seen by nothing. Returns `(out, lse)` with shapes
-/// `[Tq, NH, DH]` and `[Tq, NH]`; rows that see nothing get zeros and `-inf`. Slices whose
+/// `[Tq, NH, DH]` and `[Tq, NH]`; rows that see nothing get zeros and `-inf`, rows with a NaN
+/// among the scores they see (a NaN query, or a NaN in a key they see) NaN and NaN. Slices whose
 /// lengths do not match the token lists and the head shape, or a head shape that is not one,
 /// are errors.
 pub fn attention(
@@ -66,6 +67,7 @@ pub fn attention(
             let kvh = h / group;
             let qrow = &q[(i * n_heads + h) * head_dim..][..head_dim];
             let mut max = f64::NEG_INFINITY;
+            let mut nan_score = false;
             for (j, &kt) in kv_tokens.iter().enumerate() {
                 let causal = matches!((qt, kt), (Some(q), Some(k)) if q.seq == k.seq && k.pos <= q.pos);
                 scores[j] = if causal {
@@ -75,6 +77,14 @@ pub fn attention(
                     f64::NEG_INFINITY
                 };
                 max = max.max(scores[j]);
+                nan_score |= scores[j].is_nan();
+            }
+            if nan_score {
+                // f64::max skips NaN: without this a NaN query (every score NaN) would look like
+                // a row that sees nothing.
+                out[(i * n_heads + h) * head_dim..][..head_dim].fill(f64::NAN);
+                lse[i * n_heads + h] = f64::NAN;
+                continue;
             }
             if max == f64::NEG_INFINITY {
                 continue;
@@ -82,10 +92,12 @@ pub fn attention(
             let mut denom = 0.0;
             let orow = &mut out[(i * n_heads + h) * head_dim..][..head_dim];
             for (j, &s) in scores.iter().enumerate() {
-                let p = (s - max).exp();
-                if p == 0.0 {
+                // A key the row does not see adds nothing, whatever its V holds; one it sees adds
+                // its weight times V even where the weight underflows (0 x NaN is NaN).
+                if s == f64::NEG_INFINITY {
                     continue;
                 }
+                let p = (s - max).exp();
                 denom += p;
                 let vrow = &v[(j * n_kv_heads + kvh) * head_dim..][..head_dim];
                 for (o, x) in orow.iter_mut().zip(vrow) {

@@ -170,6 +170,19 @@ fn a_nan_seen_in_a_block_of_negligible_weight_still_propagates() {
 }
 
 #[test]
+fn a_non_finite_score_a_query_sees_survives_the_merge() {
+    // Queries at positions 40..60 over keys 0..60 in two blocks: K of position 45 is NaN (queries
+    // at 45.. see a NaN score), and so is the query at position 43 (every score of its row).
+    // Their output and LSE are NaN, as the oracle's; the merge must not drop them.
+    let plants = [(Which::K, 45, f64::NAN), (Which::Q, 3, f64::NAN)];
+    for dtype in [DType::F64, DType::F32, DType::BF16] {
+        let nan =
+            run_case("NaN score", dtype, &[(Some(0), 40, 20)], &[&[(Some(0), 0, 40)], &[(Some(0), 40, 20)]], &plants);
+        assert_eq!(nan, 16 * HEADS.n_heads * HEADS.head_dim, "{dtype:?}: positions 43 and 45..60 are NaN");
+    }
+}
+
+#[test]
 fn merges_ignore_the_output_of_a_partial_that_saw_nothing() {
     let dev = Device::Cpu;
     let rows = 6;

@@ -312,15 +312,16 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
     c.plants = (7100..7140).flat_map(|r| [('k', r, nan), ('v', r, nan)]).collect();
     cases.push(c);
     // Visible garbage under a negligible weight: every query element 1 and the keys of positions
-    // 0..300 (0..2000 below) every element 12 score 12 sqrt(D) >= 96, far above the other keys'
-    // few units, so a partial over the other keys weighs e^-96 or less: 0 in f32. Attention over
-    // all keys at once still gives NaN where a query sees a NaN value, and so must every merge
-    // (the fold in the epilogue, merge_fold, the split KV's merge, the tail split's pieces).
+    // 0..300 (0..2000 below) every element 16 score 16 sqrt(D) >= 128, far above the other keys'
+    // few units, so a partial over the other keys weighs e^-128 or less: 0 in f32, below even
+    // its subnormals (e^-103; the merges' exponentials keep subnormals). Attention over all keys
+    // at once still gives NaN where a query sees a NaN value, and so must every merge (the fold
+    // in the epilogue, merge_fold, the split KV's merge, the tail split's pieces).
     let faint = |q_rows: usize, loud: std::ops::Range<usize>, bad: usize| -> Vec<(char, usize, f32)> {
-        (0..q_rows).map(|r| ('q', r, 1.0)).chain(loud.map(|r| ('k', r, 12.0))).chain([('v', bad, nan)]).collect()
+        (0..q_rows).map(|r| ('q', r, 1.0)).chain(loud.map(|r| ('k', r, 16.0))).chain([('v', bad, nan)]).collect()
     };
     let mut c = Case::folded(
-        format!("fold: NaN seen in a block of weight e^-96, {tag}"),
+        format!("fold: NaN seen in a block of weight e^-128, {tag}"),
         dtype,
         heads,
         Layout::from_runs(&[(Some(0), 300, 200)]),
@@ -330,13 +331,55 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
     c.plants = faint(200, 0..300, 320);
     cases.push(c);
     let mut c = Case::new(
-        format!("short queries, NaN seen at weight e^-96 (split KV), {tag}"),
+        format!("short queries, NaN seen at weight e^-128 (split KV), {tag}"),
         dtype,
         heads,
         Layout::from_runs(&[(Some(0), 4000, 70)]),
         Layout::from_runs(&[(Some(0), 0, 4070)]),
     );
     c.plants = faint(70, 0..2000, 4010);
+    cases.push(c);
+    // A non-finite score a query sees (NaN in a visible K row, or in the query itself) makes its
+    // output and LSE NaN, as the oracle's; the LSE too, or a merge would drop the row's NaN
+    // (a row that saw no key has LSE -inf, and merges skip those).
+    let mut c = Case::new(
+        format!("NaN in a visible K row and a Q row, {tag}"),
+        dtype,
+        heads,
+        Layout::from_runs(&[(Some(0), 0, 150)]),
+        Layout::from_runs(&[(Some(0), 0, 150)]),
+    );
+    c.plants = vec![('k', 60, nan), ('q', 20, nan)];
+    cases.push(c);
+    let mut c = Case::folded(
+        format!("fold: NaN in a visible K row and a Q row, {tag}"),
+        dtype,
+        heads,
+        Layout::from_runs(&[(Some(0), 300, 200)]),
+        Layout::from_runs(&[(Some(0), 0, 300)]),
+        Layout::from_runs(&[(Some(0), 300, 200)]),
+    );
+    c.plants = vec![('k', 320, nan), ('q', 50, nan)];
+    cases.push(c);
+    let mut c = Case::new(
+        format!("short queries, NaN in a visible K row (split KV), {tag}"),
+        dtype,
+        heads,
+        Layout::from_runs(&[(Some(0), 4000, 70)]),
+        Layout::from_runs(&[(Some(0), 0, 4070)]),
+    );
+    c.plants = vec![('k', 4010, nan)];
+    cases.push(c);
+    // Decode (split over the long context): sequence 0 sees a NaN K row, sequence 1's query is
+    // NaN, sequence 2 is exact.
+    let mut c = Case::new(
+        format!("decode, NaN in a visible K row and a Q row, {tag}"),
+        dtype,
+        heads,
+        Layout::from_runs(&[(Some(0), 6000, 1), (Some(1), 36, 1), (Some(2), 99, 1)]),
+        Layout::from_runs(&[(Some(0), 0, 6001), (Some(1), 0, 37), (Some(2), 0, 100)]),
+    );
+    c.plants = vec![('k', 200, nan), ('q', 1, nan)];
     cases.push(c);
 }
 

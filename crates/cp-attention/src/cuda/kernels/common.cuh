@@ -23,7 +23,8 @@ template <bool BF16> DEVI float to_f32(u16 h) { return BF16 ? bf16_to_f32(h) : f
 
 // Eq. 4 for two partials of LSE `la` and `lb`: their weights against the larger LSE `ms` (0 for a
 // side of LSE -inf; both -inf give 0 and 0, not NaN) and the weights' sum; `merged_lse` is the
-// merged LSE (taken only by the thread that writes it). The online fold (merge.cu) and the
+// merged LSE (taken only by the thread that writes it): -inf where the sum is 0, NaN where it is
+// NaN (a side of LSE NaN: a row that saw a non-finite score). The online fold (merge.cu) and the
 // prefill epilogue's fold share them.
 struct Merge2 { float wa, wb, den, ms; };
 DEVI Merge2 merge2(float la, float lb) {
@@ -35,7 +36,7 @@ DEVI Merge2 merge2(float la, float lb) {
     m.den = m.wa + m.wb;
     return m;
 }
-DEVI float merged_lse(const Merge2& m) { return m.den > 0.f ? m.ms + __logf(m.den) : NEG_INF; }
+DEVI float merged_lse(const Merge2& m) { return m.den == 0.f ? NEG_INF : m.ms + __logf(m.den); }
 
 // Packs two floats into a 16-bit pair, `lo` in the low half.
 template <bool BF16> DEVI u32 pack2(float lo, float hi) {

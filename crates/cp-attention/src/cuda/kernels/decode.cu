@@ -85,8 +85,9 @@ DEVI void decode_split(const u16* __restrict__ q, const u16* __restrict__ k, con
         }
         long row = (long)b * nh + kvh * G + hh;
         long rows = (long)bq * nh;
-        part_out[((long)split * rows + row) * D + d] = den > 0.f ? num / den : 0.f;
-        if (d == 0) part_lse[split * rows + row] = den > 0.f ? (ms + log2f(den)) * LN2 : NEG_INF;
+        // den is 0 where the row saw no key (0, -inf), NaN where it saw a non-finite score (NaN, NaN).
+        part_out[((long)split * rows + row) * D + d] = den == 0.f ? 0.f : num / den;
+        if (d == 0) part_lse[split * rows + row] = den == 0.f ? NEG_INF : (ms + log2f(den)) * LN2;
     }
 }
 #define DECODE_ENTRY(NAME, D, BF16, G)                                                                              \
@@ -277,8 +278,9 @@ DEVI void decode_mma(const u16* __restrict__ q, const u16* __restrict__ k, const
             num += red_o[(w * 16 + r) * D + d] * wt;
         }
         const long row = (long)b * nh + kvh * G + r;
-        part_out[((long)split * rows + row) * D + d] = den > 0.f ? num / den : 0.f;
-        if (d == 0) part_lse[split * rows + row] = den > 0.f ? (ms + log2f(den)) * LN2 : NEG_INF;
+        // den is 0 where the row saw no key (0, -inf), NaN where it saw a non-finite score (NaN, NaN).
+        part_out[((long)split * rows + row) * D + d] = den == 0.f ? 0.f : num / den;
+        if (d == 0) part_lse[split * rows + row] = den == 0.f ? NEG_INF : (ms + log2f(den)) * LN2;
     }
 }
 #define DECODE_MMA_ENTRY(NAME, D, BF16)                                                                             \

@@ -12,7 +12,7 @@ DEVI void merge_fold(float* __restrict__ acc_out, const float* __restrict__ acc_
     int c = (int)(idx % per_row) * 4;
     const float la = acc_lse[row], lb = part_lse[row];
     const Merge2 m = merge2(la, lb);
-    const float wa = m.wa, wb = m.wb, inv = m.den > 0.f ? 1.f / m.den : 0.f;
+    const float wa = m.wa, wb = m.wb, inv = m.den == 0.f ? 0.f : 1.f / m.den;
     // A side adds its output times its weight unless its LSE is -inf (it saw no key: its output
     // may hold anything, and 0 x NaN would be NaN). A weight that underflows to 0 still
     // multiplies, so a NaN a row saw propagates however small its side's weight.
@@ -76,9 +76,10 @@ template <class LseOf, class ColsOf> DEVI float merge_cols(int n, LseOf lse_of, 
         mx = gm;
     }
     float ms = mx == NEG_INF ? 0.f : mx;
-    float inv = den > 0.f ? 1.f / den : 0.f;
+    // A sum of 0: no part saw a key (0 and -inf); NaN: some part's LSE was NaN (NaN and NaN).
+    float inv = den == 0.f ? 0.f : 1.f / den;
     for (int e = 0; e < 4; e++) acc[e] *= inv;
-    return den > 0.f ? ms + __logf(den) : NEG_INF;
+    return den == 0.f ? NEG_INF : ms + __logf(den);
 }
 
 // Four merged columns written at element `at` of `out` in its kind (0: f32, 1: bf16, 2: f16).

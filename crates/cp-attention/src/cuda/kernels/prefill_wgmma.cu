@@ -286,13 +286,14 @@ DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, co
             // read ahead into `fin` (wg_fold_load).
             const float la = __shfl_sync(0xffffffff, fin->l[i], (threadIdx.x & 31) & ~3);
             if (row < tq) {
-                const bool saw = l > 0.f && !pad;
+                // l is 0 where the row saw no key, NaN where it saw a non-finite score.
+                const bool saw = l != 0.f && !pad;
                 const Merge2 m = merge2(la, saw ? (m_run[i] + __log2f(l)) * LN2 : NEG_INF);
                 const float wa = m.wa, wb = m.wb;
                 // As merge_fold: a side of LSE -inf adds nothing; an underflowed weight still
                 // multiplies (a NaN the row saw propagates).
                 const bool ua = la != NEG_INF;
-                const float fa = m.den > 0.f ? wa / m.den : 0.f, fb = m.den > 0.f ? wb / m.den : 0.f;
+                const float fa = m.den == 0.f ? 0.f : wa / m.den, fb = m.den == 0.f ? 0.f : wb / m.den;
                 #pragma unroll
                 for (int a = 0; a < D / 8; a++) {
                     float2* p = (float2*)((float*)out + obase + a * 8 + 2 * t4);
@@ -337,7 +338,8 @@ DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, co
                 if (row < tq) *(uint4*)((u16*)out + obase + (4 * c + t4) * 8) = make_uint4(w[0], w[1], w[2], w[3]);
             }
         }
-        if (!ACC && row < tq && t4 == 0) lse[(size_t)row * nh + h] = l > 0.f && !pad ? (m_run[i] + __log2f(l)) * LN2 : NEG_INF;
+        // NaN where the row saw a non-finite score (l NaN; its O is NaN too): a merge keeps it.
+        if (!ACC && row < tq && t4 == 0) lse[(size_t)row * nh + h] = l != 0.f && !pad ? (m_run[i] + __log2f(l)) * LN2 : NEG_INF;
     }
 }
 
