@@ -174,11 +174,16 @@ fn a_non_finite_score_a_query_sees_survives_the_merge() {
     // Queries at positions 40..60 over keys 0..60 in two blocks: K of position 45 is NaN (queries
     // at 45.. see a NaN score), and so is the query at position 43 (every score of its row).
     // Their output and LSE are NaN, as the oracle's; the merge must not drop them.
-    let plants = [(Which::K, 45, f64::NAN), (Which::Q, 3, f64::NAN)];
+    // A second sequence's query (row 21, position 5) is NaN too and sees keys of the first block
+    // only: its NaN side meets a side that saw nothing (LSE -inf) in the merge. Its keys sit
+    // between the two blocks of sequence 0's (K of position 45 is row 40 + 6 + 5).
+    let plants = [(Which::K, 51, f64::NAN), (Which::Q, 3, f64::NAN), (Which::Q, 21, f64::NAN)];
     for dtype in [DType::F64, DType::F32, DType::BF16] {
-        let nan =
-            run_case("NaN score", dtype, &[(Some(0), 40, 20)], &[&[(Some(0), 0, 40)], &[(Some(0), 40, 20)]], &plants);
-        assert_eq!(nan, 16 * HEADS.n_heads * HEADS.head_dim, "{dtype:?}: positions 43 and 45..60 are NaN");
+        let (q, first, second): (Runs, Runs, Runs) =
+            (&[(Some(0), 40, 20), (Some(1), 4, 2)], &[(Some(0), 0, 40), (Some(1), 0, 6)], &[(Some(0), 40, 20)]);
+        let nan = run_case("NaN score", dtype, q, &[first, second], &plants);
+        let what = "positions 43 and 45..60 of sequence 0, position 5 of sequence 1";
+        assert_eq!(nan, 17 * HEADS.n_heads * HEADS.head_dim, "{dtype:?}: {what} are NaN");
     }
 }
 

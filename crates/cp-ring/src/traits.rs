@@ -5,7 +5,8 @@ use cp_shard::Layout;
 /// The output of attention over a block of keys, with the log-sum-exp of each row and head.
 ///
 /// `out` has shape `[rows, NH, DH]` and `lse` `[rows, NH]`; a row that sees no key has
-/// `lse = -inf` and an output of zeros.
+/// `lse = -inf` and an output of zeros, a row that sees a non-finite score (a NaN query, a NaN
+/// in a key it sees) `lse = NaN` and a NaN output, which every merge keeps.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Partial<T> {
     /// Attention output.
