@@ -131,6 +131,26 @@ impl Discrepancy {
     }
 }
 
+/// [`discrepancy`] where NaN must stand exactly where the oracle's does (garbage a query sees
+/// propagates; garbage it must not see never arrives): an element NaN on one side only counts as
+/// a non-finite mismatch, one NaN on both sides matches, and the rest is compared as by
+/// [`discrepancy`].
+pub fn discrepancy_nan_exact(actual: &[f64], expected: &[f64]) -> Discrepancy {
+    let mut nan_mismatch = 0;
+    let (mut a_rest, mut e_rest) = (Vec::with_capacity(actual.len()), Vec::with_capacity(expected.len()));
+    for (&a, &e) in actual.iter().zip(expected) {
+        if a.is_nan() || e.is_nan() {
+            nan_mismatch += usize::from(a.is_nan() != e.is_nan());
+        } else {
+            a_rest.push(a);
+            e_rest.push(e);
+        }
+    }
+    let mut d = discrepancy(&a_rest, &e_rest);
+    d.non_finite_mismatches += nan_mismatch + actual.len().abs_diff(expected.len());
+    d
+}
+
 /// Compares two equally long slices. Equal infinities (a `-inf` LSE on both sides) count as
 /// exact; NaN never matches.
 pub fn discrepancy(actual: &[f64], expected: &[f64]) -> Discrepancy {
@@ -155,4 +175,23 @@ pub fn discrepancy(actual: &[f64], expected: &[f64]) -> Discrepancy {
     }
     d.rel_l2 = if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nan_exact_matches_nan_only_where_the_oracle_has_it() {
+        let nan = f64::NAN;
+        let same = discrepancy_nan_exact(&[1.0, nan, f64::NEG_INFINITY], &[1.0, nan, f64::NEG_INFINITY]);
+        assert!(same.within(0.0), "{same:?}");
+        for (got, want) in [([1.0, nan], [1.0, 2.0]), ([1.0, 2.0], [1.0, nan])] {
+            let d = discrepancy_nan_exact(&got, &want);
+            assert_eq!(d.non_finite_mismatches, 1, "{got:?} against {want:?}");
+        }
+        assert!(!discrepancy_nan_exact(&[1.0], &[1.0, nan]).within(1.0), "a length mismatch never passes");
+        let off = discrepancy_nan_exact(&[1.1, nan], &[1.0, nan]);
+        assert!(off.within(0.2) && !off.within(0.05), "{off:?}");
+    }
 }

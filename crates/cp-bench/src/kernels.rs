@@ -101,22 +101,9 @@ fn plant(values: &mut [f32], width: usize, which: char, plants: &[(char, usize, 
     }
 }
 
-/// NaN-aware comparison: an element must be NaN exactly where the oracle's is (garbage a query
-/// sees propagates; garbage it must not see never arrives); the rest by [`discrepancy`].
+/// [`reference::discrepancy_nan_exact`], and how many elements the oracle says are NaN.
 fn compare(got: &[f64], want: &[f64]) -> (reference::Discrepancy, usize) {
-    let mut nan_mismatch = 0;
-    let (mut g, mut w) = (Vec::with_capacity(got.len()), Vec::with_capacity(want.len()));
-    for (&a, &b) in got.iter().zip(want) {
-        if b.is_nan() || a.is_nan() {
-            nan_mismatch += usize::from(a.is_nan() != b.is_nan());
-        } else {
-            g.push(a);
-            w.push(b);
-        }
-    }
-    let mut d = discrepancy(&g, &w);
-    d.non_finite_mismatches += nan_mismatch + got.len().abs_diff(want.len());
-    (d, want.iter().filter(|x| x.is_nan()).count())
+    (reference::discrepancy_nan_exact(got, want), want.iter().filter(|x| x.is_nan()).count())
 }
 
 /// Runs one case through `CudaAttention::partial` (decode or flash as it chooses) and the
