@@ -38,6 +38,15 @@ DEVI Merge2 merge2(float la, float lb) {
 }
 DEVI float merged_lse(const Merge2& m) { return m.den == 0.f ? NEG_INF : m.ms + __logf(m.den); }
 
+// A row's LSE (natural log) from its running maximum `m` (log2 units of the scaled scores) and
+// its sum `l` of 2^(s - m): -inf for a padding row and where the row saw no key (l = 0), NaN
+// where it saw a non-finite score (l NaN), so that a merge keeps that NaN. FAST: the
+// special-function unit's logarithm (exact to a few ulp for l >= 1, which holds where l > 0:
+// the maximum's own term is 1).
+template <bool FAST> DEVI float row_lse(float m, float l, bool pad = false) {
+    return l != 0.f && !pad ? (m + (FAST ? __log2f(l) : log2f(l))) * LN2 : NEG_INF;
+}
+
 // Packs two floats into a 16-bit pair, `lo` in the low half.
 template <bool BF16> DEVI u32 pack2(float lo, float hi) {
     u32 r;

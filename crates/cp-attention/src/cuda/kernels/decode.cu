@@ -87,7 +87,7 @@ DEVI void decode_split(const u16* __restrict__ q, const u16* __restrict__ k, con
         long rows = (long)bq * nh;
         // den is 0 where the row saw no key (0, -inf), NaN where it saw a non-finite score (NaN, NaN).
         part_out[((long)split * rows + row) * D + d] = den == 0.f ? 0.f : num / den;
-        if (d == 0) part_lse[split * rows + row] = den == 0.f ? NEG_INF : (ms + log2f(den)) * LN2;
+        if (d == 0) part_lse[split * rows + row] = row_lse<false>(ms, den);
     }
 }
 #define DECODE_ENTRY(NAME, D, BF16, G)                                                                              \
@@ -280,7 +280,7 @@ DEVI void decode_mma(const u16* __restrict__ q, const u16* __restrict__ k, const
         const long row = (long)b * nh + kvh * G + r;
         // den is 0 where the row saw no key (0, -inf), NaN where it saw a non-finite score (NaN, NaN).
         part_out[((long)split * rows + row) * D + d] = den == 0.f ? 0.f : num / den;
-        if (d == 0) part_lse[split * rows + row] = den == 0.f ? NEG_INF : (ms + log2f(den)) * LN2;
+        if (d == 0) part_lse[split * rows + row] = row_lse<false>(ms, den);
     }
 }
 #define DECODE_MMA_ENTRY(NAME, D, BF16)                                                                             \

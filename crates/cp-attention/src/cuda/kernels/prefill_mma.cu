@@ -220,8 +220,7 @@ __device__ void flash_fwd(const u16* __restrict__ q, const u16* __restrict__ k, 
                     if (OUT_F32) *(float2*)((float*)out + base + col) = make_float2(x0, x1);
                     else *(u32*)((u16*)out + base + col) = pack2<BF16>(x0, x1);
                 }
-                // NaN where the row saw a non-finite score (l NaN): a merge keeps it.
-                if (t4 == 0) lse[(size_t)row * nh + h] = l != 0.f && !pad ? (m_run[mt][i] + log2f(l)) * LN2 : NEG_INF;
+                if (t4 == 0) lse[(size_t)row * nh + h] = row_lse<false>(m_run[mt][i], l, pad);
             }
         }
 }

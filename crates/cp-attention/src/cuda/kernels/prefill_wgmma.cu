@@ -288,7 +288,7 @@ DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, co
             if (row < tq) {
                 // l is 0 where the row saw no key, NaN where it saw a non-finite score.
                 const bool saw = l != 0.f && !pad;
-                const Merge2 m = merge2(la, saw ? (m_run[i] + __log2f(l)) * LN2 : NEG_INF);
+                const Merge2 m = merge2(la, row_lse<true>(m_run[i], l, pad));
                 const float wa = m.wa, wb = m.wb;
                 // As merge_fold: a side of LSE -inf adds nothing; an underflowed weight still
                 // multiplies (a NaN the row saw propagates).
@@ -338,8 +338,7 @@ DEVI void wg_epilogue(const float* o, const float* l_run, const float* m_run, co
                 if (row < tq) *(uint4*)((u16*)out + obase + (4 * c + t4) * 8) = make_uint4(w[0], w[1], w[2], w[3]);
             }
         }
-        // NaN where the row saw a non-finite score (l NaN; its O is NaN too): a merge keeps it.
-        if (!ACC && row < tq && t4 == 0) lse[(size_t)row * nh + h] = l != 0.f && !pad ? (m_run[i] + __log2f(l)) * LN2 : NEG_INF;
+        if (!ACC && row < tq && t4 == 0) lse[(size_t)row * nh + h] = row_lse<true>(m_run[i], l, pad);
     }
 }
 
