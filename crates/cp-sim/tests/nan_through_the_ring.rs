@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use cp_attention::reference::{self, Heads, discrepancy_nan_exact};
 use cp_attention::{CpuAttention, to_f64_vec};
 use cp_ring::{Algorithm, Local, run};
-use cp_shard::{CacheMap, NewTokens, Span, Token, TurnPlan, gather_rows, scatter_rows};
+use cp_shard::{CacheMap, Layout, NewTokens, Span, Token, TurnPlan, gather_rows, scatter_rows};
 use cp_sim::run_ranks;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -47,14 +47,19 @@ fn global_rows(which: char) -> Vec<f64> {
     rows
 }
 
+/// Rows of `data` (`[T, width]`, by position) scattered to the ranks by `layouts`; padding rows
+/// hold NaN, none of which may reach a result.
+fn scatter(layouts: &[Layout], data: &[f64], width: usize) -> Vec<Vec<f64>> {
+    let row = |t: Token| Ok(data[t.pos * width..(t.pos + 1) * width].to_vec());
+    scatter_rows(layouts, width, row, |_, _| vec![f64::NAN; width]).unwrap()
+}
+
 #[test]
 fn every_algorithm_keeps_exactly_the_nans_attention_over_all_keys_gives() {
-    // Leaked so that the row closures below can borrow them for the whole test.
-    let (q, k, v): (&'static [f64], &'static [f64], &'static [f64]) =
-        (global_rows('q').leak(), global_rows('k').leak(), global_rows('v').leak());
+    let (q, k, v) = (global_rows('q'), global_rows('k'), global_rows('v'));
     let tokens: Vec<Option<Token>> = (0..T).map(|pos| Some(Token { seq: 0, pos })).collect();
     let scale = 1.0 / (HEADS.head_dim as f64).sqrt();
-    let (want_out, want_lse) = reference::attention(q, &tokens, k, v, &tokens, HEADS, scale).unwrap();
+    let (want_out, want_lse) = reference::attention(&q, &tokens, &k, &v, &tokens, HEADS, scale).unwrap();
     let q_width = HEADS.n_heads * HEADS.head_dim;
     let kv_width = HEADS.n_kv_heads * HEADS.head_dim;
     let all_nan = |x: &[f64]| x.iter().all(|e| e.is_nan());
@@ -69,12 +74,9 @@ fn every_algorithm_keeps_exactly_the_nans_attention_over_all_keys_gives() {
         let cache = CacheMap::new(world_size, 1).unwrap();
         let plan = TurnPlan::new(&cache, &[NewTokens { seq: 0, count: T }]).unwrap();
         let layouts = plan.layouts();
-        let row =
-            |data: &'static [f64], width: usize| move |t: Token| Ok(data[t.pos * width..(t.pos + 1) * width].to_vec());
-        // Padding rows hold NaN: none of it may reach a result.
-        let q_ranks = scatter_rows(&layouts.q, q_width, row(q, q_width), |_, _| vec![f64::NAN; q_width]).unwrap();
-        let k_ranks = scatter_rows(&layouts.kv, kv_width, row(k, kv_width), |_, _| vec![f64::NAN; kv_width]).unwrap();
-        let v_ranks = scatter_rows(&layouts.kv, kv_width, row(v, kv_width), |_, _| vec![f64::NAN; kv_width]).unwrap();
+        let q_ranks = scatter(&layouts.q, &q, q_width);
+        let k_ranks = scatter(&layouts.kv, &k, kv_width);
+        let v_ranks = scatter(&layouts.kv, &v, kv_width);
         let tensor = |data: &Vec<f64>, heads: usize| {
             let rows = data.len() / (heads * HEADS.head_dim);
             Tensor::from_vec(data.clone(), (rows, heads, HEADS.head_dim), &Device::Cpu)
