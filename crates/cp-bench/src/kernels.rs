@@ -368,6 +368,17 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
     );
     c.plants = vec![('k', 200, nan), ('q', 1, nan)];
     cases.push(c);
+    // A visible key scoring -inf (K of -inf against a query of 1s) before any other: it adds
+    // nothing, as in the oracle; the row's maximum is still -inf when it arrives.
+    let mut c = Case::new(
+        format!("decode, a visible key scoring -inf first, {tag}"),
+        dtype,
+        heads,
+        Layout::from_runs(&[(Some(0), 6000, 1), (Some(1), 36, 1)]),
+        Layout::from_runs(&[(Some(0), 0, 6001), (Some(1), 0, 37)]),
+    );
+    c.plants = vec![('q', 0, 1.0), ('k', 0, f32::NEG_INFINITY)];
+    cases.push(c);
 }
 
 /// `CudaAttention::random_rows` against its host mirror, bit for bit, and NaN in padding rows.

@@ -57,7 +57,10 @@ DEVI void decode_split(const u16* __restrict__ q, const u16* __restrict__ k, con
                 for (int off = LPK / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffff, s, off);
                 if (!ok[u]) continue;
                 float m_new = fmaxf(m[hh], s);
-                float corr = ex2(m[hh] - m_new), p = ex2(s - m_new);
+                // A row whose maximum is still -inf (a visible key scoring -inf came first)
+                // subtracts 0, so that exp2 gives 0, not NaN (as the other kernels do).
+                const float m_use = m_new == NEG_INF ? 0.f : m_new;
+                float corr = ex2(m[hh] - m_use), p = ex2(s - m_use);
                 m[hh] = m_new;
                 l[hh] = l[hh] * corr + p;
                 for (int e = 0; e < 8; e++) acc[hh][e] = acc[hh][e] * corr + p * vf[e];
