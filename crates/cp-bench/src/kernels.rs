@@ -379,6 +379,38 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
     );
     c.plants = vec![('q', 0, 1.0), ('k', 0, f32::NEG_INFINITY)];
     cases.push(c);
+    // Scores that rise after a row's first key tile: every query element 1, keys 200..260 (the
+    // second and third key tiles) every element `loud`, so they score loud * sqrt(D) against the
+    // other keys' few units — by 2 a rise of 16-23 nats (finite exponentials against an earlier
+    // maximum), by 16 one of 128-181 nats (2^184 and more: they overflow f32 against an earlier
+    // maximum). A kernel that exponentiates against a stale running maximum must rescale (the
+    // first) or recompute the scores (the second); the exact kernels take each tile's maximum.
+    let rising = |loud: f32, keys: std::ops::Range<usize>| -> Vec<(char, usize, f32)> {
+        (0..200).map(|r| ('q', r, 1.0)).chain(keys.map(move |r| ('k', r, loud))).collect()
+    };
+    for (loud, what) in [(2.0, "by 16-23 nats"), (16.0, "past f32's range")] {
+        let mut c = Case::new(
+            format!("scores rising {what} after the first key tile, {tag}"),
+            dtype,
+            heads,
+            Layout::from_runs(&[(Some(0), 300, 200)]),
+            Layout::from_runs(&[(Some(0), 0, 500)]),
+        );
+        c.plants = rising(loud, 200..260);
+        cases.push(c);
+    }
+    let mut c = Case::folded(
+        format!("fold: scores rising past f32's range after the first key tile, {tag}"),
+        dtype,
+        heads,
+        Layout::from_runs(&[(Some(0), 300, 200)]),
+        Layout::from_runs(&[(Some(0), 0, 300)]),
+        Layout::from_runs(&[(Some(0), 300, 200)]),
+    );
+    // Here the rise comes in the folding launch (keys 430..470, its second key tile), which
+    // rows 430.. see.
+    c.plants = rising(16.0, 430..470);
+    cases.push(c);
 }
 
 /// `CudaAttention::random_rows` against its host mirror, bit for bit, and NaN in padding rows.
