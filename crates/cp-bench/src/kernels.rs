@@ -411,6 +411,33 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
     // rows 430.. see.
     c.plants = rising(16.0, 430..470);
     cases.push(c);
+    // A row whose first visible key tile is not its item's first: sequence 1's queries (rows
+    // 60..160, in the same query block as sequence 0's) see keys from the second key tile on,
+    // and all of them score -12 sqrt(D) (-96 to -136 nats): exact, every weight equal. Measured
+    // against 0 instead of their own maximum, their exponentials flush to zero.
+    let mut c = Case::new(
+        format!("a row's first visible keys in a later tile, all scoring far below 0, {tag}"),
+        dtype,
+        heads,
+        Layout::from_runs(&[(Some(0), 140, 60), (Some(1), 0, 100)]),
+        Layout::from_runs(&[(Some(0), 0, 200), (Some(1), 0, 100)]),
+    );
+    c.plants = (60..160).map(|r| ('q', r, 1.0)).chain((200..300).map(|r| ('k', r, -12.0))).collect();
+    cases.push(c);
+    // After a first tile of scores 0, one key (row 200) scoring ~87.6 nats (2^126.4 against the
+    // earlier maximum: finite, its row sum too), the range where a power-of-two rescale's 2^-k
+    // leaves the normal floats.
+    let loud = 87.6 / (heads.head_dim as f32).sqrt();
+    let mut c = Case::new(
+        format!("one later key scoring 87.6 nats above the first tile's, {tag}"),
+        dtype,
+        heads,
+        Layout::from_runs(&[(Some(0), 300, 100)]),
+        Layout::from_runs(&[(Some(0), 0, 400)]),
+    );
+    c.plants =
+        (0..100).map(|r| ('q', r, 1.0)).chain((0..400).map(|r| ('k', r, 0.0))).chain([('k', 200, loud)]).collect();
+    cases.push(c);
 }
 
 /// `CudaAttention::random_rows` against its host mirror, bit for bit, and NaN in padding rows.
