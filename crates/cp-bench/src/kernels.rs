@@ -399,18 +399,20 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
         c.plants = rising(loud, 200..260);
         cases.push(c);
     }
-    let mut c = Case::folded(
-        format!("fold: scores rising past f32's range after the first key tile, {tag}"),
-        dtype,
-        heads,
-        Layout::from_runs(&[(Some(0), 300, 200)]),
-        Layout::from_runs(&[(Some(0), 0, 300)]),
-        Layout::from_runs(&[(Some(0), 300, 200)]),
-    );
-    // Here the rise comes in the folding launch (keys 430..470, its second key tile), which
-    // rows 430.. see.
-    c.plants = rising(16.0, 430..470);
-    cases.push(c);
+    // In a fold, the rise comes in the folding launch (keys 430..470, its second key tile),
+    // which rows 430.. see.
+    for (loud, what) in [(2.0, "by 16-23 nats"), (16.0, "past f32's range")] {
+        let mut c = Case::folded(
+            format!("fold: scores rising {what} after the first key tile, {tag}"),
+            dtype,
+            heads,
+            Layout::from_runs(&[(Some(0), 300, 200)]),
+            Layout::from_runs(&[(Some(0), 0, 300)]),
+            Layout::from_runs(&[(Some(0), 300, 200)]),
+        );
+        c.plants = rising(loud, 430..470);
+        cases.push(c);
+    }
     // A row whose first visible key tile is not its item's first: sequence 1's queries (rows
     // 60..160, in the same query block as sequence 0's) see keys from the second key tile on,
     // and all of them score -12 sqrt(D) (-96 to -136 nats): exact, every weight equal. Measured
