@@ -90,6 +90,10 @@ impl Case {
         let kv_layout = Layout::concat([&first, &second]);
         Case { name, dtype, heads, q_layout, kv_layout, plants: Vec::new(), fold: Some((first, second)) }
     }
+    /// The case with `plants` written into its inputs (see [`plant`]).
+    fn planted(self, plants: Vec<(char, usize, f32)>) -> Case {
+        Case { plants, ..self }
+    }
 }
 
 /// Writes `plants` for tensor `which` (rows of `width` values) into `values`.
@@ -235,69 +239,84 @@ fn check_merges(ops: &CudaAttention, rng: &mut Rng) -> Result<(String, bool)> {
 fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str) {
     let nan = f32::NAN;
     // Padding K/V rows (200..256, the key tile shared with real rows) and Q padding rows.
-    let mut c = Case::new(
-        format!("NaN in K/V/Q padding rows, {tag}"),
-        dtype,
-        heads,
-        Layout::from_runs(&[(Some(0), 0, 200), (None, 0, 20)]),
-        Layout::from_runs(&[(Some(0), 0, 200), (None, 0, 56)]),
+    cases.push(
+        Case::new(
+            format!("NaN in K/V/Q padding rows, {tag}"),
+            dtype,
+            heads,
+            Layout::from_runs(&[(Some(0), 0, 200), (None, 0, 20)]),
+            Layout::from_runs(&[(Some(0), 0, 200), (None, 0, 56)]),
+        )
+        .planted(
+            (200..256).flat_map(|r| [('k', r, nan), ('v', r, nan)]).chain((200..220).map(|r| ('q', r, nan))).collect(),
+        ),
     );
-    c.plants =
-        (200..256).flat_map(|r| [('k', r, nan), ('v', r, nan)]).chain((200..220).map(|r| ('q', r, nan))).collect();
-    cases.push(c);
     // Future rows inside a partly visible tile: queries 0..100, keys 0..256 with V row 110 NaN,
     // K row 120 NaN, V row 130 +inf, K row 140 huge (inf in f16).
-    let mut c = Case::new(
-        format!("NaN/inf/3e38 at future positions, {tag}"),
-        dtype,
-        heads,
-        Layout::from_runs(&[(Some(0), 0, 100)]),
-        Layout::from_runs(&[(Some(0), 0, 256)]),
+    cases.push(
+        Case::new(
+            format!("NaN/inf/3e38 at future positions, {tag}"),
+            dtype,
+            heads,
+            Layout::from_runs(&[(Some(0), 0, 100)]),
+            Layout::from_runs(&[(Some(0), 0, 256)]),
+        )
+        .planted(vec![
+            ('v', 110, nan),
+            ('k', 120, nan),
+            ('v', 130, f32::INFINITY),
+            ('k', 140, 3e38),
+            ('v', 141, -3e38),
+        ]),
     );
-    c.plants = vec![('v', 110, nan), ('k', 120, nan), ('v', 130, f32::INFINITY), ('k', 140, 3e38), ('v', 141, -3e38)];
-    cases.push(c);
     // Another sequence's rows full of NaN, in the same tiles as visible keys.
-    let mut c = Case::new(
-        format!("NaN in another sequence's rows, {tag}"),
-        dtype,
-        heads,
-        Layout::from_runs(&[(Some(0), 50, 40), (Some(2), 0, 20)]),
-        Layout::from_runs(&[(Some(1), 0, 70), (Some(0), 0, 90), (Some(2), 0, 20)]),
+    cases.push(
+        Case::new(
+            format!("NaN in another sequence's rows, {tag}"),
+            dtype,
+            heads,
+            Layout::from_runs(&[(Some(0), 50, 40), (Some(2), 0, 20)]),
+            Layout::from_runs(&[(Some(1), 0, 70), (Some(0), 0, 90), (Some(2), 0, 20)]),
+        )
+        .planted((0..70).flat_map(|r| [('k', r, nan), ('v', r, nan)]).collect()),
     );
-    c.plants = (0..70).flat_map(|r| [('k', r, nan), ('v', r, nan)]).collect();
-    cases.push(c);
     // Visible garbage: V of position 60 is NaN; queries at 60.. must be NaN, 0..60 exact.
-    let mut c = Case::new(
-        format!("NaN in a visible V row propagates exactly, {tag}"),
-        dtype,
-        heads,
-        Layout::from_runs(&[(Some(0), 0, 150)]),
-        Layout::from_runs(&[(Some(0), 0, 150)]),
+    cases.push(
+        Case::new(
+            format!("NaN in a visible V row propagates exactly, {tag}"),
+            dtype,
+            heads,
+            Layout::from_runs(&[(Some(0), 0, 150)]),
+            Layout::from_runs(&[(Some(0), 0, 150)]),
+        )
+        .planted(vec![('v', 60, nan)]),
     );
-    c.plants = vec![('v', 60, nan)];
-    cases.push(c);
     // Decode (the split-KV decode kernel): a sequence's rows reach past its query (slots
     // holding later positions) and padding follows, all NaN.
-    let mut c = Case::new(
-        format!("decode, NaN in future slots and padding, {tag}"),
-        dtype,
-        heads,
-        Layout::from_runs(&[(Some(0), 500, 1), (Some(1), 36, 1), (None, 0, 1)]),
-        Layout::from_runs(&[(Some(0), 0, 530), (Some(1), 0, 37), (None, 0, 9)]),
+    cases.push(
+        Case::new(
+            format!("decode, NaN in future slots and padding, {tag}"),
+            dtype,
+            heads,
+            Layout::from_runs(&[(Some(0), 500, 1), (Some(1), 36, 1), (None, 0, 1)]),
+            Layout::from_runs(&[(Some(0), 0, 530), (Some(1), 0, 37), (None, 0, 9)]),
+        )
+        .planted(
+            (501..530).chain(567..576).flat_map(|r| [('k', r, nan), ('v', r, nan)]).chain([('q', 2, nan)]).collect(),
+        ),
     );
-    c.plants = (501..530).chain(567..576).flat_map(|r| [('k', r, nan), ('v', r, nan)]).chain([('q', 2, nan)]).collect();
-    cases.push(c);
     // Short queries over a long cache: the key range is split (flash-decoding for prefill),
     // with padding holding NaN and the other sequence's tiles skipped.
-    let mut c = Case::new(
-        format!("short queries, long cache (split KV), {tag}"),
-        dtype,
-        heads,
-        Layout::from_runs(&[(Some(0), 4000, 70), (None, 0, 6), (Some(1), 2990, 40)]),
-        Layout::from_runs(&[(Some(1), 0, 3030), (Some(0), 0, 4070), (None, 0, 40)]),
+    cases.push(
+        Case::new(
+            format!("short queries, long cache (split KV), {tag}"),
+            dtype,
+            heads,
+            Layout::from_runs(&[(Some(0), 4000, 70), (None, 0, 6), (Some(1), 2990, 40)]),
+            Layout::from_runs(&[(Some(1), 0, 3030), (Some(0), 0, 4070), (None, 0, 40)]),
+        )
+        .planted((7100..7140).flat_map(|r| [('k', r, nan), ('v', r, nan)]).collect()),
     );
-    c.plants = (7100..7140).flat_map(|r| [('k', r, nan), ('v', r, nan)]).collect();
-    cases.push(c);
     // Visible garbage under a negligible weight: every query element 1 and the keys of positions
     // 0..300 (0..2000 below) every element 16 score 16 sqrt(D) >= 128, far above the other keys'
     // few units, so a partial over the other keys weighs e^-128 or less: 0 in f32, below even
@@ -307,78 +326,85 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
     let faint = |q_rows: usize, loud: std::ops::Range<usize>, bad: usize| -> Vec<(char, usize, f32)> {
         (0..q_rows).map(|r| ('q', r, 1.0)).chain(loud.map(|r| ('k', r, 16.0))).chain([('v', bad, nan)]).collect()
     };
-    let mut c = Case::folded(
-        format!("fold: NaN seen in a block of weight e^-128, {tag}"),
-        dtype,
-        heads,
-        Layout::from_runs(&[(Some(0), 300, 200)]),
-        Layout::from_runs(&[(Some(0), 0, 300)]),
-        Layout::from_runs(&[(Some(0), 300, 200)]),
+    cases.push(
+        Case::folded(
+            format!("fold: NaN seen in a block of weight e^-128, {tag}"),
+            dtype,
+            heads,
+            Layout::from_runs(&[(Some(0), 300, 200)]),
+            Layout::from_runs(&[(Some(0), 0, 300)]),
+            Layout::from_runs(&[(Some(0), 300, 200)]),
+        )
+        .planted(faint(200, 0..300, 320)),
     );
-    c.plants = faint(200, 0..300, 320);
-    cases.push(c);
-    let mut c = Case::new(
-        format!("short queries, NaN seen at weight e^-128 (split KV), {tag}"),
-        dtype,
-        heads,
-        Layout::from_runs(&[(Some(0), 4000, 70)]),
-        Layout::from_runs(&[(Some(0), 0, 4070)]),
+    cases.push(
+        Case::new(
+            format!("short queries, NaN seen at weight e^-128 (split KV), {tag}"),
+            dtype,
+            heads,
+            Layout::from_runs(&[(Some(0), 4000, 70)]),
+            Layout::from_runs(&[(Some(0), 0, 4070)]),
+        )
+        .planted(faint(70, 0..2000, 4010)),
     );
-    c.plants = faint(70, 0..2000, 4010);
-    cases.push(c);
     // A non-finite score a query sees (NaN in a visible K row, or in the query itself) makes its
     // output and LSE NaN, as the oracle's; the LSE too, or a merge would drop the row's NaN
     // (a row that saw no key has LSE -inf, and merges skip those).
-    let mut c = Case::new(
-        format!("NaN in a visible K row and a Q row, {tag}"),
-        dtype,
-        heads,
-        Layout::from_runs(&[(Some(0), 0, 150)]),
-        Layout::from_runs(&[(Some(0), 0, 150)]),
+    cases.push(
+        Case::new(
+            format!("NaN in a visible K row and a Q row, {tag}"),
+            dtype,
+            heads,
+            Layout::from_runs(&[(Some(0), 0, 150)]),
+            Layout::from_runs(&[(Some(0), 0, 150)]),
+        )
+        .planted(vec![('k', 60, nan), ('q', 20, nan)]),
     );
-    c.plants = vec![('k', 60, nan), ('q', 20, nan)];
-    cases.push(c);
-    let mut c = Case::folded(
-        format!("fold: NaN in a visible K row and a Q row, {tag}"),
-        dtype,
-        heads,
-        Layout::from_runs(&[(Some(0), 300, 200)]),
-        Layout::from_runs(&[(Some(0), 0, 300)]),
-        Layout::from_runs(&[(Some(0), 300, 200)]),
+    cases.push(
+        Case::folded(
+            format!("fold: NaN in a visible K row and a Q row, {tag}"),
+            dtype,
+            heads,
+            Layout::from_runs(&[(Some(0), 300, 200)]),
+            Layout::from_runs(&[(Some(0), 0, 300)]),
+            Layout::from_runs(&[(Some(0), 300, 200)]),
+        )
+        .planted(vec![('k', 320, nan), ('q', 50, nan)]),
     );
-    c.plants = vec![('k', 320, nan), ('q', 50, nan)];
-    cases.push(c);
-    let mut c = Case::new(
-        format!("short queries, NaN in a visible K row (split KV), {tag}"),
-        dtype,
-        heads,
-        Layout::from_runs(&[(Some(0), 4000, 70)]),
-        Layout::from_runs(&[(Some(0), 0, 4070)]),
+    cases.push(
+        Case::new(
+            format!("short queries, NaN in a visible K row (split KV), {tag}"),
+            dtype,
+            heads,
+            Layout::from_runs(&[(Some(0), 4000, 70)]),
+            Layout::from_runs(&[(Some(0), 0, 4070)]),
+        )
+        .planted(vec![('k', 4010, nan)]),
     );
-    c.plants = vec![('k', 4010, nan)];
-    cases.push(c);
     // Decode (split over the long context): sequence 0 sees a NaN K row, sequence 1's query is
     // NaN, sequence 2 is exact.
-    let mut c = Case::new(
-        format!("decode, NaN in a visible K row and a Q row, {tag}"),
-        dtype,
-        heads,
-        Layout::from_runs(&[(Some(0), 6000, 1), (Some(1), 36, 1), (Some(2), 99, 1)]),
-        Layout::from_runs(&[(Some(0), 0, 6001), (Some(1), 0, 37), (Some(2), 0, 100)]),
+    cases.push(
+        Case::new(
+            format!("decode, NaN in a visible K row and a Q row, {tag}"),
+            dtype,
+            heads,
+            Layout::from_runs(&[(Some(0), 6000, 1), (Some(1), 36, 1), (Some(2), 99, 1)]),
+            Layout::from_runs(&[(Some(0), 0, 6001), (Some(1), 0, 37), (Some(2), 0, 100)]),
+        )
+        .planted(vec![('k', 200, nan), ('q', 1, nan)]),
     );
-    c.plants = vec![('k', 200, nan), ('q', 1, nan)];
-    cases.push(c);
     // A visible key scoring -inf (K of -inf against a query of 1s) before any other: it adds
     // nothing, as in the oracle; the row's maximum is still -inf when it arrives.
-    let mut c = Case::new(
-        format!("decode, a visible key scoring -inf first, {tag}"),
-        dtype,
-        heads,
-        Layout::from_runs(&[(Some(0), 6000, 1), (Some(1), 36, 1)]),
-        Layout::from_runs(&[(Some(0), 0, 6001), (Some(1), 0, 37)]),
+    cases.push(
+        Case::new(
+            format!("decode, a visible key scoring -inf first, {tag}"),
+            dtype,
+            heads,
+            Layout::from_runs(&[(Some(0), 6000, 1), (Some(1), 36, 1)]),
+            Layout::from_runs(&[(Some(0), 0, 6001), (Some(1), 0, 37)]),
+        )
+        .planted(vec![('q', 0, 1.0), ('k', 0, f32::NEG_INFINITY)]),
     );
-    c.plants = vec![('q', 0, 1.0), ('k', 0, f32::NEG_INFINITY)];
-    cases.push(c);
     // Scores that rise after a row's first key tile: every query element 1, keys 200..260 (the
     // second and third key tiles) every element `loud`, so they score loud * sqrt(D) against the
     // other keys' few units — by 2 a rise of 16-23 nats (finite exponentials against an earlier
@@ -389,57 +415,62 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
         (0..200).map(|r| ('q', r, 1.0)).chain(keys.map(move |r| ('k', r, loud))).collect()
     };
     for (loud, what) in [(2.0, "by 16-23 nats"), (16.0, "past f32's range")] {
-        let mut c = Case::new(
-            format!("scores rising {what} after the first key tile, {tag}"),
-            dtype,
-            heads,
-            Layout::from_runs(&[(Some(0), 300, 200)]),
-            Layout::from_runs(&[(Some(0), 0, 500)]),
+        cases.push(
+            Case::new(
+                format!("scores rising {what} after the first key tile, {tag}"),
+                dtype,
+                heads,
+                Layout::from_runs(&[(Some(0), 300, 200)]),
+                Layout::from_runs(&[(Some(0), 0, 500)]),
+            )
+            .planted(rising(loud, 200..260)),
         );
-        c.plants = rising(loud, 200..260);
-        cases.push(c);
     }
     // In a fold, the rise comes in the folding launch (keys 430..470, its second key tile),
     // which rows 430.. see.
     for (loud, what) in [(2.0, "by 16-23 nats"), (16.0, "past f32's range")] {
-        let mut c = Case::folded(
-            format!("fold: scores rising {what} after the first key tile, {tag}"),
-            dtype,
-            heads,
-            Layout::from_runs(&[(Some(0), 300, 200)]),
-            Layout::from_runs(&[(Some(0), 0, 300)]),
-            Layout::from_runs(&[(Some(0), 300, 200)]),
+        cases.push(
+            Case::folded(
+                format!("fold: scores rising {what} after the first key tile, {tag}"),
+                dtype,
+                heads,
+                Layout::from_runs(&[(Some(0), 300, 200)]),
+                Layout::from_runs(&[(Some(0), 0, 300)]),
+                Layout::from_runs(&[(Some(0), 300, 200)]),
+            )
+            .planted(rising(loud, 430..470)),
         );
-        c.plants = rising(loud, 430..470);
-        cases.push(c);
     }
     // A row whose first visible key tile is not its item's first: sequence 1's queries (rows
     // 60..160, in the same query block as sequence 0's) see keys from the second key tile on,
     // and all of them score -12 sqrt(D) (-96 to -136 nats): exact, every weight equal. Measured
     // against 0 instead of their own maximum, their exponentials flush to zero.
-    let mut c = Case::new(
-        format!("a row's first visible keys in a later tile, all scoring far below 0, {tag}"),
-        dtype,
-        heads,
-        Layout::from_runs(&[(Some(0), 140, 60), (Some(1), 0, 100)]),
-        Layout::from_runs(&[(Some(0), 0, 200), (Some(1), 0, 100)]),
+    cases.push(
+        Case::new(
+            format!("a row's first visible keys in a later tile, all scoring far below 0, {tag}"),
+            dtype,
+            heads,
+            Layout::from_runs(&[(Some(0), 140, 60), (Some(1), 0, 100)]),
+            Layout::from_runs(&[(Some(0), 0, 200), (Some(1), 0, 100)]),
+        )
+        .planted((60..160).map(|r| ('q', r, 1.0)).chain((200..300).map(|r| ('k', r, -12.0))).collect()),
     );
-    c.plants = (60..160).map(|r| ('q', r, 1.0)).chain((200..300).map(|r| ('k', r, -12.0))).collect();
-    cases.push(c);
     // After a first tile of scores 0, one key (row 200) scoring ~87.6 nats (2^126.4 against the
     // earlier maximum: finite, its row sum too), the range where a power-of-two rescale's 2^-k
     // leaves the normal floats.
     let loud = 87.6 / (heads.head_dim as f32).sqrt();
-    let mut c = Case::new(
-        format!("one later key scoring 87.6 nats above the first tile's, {tag}"),
-        dtype,
-        heads,
-        Layout::from_runs(&[(Some(0), 300, 100)]),
-        Layout::from_runs(&[(Some(0), 0, 400)]),
+    cases.push(
+        Case::new(
+            format!("one later key scoring 87.6 nats above the first tile's, {tag}"),
+            dtype,
+            heads,
+            Layout::from_runs(&[(Some(0), 300, 100)]),
+            Layout::from_runs(&[(Some(0), 0, 400)]),
+        )
+        .planted(
+            (0..100).map(|r| ('q', r, 1.0)).chain((0..400).map(|r| ('k', r, 0.0))).chain([('k', 200, loud)]).collect(),
+        ),
     );
-    c.plants =
-        (0..100).map(|r| ('q', r, 1.0)).chain((0..400).map(|r| ('k', r, 0.0))).chain([('k', 200, loud)]).collect();
-    cases.push(c);
 }
 
 /// `CudaAttention::random_rows` against its host mirror, bit for bit, and NaN in padding rows.
