@@ -12,6 +12,7 @@
 //! - [`dump`]: one prefill's inputs and outputs as safetensors for `scripts/compare_sdpa.py`.
 //! - [`profile`]: one prefill launch, for `ncu`.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use cp_attention::cuda::{CudaAttention, DecodeKernel, DeviceLayout, GpuDType, GpuTensor, PrefillKernel, TailMode};
@@ -238,6 +239,11 @@ fn check_merges(ops: &CudaAttention, rng: &mut Rng) -> Result<(String, bool)> {
 /// launches over long key ranges, and visible garbage that must give NaN where the oracle does.
 fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str) {
     let nan = f32::NAN;
+    // Query rows `q` every element 1 and key rows `k` every element `x`: those keys score
+    // x sqrt(D) against each of those queries.
+    let ones_against = |q: Range<usize>, k: Range<usize>, x: f32| -> Vec<(char, usize, f32)> {
+        q.map(|r| ('q', r, 1.0)).chain(k.map(move |r| ('k', r, x))).collect()
+    };
     // Padding K/V rows (200..256, the key tile shared with real rows) and Q padding rows.
     cases.push(
         Case::new(
@@ -323,8 +329,10 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
     // its subnormals (e^-103; the merges' exponentials keep subnormals). Attention over all keys
     // at once still gives NaN where a query sees a NaN value, and so must every merge (the fold
     // in the epilogue, merge_fold, the split KV's merge, the tail split's pieces).
-    let faint = |q_rows: usize, loud: std::ops::Range<usize>, bad: usize| -> Vec<(char, usize, f32)> {
-        (0..q_rows).map(|r| ('q', r, 1.0)).chain(loud.map(|r| ('k', r, 16.0))).chain([('v', bad, nan)]).collect()
+    let faint = |q_rows: usize, loud: Range<usize>, bad: usize| -> Vec<(char, usize, f32)> {
+        let mut plants = ones_against(0..q_rows, loud, 16.0);
+        plants.push(('v', bad, nan));
+        plants
     };
     cases.push(
         Case::folded(
@@ -411,9 +419,8 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
     // maximum), by 16 one of 128-181 nats (2^184 and more: they overflow f32 against an earlier
     // maximum). A kernel that exponentiates against a stale running maximum must rescale (the
     // first) or recompute the scores (the second); the exact kernels take each tile's maximum.
-    let rising = |loud: f32, keys: std::ops::Range<usize>| -> Vec<(char, usize, f32)> {
-        (0..200).map(|r| ('q', r, 1.0)).chain(keys.map(move |r| ('k', r, loud))).collect()
-    };
+    // In a fold, the rise comes in the folding launch (keys 430..470, its second key tile),
+    // which rows 430.. see.
     for (loud, what) in [(2.0, "by 16-23 nats"), (16.0, "past f32's range")] {
         cases.push(
             Case::new(
@@ -423,12 +430,8 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
                 Layout::from_runs(&[(Some(0), 300, 200)]),
                 Layout::from_runs(&[(Some(0), 0, 500)]),
             )
-            .planted(rising(loud, 200..260)),
+            .planted(ones_against(0..200, 200..260, loud)),
         );
-    }
-    // In a fold, the rise comes in the folding launch (keys 430..470, its second key tile),
-    // which rows 430.. see.
-    for (loud, what) in [(2.0, "by 16-23 nats"), (16.0, "past f32's range")] {
         cases.push(
             Case::folded(
                 format!("fold: scores rising {what} after the first key tile, {tag}"),
@@ -438,7 +441,7 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
                 Layout::from_runs(&[(Some(0), 0, 300)]),
                 Layout::from_runs(&[(Some(0), 300, 200)]),
             )
-            .planted(rising(loud, 430..470)),
+            .planted(ones_against(0..200, 430..470, loud)),
         );
     }
     // A row whose first visible key tile is not its item's first: sequence 1's queries (rows
@@ -453,7 +456,7 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
             Layout::from_runs(&[(Some(0), 140, 60), (Some(1), 0, 100)]),
             Layout::from_runs(&[(Some(0), 0, 200), (Some(1), 0, 100)]),
         )
-        .planted((60..160).map(|r| ('q', r, 1.0)).chain((200..300).map(|r| ('k', r, -12.0))).collect()),
+        .planted(ones_against(60..160, 200..300, -12.0)),
     );
     // After a first tile of scores 0, one key (row 200) scoring ~87.6 nats (2^126.4 against the
     // earlier maximum: finite, its row sum too), the range where a power-of-two rescale's 2^-k
@@ -467,9 +470,7 @@ fn garbage_cases(cases: &mut Vec<Case>, dtype: GpuDType, heads: Heads, tag: &str
             Layout::from_runs(&[(Some(0), 300, 100)]),
             Layout::from_runs(&[(Some(0), 0, 400)]),
         )
-        .planted(
-            (0..100).map(|r| ('q', r, 1.0)).chain((0..400).map(|r| ('k', r, 0.0))).chain([('k', 200, loud)]).collect(),
-        ),
+        .planted([ones_against(0..100, 0..400, 0.0), vec![('k', 200, loud)]].concat()),
     );
 }
 
