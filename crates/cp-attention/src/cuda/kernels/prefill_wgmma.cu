@@ -271,12 +271,21 @@ DEVI void wg_scores_slow(float* s, u32 q_base, int q_rows, u32 k_base) {
 // power of two that brings its largest p to at most 1 — exact, as is the same factor applied to
 // O and l through `corr` — and its maximum raised by that power; if an exponential overflowed
 // (scores up 2^128 or more), the warp recomputes its raw scores from shared memory and takes the
-// exact softmax. A row that has seen nothing (m = -inf) measures against 0, as the exact path does.
+// exact softmax. While a (non-padding) row of the warp has seen nothing yet (m = -inf), the warp
+// takes the exact softmax: its first visible keys need their own maximum (measured against 0,
+// scores far below it flush to zero; review of v7.4). Padding rows (discarded by the epilogue)
+// measure against 0 and are left out of the votes, so that their garbage cannot send the warp
+// down the slow paths.
 template <int D, int BN, bool BF16>
 DEVI void wg_softmax_lazy(float* s, int kind, int pos0, int j, int tk, const WgRows& rows, const int* __restrict__ k_seq,
                           const int* __restrict__ k_pos, float scale_log2, float* m_run, float* corr, float* rsum,
                           u32 q_base, int q_rows, u32 k_base) {
     wg_mask<BN>(s, kind, pos0, j, tk, rows, k_seq, k_pos);
+    const bool real0 = rows.seq[0] >= 0, real1 = rows.seq[1] >= 0;
+    if (__any_sync(0xffffffff, (real0 && m_run[0] == NEG_INF) || (real1 && m_run[1] == NEG_INF))) {
+        wg_softmax_exact<BN>(s, scale_log2, m_run, corr, rsum);
+        return;
+    }
     const float m_was[2] = {m_run[0], m_run[1]};
     #pragma unroll
     for (int i = 0; i < 2; i++) {
@@ -295,8 +304,9 @@ DEVI void wg_softmax_lazy(float* s, int kind, int pos0, int j, int tk, const WgR
         m_run[i] = m_use;
     }
     constexpr float LAZY_MAX = 256.f;
-    if (__any_sync(0xffffffff, rsum[0] > LAZY_MAX || rsum[1] > LAZY_MAX)) {
-        if (__any_sync(0xffffffff, rsum[0] == __int_as_float(0x7f800000) || rsum[1] == __int_as_float(0x7f800000))) {
+    if (__any_sync(0xffffffff, (real0 && rsum[0] > LAZY_MAX) || (real1 && rsum[1] > LAZY_MAX))) {
+        const float inf = __int_as_float(0x7f800000);
+        if (__any_sync(0xffffffff, (real0 && rsum[0] == inf) || (real1 && rsum[1] == inf))) {
             wg_scores_slow<D, BN, BF16>(s, q_base, q_rows, k_base);
             wg_mask<BN>(s, kind, pos0, j, tk, rows, k_seq, k_pos);
             m_run[0] = m_was[0];
@@ -312,8 +322,10 @@ DEVI void wg_softmax_lazy(float* s, int kind, int pos0, int j, int tk, const WgR
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
             if (mx > 1.f) {
-                // mx in [2^(k-1), 2^k): scale by 2^-k (finite: mx < 2^128 here).
-                const int k = ((__float_as_int(mx) >> 23) & 0xff) - 126;
+                // mx in [2^(k-1), 2^k): scale by 2^-k, at most 2^-126 so that the factor stays a
+                // normal float (mx may reach 2^128 - 1 with a finite sum; then p stays below 4;
+                // mx = +inf only in a row whose sum is NaN, which stays NaN).
+                const int k = min(((__float_as_int(mx) >> 23) & 0xff) - 126, 126);
                 const float c = __int_as_float((127 - k) << 23);
                 #pragma unroll
                 for (int a = 0; a < BN / 8; a++) {
