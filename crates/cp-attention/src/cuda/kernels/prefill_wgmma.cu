@@ -268,7 +268,8 @@ DEVI void wg_scores_slow(float* s, u32 q_base, int q_rows, u32 k_base) {
 // LSE is m + log2 l — so m only has to keep p in range: while every row sum of the warp's rows
 // stays at most 2^8 (so every p does; NaN sums pass and stay NaN), the tile is done. Otherwise
 // (a row's scores rose by more than 8 in log2 units) each row of the warp is scaled down by a
-// power of two that brings its largest p to at most 1 — exact, as is the same factor applied to
+// power of two that brings its largest p below 1 (below 4 where the factor is capped at 2^-126,
+// so l >= 1/2 either way) — exact, as is the same factor applied to
 // O and l through `corr` — and its maximum raised by that power; if an exponential overflowed
 // (scores up 2^128 or more), the warp recomputes its raw scores from shared memory and takes the
 // exact softmax. While a (non-padding) row of the warp has seen nothing yet (m = -inf), the warp
@@ -324,7 +325,9 @@ DEVI void wg_softmax_lazy(float* s, int kind, int pos0, int j, int tk, const WgR
             if (mx > 1.f) {
                 // mx in [2^(k-1), 2^k): scale by 2^-k, at most 2^-126 so that the factor stays a
                 // normal float (mx may reach 2^128 - 1 with a finite sum; then p stays below 4;
-                // mx = +inf only in a row whose sum is NaN, which stays NaN).
+                // mx = +inf only in a row whose sum is NaN, which stays NaN, or in a padding row,
+                // which the epilogue discards). Beyond |m| ~ 2^24 (scores of ~10^7) m's additions
+                // round; the exact path's f32 scores lose the same precision there.
                 const int k = min(((__float_as_int(mx) >> 23) & 0xff) - 126, 126);
                 const float c = __int_as_float((127 - k) << 23);
                 #pragma unroll
