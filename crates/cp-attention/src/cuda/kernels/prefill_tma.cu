@@ -141,7 +141,10 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
     const u32 item_id = tile_pos0 + 4 * ST;  // the item: index, h, m0, z, qt (8 words)
     const u32 scratch = item_id + 32;
 
-    const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
+    // The warpgroup index broadcast from lane 0, so that ptxas knows it is warp-uniform and keeps
+    // what derives from it (the consumers' Q descriptors) in uniform registers (v7.3: it kept
+    // them in ordinary ones and moved each to the uniform file with R2UR before every Q K^T wgmma).
+    const int tid = threadIdx.x, wg = __shfl_sync(0xffffffff, tid >> 7, 0), lane = tid & 31;
     const int n_ktiles = (tk + BN - 1) / BN, n_t64 = (tk + 63) / 64, n_q64 = (tq + 63) / 64;
     // This launch runs items item_lo .. item_hi - 1 of the numbering (`tma_item_coords`). With
     // TAIL (the tail split, v6.7), each of them in `splits` pieces of `split_tiles` visible key
@@ -478,7 +481,11 @@ __device__ void flash_fwd_tma(const TmaMap* q_map, const TmaMap* k_map, const Tm
                     your_turn();
                     wg_wait<1>();  // S of tile jn is ready; P V of tile j may still run
                     pin<BN / 2>(s);
-                    wg_softmax<BN>(s, kind, pos0, jn, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
+                    if constexpr (NC == 2)  // v7.4; three consumer warpgroups (160 registers) would spill
+                        wg_softmax_lazy<D, BN, BF16>(s, kind, pos0, jn, tk, rows, k_seq, k_pos, scale_log2, m_run, corr,
+                                                     rsum, q_base, BM, sk(ns));
+                    else
+                        wg_softmax<BN>(s, kind, pos0, jn, tk, rows, k_seq, k_pos, scale_log2, m_run, corr, rsum);
                     // Keeps ptxas from hoisting the next wait above the softmax (see the v4 kernel).
                     asm volatile("st.shared.f32 [%0], %1;" ::"r"(scratch), "f"(rsum[0] + rsum[1]) : "memory");
                     wg_wait<0>();

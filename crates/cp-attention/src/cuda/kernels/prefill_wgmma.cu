@@ -151,8 +151,8 @@ DEVI WgRows wg_rows(int row0, int tq, const int* __restrict__ q_seq, const int* 
 // the mask is arithmetic) and runs the online softmax on it: S becomes 2^(S * scale - m), corr
 // the factor for what came before, rsum this thread's row sums of the tile.
 template <int BN>
-DEVI void wg_softmax(float* s, int kind, int pos0, int j, int tk, const WgRows& rows, const int* __restrict__ k_seq,
-                     const int* __restrict__ k_pos, float scale_log2, float* m_run, float* corr, float* rsum) {
+DEVI void wg_mask(float* s, int kind, int pos0, int j, int tk, const WgRows& rows, const int* __restrict__ k_seq,
+                  const int* __restrict__ k_pos) {
     const int t4 = threadIdx.x & 3;
     if (kind == 1 && (j + 1) * BN > tk) kind = 2;  // a short last tile: mask its missing rows
     if (kind == 3) {
@@ -174,6 +174,10 @@ DEVI void wg_softmax(float* s, int kind, int pos0, int j, int tk, const WgRows& 
                 if (!vis) s[4 * a + e] = NEG_INF;
             }
     }
+}
+
+// The online softmax of a masked S tile with each row's exact maximum.
+template <int BN> DEVI void wg_softmax_exact(float* s, float scale_log2, float* m_run, float* corr, float* rsum) {
     // The row maxima as trees (depth log2(BN / 4), both rows at once), not as chains of BN / 4
     // dependent FMNMX (v7.1: ncu put ~8% of the consumers' samples on that chain, half of them
     // waiting on the previous FMNMX).
@@ -210,6 +214,132 @@ DEVI void wg_softmax(float* s, int kind, int pos0, int j, int tk, const WgRows& 
                 sum += x;
             }
         rsum[i] = sum;
+    }
+}
+
+template <int BN>
+DEVI void wg_softmax(float* s, int kind, int pos0, int j, int tk, const WgRows& rows, const int* __restrict__ k_seq,
+                     const int* __restrict__ k_pos, float scale_log2, float* m_run, float* corr, float* rsum) {
+    wg_mask<BN>(s, kind, pos0, j, tk, rows, k_seq, k_pos);
+    wg_softmax_exact<BN>(s, scale_log2, m_run, corr, rsum);
+}
+
+// This thread's raw scores of a tile, recomputed in f32 from the Q and K tiles in shared memory
+// (both K-major with 128-byte swizzle, as the wgmma reads them): the lazy softmax's way back
+// when an exponential overflowed and the scores it came from are gone. Slow (64 dot products of
+// D a thread) and taken only for inputs whose scores jump by 2^128 within a row.
+template <int D, int BN, bool BF16>
+DEVI void wg_scores_slow(float* s, u32 q_base, int q_rows, u32 k_base) {
+    const int t4 = threadIdx.x & 3, lr = ((threadIdx.x >> 5) & 3) * 16 + ((threadIdx.x & 31) >> 2);
+    #pragma unroll
+    for (int x = 0; x < BN / 2; x++) s[x] = 0.f;
+    #pragma unroll 1
+    for (int ch = 0; ch < D / 8; ch++) {
+        float q[2][8];
+        #pragma unroll
+        for (int i = 0; i < 2; i++) {
+            u32 w[4];
+            asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+                         : "r"(q_base + sw128(q_rows, lr + 8 * i, ch)));
+            #pragma unroll
+            for (int u = 0; u < 8; u++) q[i][u] = to_f32<BF16>((u16)(w[u >> 1] >> (16 * (u & 1))));
+        }
+        #pragma unroll
+        for (int a = 0; a < BN / 8; a++)
+            #pragma unroll
+            for (int e = 0; e < 2; e++) {
+                u32 w[4];
+                asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+                             : "r"(k_base + sw128(BN, a * 8 + 2 * t4 + e, ch)));
+                #pragma unroll
+                for (int u = 0; u < 8; u++) {
+                    const float k = to_f32<BF16>((u16)(w[u >> 1] >> (16 * (u & 1))));
+                    s[4 * a + e] = fmaf(q[0][u], k, s[4 * a + e]);
+                    s[4 * a + 2 + e] = fmaf(q[1][u], k, s[4 * a + 2 + e]);
+                }
+            }
+    }
+}
+
+// v7.4, the lazy maximum: the online softmax of a masked S tile against the running maximum as
+// it stands, without the tile's own (the 64 FMNMX, the quad's shuffles and the correction's
+// arithmetic off the path; v7.2 measured the softmax's instructions as what a tile's time
+// follows). Any maximum m works for exactness — p = 2^(x - m), l and O scale together and the
+// LSE is m + log2 l — so m only has to keep p in range: while every row sum of the warp's rows
+// stays at most 2^8 (so every p does; NaN sums pass and stay NaN), the tile is done. Otherwise
+// (a row's scores rose by more than 8 in log2 units) each row of the warp is scaled down by a
+// power of two that brings its largest p below 1 (below 4 where the factor is capped at 2^-126,
+// so l >= 1/2 either way) — exact, as is the same factor applied to
+// O and l through `corr` — and its maximum raised by that power; if an exponential overflowed
+// (scores up 2^128 or more), the warp recomputes its raw scores from shared memory and takes the
+// exact softmax. While a (non-padding) row of the warp has seen nothing yet (m = -inf), the warp
+// takes the exact softmax: its first visible keys need their own maximum (measured against 0,
+// scores far below it flush to zero; review of v7.4). Padding rows (discarded by the epilogue)
+// measure against 0 and are left out of the votes, so that their garbage cannot send the warp
+// down the slow paths.
+template <int D, int BN, bool BF16>
+DEVI void wg_softmax_lazy(float* s, int kind, int pos0, int j, int tk, const WgRows& rows, const int* __restrict__ k_seq,
+                          const int* __restrict__ k_pos, float scale_log2, float* m_run, float* corr, float* rsum,
+                          u32 q_base, int q_rows, u32 k_base) {
+    wg_mask<BN>(s, kind, pos0, j, tk, rows, k_seq, k_pos);
+    const bool real0 = rows.seq[0] >= 0, real1 = rows.seq[1] >= 0;
+    if (__any_sync(0xffffffff, (real0 && m_run[0] == NEG_INF) || (real1 && m_run[1] == NEG_INF))) {
+        wg_softmax_exact<BN>(s, scale_log2, m_run, corr, rsum);
+        return;
+    }
+    const float m_was[2] = {m_run[0], m_run[1]};
+    #pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const float m_use = m_run[i] == NEG_INF ? 0.f : m_run[i];
+        float sum = 0.f;
+        #pragma unroll
+        for (int a = 0; a < BN / 8; a++)
+            #pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float x = ex2(fmaf(s[4 * a + 2 * i + e], scale_log2, -m_use));
+                s[4 * a + 2 * i + e] = x;
+                sum += x;
+            }
+        rsum[i] = sum;
+        corr[i] = 1.f;
+        m_run[i] = m_use;
+    }
+    constexpr float LAZY_MAX = 256.f;
+    if (__any_sync(0xffffffff, (real0 && rsum[0] > LAZY_MAX) || (real1 && rsum[1] > LAZY_MAX))) {
+        const float inf = __int_as_float(0x7f800000);
+        if (__any_sync(0xffffffff, (real0 && rsum[0] == inf) || (real1 && rsum[1] == inf))) {
+            wg_scores_slow<D, BN, BF16>(s, q_base, q_rows, k_base);
+            wg_mask<BN>(s, kind, pos0, j, tk, rows, k_seq, k_pos);
+            m_run[0] = m_was[0];
+            m_run[1] = m_was[1];
+            wg_softmax_exact<BN>(s, scale_log2, m_run, corr, rsum);
+            return;
+        }
+        #pragma unroll
+        for (int i = 0; i < 2; i++) {
+            float mx = 0.f;
+            #pragma unroll
+            for (int a = 0; a < BN / 8; a++) mx = fmaxf(mx, fmaxf(s[4 * a + 2 * i], s[4 * a + 2 * i + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+            if (mx > 1.f) {
+                // mx in [2^(k-1), 2^k): scale by 2^-k, at most 2^-126 so that the factor stays a
+                // normal float (mx may reach 2^128 - 1 with a finite sum; then p stays below 4;
+                // mx = +inf only in a row whose sum is NaN, which stays NaN, or in a padding row,
+                // which the epilogue discards). Beyond |m| ~ 2^24 (scores of ~10^7) m's additions
+                // round; the exact path's f32 scores lose the same precision there.
+                const int k = min(((__float_as_int(mx) >> 23) & 0xff) - 126, 126);
+                const float c = __int_as_float((127 - k) << 23);
+                #pragma unroll
+                for (int a = 0; a < BN / 8; a++) {
+                    s[4 * a + 2 * i] *= c;
+                    s[4 * a + 2 * i + 1] *= c;
+                }
+                rsum[i] *= c;
+                corr[i] = c;
+                m_run[i] += (float)k;
+            }
+        }
     }
 }
 
