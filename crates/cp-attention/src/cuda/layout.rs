@@ -295,6 +295,17 @@ impl DeviceLayout {
     pub fn rows(&self) -> usize {
         self.rows
     }
+
+    /// How many query blocks of `tiles_per_block` 64-row tiles hold rows of several sequences.
+    pub(crate) fn straddling_blocks(&self, tiles_per_block: usize) -> usize {
+        straddling_blocks(&self.summaries, tiles_per_block)
+    }
+}
+
+/// [`DeviceLayout::straddling_blocks`] from the 64-row summaries.
+pub(crate) fn straddling_blocks(summaries: &[i32], tiles_per_block: usize) -> usize {
+    let n = (summaries.len() / 4).div_ceil(tiles_per_block);
+    (0..n).filter(|&b| combined(summaries, b * tiles_per_block, tiles_per_block)[0] == -2).count()
 }
 
 #[cfg(test)]
@@ -341,6 +352,32 @@ mod tests {
         let q = tile_summaries_of_runs(&layouts[3], TILE);
         let k = tile_summaries_of_runs(&layouts[4], TILE);
         assert_eq!(visible_key_tiles(&q, 2, &k, 2), vec![0, 2, 2]);
+    }
+
+    #[test]
+    fn straddling_blocks_are_counted_per_block_size() {
+        // Four packed sequences of 4096 rows: 192-row blocks 21 and 42 hold the end of one
+        // sequence and the start of the next (12288 = 64 x 192 falls between blocks); 128-row
+        // blocks never straddle. The prefill at head dim 64 then takes 128-row blocks.
+        let mut packed = Layout::new();
+        for seq in 0..4 {
+            packed.push_tokens(seq, Span::new(0, 4096));
+        }
+        let s = tile_summaries_of_runs(&packed, TILE);
+        assert_eq!((straddling_blocks(&s, 3), straddling_blocks(&s, 2)), (2, 0));
+        // Sequences of 4000 rows: every boundary falls inside a block of either size.
+        let mut odd = Layout::new();
+        for seq in 0..4 {
+            odd.push_tokens(seq, Span::new(0, 4000));
+        }
+        let s = tile_summaries_of_runs(&odd, TILE);
+        assert_eq!((straddling_blocks(&s, 3), straddling_blocks(&s, 2)), (3, 3));
+        // One sequence, or padding after it: none.
+        let mut one = Layout::new();
+        one.push_tokens(7, Span::new(100, 5000));
+        one.push_padding(77);
+        let s = tile_summaries_of_runs(&one, TILE);
+        assert_eq!((straddling_blocks(&s, 3), straddling_blocks(&s, 2)), (0, 0));
     }
 
     #[test]

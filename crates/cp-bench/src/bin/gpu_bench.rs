@@ -48,6 +48,10 @@ enum Mode {
         /// default kernel (Hopper only).
         #[arg(long)]
         pingpong: bool,
+        /// At head dim 64, the TMA kernel with two consumer warpgroups and 128-row query blocks
+        /// instead of the default three and 192 rows (Hopper only; no effect at 128).
+        #[arg(long)]
+        narrow: bool,
         /// Whether the TMA kernel runs the short last round of equal items as pieces (Hopper only).
         #[arg(long, value_enum, default_value_t = TailArg::Auto)]
         tail_split: TailArg,
@@ -118,7 +122,7 @@ fn run(mode: Mode) -> anyhow::Result<bool> {
         _ => None,
     };
     let mut ops = CudaAttention::new(0)?;
-    if let Mode::Profile { pingpong: p, schedule: s, tail_split, .. } = mode {
+    if let Mode::Profile { pingpong: p, schedule: s, tail_split, narrow, .. } = mode {
         ops.tail_mode = match tail_split {
             TailArg::Off => TailMode::Off,
             TailArg::Auto => TailMode::Auto,
@@ -131,12 +135,15 @@ fn run(mode: Mode) -> anyhow::Result<bool> {
             ScheduleArg::Claimed => ItemSchedule::Claimed,
         };
         match &mut ops.prefill {
-            PrefillKernel::Tma { pingpong, schedule, .. } => {
+            PrefillKernel::Tma { pingpong, schedule, wide } => {
                 *pingpong = p;
                 *schedule = wanted;
+                *wide = !narrow;
             }
-            other if p || s != ScheduleArg::ByKvHead => {
-                anyhow::bail!("--pingpong and --schedule need the TMA kernel (Hopper); this device runs {other}")
+            other if p || narrow || s != ScheduleArg::ByKvHead => {
+                anyhow::bail!(
+                    "--pingpong, --narrow and --schedule need the TMA kernel (Hopper); this device runs {other}"
+                )
             }
             _ => {}
         }
