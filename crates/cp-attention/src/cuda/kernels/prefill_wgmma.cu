@@ -176,6 +176,21 @@ DEVI void wg_mask(float* s, int kind, int pos0, int j, int tk, const WgRows& row
     }
 }
 
+// Row i (0 or 1) of this thread's S tile as P = 2^(s * scale_log2 - m_use), in place; returns
+// the thread's part of the row sum.
+template <int BN> DEVI float wg_exp_row(float* s, int i, float scale_log2, float m_use) {
+    float sum = 0.f;
+    #pragma unroll
+    for (int a = 0; a < BN / 8; a++)
+        #pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const float x = ex2(fmaf(s[4 * a + 2 * i + e], scale_log2, -m_use));
+            s[4 * a + 2 * i + e] = x;
+            sum += x;
+        }
+    return sum;
+}
+
 // The online softmax of a masked S tile with each row's exact maximum.
 template <int BN> DEVI void wg_softmax_exact(float* s, float scale_log2, float* m_run, float* corr, float* rsum) {
     // The row maxima as trees (depth log2(BN / 4), both rows at once), not as chains of BN / 4
@@ -204,16 +219,7 @@ template <int BN> DEVI void wg_softmax_exact(float* s, float scale_log2, float* 
         // Exactly 1 where the maximum stays (wg_rescale then skips O's rescaling).
         corr[i] = m_new == m_run[i] ? 1.f : ex2(m_run[i] - m_use);
         m_run[i] = m_new;
-        float sum = 0.f;
-        #pragma unroll
-        for (int a = 0; a < BN / 8; a++)
-            #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const float x = ex2(fmaf(s[4 * a + 2 * i + e], scale_log2, -m_use));
-                s[4 * a + 2 * i + e] = x;
-                sum += x;
-            }
-        rsum[i] = sum;
+        rsum[i] = wg_exp_row<BN>(s, i, scale_log2, m_use);
     }
 }
 
@@ -291,16 +297,7 @@ DEVI void wg_softmax_lazy(float* s, int kind, int pos0, int j, int tk, const WgR
     #pragma unroll
     for (int i = 0; i < 2; i++) {
         const float m_use = m_run[i] == NEG_INF ? 0.f : m_run[i];
-        float sum = 0.f;
-        #pragma unroll
-        for (int a = 0; a < BN / 8; a++)
-            #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const float x = ex2(fmaf(s[4 * a + 2 * i + e], scale_log2, -m_use));
-                s[4 * a + 2 * i + e] = x;
-                sum += x;
-            }
-        rsum[i] = sum;
+        rsum[i] = wg_exp_row<BN>(s, i, scale_log2, m_use);
         corr[i] = 1.f;
         m_run[i] = m_use;
     }
