@@ -163,7 +163,11 @@ fn check_case(ops: &CudaAttention, rng: &mut Rng, case: &Case) -> Result<(String
     let (tol_out, tol_lse) = (crate::check::tol_out(case.dtype), crate::check::TOL_LSE);
     let masked = want_lse.iter().filter(|l| l.is_infinite()).count();
     let ok = d_out.within(tol_out) && d_lse.within(tol_lse);
-    let splits = if tq > DECODE_ROWS { ops.prefill_splits(ops.prefill, tq, tk, n_heads, head_dim) } else { 0 };
+    let splits = if tq > DECODE_ROWS {
+        ops.prefill_splits(ops.prefill_kernel_for(&case.q_layout, head_dim)?, tq, tk, n_heads, head_dim)
+    } else {
+        0
+    };
     let nan_note = if nan_rows > 0 { format!(", {nan_rows} NaN elements expected") } else { String::new() };
     let split_note = match ops.prefill_tail(
         &case.q_layout,
@@ -1108,7 +1112,7 @@ pub fn profile(ops: &CudaAttention, shape: &ProfileShape, repeat: usize) -> Resu
         let what = if off_diagonal { "off-diagonal" } else { "causal" };
         println!(
             "prefill {what} T={tokens} B={batch} D={head_dim} ({}): {repeat} launches, {ms:.3} ms each, {:.1} TFLOP/s",
-            ops.prefill,
+            ops.prefill.for_queries(&ql, head_dim),
             flops / ms / 1e9
         );
     }

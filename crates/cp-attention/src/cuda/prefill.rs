@@ -34,7 +34,9 @@ pub enum PrefillKernel {
         /// At head dim 64, three consumer warpgroups and 192-row query blocks (as
         /// FlashAttention-3 there: a warpgroup's products are half as long as at 128, so two
         /// warpgroups leave the tensor cores waiting). Head dim 128 always takes two: three
-        /// would not fit their registers.
+        /// would not fit their registers. A launch over a packed batch whose 192-row blocks
+        /// would straddle more sequence boundaries than 128-row ones takes two
+        /// ([`PrefillKernel::for_queries`]).
         wide: bool,
     },
     /// Hopper's warpgroup MMA (`wgmma`, sm_90a only): two warpgroups of 64 query rows sharing
@@ -86,7 +88,8 @@ impl ItemSchedule {
 }
 
 impl PrefillKernel {
-    /// Query rows per thread block (a work item of the persistent kernel) at `head_dim`.
+    /// Query rows per thread block (a work item of the persistent kernel) at `head_dim`, for this
+    /// kernel as configured (a launch may narrow it: [`PrefillKernel::for_queries`]).
     pub fn block_rows(self, head_dim: usize) -> usize {
         match self {
             PrefillKernel::Tma { wide: true, .. } if head_dim == 64 => 192,
@@ -101,7 +104,7 @@ impl PrefillKernel {
     /// key tiles of every sequence up to its last position, each under a mask per element
     /// (session 16, H100: four packed sequences of 4096 rows ran at 152 TFLOP/s in 192-row
     /// blocks, two of which straddle, and at 383 in 128-row ones, none; cuDNN 408).
-    pub(crate) fn for_queries(self, ql: &super::layout::DeviceLayout, head_dim: usize) -> PrefillKernel {
+    pub fn for_queries(self, ql: &super::layout::DeviceLayout, head_dim: usize) -> PrefillKernel {
         match self {
             PrefillKernel::Tma { pingpong, schedule, wide: true }
                 if head_dim == 64 && ql.straddling_blocks(3) > ql.straddling_blocks(2) =>
@@ -517,6 +520,14 @@ impl CudaAttention {
         let (busy, tiles) = busy_blocks(&ql.summaries, &kl.summaries, order, rows, kernel.key_tile());
         let tail = tiles.and_then(|tiles| tail_plan(busy * nh, self.prefill_sms(kernel), tiles, self.tail_mode));
         Ok((busy, tail))
+    }
+
+    /// The prefill kernel a launch over the queries of `q_layout` at `head_dim` runs on this
+    /// handle's settings ([`PrefillKernel::for_queries`]: at head dim 64, 128-row blocks where
+    /// 192-row ones would straddle more sequence boundaries), as reports name it.
+    pub fn prefill_kernel_for(&self, q_layout: &cp_shard::Layout, head_dim: usize) -> Result<PrefillKernel> {
+        let ql = self.device_layout(q_layout)?;
+        Ok(self.prefill.for_queries(&ql, head_dim))
     }
 
     /// The tail split (v6.7) a prefill of `q_layout` against `kv_layout` with `n_heads` query

@@ -49,7 +49,8 @@ enum Mode {
         #[arg(long)]
         pingpong: bool,
         /// At head dim 64, the TMA kernel with two consumer warpgroups and 128-row query blocks
-        /// instead of the default three and 192 rows (Hopper only; no effect at 128).
+        /// always (by default: three and 192 rows, unless those would straddle more sequence
+        /// boundaries of the packed batch; Hopper only; no effect at 128).
         #[arg(long)]
         narrow: bool,
         /// Whether the TMA kernel runs the short last round of equal items as pieces (Hopper only).
