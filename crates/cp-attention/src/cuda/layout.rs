@@ -34,6 +34,9 @@ pub struct DeviceLayout {
     /// each uploaded by the first prefill launch that takes this layout as its queries in blocks
     /// of that size.
     pub(crate) block_order: [std::sync::OnceLock<(Vec<i32>, CudaSlice<i32>)>; 2],
+    /// Whether 192-row query blocks straddle more sequence boundaries than 128-row ones,
+    /// counted by the first launch that asks ([`DeviceLayout::wide_blocks_straddle_more`]).
+    wide_straddles_more: std::sync::OnceLock<bool>,
 }
 
 /// The blocks of `tiles_per_block` 64-row tiles (2: 128 rows, 3: 192) of a layout with 64-row
@@ -288,6 +291,7 @@ impl DeviceLayout {
             seq_ranges: seq_ranges(layout),
             layout: layout.clone(),
             block_order: Default::default(),
+            wide_straddles_more: Default::default(),
         })
     }
 
@@ -296,13 +300,18 @@ impl DeviceLayout {
         self.rows
     }
 
-    /// How many query blocks of `tiles_per_block` 64-row tiles hold rows of several sequences.
-    pub(crate) fn straddling_blocks(&self, tiles_per_block: usize) -> usize {
-        straddling_blocks(&self.summaries, tiles_per_block)
+    /// Whether, as queries, these rows in 192-row blocks straddle more sequence boundaries than
+    /// in 128-row blocks ([`straddling_blocks`]); counted once per layout, as the block orders
+    /// are, not on every launch.
+    pub(crate) fn wide_blocks_straddle_more(&self) -> bool {
+        *self
+            .wide_straddles_more
+            .get_or_init(|| straddling_blocks(&self.summaries, 3) > straddling_blocks(&self.summaries, 2))
     }
 }
 
-/// [`DeviceLayout::straddling_blocks`] from the 64-row summaries.
+/// How many query blocks of `tiles_per_block` 64-row tiles (64-row summaries `summaries`) hold
+/// rows of several sequences.
 pub(crate) fn straddling_blocks(summaries: &[i32], tiles_per_block: usize) -> usize {
     let n = (summaries.len() / 4).div_ceil(tiles_per_block);
     (0..n).filter(|&b| combined(summaries, b * tiles_per_block, tiles_per_block)[0] == -2).count()

@@ -107,7 +107,7 @@ impl PrefillKernel {
     pub fn for_queries(self, ql: &super::layout::DeviceLayout, head_dim: usize) -> PrefillKernel {
         match self {
             PrefillKernel::Tma { pingpong, schedule, wide: true }
-                if head_dim == 64 && ql.straddling_blocks(3) > ql.straddling_blocks(2) =>
+                if head_dim == 64 && ql.wide_blocks_straddle_more() =>
             {
                 PrefillKernel::Tma { pingpong, schedule, wide: false }
             }
